@@ -1,0 +1,158 @@
+//! `orch-agent`: the program inside the offline task image `orch-agent:dev`.
+//!
+//! No container registry is needed to try orch or to test it: this static
+//! binary, packed `FROM scratch`, stands in for a real task. Its one argument is
+//! a script of `;`-separated steps, so a demo or a test can make a task do
+//! anything a real one does that matters to a supervisor:
+//!
+//! | step | effect |
+//! | --- | --- |
+//! | `echo TEXT` / `stderr TEXT` | print a line on stdout / stderr |
+//! | `sleep SECS` | sleep (fractions allowed) |
+//! | `exit CODE` | exit at once with that code |
+//! | `progress PCT [MSG]` | print `::progress::PCT MSG` |
+//! | `trap-term` | ignore SIGTERM from now on |
+//! | `spawn N` | start N child processes that sleep |
+//! | `write PATH TEXT` | write a file (parents created) |
+//! | `mkdir PATH` | create a directory and its parents |
+//! | `symlink TARGET LINK` | create a symbolic link |
+//! | `chmod MODE PATH` | set octal permissions on PATH |
+//! | `run PROG [ARGS...]` | run a program found in the image, fail if it fails |
+//! | `flood BYTES` | print that many bytes of output |
+//! | `panic` | panic (exit code 101) |
+//!
+//! Running out of steps exits 0.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let (Some(script), None) = (args.next(), args.next()) else {
+        eprintln!("usage: orch-agent '<step>; <step>; ...'");
+        return ExitCode::from(2);
+    };
+    for step in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        if let Err(message) = run_step(step) {
+            eprintln!("orch-agent: {step}: {message}");
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_step(step: &str) -> Result<(), String> {
+    let (verb, rest) = step.split_once(char::is_whitespace).unwrap_or((step, ""));
+    let rest = rest.trim();
+    match verb {
+        "echo" => println!("{rest}"),
+        "stderr" => eprintln!("{rest}"),
+        "sleep" => {
+            let secs: f64 = parse(rest)?;
+            std::thread::sleep(Duration::from_secs_f64(secs.max(0.0)));
+        }
+        "exit" => {
+            let code: i32 = parse(rest)?;
+            flush();
+            std::process::exit(code);
+        }
+        "progress" => {
+            let (pct, message) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            let pct: u8 = parse(pct)?;
+            println!("::progress::{pct} {}", message.trim());
+        }
+        "trap-term" => ignore_sigterm(),
+        "spawn" => {
+            let n: u32 = parse(rest)?;
+            let me = std::env::current_exe().map_err(|e| e.to_string())?;
+            for _ in 0..n {
+                Command::new(&me)
+                    .arg("sleep 1000000")
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("failed to spawn a child: {e}"))?;
+            }
+        }
+        "write" => {
+            let (path, text) = split_two(rest)?;
+            if let Some(parent) = std::path::Path::new(path).parent() {
+                std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+            }
+            std::fs::write(path, format!("{text}\n")).map_err(|e| e.to_string())?;
+        }
+        "mkdir" => std::fs::create_dir_all(rest).map_err(|e| e.to_string())?,
+        "symlink" => {
+            let (target, link) = split_two(rest)?;
+            std::os::unix::fs::symlink(target, link).map_err(|e| e.to_string())?;
+        }
+        "chmod" => {
+            let (mode, path) = split_two(rest)?;
+            let mode = u32::from_str_radix(mode, 8).map_err(|e| format!("bad mode {mode:?}: {e}"))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| e.to_string())?;
+        }
+        "run" => {
+            let mut words = rest.split_whitespace();
+            let program = words.next().ok_or("run needs a program")?;
+            flush();
+            let status = Command::new(program)
+                .args(words)
+                .status()
+                .map_err(|e| format!("failed to run {program}: {e}"))?;
+            if !status.success() {
+                return Err(format!("{program} failed: {status}"));
+            }
+        }
+        "flood" => flood(parse(rest)?).map_err(|e| e.to_string())?,
+        "panic" => panic!("orch-agent was asked to panic"),
+        _ => return Err(format!("unknown step {verb:?}")),
+    }
+    flush();
+    Ok(())
+}
+
+fn parse<T: std::str::FromStr>(text: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e| format!("bad number {text:?}: {e}"))
+}
+
+fn split_two(text: &str) -> Result<(&str, &str), String> {
+    text.split_once(char::is_whitespace)
+        .map(|(a, b)| (a, b.trim()))
+        .ok_or_else(|| format!("expected two arguments, got {text:?}"))
+}
+
+fn flush() {
+    let _ = std::io::stdout().flush();
+}
+
+/// Prints exactly `bytes` bytes: lines of 99 `x` and a newline, then a
+/// shorter remainder, so a reader can check that nothing was lost.
+fn flood(bytes: u64) -> std::io::Result<()> {
+    let line = [b'x'; 99]
+        .iter()
+        .copied()
+        .chain(std::iter::once(b'\n'))
+        .collect::<Vec<u8>>();
+    let mut out = std::io::stdout().lock();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(line.len() as u64) as usize;
+        let chunk = if n == line.len() { &line[..] } else { &line[line.len() - n..] };
+        out.write_all(chunk)?;
+        left -= n as u64;
+    }
+    out.flush()
+}
+
+fn ignore_sigterm() {
+    // SAFETY: installing SIG_IGN for SIGTERM has no preconditions; there are
+    // no other threads or handlers in this process.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
+}

@@ -1,0 +1,29 @@
+//! One module per subcommand; this one only dispatches and maps errors to
+//! exit codes.
+
+mod cleanup;
+mod task;
+
+use std::process::ExitCode;
+
+use crate::args::Command;
+use crate::exit;
+
+/// Runs a command and turns its error, if any, into one line and an exit
+/// code.
+pub(crate) async fn run(command: Command, verbose: bool) -> ExitCode {
+    let (result, failure_code) = match command {
+        Command::Task(args) => (task::run(args, verbose).await, exit::ORCH_FAILED),
+        Command::Cleanup(args) => (cleanup::run(args).await, exit::FAILED),
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("orch: error: {error:#}");
+        ExitCode::from(failure_code)
+    })
+}
+
+/// The orch home to use, or an error saying how to name one.
+fn home_path() -> anyhow::Result<std::path::PathBuf> {
+    orch_orchestrator::Home::default_path()
+        .ok_or_else(|| anyhow::anyhow!("no orch home: set ORCH_HOME (or HOME)"))
+}

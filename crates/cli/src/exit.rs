@@ -1,0 +1,71 @@
+//! Exit codes, in one place (SPEC 5).
+//!
+//! `orch task` exits with the task's own code, 124 when it timed out, 128+N
+//! when signal N stopped it (130 SIGINT, 143 SIGTERM, 129 SIGHUP), 125 when
+//! orch itself failed before or around the task, and 126/127 when the command
+//! could not be invoked, as `docker run` does. Other commands exit 1 on
+//! failure and 2 on bad usage.
+
+use std::process::ExitCode;
+
+use orch_orchestrator::{Outcome, Status};
+
+/// orch itself failed before or around the task.
+pub(crate) const ORCH_FAILED: u8 = 125;
+/// The task's deadline passed.
+pub(crate) const TIMED_OUT: u8 = 124;
+/// Cancelled without a signal of ours (e.g. `orch cancel` from elsewhere):
+/// reported like an interrupt.
+pub(crate) const CANCELLED: u8 = 130;
+/// A command other than `task` failed.
+pub(crate) const FAILED: u8 = 1;
+/// Bad usage of a command other than `task`.
+const USAGE: u8 = 2;
+
+/// The exit code of `orch task` for a finished run.
+pub(crate) fn for_outcome(outcome: &Outcome, signal: Option<i32>) -> ExitCode {
+    let code = match outcome.status {
+        Status::Succeeded => 0,
+        Status::Failed => outcome
+            .exit_code
+            .and_then(|c| u8::try_from(c).ok())
+            .unwrap_or(ORCH_FAILED),
+        Status::TimedOut => TIMED_OUT,
+        Status::Cancelled => signal
+            .and_then(|s| u8::try_from(128 + s).ok())
+            .unwrap_or(CANCELLED),
+    };
+    ExitCode::from(code)
+}
+
+/// Prints a command-line error on one line and exits: 125 for `orch task`
+/// (as `docker run`), 2 otherwise; help and version exit 0.
+pub(crate) fn usage_error(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            return ExitCode::from(USAGE);
+        }
+        _ => {}
+    }
+    let rendered = error.render().to_string();
+    // clap's first paragraph is the error; the rest is usage and hints.
+    let first: Vec<&str> = rendered
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let message = first.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    eprintln!("orch: error: {message} (see orch --help)");
+    let is_task = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .is_some_and(|a| a == "task");
+    ExitCode::from(if is_task { ORCH_FAILED } else { USAGE })
+}

@@ -1,0 +1,61 @@
+//! `orch`: run a task in a throwaway Docker container and clean up on every
+//! exit path.
+//!
+//! This binary is the only place that owns the process: it installs the
+//! signal handlers and the panic hook, sets up tracing, and maps every error
+//! to an exit code. The work itself is in the `orch-orchestrator` library.
+
+mod args;
+mod commands;
+mod exit;
+mod output;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::Cli;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return exit::usage_error(&error),
+    };
+    init_tracing(cli.verbose);
+    signals::install_panic_hook();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("orch: error: failed to start the async runtime: {e}");
+            return ExitCode::from(exit::ORCH_FAILED);
+        }
+    };
+    let code = runtime.block_on(commands::run(cli.command, cli.verbose > 0));
+    // Output pumps of removed containers may still be winding down; they hold
+    // nothing that needs cleaning.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}
+
+/// `RUST_LOG` wins; otherwise `-v` raises the level from warnings.
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .compact()
+        .init();
+}

@@ -1,0 +1,679 @@
+//! Projects and their settings (SPEC 3).
+//!
+//! Settings come in layers: built-in defaults, the project's own `orch.toml`,
+//! the user's global config entry `[projects.<name>]`, then command-line
+//! overrides. Everything is validated here, before anything is created, so a
+//! bad key fails the run with an error naming the file and the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// Default grace between SIGTERM and SIGKILL, as `docker stop`.
+pub(crate) const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Who the task runs as inside its container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum User {
+    /// The uid:gid of the orch process, so files in the workspace stay the
+    /// user's own.
+    Host,
+    /// root inside the container.
+    Root,
+    /// An explicit `UID[:GID]`.
+    Id(String),
+}
+
+impl User {
+    /// The `--user` value to give Docker.
+    pub fn docker_user(&self) -> String {
+        match self {
+            User::Host => format!(
+                "{}:{}",
+                rustix::process::getuid().as_raw(),
+                rustix::process::getgid().as_raw()
+            ),
+            User::Root => "0:0".to_owned(),
+            User::Id(id) => id.clone(),
+        }
+    }
+
+    fn parse(text: &str) -> Result<User, String> {
+        match text {
+            "host" => Ok(User::Host),
+            "root" => Ok(User::Root),
+            _ => {
+                let mut parts = text.splitn(2, ':');
+                let all_numeric = parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+                if all_numeric {
+                    Ok(User::Id(text.to_owned()))
+                } else {
+                    Err(format!(
+                        "invalid user {text:?}: expected \"host\", \"root\" or UID[:GID]"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Whether a task gets a git worktree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceMode {
+    /// A locked git worktree on branch `orch/<id>`.
+    Worktree,
+    /// No workspace at all.
+    None,
+}
+
+/// The resolved settings of one task: every layer applied, every value
+/// checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Image to run.
+    pub image: String,
+    /// Command, with `{desc}` still in it.
+    pub command: Vec<String>,
+    /// Replacement ENTRYPOINT, if any.
+    pub entrypoint: Option<Vec<String>>,
+    /// Who runs the task.
+    pub user: User,
+    /// SIGTERM, then SIGKILL after this.
+    pub stop_grace: Duration,
+    /// Deadline of the task; `None` runs until it ends.
+    pub timeout: Option<Duration>,
+    /// Docker network mode or network name.
+    pub network: String,
+    /// Memory limit in bytes.
+    pub memory: Option<i64>,
+    /// CPU limit.
+    pub cpus: Option<f64>,
+    /// Worktree or none; `None` here means "worktree if the project is a git
+    /// repository".
+    pub workspace: Option<WorkspaceMode>,
+    /// Keep the workspace of a failed, timed-out or lost task.
+    pub keep_failed_workspace: bool,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            image: String::new(),
+            command: vec!["sh".into(), "-c".into(), "{desc}".into()],
+            entrypoint: None,
+            user: User::Host,
+            stop_grace: DEFAULT_STOP_GRACE,
+            timeout: None,
+            network: "bridge".into(),
+            memory: None,
+            cpus: None,
+            workspace: None,
+            keep_failed_workspace: true,
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+/// Values given on the command line; each one set wins over every file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--image`
+    pub image: Option<String>,
+    /// `--timeout`
+    pub timeout: Option<Duration>,
+    /// `--stop-grace`
+    pub stop_grace: Option<Duration>,
+    /// `--user`
+    pub user: Option<String>,
+    /// `--env K=V`, in order.
+    pub env: Vec<(String, String)>,
+    /// `--no-workspace`
+    pub no_workspace: bool,
+}
+
+/// A project: a directory, its name and its resolved settings.
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// Name used in labels and paths.
+    pub name: String,
+    /// Canonical directory of the project.
+    pub path: PathBuf,
+    /// Resolved settings.
+    pub settings: Settings,
+}
+
+/// Retention thresholds from the `[cleanup]` table of the global config.
+#[derive(Debug, Clone, Default)]
+pub struct CleanupThresholds {
+    /// Age after which succeeded/cancelled tasks are removed.
+    pub completed_age: Option<Duration>,
+    /// Age after which failed/timed-out/lost tasks are removed.
+    pub failed_age: Option<Duration>,
+    /// Lease expiry after which a dead owner's task is stale.
+    pub stale_age: Option<Duration>,
+    /// Age after which any task but a live one is removed.
+    pub old_age: Option<Duration>,
+}
+
+/// The user's global configuration (`$ORCH_CONFIG`).
+#[derive(Debug, Clone, Default)]
+pub struct GlobalConfig {
+    path: Option<PathBuf>,
+    projects: BTreeMap<String, (PathBuf, FileSettings)>,
+    /// `[cleanup]` thresholds.
+    pub cleanup: CleanupThresholds,
+}
+
+/// One layer of settings as written in a file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    /// Only in `orch.toml`: the project's name.
+    name: Option<String>,
+    /// Only in the global config: the project's directory.
+    path: Option<PathBuf>,
+    image: Option<String>,
+    command: Option<Vec<String>>,
+    entrypoint: Option<Vec<String>>,
+    user: Option<String>,
+    stop_grace: Option<DurationValue>,
+    timeout: Option<DurationValue>,
+    network: Option<String>,
+    memory: Option<MemoryValue>,
+    cpus: Option<f64>,
+    workspace: Option<WorkspaceMode>,
+    keep_failed_workspace: Option<bool>,
+    env: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GlobalFile {
+    #[serde(default)]
+    projects: BTreeMap<String, FileSettings>,
+    #[serde(default)]
+    cleanup: CleanupFile,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CleanupFile {
+    completed_age: Option<DurationValue>,
+    failed_age: Option<DurationValue>,
+    stale_age: Option<DurationValue>,
+    old_age: Option<DurationValue>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Seconds(u64),
+    Text(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum MemoryValue {
+    Bytes(i64),
+    Text(String),
+}
+
+/// Parses a duration: humantime (`90s`, `3m`, `24h`, `1h 30m`) or plain
+/// seconds (`90`, `1.5`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = text.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    humantime::parse_duration(text).map_err(|_| {
+        format!("invalid duration {text:?}: expected e.g. 90s, 3m, 24h or a number of seconds")
+    })
+}
+
+/// Parses a memory size as Docker does: a number with an optional unit b, k,
+/// m, g or t (binary multiples, an optional trailing `b`).
+pub fn parse_memory(text: &str) -> Result<i64, String> {
+    let bad = || format!("invalid memory size {text:?}: expected e.g. 512m or 2g");
+    let lower = text.trim().to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(digits_end);
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let multiplier: f64 = match unit.trim().trim_end_matches('b') {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let bytes = number * multiplier;
+    if !(bytes >= 1.0 && bytes < i64::MAX as f64) {
+        return Err(bad());
+    }
+    Ok(bytes as i64)
+}
+
+/// Parses `KEY=VALUE` of `--env`.
+pub fn parse_env_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if valid_env_key(key) => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("invalid environment variable {text:?}: expected KEY=VALUE")),
+    }
+}
+
+fn valid_env_key(key: &str) -> bool {
+    !key.is_empty() && !key.contains(['=', '\0']) && !key.chars().any(char::is_whitespace)
+}
+
+impl FileSettings {
+    /// Applies this layer over `settings`, checking each value and naming the
+    /// key on error.
+    fn apply(self, settings: &mut Settings, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: file.to_path_buf(),
+            key: key.to_owned(),
+            message,
+        };
+        if self.name.is_some() {
+            return Err(invalid("name", "belongs in the project's orch.toml".into()));
+        }
+        if self.path.is_some() {
+            return Err(invalid("path", "belongs in the global config's [projects.<name>]".into()));
+        }
+        if let Some(image) = self.image {
+            if image.trim().is_empty() {
+                return Err(invalid("image", "must not be empty".into()));
+            }
+            settings.image = image;
+        }
+        if let Some(command) = self.command {
+            if command.is_empty() {
+                return Err(invalid("command", "must not be empty".into()));
+            }
+            settings.command = command;
+        }
+        if let Some(entrypoint) = self.entrypoint {
+            settings.entrypoint = Some(entrypoint);
+        }
+        if let Some(user) = self.user {
+            settings.user = User::parse(&user).map_err(|m| invalid("user", m))?;
+        }
+        if let Some(grace) = self.stop_grace {
+            settings.stop_grace = grace.parse().map_err(|m| invalid("stop_grace", m))?;
+        }
+        if let Some(timeout) = self.timeout {
+            let timeout = timeout.parse().map_err(|m| invalid("timeout", m))?;
+            settings.timeout = (!timeout.is_zero()).then_some(timeout);
+        }
+        if let Some(network) = self.network {
+            if network.trim().is_empty() {
+                return Err(invalid("network", "must not be empty".into()));
+            }
+            settings.network = network;
+        }
+        if let Some(memory) = self.memory {
+            settings.memory = Some(match memory {
+                MemoryValue::Bytes(b) if b > 0 => b,
+                MemoryValue::Bytes(b) => {
+                    return Err(invalid("memory", format!("must be positive, got {b}")));
+                }
+                MemoryValue::Text(t) => parse_memory(&t).map_err(|m| invalid("memory", m))?,
+            });
+        }
+        if let Some(cpus) = self.cpus {
+            if !(cpus.is_finite() && cpus > 0.0) {
+                return Err(invalid("cpus", format!("must be a positive number, got {cpus}")));
+            }
+            settings.cpus = Some(cpus);
+        }
+        if let Some(mode) = self.workspace {
+            settings.workspace = Some(mode);
+        }
+        if let Some(keep) = self.keep_failed_workspace {
+            settings.keep_failed_workspace = keep;
+        }
+        for (key, value) in self.env.unwrap_or_default() {
+            if !valid_env_key(&key) {
+                return Err(invalid("env", format!("invalid variable name {key:?}")));
+            }
+            settings.env.insert(key, value);
+        }
+        Ok(())
+    }
+}
+
+impl DurationValue {
+    fn parse(self) -> Result<Duration, String> {
+        match self {
+            DurationValue::Seconds(s) => Ok(Duration::from_secs(s)),
+            DurationValue::Text(t) => parse_duration(&t),
+        }
+    }
+}
+
+/// Reads and parses a TOML file, naming the file, the key and the line on
+/// error.
+fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_toml(&text, path)
+}
+
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
+    let located = |message: &str, span: Option<std::ops::Range<usize>>| {
+        let line = span.map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        match line {
+            Some(line) => format!("{message} (line {line})"),
+            None => message.to_owned(),
+        }
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key: String::new(),
+        message: located(e.message(), e.span()),
+    })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: if key == "." { String::new() } else { key },
+            message: located(inner.message(), inner.span()),
+        }
+    })
+}
+
+impl GlobalConfig {
+    /// The default location: `$ORCH_CONFIG`, else
+    /// `$XDG_CONFIG_HOME/orch/config.toml`, else `~/.config/orch/config.toml`.
+    pub fn default_path() -> Option<PathBuf> {
+        if let Some(path) = std::env::var_os("ORCH_CONFIG") {
+            return Some(PathBuf::from(path));
+        }
+        if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+            return Some(PathBuf::from(dir).join("orch/config.toml"));
+        }
+        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config/orch/config.toml"))
+    }
+
+    /// Loads the global config from `path`; a missing file is an empty config,
+    /// but one named by `$ORCH_CONFIG` must exist.
+    pub fn load(path: Option<&Path>) -> Result<GlobalConfig, ConfigError> {
+        let Some(path) = path else {
+            return Ok(GlobalConfig::default());
+        };
+        if !path.exists() && std::env::var_os("ORCH_CONFIG").is_none() {
+            return Ok(GlobalConfig::default());
+        }
+        let file: GlobalFile = read_toml(path)?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_owned(),
+            message,
+        };
+        let age = |key: &str, value: Option<DurationValue>| {
+            value
+                .map(|v| v.parse().map_err(|m| invalid(&format!("cleanup.{key}"), m)))
+                .transpose()
+        };
+        let cleanup = CleanupThresholds {
+            completed_age: age("completed_age", file.cleanup.completed_age)?,
+            failed_age: age("failed_age", file.cleanup.failed_age)?,
+            stale_age: age("stale_age", file.cleanup.stale_age)?,
+            old_age: age("old_age", file.cleanup.old_age)?,
+        };
+        let mut projects = BTreeMap::new();
+        for (name, mut entry) in file.projects {
+            let key = format!("projects.{name}");
+            orch_workspace::validate_project_name(&name).map_err(|e| invalid(&key, e.to_string()))?;
+            let Some(dir) = entry.path.take() else {
+                return Err(invalid(&format!("{key}.path"), "missing: the project's directory".into()));
+            };
+            projects.insert(name, (dir, entry));
+        }
+        Ok(GlobalConfig {
+            path: Some(path.to_path_buf()),
+            projects,
+            cleanup,
+        })
+    }
+
+    /// Resolves `<project>` of `orch task`: a path if it contains `/` or is
+    /// `.`, else the name of a configured project.
+    pub fn resolve_project(&self, arg: &str, overrides: &Overrides) -> Result<Project, ConfigError> {
+        let is_path = arg.contains('/') || arg == "." || arg == "..";
+        let (dir, global_layer, configured_name) = if is_path {
+            let dir = PathBuf::from(arg);
+            // A path that is also a configured project's path gets its entry.
+            let canonical = dir.canonicalize().ok();
+            let entry = self.projects.iter().find(|(_, (p, _))| {
+                canonical.is_some() && p.canonicalize().ok() == canonical
+            });
+            match entry {
+                Some((name, (_, layer))) => (dir, Some(layer.clone()), Some(name.clone())),
+                None => (dir, None, None),
+            }
+        } else {
+            let Some((path, layer)) = self.projects.get(arg) else {
+                return Err(ConfigError::UnknownProject {
+                    name: arg.to_owned(),
+                    config: self.path.clone(),
+                });
+            };
+            (path.clone(), Some(layer.clone()), Some(arg.to_owned()))
+        };
+        let path = dir.canonicalize().map_err(|source| ConfigError::ProjectDir {
+            path: dir.clone(),
+            source,
+        })?;
+        if !path.is_dir() {
+            return Err(ConfigError::ProjectDir {
+                path: dir,
+                source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+            });
+        }
+
+        let mut settings = Settings::default();
+        let mut name = configured_name;
+        let file = path.join("orch.toml");
+        if file.exists() {
+            let mut layer: FileSettings = read_toml(&file)?;
+            if let Some(file_name) = layer.name.take() {
+                orch_workspace::validate_project_name(&file_name).map_err(|e| {
+                    ConfigError::Invalid {
+                        path: file.clone(),
+                        key: "name".into(),
+                        message: e.to_string(),
+                    }
+                })?;
+                name.get_or_insert(file_name);
+            }
+            layer.apply(&mut settings, &file)?;
+        }
+        if let (Some(layer), Some(config)) = (global_layer, &self.path) {
+            layer.apply(&mut settings, config)?;
+        }
+        let name = match name {
+            Some(name) => name,
+            None => {
+                let dir_name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                orch_workspace::validate_project_name(&dir_name).map_err(|_| {
+                    ConfigError::UnnamedProject {
+                        path: path.clone(),
+                        dir_name: dir_name.clone(),
+                    }
+                })?;
+                dir_name
+            }
+        };
+        overrides.apply(&mut settings)?;
+        if settings.image.is_empty() {
+            return Err(ConfigError::NoImage {
+                project: name,
+                path: file,
+            });
+        }
+        Ok(Project {
+            name,
+            path,
+            settings,
+        })
+    }
+}
+
+impl Overrides {
+    fn apply(&self, settings: &mut Settings) -> Result<(), ConfigError> {
+        let flag = |flag: &str, message: String| ConfigError::Flag {
+            flag: flag.to_owned(),
+            message,
+        };
+        if let Some(image) = &self.image {
+            if image.trim().is_empty() {
+                return Err(flag("--image", "must not be empty".into()));
+            }
+            settings.image = image.clone();
+        }
+        if let Some(timeout) = self.timeout {
+            settings.timeout = (!timeout.is_zero()).then_some(timeout);
+        }
+        if let Some(grace) = self.stop_grace {
+            settings.stop_grace = grace;
+        }
+        if let Some(user) = &self.user {
+            settings.user = User::parse(user).map_err(|m| flag("--user", m))?;
+        }
+        for (key, value) in &self.env {
+            settings.env.insert(key.clone(), value.clone());
+        }
+        if self.no_workspace {
+            settings.workspace = Some(WorkspaceMode::None);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_project(text: &str) -> Result<FileSettings, ConfigError> {
+        parse_toml(text, Path::new("/p/orch.toml"))
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("3m").unwrap(), Duration::from_secs(180));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        for bad in ["", "5x", "-1", "soon", "NaN"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn memory() {
+        assert_eq!(parse_memory("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_memory("2g").unwrap(), 2 << 30);
+        assert_eq!(parse_memory("2GB").unwrap(), 2 << 30);
+        assert_eq!(parse_memory("1024").unwrap(), 1024);
+        for bad in ["", "g", "2x", "-1g", "0"] {
+            assert!(parse_memory(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn users() {
+        assert_eq!(User::parse("host").unwrap(), User::Host);
+        assert_eq!(User::parse("root").unwrap(), User::Root);
+        assert_eq!(User::parse("1000:1000").unwrap(), User::Id("1000:1000".into()));
+        assert_eq!(User::parse("1000").unwrap(), User::Id("1000".into()));
+        for bad in ["", "bob", "1000:", ":1", "1:2:3"] {
+            assert!(User::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_pairs() {
+        assert_eq!(parse_env_pair("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert_eq!(parse_env_pair("A=").unwrap(), ("A".into(), String::new()));
+        assert!(parse_env_pair("A").is_err());
+        assert!(parse_env_pair("=x").is_err());
+    }
+
+    #[test]
+    fn file_layers_apply_in_order() {
+        let file = parse_project(
+            r#"
+            image = "img:1"
+            command = ["/bin/x", "{desc}"]
+            stop_grace = "3s"
+            timeout = 60
+            memory = "1g"
+            cpus = 1.5
+            user = "root"
+            env = { A = "1" }
+            "#,
+        )
+        .unwrap();
+        let mut settings = Settings::default();
+        file.apply(&mut settings, Path::new("/p/orch.toml")).unwrap();
+        let overrides = Overrides {
+            timeout: Some(Duration::from_secs(5)),
+            env: vec![("B".into(), "2".into())],
+            ..Overrides::default()
+        };
+        overrides.apply(&mut settings).unwrap();
+        assert_eq!(settings.image, "img:1");
+        assert_eq!(settings.stop_grace, Duration::from_secs(3));
+        assert_eq!(settings.timeout, Some(Duration::from_secs(5)));
+        assert_eq!(settings.memory, Some(1 << 30));
+        assert_eq!(settings.user, User::Root);
+        assert_eq!(settings.env.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("imgae = \"x\"", "", "unknown field"),
+            ("image = 5", "image", "invalid type"),
+            ("timeout = \"5x\"", "timeout", "invalid duration"),
+            ("memory = \"lots\"", "memory", "invalid memory"),
+            ("user = \"bob\"", "user", "invalid user"),
+            ("workspace = \"copy\"", "workspace", "unknown variant"),
+            ("image = ", "", "line 1"),
+        ];
+        for (text, key, needle) in cases {
+            let result = parse_project(text).and_then(|f| {
+                f.apply(&mut Settings::default(), Path::new("/p/orch.toml"))
+            });
+            let err = result.expect_err(text);
+            let shown = err.to_string();
+            assert!(shown.contains(needle), "{text}: {shown}");
+            assert!(!shown.contains('\n'), "{text}: one line: {shown}");
+            if let ConfigError::Invalid { key: k, .. } = &err {
+                assert_eq!(k, key, "{text}: {shown}");
+            }
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Failure injection for tests: `ORCH_FAIL_POINT=<point>:<action>` makes this
+//! process fail at a named point, the way a bug or a kill would.
+//!
+//! Points: `after-create` (container created, not started), `after-start`.
+//! Actions: `panic`, `abort`, `sigkill` (of this very process), `pause` (sleep
+//! 30 s, so a test can kill the process at that exact point).
+//! Unset, it costs one environment lookup per process.
+
+use std::sync::OnceLock;
+
+static POINT: OnceLock<Option<(String, String)>> = OnceLock::new();
+
+/// Fails here if `ORCH_FAIL_POINT` names this point.
+pub(crate) fn hit(point: &str) {
+    let configured = POINT.get_or_init(|| {
+        let spec = std::env::var("ORCH_FAIL_POINT").ok()?;
+        let (point, action) = spec.split_once(':')?;
+        Some((point.to_owned(), action.to_owned()))
+    });
+    let Some((name, action)) = configured else {
+        return;
+    };
+    if name != point {
+        return;
+    }
+    match action.as_str() {
+        "panic" => panic!("fail point {point} reached"),
+        "abort" => std::process::abort(),
+        "sigkill" => {
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::KILL,
+            );
+        }
+        "pause" => std::thread::sleep(std::time::Duration::from_secs(30)),
+        other => tracing::warn!(point, action = other, "unknown fail point action"),
+    }
+}

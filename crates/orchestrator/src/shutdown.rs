@@ -1,0 +1,83 @@
+//! Shutdown, passed in from outside.
+//!
+//! The library never installs signal handlers: whoever owns the process (the
+//! `orch` binary) turns signals into these two steps. `stop` asks every task
+//! to stop gracefully (SIGTERM, SIGKILL after its grace); `force` asks for
+//! immediate removal. Cleanup itself never waits on these tokens: it runs on
+//! deadlines of its own.
+
+use tokio_util::sync::CancellationToken;
+
+/// The two-step shutdown trigger handed to the orchestrator.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    graceful: CancellationToken,
+    force: CancellationToken,
+}
+
+impl Shutdown {
+    /// A trigger that has not fired.
+    pub fn new() -> Shutdown {
+        Shutdown::default()
+    }
+
+    /// A trigger that fires when this one does, and can also fire alone (one
+    /// task's own cancellation).
+    pub fn child(&self) -> Shutdown {
+        Shutdown {
+            graceful: self.graceful.child_token(),
+            force: self.force.child_token(),
+        }
+    }
+
+    /// First step: stop gracefully.
+    pub fn stop(&self) {
+        self.graceful.cancel();
+    }
+
+    /// Second step: remove at once. Implies `stop`.
+    pub fn force(&self) {
+        self.graceful.cancel();
+        self.force.cancel();
+    }
+
+    /// True once `stop` (or `force`) was called.
+    pub fn is_stopping(&self) -> bool {
+        self.graceful.is_cancelled() || self.force.is_cancelled()
+    }
+
+    /// True once `force` was called.
+    pub fn is_forced(&self) -> bool {
+        self.force.is_cancelled()
+    }
+
+    /// Resolves when `stop` or `force` is called.
+    pub async fn stopping(&self) {
+        tokio::select! {
+            () = self.graceful.cancelled() => {}
+            () = self.force.cancelled() => {}
+        }
+    }
+
+    /// Resolves when `force` is called.
+    pub async fn forced(&self) {
+        self.force.cancelled().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escalation_and_children() {
+        let root = Shutdown::new();
+        let child = root.child();
+        assert!(!child.is_stopping());
+        child.stop();
+        assert!(child.is_stopping() && !root.is_stopping(), "a child stops alone");
+        root.force();
+        assert!(root.is_stopping() && root.is_forced());
+        assert!(child.is_forced(), "the parent reaches its children");
+    }
+}

@@ -1,0 +1,58 @@
+//! Typed errors of workspace operations; each names the path it concerns.
+
+use std::path::PathBuf;
+
+/// Why a workspace operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The path is not strictly inside the project's task directory.
+    #[error("refusing to remove {path}: it is not inside {root}")]
+    OutsideRoot {
+        /// The path that was asked for (not canonicalised).
+        path: PathBuf,
+        /// The root it had to be inside.
+        root: PathBuf,
+    },
+    /// The target itself is a symbolic link.
+    #[error("refusing to remove {path}: it is a symbolic link")]
+    Symlink {
+        /// The path of the link.
+        path: PathBuf,
+    },
+    /// A project name that cannot be used in paths and labels.
+    #[error(
+        "invalid project name {name:?}: use letters, digits, '.', '_' and '-' (not starting with '.')"
+    )]
+    InvalidProjectName {
+        /// The name as given.
+        name: String,
+    },
+    /// A task id that is not a hex UUID and so cannot name a directory.
+    #[error("invalid task id {id:?}")]
+    InvalidTaskId {
+        /// The id as given.
+        id: String,
+    },
+    /// An I/O operation on a path failed.
+    #[error("failed to {action} {path}")]
+    Io {
+        /// What was being done, e.g. "remove".
+        action: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}

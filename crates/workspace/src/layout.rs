@@ -1,0 +1,94 @@
+//! Where workspaces live under `$ORCH_HOME`.
+
+use std::path::{Path, PathBuf};
+
+use crate::Error;
+
+/// The directory layout of workspaces inside one orch home.
+///
+/// `<home>/workspaces/<project>/tasks/<task-id>` is a task's workspace; the
+/// `tasks/` directory of a project is the root that every removal is checked
+/// against.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    home: PathBuf,
+}
+
+impl Layout {
+    /// A layout rooted at an orch home (`$ORCH_HOME`).
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        Layout { home: home.into() }
+    }
+
+    /// The orch home this layout is rooted at.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// `<home>/workspaces`: every project's workspaces.
+    pub fn workspaces_root(&self) -> PathBuf {
+        self.home.join("workspaces")
+    }
+
+    /// `<home>/workspaces/<project>/tasks`: the only directory under which
+    /// removal of a project's workspaces is allowed.
+    pub fn tasks_root(&self, project: &str) -> Result<PathBuf, Error> {
+        validate_project_name(project)?;
+        Ok(self.workspaces_root().join(project).join("tasks"))
+    }
+
+    /// `<home>/workspaces/<project>/tasks/<task_id>`: one task's workspace.
+    pub fn task_dir(&self, project: &str, task_id: &str) -> Result<PathBuf, Error> {
+        if task_id.is_empty() || !task_id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(Error::InvalidTaskId {
+                id: task_id.to_owned(),
+            });
+        }
+        Ok(self.tasks_root(project)?.join(task_id))
+    }
+}
+
+/// Checks that a project name can be used in paths and Docker labels: letters,
+/// digits, `.`, `_` and `-`, not empty and not starting with `.`.
+pub fn validate_project_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidProjectName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_names() {
+        for good in ["demo", "my-project_2", "a.b", "X"] {
+            assert!(validate_project_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "ü", "a\0b", &"x".repeat(129)] {
+            assert!(validate_project_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn paths() {
+        let layout = Layout::new("/h");
+        assert_eq!(
+            layout.task_dir("p", "0192-ab").unwrap(),
+            Path::new("/h/workspaces/p/tasks/0192-ab")
+        );
+        assert!(layout.task_dir("p", "../x").is_err());
+        assert!(layout.task_dir("p", "").is_err());
+        assert!(layout.tasks_root("../p").is_err());
+    }
+}
