@@ -89,7 +89,8 @@ fn run_step(step: &str) -> Result<(), String> {
         }
         "chmod" => {
             let (mode, path) = split_two(rest)?;
-            let mode = u32::from_str_radix(mode, 8).map_err(|e| format!("bad mode {mode:?}: {e}"))?;
+            let mode =
+                u32::from_str_radix(mode, 8).map_err(|e| format!("bad mode {mode:?}: {e}"))?;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
                 .map_err(|e| e.to_string())?;
         }
@@ -117,7 +118,8 @@ fn parse<T: std::str::FromStr>(text: &str) -> Result<T, String>
 where
     T::Err: std::fmt::Display,
 {
-    text.parse().map_err(|e| format!("bad number {text:?}: {e}"))
+    text.parse()
+        .map_err(|e| format!("bad number {text:?}: {e}"))
 }
 
 fn split_two(text: &str) -> Result<(&str, &str), String> {
@@ -142,7 +144,11 @@ fn flood(bytes: u64) -> std::io::Result<()> {
     let mut left = bytes;
     while left > 0 {
         let n = left.min(line.len() as u64) as usize;
-        let chunk = if n == line.len() { &line[..] } else { &line[line.len() - n..] };
+        let chunk = if n == line.len() {
+            &line[..]
+        } else {
+            &line[line.len() - n..]
+        };
         out.write_all(chunk)?;
         left -= n as u64;
     }

@@ -52,7 +52,7 @@ impl Terminal {
 
     fn progress(&mut self, percent: u8, message: String) {
         if !self.fancy {
-            self.note(&format!("orch: progress {percent}% {message}").trim_end().to_owned());
+            self.note(format!("orch: progress {percent}% {message}").trim_end());
             return;
         }
         let bar = self.bar.get_or_insert_with(|| {

@@ -47,7 +47,10 @@ impl SignalWatch {
         tokio::spawn(async move {
             while let Some(signal) = signals.next().await {
                 let name = signal_name(signal);
-                if seen.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                if seen
+                    .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
                     eprintln!(
                         "orch: {name} received: stopping gracefully; press Ctrl+C again to force"
                     );

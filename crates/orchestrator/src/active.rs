@@ -22,7 +22,9 @@ impl ActiveSet {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Uuid>> {
         // A panic while holding this lock cannot leave the map half-changed
         // (each operation is one insert or remove), so poisoning is ignored.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn insert(&self, name: &str, task_id: Uuid) {

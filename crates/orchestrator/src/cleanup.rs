@@ -59,7 +59,10 @@ impl CleanupReport {
 
 impl Orchestrator {
     /// Lists this instance's containers, or one session's.
-    pub async fn list_containers(&self, session: Option<&Uuid>) -> Result<Vec<OwnedContainer>, Error> {
+    pub async fn list_containers(
+        &self,
+        session: Option<&Uuid>,
+    ) -> Result<Vec<OwnedContainer>, Error> {
         let filters = labels::filters(self.home.instance_id(), session);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
@@ -69,8 +72,13 @@ impl Orchestrator {
             .docker
             .list_containers(Some(options))
             .await
-            .map_err(|e| Error::docker("list containers of instance", self.home.instance_id(), e))?;
-        Ok(summaries.iter().filter_map(OwnedContainer::from_summary).collect())
+            .map_err(|e| {
+                Error::docker("list containers of instance", self.home.instance_id(), e)
+            })?;
+        Ok(summaries
+            .iter()
+            .filter_map(OwnedContainer::from_summary)
+            .collect())
     }
 
     /// Removes this instance's containers whose owner process is dead, or
@@ -149,8 +157,12 @@ impl Orchestrator {
             }
             if let Some(item) = report.containers.iter_mut().find(|c| c.name == name) {
                 match &result {
-                    Ok(_) => tracing::info!(container = %name, task = ?item.task_id, reason = item.reason, "removed container"),
-                    Err(e) => tracing::warn!(container = %name, error = %e, "failed to remove container"),
+                    Ok(_) => {
+                        tracing::info!(container = %name, task = ?item.task_id, reason = item.reason, "removed container")
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %name, error = %e, "failed to remove container")
+                    }
                 }
                 item.result = Some(result);
             }

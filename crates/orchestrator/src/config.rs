@@ -48,7 +48,8 @@ impl User {
             "root" => Ok(User::Root),
             _ => {
                 let mut parts = text.splitn(2, ':');
-                let all_numeric = parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+                let all_numeric =
+                    parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
                 if all_numeric {
                     Ok(User::Id(text.to_owned()))
                 } else {
@@ -271,7 +272,9 @@ pub fn parse_memory(text: &str) -> Result<i64, String> {
 pub fn parse_env_pair(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if valid_env_key(key) => Ok((key.to_owned(), value.to_owned())),
-        _ => Err(format!("invalid environment variable {text:?}: expected KEY=VALUE")),
+        _ => Err(format!(
+            "invalid environment variable {text:?}: expected KEY=VALUE"
+        )),
     }
 }
 
@@ -292,7 +295,10 @@ impl FileSettings {
             return Err(invalid("name", "belongs in the project's orch.toml".into()));
         }
         if self.path.is_some() {
-            return Err(invalid("path", "belongs in the global config's [projects.<name>]".into()));
+            return Err(invalid(
+                "path",
+                "belongs in the global config's [projects.<name>]".into(),
+            ));
         }
         if let Some(image) = self.image {
             if image.trim().is_empty() {
@@ -336,7 +342,10 @@ impl FileSettings {
         }
         if let Some(cpus) = self.cpus {
             if !(cpus.is_finite() && cpus > 0.0) {
-                return Err(invalid("cpus", format!("must be a positive number, got {cpus}")));
+                return Err(invalid(
+                    "cpus",
+                    format!("must be a positive number, got {cpus}"),
+                ));
             }
             settings.cpus = Some(cpus);
         }
@@ -441,9 +450,13 @@ impl GlobalConfig {
         let mut projects = BTreeMap::new();
         for (name, mut entry) in file.projects {
             let key = format!("projects.{name}");
-            orch_workspace::validate_project_name(&name).map_err(|e| invalid(&key, e.to_string()))?;
+            orch_workspace::validate_project_name(&name)
+                .map_err(|e| invalid(&key, e.to_string()))?;
             let Some(dir) = entry.path.take() else {
-                return Err(invalid(&format!("{key}.path"), "missing: the project's directory".into()));
+                return Err(invalid(
+                    &format!("{key}.path"),
+                    "missing: the project's directory".into(),
+                ));
             };
             projects.insert(name, (dir, entry));
         }
@@ -456,15 +469,20 @@ impl GlobalConfig {
 
     /// Resolves `<project>` of `orch task`: a path if it contains `/` or is
     /// `.`, else the name of a configured project.
-    pub fn resolve_project(&self, arg: &str, overrides: &Overrides) -> Result<Project, ConfigError> {
+    pub fn resolve_project(
+        &self,
+        arg: &str,
+        overrides: &Overrides,
+    ) -> Result<Project, ConfigError> {
         let is_path = arg.contains('/') || arg == "." || arg == "..";
         let (dir, global_layer, configured_name) = if is_path {
             let dir = PathBuf::from(arg);
             // A path that is also a configured project's path gets its entry.
             let canonical = dir.canonicalize().ok();
-            let entry = self.projects.iter().find(|(_, (p, _))| {
-                canonical.is_some() && p.canonicalize().ok() == canonical
-            });
+            let entry = self
+                .projects
+                .iter()
+                .find(|(_, (p, _))| canonical.is_some() && p.canonicalize().ok() == canonical);
             match entry {
                 Some((name, (_, layer))) => (dir, Some(layer.clone()), Some(name.clone())),
                 None => (dir, None, None),
@@ -478,10 +496,12 @@ impl GlobalConfig {
             };
             (path.clone(), Some(layer.clone()), Some(arg.to_owned()))
         };
-        let path = dir.canonicalize().map_err(|source| ConfigError::ProjectDir {
-            path: dir.clone(),
-            source,
-        })?;
+        let path = dir
+            .canonicalize()
+            .map_err(|source| ConfigError::ProjectDir {
+                path: dir.clone(),
+                source,
+            })?;
         if !path.is_dir() {
             return Err(ConfigError::ProjectDir {
                 path: dir,
@@ -606,7 +626,10 @@ mod tests {
     fn users() {
         assert_eq!(User::parse("host").unwrap(), User::Host);
         assert_eq!(User::parse("root").unwrap(), User::Root);
-        assert_eq!(User::parse("1000:1000").unwrap(), User::Id("1000:1000".into()));
+        assert_eq!(
+            User::parse("1000:1000").unwrap(),
+            User::Id("1000:1000".into())
+        );
         assert_eq!(User::parse("1000").unwrap(), User::Id("1000".into()));
         for bad in ["", "bob", "1000:", ":1", "1:2:3"] {
             assert!(User::parse(bad).is_err(), "{bad}");
@@ -637,7 +660,8 @@ mod tests {
         )
         .unwrap();
         let mut settings = Settings::default();
-        file.apply(&mut settings, Path::new("/p/orch.toml")).unwrap();
+        file.apply(&mut settings, Path::new("/p/orch.toml"))
+            .unwrap();
         let overrides = Overrides {
             timeout: Some(Duration::from_secs(5)),
             env: vec![("B".into(), "2".into())],
@@ -655,7 +679,7 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let cases = [
-            ("imgae = \"x\"", "", "unknown field"),
+            ("imgae = \"x\"", "imgae", "unknown field"),
             ("image = 5", "image", "invalid type"),
             ("timeout = \"5x\"", "timeout", "invalid duration"),
             ("memory = \"lots\"", "memory", "invalid memory"),
@@ -664,9 +688,8 @@ mod tests {
             ("image = ", "", "line 1"),
         ];
         for (text, key, needle) in cases {
-            let result = parse_project(text).and_then(|f| {
-                f.apply(&mut Settings::default(), Path::new("/p/orch.toml"))
-            });
+            let result = parse_project(text)
+                .and_then(|f| f.apply(&mut Settings::default(), Path::new("/p/orch.toml")));
             let err = result.expect_err(text);
             let shown = err.to_string();
             assert!(shown.contains(needle), "{text}: {shown}");

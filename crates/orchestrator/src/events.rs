@@ -219,17 +219,32 @@ mod tests {
     fn progress_lines_across_chunks() {
         let mut parser = ProgressParser::default();
         assert!(parser.feed(b"hello\n::prog").is_empty());
-        assert_eq!(parser.feed(b"ress::42 half way\nx"), vec![(42, "half way".to_owned())]);
-        assert_eq!(parser.feed(b"\n::progress::100\n"), vec![(100, String::new())]);
+        assert_eq!(
+            parser.feed(b"ress::42 half way\nx"),
+            vec![(42, "half way".to_owned())]
+        );
+        assert_eq!(
+            parser.feed(b"\n::progress::100\n"),
+            vec![(100, String::new())]
+        );
         assert!(parser.feed(b"::progress::101 too much\n").is_empty());
         assert!(parser.feed(b"::progress::abc\n").is_empty());
-        assert!(parser.feed(b"say ::progress::5\n").is_empty(), "only at line start");
+        assert!(
+            parser.feed(b"say ::progress::5\n").is_empty(),
+            "only at line start"
+        );
         let long = vec![b'x'; 10_000];
         assert!(parser.feed(&long).is_empty());
-        assert_eq!(parser.feed(b"\n::progress::7 ok\r\n"), vec![(7, "ok".to_owned())]);
+        assert_eq!(
+            parser.feed(b"\n::progress::7 ok\r\n"),
+            vec![(7, "ok".to_owned())]
+        );
         let mut huge = b"::progress::9 ".to_vec();
         huge.extend(vec![b'y'; 10_000]);
         assert!(parser.feed(&huge).is_empty());
-        assert!(parser.feed(b"\n").is_empty(), "an overlong line is not progress");
+        assert!(
+            parser.feed(b"\n").is_empty(),
+            "an overlong line is not progress"
+        );
     }
 }

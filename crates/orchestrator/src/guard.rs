@@ -53,7 +53,9 @@ impl Drop for ContainerGuard {
                 }
                 self.active.remove(&self.name);
             }
-            Err(e) => tracing::error!(container = %self.name, error = %e, "backstop removal failed"),
+            Err(e) => {
+                tracing::error!(container = %self.name, error = %e, "backstop removal failed")
+            }
         }
     }
 }

@@ -24,7 +24,11 @@ impl Home {
     /// The default home: `$ORCH_HOME`, else `$XDG_DATA_HOME/orch`, else
     /// `~/.local/share/orch`.
     pub fn default_path() -> Option<PathBuf> {
-        let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |name| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         var("ORCH_HOME")
             .or_else(|| var("XDG_DATA_HOME").map(|d| d.join("orch")))
             .or_else(|| var("HOME").map(|h| h.join(".local/share/orch")))
@@ -45,7 +49,7 @@ impl Home {
             Some(id) => id,
             None => {
                 let fresh = uuid::Uuid::new_v4().simple().to_string();
-                let tmp = path.join(format!(".{INSTANCE_FILE}.{}", std::process::id()));
+                let tmp = path.join(format!(".{INSTANCE_FILE}.{fresh}"));
                 let written = std::fs::File::create(&tmp)
                     .and_then(|mut f| f.write_all(fresh.as_bytes()).and_then(|()| f.sync_all()));
                 written.map_err(|e| Error::io("write", &tmp, e))?;
@@ -97,7 +101,11 @@ fn read_id(file: &Path) -> Result<Option<String>, Error> {
             if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
                 Ok(Some(id.to_owned()))
             } else {
-                Err(Error::io("read the instance id in", file, ErrorKind::InvalidData.into()))
+                Err(Error::io(
+                    "read the instance id in",
+                    file,
+                    ErrorKind::InvalidData.into(),
+                ))
             }
         }
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -118,7 +126,11 @@ mod tests {
         assert_eq!(home.instance_id().len(), 32);
         let other = Home::open(tmp.path().join("other")).unwrap();
         assert_ne!(home.instance_id(), other.instance_id());
-        assert!(Home::open_existing(tmp.path().join("none")).unwrap().is_none());
+        assert!(
+            Home::open_existing(tmp.path().join("none"))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -38,7 +38,8 @@ impl Owner {
 
 /// The start time of `pid`, or `None` if there is no such process.
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
+    let stat =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
     parse_start_time(&stat)
 }
 
@@ -73,15 +74,25 @@ mod tests {
         let me = Owner::current();
         assert!(me.start > 0);
         assert!(me.is_alive());
-        let reused = Owner { start: me.start + 1, ..me.clone() };
+        let reused = Owner {
+            start: me.start + 1,
+            ..me.clone()
+        };
         assert!(!reused.is_alive(), "same pid, other start time");
-        let rebooted = Owner { boot: "other-boot".into(), ..me.clone() };
+        let rebooted = Owner {
+            boot: "other-boot".into(),
+            ..me.clone()
+        };
         assert!(!rebooted.is_alive());
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         let start = start_time(pid);
         child.wait().unwrap();
-        let dead = Owner { pid, start: start.unwrap_or(1), boot: boot_id() };
+        let dead = Owner {
+            pid,
+            start: start.unwrap_or(1),
+            boot: boot_id(),
+        };
         assert!(!dead.is_alive());
     }
 }

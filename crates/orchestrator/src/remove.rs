@@ -40,7 +40,10 @@ pub(crate) async fn remove_container(docker: &Docker, name: &str) -> Result<Gone
             Err(e) if docker::is_not_found(&e) => Ok(Gone::AlreadyGone),
             // Someone else (another orch, the watchdog) is removing it: done
             // once it is gone.
-            Err(e) if docker::status(&e) == Some(409) && docker::one_line(&e).contains("in progress") => {
+            Err(e)
+                if docker::status(&e) == Some(409)
+                    && docker::one_line(&e).contains("in progress") =>
+            {
                 wait_gone(docker, name).await.map(|()| Gone::Removed)
             }
             Err(e) => Err(Error::docker("remove container", name, e)),

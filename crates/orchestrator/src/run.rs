@@ -107,6 +107,8 @@ impl Orchestrator {
         sink: &EventSink,
     ) -> Result<Outcome, Error> {
         let settings = &request.project.settings;
+        // A missing image is bad input: found out before the task exists.
+        self.ensure_image(&settings.image, sink).await?;
         let mut name = labels::container_name(&task_id);
         sink.send(Event::Planned {
             task_id,
@@ -121,14 +123,15 @@ impl Orchestrator {
         if shutdown.is_stopping() {
             return Ok(outcome(Status::Cancelled, None, &name));
         }
-        self.ensure_image(&settings.image, sink).await?;
 
         // From here on a container may exist: every path below ends in the
         // removal after `supervise`, and the guard covers the rest.
         let mut guard = ContainerGuard::arm(&self.active, &name, task_id);
         let mut pump = None;
         let ending = self
-            .supervise(request, task_id, &mut name, &mut guard, &mut pump, shutdown, sink)
+            .supervise(
+                request, task_id, &mut name, &mut guard, &mut pump, shutdown, sink,
+            )
             .await;
 
         // Output first (unless forced), then the container.
@@ -212,7 +215,13 @@ impl Orchestrator {
         if shutdown.is_stopping() {
             return Ok(Ending::Cancelled);
         }
-        if let Err(e) = deadline("start container", name, self.docker.start_container(name, None)).await {
+        if let Err(e) = deadline(
+            "start container",
+            name,
+            self.docker.start_container(name, None),
+        )
+        .await
+        {
             if let Error::Docker { source, .. } = &e {
                 if let Some(code) = not_invoked_code(source) {
                     sink.send(Event::Notice(docker::one_line(source)));
@@ -278,7 +287,8 @@ impl Orchestrator {
         sink: &EventSink,
     ) {
         sink.send(Event::Stopping { reason, grace });
-        let secs = i32::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0)).unwrap_or(i32::MAX);
+        let secs = i32::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
+            .unwrap_or(i32::MAX);
         let options = StopContainerOptionsBuilder::default().t(secs).build();
         let stop = deadline(
             "stop container",
@@ -316,7 +326,8 @@ impl Orchestrator {
             match item {
                 Ok(info) => {
                     let status = info.status.unwrap_or_default();
-                    let noisy = status.starts_with("Downloading") || status.starts_with("Extracting");
+                    let noisy =
+                        status.starts_with("Downloading") || status.starts_with("Extracting");
                     if !noisy && !status.is_empty() && status != last_status {
                         sink.send(Event::Notice(format!("pull {reference}: {status}")));
                         last_status = status;
@@ -349,7 +360,8 @@ impl Orchestrator {
             .collect();
         env.push(format!("ORCH_TASK_ID={task_id}"));
         env.push(format!("ORCH_TASK_DESC={}", request.desc));
-        let grace_secs = settings.stop_grace.as_secs() + u64::from(settings.stop_grace.subsec_nanos() > 0);
+        let grace_secs =
+            settings.stop_grace.as_secs() + u64::from(settings.stop_grace.subsec_nanos() > 0);
         ContainerCreateBody {
             image: Some(settings.image.clone()),
             cmd: Some(command),
@@ -447,7 +459,10 @@ async fn pump_output(
 /// Lets the output pump finish what the removed container's stream still
 /// holds, then stops it.
 async fn finish_pump(mut pump: JoinHandle<()>) {
-    if tokio::time::timeout(Duration::from_secs(2), &mut pump).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), &mut pump)
+        .await
+        .is_err()
+    {
         pump.abort();
     }
 }
@@ -456,7 +471,9 @@ async fn finish_pump(mut pump: JoinHandle<()>) {
 /// found, 126 not executable.
 fn not_invoked_code(error: &DockerError) -> Option<i64> {
     let message = docker::one_line(error);
-    if message.contains("executable file not found") || message.contains("no such file or directory") {
+    if message.contains("executable file not found")
+        || message.contains("no such file or directory")
+    {
         Some(127)
     } else if message.contains("permission denied") {
         Some(126)
@@ -501,8 +518,9 @@ mod tests {
 
     #[test]
     fn task_ids_of_one_process_have_distinct_names() {
-        let names: std::collections::HashSet<String> =
-            (0..1000).map(|_| labels::container_name(&new_task_id())).collect();
+        let names: std::collections::HashSet<String> = (0..1000)
+            .map(|_| labels::container_name(&new_task_id()))
+            .collect();
         assert_eq!(names.len(), 1000);
         let id = new_task_id();
         assert_eq!(id.get_version_num(), 7);
@@ -512,7 +530,10 @@ mod tests {
     fn default_tags() {
         assert_eq!(with_default_tag("alpine"), "alpine:latest");
         assert_eq!(with_default_tag("orch-agent:dev"), "orch-agent:dev");
-        assert_eq!(with_default_tag("localhost:5000/x"), "localhost:5000/x:latest");
+        assert_eq!(
+            with_default_tag("localhost:5000/x"),
+            "localhost:5000/x:latest"
+        );
         assert_eq!(with_default_tag("x@sha256:ab"), "x@sha256:ab");
     }
 

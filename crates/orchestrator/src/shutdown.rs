@@ -75,7 +75,10 @@ mod tests {
         let child = root.child();
         assert!(!child.is_stopping());
         child.stop();
-        assert!(child.is_stopping() && !root.is_stopping(), "a child stops alone");
+        assert!(
+            child.is_stopping() && !root.is_stopping(),
+            "a child stops alone"
+        );
         root.force();
         assert!(root.is_stopping() && root.is_forced());
         assert!(child.is_forced(), "the parent reaches its children");

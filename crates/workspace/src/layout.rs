@@ -75,7 +75,17 @@ mod tests {
         for good in ["demo", "my-project_2", "a.b", "X"] {
             assert!(validate_project_name(good).is_ok(), "{good}");
         }
-        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "ü", "a\0b", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a b",
+            "ü",
+            "a\0b",
+            &"x".repeat(129),
+        ] {
             assert!(validate_project_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -131,7 +131,11 @@ mod tests {
         std::fs::create_dir_all(base.join("orchx/workspaces/p/tasks/t9")).unwrap();
         symlink(&victim, root.join("t1/link-to-victim")).unwrap();
         symlink(&victim, root.join("tlink")).unwrap();
-        symlink(base.join("orchx/workspaces/p/tasks/t9"), root.join("t9link")).unwrap();
+        symlink(
+            base.join("orchx/workspaces/p/tasks/t9"),
+            root.join("t9link"),
+        )
+        .unwrap();
         Fixture {
             _tmp: tmp,
             base,
@@ -147,7 +151,10 @@ mod tests {
         let removal = f.layout.remove_task_dir("p", &f.root.join("t1")).unwrap();
         assert_eq!(removal, Removal::Removed(f.root.join("t1")));
         assert!(!f.root.join("t1").exists());
-        assert_eq!(std::fs::read_to_string(f.victim.join("precious")).unwrap(), "keep");
+        assert_eq!(
+            std::fs::read_to_string(f.victim.join("precious")).unwrap(),
+            "keep"
+        );
         // Idempotent.
         let again = f.layout.remove_task_dir("p", &f.root.join("t1")).unwrap();
         assert!(matches!(again, Removal::Missing(_)));
@@ -177,7 +184,10 @@ mod tests {
     fn refuses_a_symlink_target() {
         let f = fixture();
         for link in ["tlink", "t9link"] {
-            let err = f.layout.remove_task_dir("p", &f.root.join(link)).unwrap_err();
+            let err = f
+                .layout
+                .remove_task_dir("p", &f.root.join(link))
+                .unwrap_err();
             assert!(matches!(err, Error::Symlink { .. }), "{err}");
         }
         assert!(f.victim.join("precious").exists());
@@ -197,23 +207,56 @@ mod tests {
     #[test]
     fn missing_paths_are_fine_only_inside() {
         let f = fixture();
-        assert_eq!(f.layout.check_removable("p", &f.root.join("nope")).unwrap(), None);
+        assert_eq!(
+            f.layout.check_removable("p", &f.root.join("nope")).unwrap(),
+            None
+        );
         assert!(f.layout.check_removable("p", &f.base.join("nope")).is_err());
-        assert!(f.layout.check_removable("p", &f.root.join("../nope")).is_err());
+        assert!(
+            f.layout
+                .check_removable("p", &f.root.join("../nope"))
+                .is_err()
+        );
     }
 
     #[test]
     fn lexical_prefix_is_by_component() {
-        assert!(lexically_inside(Path::new("/h/orch/x"), Path::new("/h/orch")));
-        assert!(!lexically_inside(Path::new("/h/orchx/x"), Path::new("/h/orch")));
-        assert!(!lexically_inside(Path::new("/h/orch"), Path::new("/h/orch")));
-        assert!(!lexically_inside(Path::new("/h/orch/x/../.."), Path::new("/h/orch")));
+        assert!(lexically_inside(
+            Path::new("/h/orch/x"),
+            Path::new("/h/orch")
+        ));
+        assert!(!lexically_inside(
+            Path::new("/h/orchx/x"),
+            Path::new("/h/orch")
+        ));
+        assert!(!lexically_inside(
+            Path::new("/h/orch"),
+            Path::new("/h/orch")
+        ));
+        assert!(!lexically_inside(
+            Path::new("/h/orch/x/../.."),
+            Path::new("/h/orch")
+        ));
     }
 
     fn component() -> impl Strategy<Value = &'static str> {
         prop::sample::select(vec![
-            "..", ".", "t1", "t1", "sub", "f", "tlink", "t9link", "link-to-victim", "tasks", "p",
-            "workspaces", "orch", "orchx", "victim", "nope",
+            "..",
+            ".",
+            "t1",
+            "t1",
+            "sub",
+            "f",
+            "tlink",
+            "t9link",
+            "link-to-victim",
+            "tasks",
+            "p",
+            "workspaces",
+            "orch",
+            "orchx",
+            "victim",
+            "nope",
         ])
     }
 

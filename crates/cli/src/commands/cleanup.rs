@@ -20,9 +20,16 @@ pub(crate) async fn run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
             dry_run: args.dry_run,
         })
         .await?;
-    let verb = if args.dry_run { "would remove" } else { "removed" };
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     for item in &report.containers {
-        let task = item.task_id.map(|t| format!(" (task {t})")).unwrap_or_default();
+        let task = item
+            .task_id
+            .map(|t| format!(" (task {t})"))
+            .unwrap_or_default();
         match &item.result {
             Some(Err(e)) => eprintln!("orch: failed to remove container {}: {e:#}", item.name),
             _ => println!("{verb} container {}{task}: {}", item.name, item.reason),

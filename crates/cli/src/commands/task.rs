@@ -65,7 +65,9 @@ async fn sweep(orch: &Orchestrator) {
             for item in &report.containers {
                 match &item.result {
                     Some(Ok(_)) => eprintln!("orch: removed container {}", item.name),
-                    Some(Err(e)) => eprintln!("orch: failed to remove container {}: {e:#}", item.name),
+                    Some(Err(e)) => {
+                        eprintln!("orch: failed to remove container {}: {e:#}", item.name)
+                    }
                     None => {}
                 }
             }

@@ -1,0 +1,25 @@
+# orch's recipes. Each one is a thin wrapper over scripts/, which need only
+# Rust and a running Docker engine.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Build the offline task image orch-agent:dev (static binary, FROM scratch).
+image:
+    scripts/build-image
+
+# Run a real task in a container, end to end.
+demo:
+    scripts/demo
+
+# Run every test (unit, property, end-to-end against Docker).
+test *ARGS:
+    scripts/test {{ARGS}}
+
+# Formatting and lints, as CI checks them.
+lint:
+    cargo fmt --check
+    cargo clippy --all-targets --locked -j 2 -- -D warnings

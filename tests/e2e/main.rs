@@ -1,0 +1,13 @@
+//! End-to-end tests: the real `orch` binary, the real Docker engine, real
+//! signals. Each test has its own `ORCH_HOME`, hence its own instance id, and
+//! fails if it leaves a container of that instance behind.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
+
+mod cleanup;
+mod helper;
+mod task;
