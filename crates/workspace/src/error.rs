@@ -34,6 +34,41 @@ pub enum Error {
         /// The id as given.
         id: String,
     },
+    /// A git command failed.
+    #[error("failed to {action} in {}: git {}: {stderr}", dir.display(), args.join(" "))]
+    Git {
+        /// What was being done, e.g. "create worktree".
+        action: &'static str,
+        /// Where git ran.
+        dir: PathBuf,
+        /// The git arguments.
+        args: Vec<String>,
+        /// What git said, on one line.
+        stderr: String,
+    },
+    /// The project is not a git repository, so it cannot have worktrees.
+    #[error(
+        "project directory {} is not in a git repository: run `git init` there, \
+         or set workspace = \"none\" in its orch.toml (or pass --no-workspace)",
+        path.display()
+    )]
+    NotARepository {
+        /// The project directory.
+        path: PathBuf,
+    },
+    /// Files in the workspace cannot be removed by this user (a task running
+    /// as root left them); removal needs a privileged helper.
+    #[error("failed to remove {}: some files belong to another user", path.display())]
+    NeedsPrivilege {
+        /// The workspace.
+        path: PathBuf,
+    },
+    /// The workspace is locked by a live task (or one being created).
+    #[error("workspace {} is in use by a live task", path.display())]
+    InUse {
+        /// The workspace.
+        path: PathBuf,
+    },
     /// An I/O operation on a path failed.
     #[error("failed to {action} {path}")]
     Io {
