@@ -22,6 +22,11 @@
 //! | `panic` | panic (exit code 101) |
 //!
 //! Running out of steps exits 0.
+//!
+//! Invoked as `rm` (the image links `/bin/rm` to it), it removes its
+//! arguments recursively without following symlinks, as `rm -rf` does; a
+//! mount point is emptied. orch uses that to remove files a root task left in
+//! a workspace.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -29,6 +34,10 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 fn main() -> ExitCode {
+    let invoked_as = std::env::args().next().unwrap_or_default();
+    if invoked_as.rsplit('/').next() == Some("rm") {
+        return remove_all(std::env::args().skip(1).filter(|a| !a.starts_with('-')));
+    }
     let mut args = std::env::args().skip(1);
     let (Some(script), None) = (args.next(), args.next()) else {
         eprintln!("usage: orch-agent '<step>; <step>; ...'");
@@ -153,6 +162,43 @@ fn flood(bytes: u64) -> std::io::Result<()> {
         left -= n as u64;
     }
     out.flush()
+}
+
+/// `rm -rf` for each path: symlinks are removed, never followed; a
+/// directory that cannot go itself (a mount point) is left empty.
+fn remove_all(paths: impl Iterator<Item = String>) -> ExitCode {
+    let mut failed = false;
+    for path in paths {
+        let path = std::path::Path::new(&path);
+        let result = match path.symlink_metadata() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+            Ok(meta) if meta.is_dir() => std::fs::read_dir(path).and_then(|entries| {
+                for entry in entries {
+                    let entry = entry?;
+                    if entry.file_type()?.is_dir() {
+                        std::fs::remove_dir_all(entry.path())?;
+                    } else {
+                        std::fs::remove_file(entry.path())?;
+                    }
+                }
+                // A mount point cannot be removed from inside; its parent
+                // takes care of it.
+                let _ = std::fs::remove_dir(path);
+                Ok(())
+            }),
+            Ok(_) => std::fs::remove_file(path),
+        };
+        if let Err(e) = result {
+            eprintln!("rm: {}: {e}", path.display());
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn ignore_sigterm() {

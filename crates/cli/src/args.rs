@@ -23,6 +23,15 @@ pub(crate) enum Command {
     Task(TaskArgs),
     /// Remove what orch left behind.
     Cleanup(CleanupArgs),
+    /// Disk use of workspaces: each, per project, in total.
+    Du(DuArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DuArgs {
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +66,20 @@ pub(crate) struct TaskArgs {
     /// Run without a workspace.
     #[arg(long)]
     pub(crate) no_workspace: bool,
+
+    /// Start the workspace branch from this commit, branch or tag instead of
+    /// the project's HEAD.
+    #[arg(long = "ref", value_name = "REF")]
+    pub(crate) git_ref: Option<String>,
+
+    /// Keep the workspace however the task ends.
+    #[arg(long, conflicts_with = "rm_workspace")]
+    pub(crate) keep_workspace: bool,
+
+    /// Remove the workspace however the task ends (its work is still
+    /// committed to its branch first).
+    #[arg(long)]
+    pub(crate) rm_workspace: bool,
 }
 
 #[derive(Debug, Args)]

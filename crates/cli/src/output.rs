@@ -5,7 +5,7 @@
 use std::io::{IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use orch_orchestrator::{Event, Observer, StopReason, Stream};
+use orch_orchestrator::{Event, Observer, StopReason, Stream, WorkspaceFate};
 
 /// Shows a task's events in the terminal.
 pub(crate) struct Terminal {
@@ -90,6 +90,34 @@ impl Observer for Terminal {
                 self.note("orch: forcing: killing and removing the container now");
             }
             Event::Notice(message) => self.note(&format!("orch: {message}")),
+            Event::Workspace(WorkspaceFate::Kept { path, branch }) => {
+                self.note(&format!(
+                    "orch: workspace kept at {} (branch {branch})",
+                    path.display()
+                ));
+            }
+            Event::Workspace(WorkspaceFate::Removed {
+                branch,
+                saved_commit,
+                size,
+                took,
+                ..
+            }) => {
+                if let Some(commit) = saved_commit {
+                    let short = commit.get(..12).unwrap_or(&commit);
+                    self.note(&format!(
+                        "orch: uncommitted work saved to {branch} ({short})"
+                    ));
+                }
+                if self.verbose {
+                    self.note(&format!(
+                        "orch: workspace removed ({} files, {}, {:.1}s)",
+                        size.files,
+                        crate::output::human_bytes(size.bytes),
+                        took.as_secs_f64()
+                    ));
+                }
+            }
             Event::Cleaned { container, elapsed } => {
                 if let Some(bar) = self.bar.take() {
                     bar.abandon();
@@ -103,5 +131,34 @@ impl Observer for Terminal {
             }
             _ => {}
         }
+    }
+}
+
+/// Bytes in binary units, one decimal: `1.2 GiB`.
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_like_du_h() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1288490189), "1.2 GiB");
     }
 }

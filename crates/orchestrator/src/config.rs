@@ -94,9 +94,9 @@ pub struct Settings {
     pub memory: Option<i64>,
     /// CPU limit.
     pub cpus: Option<f64>,
-    /// Worktree or none; `None` here means "worktree if the project is a git
-    /// repository".
-    pub workspace: Option<WorkspaceMode>,
+    /// Worktree (the default; the project must be in a git repository) or
+    /// none.
+    pub workspace: WorkspaceMode,
     /// Keep the workspace of a failed, timed-out or lost task.
     pub keep_failed_workspace: bool,
     /// Extra environment.
@@ -115,7 +115,7 @@ impl Default for Settings {
             network: "bridge".into(),
             memory: None,
             cpus: None,
-            workspace: None,
+            workspace: WorkspaceMode::Worktree,
             keep_failed_workspace: true,
             env: BTreeMap::new(),
         }
@@ -350,7 +350,7 @@ impl FileSettings {
             settings.cpus = Some(cpus);
         }
         if let Some(mode) = self.workspace {
-            settings.workspace = Some(mode);
+            settings.workspace = mode;
         }
         if let Some(keep) = self.keep_failed_workspace {
             settings.keep_failed_workspace = keep;
@@ -585,7 +585,7 @@ impl Overrides {
             settings.env.insert(key.clone(), value.clone());
         }
         if self.no_workspace {
-            settings.workspace = Some(WorkspaceMode::None);
+            settings.workspace = WorkspaceMode::None;
         }
         Ok(())
     }

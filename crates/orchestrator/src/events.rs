@@ -75,6 +75,8 @@ pub enum Event {
     },
     /// Forced removal begun.
     Forcing,
+    /// The workspace was removed or kept.
+    Workspace(crate::WorkspaceFate),
     /// Something the user should know, on one line.
     Notice(String),
     /// Cleanup finished: what was removed, and how long it took.

@@ -23,6 +23,7 @@ mod owner;
 mod remove;
 mod run;
 mod shutdown;
+mod workspace;
 
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ pub use owner::Owner;
 pub use remove::Gone;
 pub use run::{Outcome, Status, TaskRequest};
 pub use shutdown::Shutdown;
+pub use workspace::WorkspaceFate;
 
 /// Requests to the engine never wait longer than this for an answer; calls
 /// that can legitimately take long (stop, wait) carry their own bounds.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
@@ -23,10 +23,13 @@ use futures_util::{Stream, StreamExt};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::config::Project;
+use orch_workspace::Workspace;
+
+use crate::config::{Project, WorkspaceMode};
 use crate::events::{Event, EventSink, Observer, ProgressParser, StopReason, Stream as OutStream};
 use crate::guard::ContainerGuard;
 use crate::remove::{Gone, remove_container};
+use crate::workspace::{WorkspaceFate, keeps_workspace};
 use crate::{Error, Orchestrator, Shutdown, docker, failpoint, labels};
 
 /// How long create, attach and start may take.
@@ -43,6 +46,11 @@ pub struct TaskRequest {
     pub project: Project,
     /// The task description; replaces `{desc}` in the command.
     pub desc: String,
+    /// Where the workspace branch starts (default: the project's HEAD).
+    pub git_ref: Option<String>,
+    /// Keep (`Some(true)`) or remove (`Some(false)`) the workspace whatever
+    /// the outcome; `None` applies the policy.
+    pub keep_workspace: Option<bool>,
 }
 
 /// How a task ended.
@@ -70,6 +78,8 @@ pub struct Outcome {
     /// The task's exit code, when it ended by itself (126/127 when the command
     /// could not be invoked).
     pub exit_code: Option<i64>,
+    /// What became of its workspace, if it had one.
+    pub workspace: Option<WorkspaceFate>,
 }
 
 /// How supervision ended, before cleanup.
@@ -107,30 +117,52 @@ impl Orchestrator {
         sink: &EventSink,
     ) -> Result<Outcome, Error> {
         let settings = &request.project.settings;
-        // A missing image is bad input: found out before the task exists.
+        // Bad input is found out before the task exists: a missing image, a
+        // project that cannot have a worktree, a ref that names no commit.
         self.ensure_image(&settings.image, sink).await?;
+        let repo = match settings.workspace {
+            WorkspaceMode::Worktree => Some(
+                self.find_repo(&request.project.path, request.git_ref.as_deref())
+                    .await?,
+            ),
+            WorkspaceMode::None => None,
+        };
         let mut name = labels::container_name(&task_id);
         sink.send(Event::Planned {
             task_id,
             container: name.clone(),
         });
-        let outcome = |status, exit_code, container: &str| Outcome {
+        let mut outcome = Outcome {
             task_id,
-            container: container.to_owned(),
-            status,
-            exit_code,
+            container: name.clone(),
+            status: Status::Cancelled,
+            exit_code: None,
+            workspace: None,
         };
         if shutdown.is_stopping() {
-            return Ok(outcome(Status::Cancelled, None, &name));
+            return Ok(outcome);
         }
+        let held = match &repo {
+            Some(repo) => Some(
+                self.create_workspace(
+                    repo,
+                    &request.project.name,
+                    &task_id,
+                    request.git_ref.as_deref(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
 
         // From here on a container may exist: every path below ends in the
         // removal after `supervise`, and the guard covers the rest.
         let mut guard = ContainerGuard::arm(&self.active, &name, task_id);
         let mut pump = None;
+        let workspace = held.as_ref().map(|h| &h.workspace);
         let ending = self
             .supervise(
-                request, task_id, &mut name, &mut guard, &mut pump, shutdown, sink,
+                request, task_id, workspace, &mut name, &mut guard, &mut pump, shutdown, sink,
             )
             .await;
 
@@ -164,13 +196,32 @@ impl Orchestrator {
             Err(e) => sink.send(Event::Notice(format!("{e:#}"))),
         }
 
-        let (status, code) = match ending? {
+        let ended = ending.map(|ending| match ending {
             Ending::Exited(0) => (Status::Succeeded, Some(0)),
             Ending::Exited(code) => (Status::Failed, Some(code)),
             Ending::TimedOut => (Status::TimedOut, None),
             Ending::Cancelled => (Status::Cancelled, None),
-        };
-        Ok(outcome(status, code, &name))
+        });
+        if let Some(held) = held {
+            let status = ended.as_ref().ok().map(|(status, _)| *status);
+            let keep = keeps_workspace(
+                status,
+                settings.keep_failed_workspace,
+                request.keep_workspace,
+            );
+            match self.settle_workspace(held, keep, &settings.image).await {
+                Ok(fate) => {
+                    sink.send(Event::Workspace(fate.clone()));
+                    outcome.workspace = Some(fate);
+                }
+                Err(e) => sink.send(Event::Notice(format!("workspace kept: {e:#}"))),
+            }
+        }
+        let (status, exit_code) = ended?;
+        outcome.status = status;
+        outcome.exit_code = exit_code;
+        outcome.container = name;
+        Ok(outcome)
     }
 
     /// Creates, attaches and starts the container, then waits for its end.
@@ -179,6 +230,7 @@ impl Orchestrator {
         &self,
         request: &TaskRequest,
         task_id: Uuid,
+        workspace: Option<&Workspace>,
         name: &mut String,
         guard: &mut ContainerGuard,
         pump: &mut Option<JoinHandle<()>>,
@@ -186,7 +238,7 @@ impl Orchestrator {
         sink: &EventSink,
     ) -> Result<Ending, Error> {
         let settings = &request.project.settings;
-        let body = self.container_body(request, task_id);
+        let body = self.container_body(request, task_id, workspace);
         match self.create(name, body.clone()).await {
             Err(Error::Docker { source, .. }) if docker::status(&source) == Some(409) => {
                 // Another task started in the same millisecond (on this engine,
@@ -344,7 +396,12 @@ impl Orchestrator {
         Ok(())
     }
 
-    fn container_body(&self, request: &TaskRequest, task_id: Uuid) -> ContainerCreateBody {
+    fn container_body(
+        &self,
+        request: &TaskRequest,
+        task_id: Uuid,
+        workspace: Option<&Workspace>,
+    ) -> ContainerCreateBody {
         let settings = &request.project.settings;
         let command = settings
             .command
@@ -360,6 +417,25 @@ impl Orchestrator {
             .collect();
         env.push(format!("ORCH_TASK_ID={task_id}"));
         env.push(format!("ORCH_TASK_DESC={}", request.desc));
+        env.push(format!(
+            "ORCH_WORKSPACE={}",
+            workspace
+                .map(|w| w.path.display().to_string())
+                .unwrap_or_default()
+        ));
+        // The worktree and the repository's git directory at the same
+        // absolute paths, so git inside the task works on the real branch.
+        let mounts = workspace.map(|w| {
+            [&w.path, &w.repo.common_dir]
+                .into_iter()
+                .map(|path| Mount {
+                    target: Some(path.display().to_string()),
+                    source: Some(path.display().to_string()),
+                    typ: Some(MountType::BIND),
+                    ..Mount::default()
+                })
+                .collect()
+        });
         let grace_secs =
             settings.stop_grace.as_secs() + u64::from(settings.stop_grace.subsec_nanos() > 0);
         ContainerCreateBody {
@@ -377,8 +453,10 @@ impl Orchestrator {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             stop_timeout: Some(i64::try_from(grace_secs).unwrap_or(i64::MAX)),
+            working_dir: workspace.map(|w| w.workdir.display().to_string()),
             host_config: Some(HostConfig {
                 init: Some(true),
+                mounts,
                 network_mode: Some(settings.network.clone()),
                 memory: settings.memory,
                 nano_cpus: settings.cpus.map(|c| (c * 1e9) as i64),

@@ -91,3 +91,26 @@ impl Repo {
         })
     }
 }
+
+impl Repo {
+    /// The commit `git_ref` names, or an error saying it names none (an
+    /// empty repository has no HEAD commit yet).
+    pub fn resolve(&self, git_ref: &str) -> Result<String, Error> {
+        git(
+            "resolve the start of the workspace",
+            &self.top,
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{git_ref}^{{commit}}"),
+            ],
+        )
+        .map_err(|_| Error::Git {
+            action: "resolve the start of the workspace",
+            dir: self.top.clone(),
+            args: vec!["rev-parse".into(), git_ref.into()],
+            stderr: format!("{git_ref:?} is not a commit (a repository needs one commit first)"),
+        })
+    }
+}

@@ -48,6 +48,60 @@ impl Layout {
     }
 }
 
+/// A directory under some project's `tasks/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskDir {
+    /// The project's name.
+    pub project: String,
+    /// The directory's name: a task id, if orch made it.
+    pub task_id: String,
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl Layout {
+    /// Every directory under `workspaces/<project>/tasks/`, of every project,
+    /// sorted by project then name. Entries whose names orch would never
+    /// have made are skipped.
+    pub fn task_dirs(&self) -> Result<Vec<TaskDir>, Error> {
+        let mut dirs = Vec::new();
+        for project in read_names(&self.workspaces_root())? {
+            if validate_project_name(&project).is_err() {
+                continue;
+            }
+            let root = self.tasks_root(&project)?;
+            for task_id in read_names(&root)? {
+                if let Ok(path) = self.task_dir(&project, &task_id) {
+                    dirs.push(TaskDir {
+                        project: project.clone(),
+                        task_id,
+                        path,
+                    });
+                }
+            }
+        }
+        dirs.sort_by(|a, b| (&a.project, &a.task_id).cmp(&(&b.project, &b.task_id)));
+        Ok(dirs)
+    }
+}
+
+/// Names of the entries of `dir`; none if it does not exist.
+fn read_names(dir: &Path) -> Result<Vec<String>, Error> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        if let Some(name) = entry.file_name().to_str() {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
 /// Checks that a project name can be used in paths and Docker labels: letters,
 /// digits, `.`, `_` and `-`, not empty and not starting with `.`.
 pub fn validate_project_name(name: &str) -> Result<(), Error> {

@@ -21,7 +21,7 @@ mod worktree;
 
 pub use error::Error;
 pub use git::Repo;
-pub use layout::{Layout, validate_project_name};
+pub use layout::{Layout, TaskDir, validate_project_name};
 pub use lock::TaskLock;
 pub use remove::Removal;
 pub use worktree::{

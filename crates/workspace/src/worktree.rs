@@ -78,23 +78,7 @@ impl Workspace {
             )
         })?;
         std::fs::create_dir_all(root).map_err(|e| Error::io("create", root, e))?;
-        let start = git_ref.unwrap_or("HEAD");
-        let base = git(
-            "resolve the start of the workspace",
-            &self.repo.top,
-            &[
-                "rev-parse",
-                "--verify",
-                "--quiet",
-                &format!("{start}^{{commit}}"),
-            ],
-        )
-        .map_err(|_| Error::Git {
-            action: "resolve the start of the workspace",
-            dir: self.repo.top.clone(),
-            args: vec!["rev-parse".into(), start.into()],
-            stderr: format!("{start:?} is not a commit (a repository needs one commit first)"),
-        })?;
+        let base = self.repo.resolve(git_ref.unwrap_or("HEAD"))?;
         let path = self.path.to_string_lossy();
         let reason = format!("orch task {}", self.task_id);
         git(

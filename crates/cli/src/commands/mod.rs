@@ -2,6 +2,7 @@
 //! exit codes.
 
 mod cleanup;
+mod du;
 mod task;
 
 use std::process::ExitCode;
@@ -15,6 +16,7 @@ pub(crate) async fn run(command: Command, verbose: bool) -> ExitCode {
     let (result, failure_code) = match command {
         Command::Task(args) => (task::run(args, verbose).await, exit::ORCH_FAILED),
         Command::Cleanup(args) => (cleanup::run(args).await, exit::FAILED),
+        Command::Du(args) => (du::run(&args), exit::FAILED),
     };
     result.unwrap_or_else(|error| {
         eprintln!("orch: error: {error:#}");

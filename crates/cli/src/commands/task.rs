@@ -33,6 +33,12 @@ pub(crate) async fn run(args: TaskArgs, verbose: bool) -> anyhow::Result<ExitCod
     let request = TaskRequest {
         project,
         desc: args.desc,
+        git_ref: args.git_ref,
+        keep_workspace: match (args.keep_workspace, args.rm_workspace) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
     };
     // The run is a task of its own so that a panic inside it comes back here
     // as an error, and this session's containers can still be swept.
