@@ -1,0 +1,82 @@
+//! Typed errors of the registry; each names the database file.
+
+use std::path::PathBuf;
+
+use uuid::Uuid;
+
+use crate::State;
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file exists but is not a usable SQLite database. orch never
+    /// replaces it.
+    #[error(
+        "the registry {shown} is unreadable ({reason}); orch leaves it untouched: \
+         move it aside (mv {shown} {shown}.bad) to start a new one, or restore a backup",
+        shown = path.display()
+    )]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The database was written by a newer orch.
+    #[error("the registry {} has schema version {found}, newer than this orch knows ({known}); upgrade orch", path.display())]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        known: i64,
+    },
+    /// A transition the lifecycle does not allow.
+    #[error("task {id} cannot go from {from} to {to}")]
+    IllegalTransition {
+        /// The task.
+        id: Uuid,
+        /// Its current state.
+        from: State,
+        /// The refused state.
+        to: State,
+    },
+    /// No task has this id.
+    #[error("no task {0}")]
+    NotFound(String),
+    /// A prefix matches several tasks.
+    #[error("task id prefix {prefix:?} is ambiguous: {}", candidates.join(", "))]
+    Ambiguous {
+        /// The prefix given.
+        prefix: String,
+        /// The ids it matches (at most ten).
+        candidates: Vec<String>,
+    },
+    /// An id or prefix that cannot be one.
+    #[error("invalid task id {0:?}: give at least 4 hex digits of it")]
+    InvalidId(String),
+    /// An SQLite error.
+    #[error("failed to {action} in the registry {}", path.display())]
+    Sqlite {
+        /// What was being done.
+        action: &'static str,
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// An I/O error on the database file.
+    #[error("failed to {action} {}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,28 @@
+//! orch's durable task registry.
+//!
+//! One SQLite database per orch home (`$ORCH_HOME/orch.db`), in WAL mode
+//! with a busy timeout, so several orch processes use it at once. The schema
+//! is versioned and migrated from the first release on. Every state change
+//! is one transaction and goes through the lifecycle of [`State`]; illegal
+//! transitions are refused. A database that is damaged or not orch's is
+//! never replaced: opening it fails with an error naming the file.
+
+#![warn(missing_docs)]
+
+mod db;
+mod error;
+mod state;
+
+pub use db::{Finish, Listing, Registry, TaskRecord, WorkspaceState};
+pub use error::Error;
+pub use state::{ALL_STATES, State, UnknownState};
+
+/// Now, in Unix milliseconds: the registry's unit of time.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests;
