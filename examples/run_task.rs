@@ -47,6 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         desc: "echo hello from the library; progress 50 halfway; exit 7".into(),
         git_ref: None,
         keep_workspace: None,
+        detached: false,
     };
     let outcome = orch.run_task(request, shutdown, Box::new(Print)).await;
     std::fs::remove_dir_all(&home_dir)?;

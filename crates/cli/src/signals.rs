@@ -54,7 +54,7 @@ impl SignalWatch {
                     eprintln!(
                         "orch: {name} received: stopping gracefully; press Ctrl+C again to force"
                     );
-                    shutdown.stop();
+                    shutdown.stop_because(name);
                 } else {
                     eprintln!("orch: {name} received again: forcing removal now");
                     shutdown.force();

@@ -145,6 +145,9 @@ pub enum Error {
     /// A workspace operation failed.
     #[error(transparent)]
     Workspace(#[from] orch_workspace::Error),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] orch_registry::Error),
 }
 
 impl Error {

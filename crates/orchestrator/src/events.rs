@@ -141,6 +141,15 @@ impl EventSink {
         (sink, ObserverThread { done })
     }
 
+    /// A sink that drops everything (no observer).
+    pub(crate) fn discard() -> EventSink {
+        let (tx, _) = mpsc::unbounded_channel();
+        EventSink {
+            tx,
+            budget: Arc::new(Semaphore::new(OUTPUT_IN_FLIGHT)),
+        }
+    }
+
     /// Sends a control event; never waits.
     pub(crate) fn send(&self, event: Event) {
         let _ = self.tx.send((event, None));

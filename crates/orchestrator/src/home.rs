@@ -88,6 +88,11 @@ impl Home {
         Layout::new(&self.path)
     }
 
+    /// The registry database.
+    pub fn registry_path(&self) -> PathBuf {
+        self.path.join("orch.db")
+    }
+
     /// Where a task's output log goes.
     pub fn log_path(&self, task_id: &uuid::Uuid) -> PathBuf {
         self.path.join("logs").join(format!("{task_id}.log"))

@@ -12,6 +12,7 @@
 mod active;
 mod cleanup;
 mod config;
+mod container;
 mod docker;
 mod error;
 mod events;
@@ -19,13 +20,18 @@ mod failpoint;
 mod guard;
 mod home;
 pub mod labels;
+mod lease;
+mod output;
 mod owner;
 mod remove;
 mod run;
 mod shutdown;
 mod workspace;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use orch_registry::Registry;
 
 pub use active::ActiveSet;
 pub use cleanup::{CleanedContainer, CleanupOptions, CleanupReport};
@@ -39,7 +45,7 @@ pub use home::Home;
 pub use labels::Session;
 pub use owner::Owner;
 pub use remove::Gone;
-pub use run::{Outcome, Status, TaskRequest};
+pub use run::{Outcome, PreparedTask, Status, TaskRequest};
 pub use shutdown::Shutdown;
 pub use workspace::WorkspaceFate;
 
@@ -53,21 +59,42 @@ const ENGINE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub struct Orchestrator {
     docker: bollard::Docker,
     home: Home,
+    registry: Arc<Mutex<Registry>>,
     session: Session,
     active: ActiveSet,
 }
 
 impl Orchestrator {
-    /// Connects to the Docker engine (`DOCKER_HOST`, API version negotiated)
-    /// for a session in `home`.
+    /// Opens the registry of `home` and connects to the Docker engine
+    /// (`DOCKER_HOST`, API version negotiated) for a new session.
     pub async fn connect(home: Home) -> Result<Orchestrator, Error> {
+        let path = home.registry_path();
+        let registry = tokio::task::spawn_blocking(move || Registry::open(&path))
+            .await
+            .map_err(|e| Error::io("open", home.registry_path(), std::io::Error::other(e)))??;
         let docker = docker::connect(ENGINE_TIMEOUT).await?;
         Ok(Orchestrator {
             docker,
             home,
+            registry: Arc::new(Mutex::new(registry)),
             session: Session::new(),
             active: ActiveSet::default(),
         })
+    }
+
+    /// Runs registry work on the blocking pool.
+    pub(crate) async fn db<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Registry) -> Result<T, orch_registry::Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let registry = Arc::clone(&self.registry);
+        tokio::task::spawn_blocking(move || {
+            let registry = registry.lock().unwrap_or_else(|p| p.into_inner());
+            work(&registry)
+        })
+        .await
+        .map_err(|e| Error::io("use", self.home.registry_path(), std::io::Error::other(e)))?
+        .map_err(Error::from)
     }
 
     /// The orch home.

@@ -1,39 +1,35 @@
 //! Running one task in a throwaway container, from its id to its removal.
 //!
-//! The shape of a run: check the image, arm the guard, create, attach, start,
-//! then wait for whichever comes first of the container's exit, the task's
-//! deadline and the shutdown trigger. Whatever happened, the run ends in the
-//! same place: output drained, then the container removed on a deadline of
-//! its own. Only if that place is never reached (the future was dropped, or a
-//! panic unwound through it) does the guard act instead.
+//! The shape of a run: check the inputs (image, repository, ref), write the
+//! record, take the workspace lock and create the worktree, arm the guard,
+//! create, attach, start, then wait for whichever comes first of the
+//! container's exit, the task's deadline and the shutdown trigger. Whatever
+//! happened, the run ends in the same place: output drained into the log,
+//! the record finished, the container removed on a deadline of its own, the
+//! workspace kept or removed by policy. Only if that place is never reached
+//! (the future was dropped, or a panic unwound through it) does the guard act
+//! instead, and the record is left live for reconciliation to find.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bollard::Docker;
-use bollard::container::LogOutput;
-use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
-use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
-};
-use futures_util::{Stream, StreamExt};
+use bollard::query_parameters::AttachContainerOptionsBuilder;
+use orch_registry::{Finish, State, TaskRecord, WorkspaceState, now_ms};
+use orch_workspace::{Repo, Workspace};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use orch_workspace::Workspace;
-
 use crate::config::{Project, WorkspaceMode};
-use crate::events::{Event, EventSink, Observer, ProgressParser, StopReason, Stream as OutStream};
+use crate::container::{deadline, not_invoked_code, wait_exit};
+use crate::events::{Event, EventSink, Observer, StopReason};
 use crate::guard::ContainerGuard;
+use crate::output::{finish_pump, spawn_pump};
 use crate::remove::{Gone, remove_container};
-use crate::workspace::{WorkspaceFate, keeps_workspace};
-use crate::{Error, Orchestrator, Shutdown, docker, failpoint, labels};
+use crate::workspace::{HeldWorkspace, WorkspaceFate, keeps_workspace};
+use crate::{Error, Orchestrator, Shutdown, docker, failpoint, labels, lease};
 
-/// How long create, attach and start may take.
-const CALL_DEADLINE: Duration = Duration::from_secs(60);
 /// How long output may keep arriving after the container ended.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// How long the observer may take to show what is queued at the end.
@@ -51,6 +47,8 @@ pub struct TaskRequest {
     /// Keep (`Some(true)`) or remove (`Some(false)`) the workspace whatever
     /// the outcome; `None` applies the policy.
     pub keep_workspace: Option<bool>,
+    /// Runs under a background supervisor rather than a terminal.
+    pub detached: bool,
 }
 
 /// How a task ended.
@@ -62,8 +60,19 @@ pub enum Status {
     Failed,
     /// Its timeout passed and it was stopped.
     TimedOut,
-    /// Shutdown was requested and it was stopped.
+    /// Shutdown or a cancel request stopped it.
     Cancelled,
+}
+
+impl Status {
+    fn state(self) -> State {
+        match self {
+            Status::Succeeded => State::Succeeded,
+            Status::Failed => State::Failed,
+            Status::TimedOut => State::TimedOut,
+            Status::Cancelled => State::Cancelled,
+        }
+    }
 }
 
 /// The result of a run, once its container is gone.
@@ -78,8 +87,25 @@ pub struct Outcome {
     /// The task's exit code, when it ended by itself (126/127 when the command
     /// could not be invoked).
     pub exit_code: Option<i64>,
+    /// Why it was stopped, when it was: `"SIGINT"`, `"orch cancel"`, ...
+    pub stopped_by: Option<String>,
     /// What became of its workspace, if it had one.
     pub workspace: Option<WorkspaceFate>,
+}
+
+/// The checked inputs of a run, ready to create things from.
+#[derive(Debug)]
+pub struct PreparedTask {
+    request: TaskRequest,
+    task_id: Uuid,
+    repo: Option<Repo>,
+}
+
+impl PreparedTask {
+    /// The id the task will have.
+    pub fn task_id(&self) -> Uuid {
+        self.task_id
+    }
 }
 
 /// How supervision ended, before cleanup.
@@ -90,162 +116,224 @@ enum Ending {
 }
 
 impl Orchestrator {
-    /// Runs one task to its end and removes its container, whichever way it
-    /// ends. `shutdown` stops it from outside; `observer` is shown its id,
-    /// output, progress and cleanup as they happen.
-    pub async fn run_task(
-        &self,
-        request: TaskRequest,
-        shutdown: Shutdown,
-        observer: Box<dyn Observer>,
-    ) -> Result<Outcome, Error> {
-        let task_id = new_task_id();
-        let (sink, observer_thread) = EventSink::spawn(observer);
-        let result = self.run_observed(&request, task_id, &shutdown, &sink).await;
-        drop(sink);
-        if !observer_thread.join(OBSERVER_DEADLINE).await {
-            tracing::warn!("the observer did not finish showing the task's output in time");
-        }
-        result
+    /// Checks everything a run needs before anything is created: the image
+    /// (pulled if missing), the repository and ref of a worktree workspace.
+    /// Bad input fails here, leaving no trace.
+    pub async fn prepare(&self, request: TaskRequest) -> Result<PreparedTask, Error> {
+        self.prepare_with(request, &EventSink::discard()).await
     }
 
-    async fn run_observed(
+    async fn prepare_with(
         &self,
-        request: &TaskRequest,
-        task_id: Uuid,
-        shutdown: &Shutdown,
+        request: TaskRequest,
         sink: &EventSink,
-    ) -> Result<Outcome, Error> {
-        let settings = &request.project.settings;
-        // Bad input is found out before the task exists: a missing image, a
-        // project that cannot have a worktree, a ref that names no commit.
-        self.ensure_image(&settings.image, sink).await?;
-        let repo = match settings.workspace {
+    ) -> Result<PreparedTask, Error> {
+        self.ensure_image(&request.project.settings.image, sink)
+            .await?;
+        let repo = match request.project.settings.workspace {
             WorkspaceMode::Worktree => Some(
                 self.find_repo(&request.project.path, request.git_ref.as_deref())
                     .await?,
             ),
             WorkspaceMode::None => None,
         };
-        let mut name = labels::container_name(&task_id);
-        sink.send(Event::Planned {
-            task_id,
-            container: name.clone(),
-        });
-        let mut outcome = Outcome {
-            task_id,
-            container: name.clone(),
-            status: Status::Cancelled,
-            exit_code: None,
-            workspace: None,
+        Ok(PreparedTask {
+            request,
+            task_id: new_task_id(),
+            repo,
+        })
+    }
+
+    /// Prepares and runs one task to its end, and removes its container,
+    /// whichever way it ends. `shutdown` stops it from outside; `observer`
+    /// is shown its id, output, progress and cleanup as they happen.
+    pub async fn run_task(
+        &self,
+        request: TaskRequest,
+        shutdown: Shutdown,
+        observer: Box<dyn Observer>,
+    ) -> Result<Outcome, Error> {
+        let (sink, observer_thread) = EventSink::spawn(observer);
+        let result = match self.prepare_with(request, &sink).await {
+            Ok(prepared) => self.run_with_sink(prepared, shutdown, sink).await,
+            Err(e) => {
+                drop(sink);
+                Err(e)
+            }
         };
-        if shutdown.is_stopping() {
-            return Ok(outcome);
+        if !observer_thread.join(OBSERVER_DEADLINE).await {
+            tracing::warn!("the observer did not finish showing the task's output in time");
         }
-        let held = match &repo {
-            Some(repo) => Some(
-                self.create_workspace(
+        result
+    }
+
+    /// Runs a task that [`Orchestrator::prepare`] checked.
+    pub async fn run_prepared(
+        &self,
+        prepared: PreparedTask,
+        shutdown: Shutdown,
+        observer: Box<dyn Observer>,
+    ) -> Result<Outcome, Error> {
+        let (sink, observer_thread) = EventSink::spawn(observer);
+        let result = self.run_with_sink(prepared, shutdown, sink).await;
+        if !observer_thread.join(OBSERVER_DEADLINE).await {
+            tracing::warn!("the observer did not finish showing the task's output in time");
+        }
+        result
+    }
+
+    async fn run_with_sink(
+        &self,
+        prepared: PreparedTask,
+        shutdown: Shutdown,
+        sink: EventSink,
+    ) -> Result<Outcome, Error> {
+        let mut run = TaskRun {
+            orch: self,
+            name: labels::container_name(&prepared.task_id),
+            prepared,
+            // The task's own shutdown: stopped by the caller's, or alone by a
+            // cancel request.
+            shutdown: shutdown.child(),
+            sink,
+            guard: None,
+            pump: None,
+            held: None,
+        };
+        run.run().await
+    }
+}
+
+/// One run in progress, and everything it must clean up.
+struct TaskRun<'a> {
+    orch: &'a Orchestrator,
+    prepared: PreparedTask,
+    name: String,
+    shutdown: Shutdown,
+    sink: EventSink,
+    guard: Option<ContainerGuard>,
+    pump: Option<JoinHandle<()>>,
+    held: Option<HeldWorkspace>,
+}
+
+impl TaskRun<'_> {
+    async fn run(&mut self) -> Result<Outcome, Error> {
+        let task_id = self.prepared.task_id;
+        self.sink.send(Event::Planned {
+            task_id,
+            container: self.name.clone(),
+        });
+        // Record first: the row exists before any resource does.
+        let record = self.record();
+        self.orch.db(move |r| r.insert(&record)).await?;
+
+        let (progress_tx, progress_rx) = watch::channel(None);
+        let lease_done = CancellationToken::new();
+        let lease = lease::spawn(
+            self.orch.registry.clone(),
+            task_id,
+            self.shutdown.clone(),
+            progress_rx,
+            lease_done.clone(),
+        );
+
+        let ending = self.supervise(progress_tx).await;
+        let result = self.finish(ending).await;
+        lease_done.cancel();
+        let _ = lease.await;
+        result
+    }
+
+    /// The record written before anything is created.
+    fn record(&self) -> TaskRecord {
+        let request = &self.prepared.request;
+        let settings = &request.project.settings;
+        let session = &self.orch.session;
+        let planned = self.prepared.repo.as_ref().and_then(|repo| {
+            Workspace::planned(
+                &self.orch.home.layout(),
+                repo,
+                &request.project.name,
+                &self.prepared.task_id.to_string(),
+            )
+            .ok()
+        });
+        TaskRecord {
+            id: self.prepared.task_id,
+            project: request.project.name.clone(),
+            description: request.desc.clone(),
+            state: State::Creating,
+            created_at: now_ms(),
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            reason: None,
+            container: self.name.clone(),
+            image: settings.image.clone(),
+            workspace: planned.as_ref().map(|w| w.path.display().to_string()),
+            branch: planned.as_ref().map(|w| w.branch.clone()),
+            repo: self
+                .prepared
+                .repo
+                .as_ref()
+                .map(|r| r.top.display().to_string()),
+            workspace_state: None,
+            keep_failed_workspace: settings.keep_failed_workspace,
+            stop_grace_ms: i64::try_from(settings.stop_grace.as_millis()).unwrap_or(i64::MAX),
+            session: session.id.to_string(),
+            owner_pid: i64::from(session.owner.pid),
+            owner_start: i64::try_from(session.owner.start).unwrap_or(i64::MAX),
+            owner_boot: session.owner.boot.clone(),
+            lease_until: Some(lease::lease_until()),
+            progress: None,
+            progress_message: None,
+            progress_at: None,
+            cancel_requested: false,
+            detached: request.detached,
+        }
+    }
+
+    /// Creates the workspace and the container, starts it, and waits for its
+    /// end.
+    async fn supervise(
+        &mut self,
+        progress: watch::Sender<crate::output::Progress>,
+    ) -> Result<Ending, Error> {
+        let orch = self.orch;
+        let task_id = self.prepared.task_id;
+        let request = &self.prepared.request;
+        let settings = &request.project.settings;
+        if self.shutdown.is_stopping() {
+            return Ok(Ending::Cancelled);
+        }
+        if let Some(repo) = &self.prepared.repo {
+            let held = orch
+                .create_workspace(
                     repo,
                     &request.project.name,
                     &task_id,
                     request.git_ref.as_deref(),
                 )
-                .await?,
-            ),
-            None => None,
-        };
-
-        // From here on a container may exist: every path below ends in the
-        // removal after `supervise`, and the guard covers the rest.
-        let mut guard = ContainerGuard::arm(&self.active, &name, task_id);
-        let mut pump = None;
-        let workspace = held.as_ref().map(|h| &h.workspace);
-        let ending = self
-            .supervise(
-                request, task_id, workspace, &mut name, &mut guard, &mut pump, shutdown, sink,
-            )
-            .await;
-
-        // Output first (unless forced), then the container.
-        let ended = Instant::now();
-        if let Some(running) = &mut pump {
-            if !shutdown.is_forced() {
-                tokio::select! {
-                    drained = tokio::time::timeout(DRAIN_DEADLINE, running) => {
-                        if drained.is_ok() {
-                            pump = None;
-                        }
-                    }
-                    () = shutdown.forced() => sink.send(Event::Forcing),
-                }
-            }
-        }
-        let removal = remove_container(&self.docker, &name).await;
-        if let Some(pump) = pump {
-            finish_pump(pump).await;
-        }
-        match removal {
-            Ok(gone) => {
-                guard.disarm();
-                sink.send(Event::Cleaned {
-                    container: (gone == Gone::Removed).then(|| name.clone()),
-                    elapsed: ended.elapsed(),
-                });
-            }
-            // The guard tries once more as it drops, with a fresh connection.
-            Err(e) => sink.send(Event::Notice(format!("{e:#}"))),
+                .await?;
+            self.held = Some(held);
+            orch.db(move |r| r.set_workspace_state(&task_id, WorkspaceState::Present))
+                .await?;
         }
 
-        let ended = ending.map(|ending| match ending {
-            Ending::Exited(0) => (Status::Succeeded, Some(0)),
-            Ending::Exited(code) => (Status::Failed, Some(code)),
-            Ending::TimedOut => (Status::TimedOut, None),
-            Ending::Cancelled => (Status::Cancelled, None),
-        });
-        if let Some(held) = held {
-            let status = ended.as_ref().ok().map(|(status, _)| *status);
-            let keep = keeps_workspace(
-                status,
-                settings.keep_failed_workspace,
-                request.keep_workspace,
-            );
-            match self.settle_workspace(held, keep, &settings.image).await {
-                Ok(fate) => {
-                    sink.send(Event::Workspace(fate.clone()));
-                    outcome.workspace = Some(fate);
-                }
-                Err(e) => sink.send(Event::Notice(format!("workspace kept: {e:#}"))),
-            }
-        }
-        let (status, exit_code) = ended?;
-        outcome.status = status;
-        outcome.exit_code = exit_code;
-        outcome.container = name;
-        Ok(outcome)
-    }
-
-    /// Creates, attaches and starts the container, then waits for its end.
-    #[expect(clippy::too_many_arguments)]
-    async fn supervise(
-        &self,
-        request: &TaskRequest,
-        task_id: Uuid,
-        workspace: Option<&Workspace>,
-        name: &mut String,
-        guard: &mut ContainerGuard,
-        pump: &mut Option<JoinHandle<()>>,
-        shutdown: &Shutdown,
-        sink: &EventSink,
-    ) -> Result<Ending, Error> {
-        let settings = &request.project.settings;
-        let body = self.container_body(request, task_id, workspace);
-        match self.create(name, body.clone()).await {
+        // From here on a container may exist: the guard is armed before the
+        // create call is sent.
+        let workspace = self.held.as_ref().map(|h| &h.workspace);
+        let body = orch.container_body(request, task_id, workspace);
+        self.guard = Some(ContainerGuard::arm(&orch.active, &self.name, task_id));
+        match orch.create_container(&self.name, body.clone()).await {
             Err(Error::Docker { source, .. }) if docker::status(&source) == Some(409) => {
-                // Another task started in the same millisecond (on this engine,
-                // maybe in another instance) took the short name.
-                *name = format!("orch-{}", task_id.simple());
-                guard.rename(name);
-                self.create(name, body).await?;
+                // Another task started in the same millisecond (on this
+                // engine, maybe in another instance) took the short name.
+                self.name = format!("orch-{}", task_id.simple());
+                if let Some(guard) = &mut self.guard {
+                    guard.rename(&self.name);
+                }
+                orch.create_container(&self.name, body).await?;
             }
             other => other?,
         }
@@ -258,32 +346,47 @@ impl Orchestrator {
             .build();
         let attached = deadline(
             "attach to container",
-            name,
-            self.docker.attach_container(name, Some(attach)),
+            &self.name,
+            orch.docker.attach_container(&self.name, Some(attach)),
         )
         .await?;
-        *pump = Some(tokio::spawn(pump_output(attached.output, sink.clone())));
+        let log_path = orch.home.log_path(&task_id);
+        let log = match tokio::fs::File::create(&log_path).await {
+            Ok(file) => Some(file),
+            Err(e) => {
+                tracing::warn!(path = %log_path.display(), error = %e, "cannot write the task's log");
+                None
+            }
+        };
+        self.pump = Some(spawn_pump(
+            attached.output,
+            self.sink.clone(),
+            log,
+            progress,
+        ));
 
-        if shutdown.is_stopping() {
+        if self.shutdown.is_stopping() {
             return Ok(Ending::Cancelled);
         }
         if let Err(e) = deadline(
             "start container",
-            name,
-            self.docker.start_container(name, None),
+            &self.name,
+            orch.docker.start_container(&self.name, None),
         )
         .await
         {
             if let Error::Docker { source, .. } = &e {
                 if let Some(code) = not_invoked_code(source) {
-                    sink.send(Event::Notice(docker::one_line(source)));
+                    self.sink.send(Event::Notice(docker::one_line(source)));
                     return Ok(Ending::Exited(code));
                 }
             }
             return Err(e);
         }
+        orch.db(move |r| r.mark_running(&task_id, now_ms(), lease::lease_until()))
+            .await?;
         failpoint::hit("after-start");
-        sink.send(Event::Started);
+        self.sink.send(Event::Started);
 
         let timeout = async {
             match settings.timeout {
@@ -291,6 +394,7 @@ impl Orchestrator {
                 None => std::future::pending().await,
             }
         };
+        let (name, shutdown, sink) = (&self.name, &self.shutdown, &self.sink);
         tokio::select! {
             biased;
             () = shutdown.forced() => {
@@ -298,276 +402,137 @@ impl Orchestrator {
                 Ok(Ending::Cancelled)
             }
             () = shutdown.stopping() => {
-                self.stop(name, settings.stop_grace, StopReason::Shutdown, shutdown, sink).await;
+                orch.stop_container(name, settings.stop_grace, StopReason::Shutdown, shutdown, sink).await;
                 Ok(Ending::Cancelled)
             }
             () = timeout => {
-                self.stop(name, settings.stop_grace, StopReason::Timeout, shutdown, sink).await;
+                orch.stop_container(name, settings.stop_grace, StopReason::Timeout, shutdown, sink).await;
                 Ok(Ending::TimedOut)
             }
-            code = wait_exit(&self.docker, name) => code.map(Ending::Exited),
+            code = wait_exit(&orch.docker, name) => code.map(Ending::Exited),
         }
     }
 
-    async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<(), Error> {
-        let options = CreateContainerOptionsBuilder::default().name(name).build();
-        let image = body.image.clone().unwrap_or_default();
-        let created = deadline(
-            "create container",
-            name,
-            self.docker.create_container(Some(options), body),
-        )
-        .await;
-        match created {
-            Err(Error::Docker { source, .. }) if docker::is_not_found(&source) => {
-                Err(Error::ImageMissing {
-                    image,
-                    reason: docker::one_line(&source),
-                })
-            }
-            other => other.map(drop),
-        }
-    }
+    /// The one end of every run: drain output, finish the record, remove the
+    /// container, settle the workspace.
+    async fn finish(&mut self, ending: Result<Ending, Error>) -> Result<Outcome, Error> {
+        let orch = self.orch;
+        let task_id = self.prepared.task_id;
+        let settings = &self.prepared.request.project.settings;
 
-    /// SIGTERM now, SIGKILL after the grace, unless forced sooner.
-    async fn stop(
-        &self,
-        name: &str,
-        grace: Duration,
-        reason: StopReason,
-        shutdown: &Shutdown,
-        sink: &EventSink,
-    ) {
-        sink.send(Event::Stopping { reason, grace });
-        let secs = i32::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
-            .unwrap_or(i32::MAX);
-        let options = StopContainerOptionsBuilder::default().t(secs).build();
-        let stop = deadline(
-            "stop container",
-            name,
-            self.docker.stop_container(name, Some(options)),
-        );
-        tokio::select! {
-            result = stop => match result {
-                Err(Error::Docker { source, .. })
-                    if docker::is_not_found(&source) || docker::status(&source) == Some(304) => {}
-                Err(e) => tracing::warn!(container = name, error = %e, "graceful stop failed"),
-                Ok(()) => {}
-            },
-            () = shutdown.forced() => sink.send(Event::Forcing),
-        }
-    }
-
-    /// Makes sure the image is present, pulling it if not.
-    async fn ensure_image(&self, image: &str, sink: &EventSink) -> Result<(), Error> {
-        match self.docker.inspect_image(image).await {
-            Ok(_) => return Ok(()),
-            Err(e) if docker::is_not_found(&e) => {}
-            Err(e) => return Err(Error::docker("inspect image", image, e)),
-        }
-        let reference = with_default_tag(image);
-        sink.send(Event::Pulling {
-            image: reference.clone(),
-        });
-        let options = CreateImageOptionsBuilder::default()
-            .from_image(&reference)
-            .build();
-        let mut pull = self.docker.create_image(Some(options), None, None);
-        let mut last_status = String::new();
-        while let Some(item) = pull.next().await {
-            match item {
-                Ok(info) => {
-                    let status = info.status.unwrap_or_default();
-                    let noisy =
-                        status.starts_with("Downloading") || status.starts_with("Extracting");
-                    if !noisy && !status.is_empty() && status != last_status {
-                        sink.send(Event::Notice(format!("pull {reference}: {status}")));
-                        last_status = status;
+        // Output first (unless forced), so the log is whole.
+        let ended = Instant::now();
+        if let Some(running) = &mut self.pump {
+            if !self.shutdown.is_forced() {
+                tokio::select! {
+                    drained = tokio::time::timeout(DRAIN_DEADLINE, running) => {
+                        if drained.is_ok() {
+                            self.pump = None;
+                        }
                     }
+                    () = self.shutdown.forced() => self.sink.send(Event::Forcing),
                 }
-                Err(e) => {
-                    return Err(Error::ImageMissing {
-                        image: image.to_owned(),
-                        reason: docker::one_line(&e),
+            }
+        }
+
+        let stopped_by = self.shutdown.reason();
+        let ended_as = ending.map(|ending| match ending {
+            Ending::Exited(0) => (Status::Succeeded, Some(0)),
+            Ending::Exited(code) => (Status::Failed, Some(code)),
+            Ending::TimedOut => (Status::TimedOut, None),
+            Ending::Cancelled => (Status::Cancelled, None),
+        });
+        let finish = match &ended_as {
+            Ok((status, code)) => Finish {
+                state: status.state(),
+                exit_code: *code,
+                reason: match (status, code) {
+                    (Status::TimedOut, _) => format!(
+                        "timed out after {}",
+                        humantime::format_duration(settings.timeout.unwrap_or_default())
+                    ),
+                    (Status::Cancelled, _) => format!(
+                        "cancelled ({})",
+                        stopped_by.as_deref().unwrap_or("shutdown")
+                    ),
+                    (_, Some(code)) => format!("exited with code {code}"),
+                    (_, None) => String::new(),
+                },
+                at: now_ms(),
+            },
+            Err(e) => Finish {
+                state: State::Failed,
+                exit_code: None,
+                reason: format!("orch failed: {e}"),
+                at: now_ms(),
+            },
+        };
+        if let Err(e) = orch
+            .db(move |r| r.finish(&task_id, &finish).map(drop))
+            .await
+        {
+            self.sink.send(Event::Notice(format!("{e:#}")));
+        }
+
+        if let Some(guard) = self.guard.take() {
+            let removal = remove_container(&orch.docker, &self.name).await;
+            match removal {
+                Ok(gone) => {
+                    guard.disarm();
+                    self.sink.send(Event::Cleaned {
+                        container: (gone == Gone::Removed).then(|| self.name.clone()),
+                        elapsed: ended.elapsed(),
                     });
                 }
+                // The guard tries once more as it drops, with a fresh
+                // connection.
+                Err(e) => self.sink.send(Event::Notice(format!("{e:#}"))),
             }
         }
-        Ok(())
-    }
-
-    fn container_body(
-        &self,
-        request: &TaskRequest,
-        task_id: Uuid,
-        workspace: Option<&Workspace>,
-    ) -> ContainerCreateBody {
-        let settings = &request.project.settings;
-        let command = settings
-            .command
-            .iter()
-            .map(|arg| arg.replace("{desc}", &request.desc))
-            .collect();
-        let reserved = ["ORCH_TASK_ID", "ORCH_TASK_DESC", "ORCH_WORKSPACE"];
-        let mut env: Vec<String> = settings
-            .env
-            .iter()
-            .filter(|(k, _)| !reserved.contains(&k.as_str()))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        env.push(format!("ORCH_TASK_ID={task_id}"));
-        env.push(format!("ORCH_TASK_DESC={}", request.desc));
-        env.push(format!(
-            "ORCH_WORKSPACE={}",
-            workspace
-                .map(|w| w.path.display().to_string())
-                .unwrap_or_default()
-        ));
-        // The worktree and the repository's git directory at the same
-        // absolute paths, so git inside the task works on the real branch.
-        let mounts = workspace.map(|w| {
-            [&w.path, &w.repo.common_dir]
-                .into_iter()
-                .map(|path| Mount {
-                    target: Some(path.display().to_string()),
-                    source: Some(path.display().to_string()),
-                    typ: Some(MountType::BIND),
-                    ..Mount::default()
-                })
-                .collect()
-        });
-        let grace_secs =
-            settings.stop_grace.as_secs() + u64::from(settings.stop_grace.subsec_nanos() > 0);
-        ContainerCreateBody {
-            image: Some(settings.image.clone()),
-            cmd: Some(command),
-            entrypoint: settings.entrypoint.clone(),
-            user: Some(settings.user.docker_user()),
-            env: Some(env),
-            labels: Some(labels::for_task(
-                self.home.instance_id(),
-                &self.session,
-                &task_id,
-                &request.project.name,
-            )),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            stop_timeout: Some(i64::try_from(grace_secs).unwrap_or(i64::MAX)),
-            working_dir: workspace.map(|w| w.workdir.display().to_string()),
-            host_config: Some(HostConfig {
-                init: Some(true),
-                mounts,
-                network_mode: Some(settings.network.clone()),
-                memory: settings.memory,
-                nano_cpus: settings.cpus.map(|c| (c * 1e9) as i64),
-                ..HostConfig::default()
-            }),
-            ..ContainerCreateBody::default()
+        if let Some(pump) = self.pump.take() {
+            finish_pump(pump).await;
         }
-    }
-}
 
-/// Bounds a Docker call by [`CALL_DEADLINE`].
-async fn deadline<T>(
-    action: &'static str,
-    target: &str,
-    call: impl Future<Output = Result<T, DockerError>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout(CALL_DEADLINE, call).await {
-        Ok(result) => result.map_err(|e| Error::docker(action, target, e)),
-        Err(_) => Err(Error::DockerTimeout {
-            action,
-            target: target.to_owned(),
-            after: CALL_DEADLINE,
-        }),
-    }
-}
-
-/// Waits until the container is not running and returns its exit code.
-async fn wait_exit(docker: &Docker, name: &str) -> Result<i64, Error> {
-    let options = WaitContainerOptionsBuilder::default()
-        .condition("not-running")
-        .build();
-    let mut wait = docker.wait_container(name, Some(options));
-    match wait.next().await {
-        Some(Ok(response)) => Ok(response.status_code),
-        Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(code),
-        Some(Err(e)) => Err(Error::docker("wait for container", name, e)),
-        None => Err(Error::docker(
-            "wait for container",
-            name,
-            DockerError::DockerStreamError {
-                error: "the engine closed the wait without an exit code".into(),
-            },
-        )),
-    }
-}
-
-/// Copies the container's output to the observer until the container's
-/// streams close, picking out progress lines on the way.
-async fn pump_output(
-    mut output: Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>,
-    sink: EventSink,
-) {
-    let mut progress = ProgressParser::default();
-    while let Some(item) = output.next().await {
-        let (stream, data) = match item {
-            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                (OutStream::Stdout, message)
+        let mut fate = None;
+        if let Some(held) = self.held.take() {
+            let status = ended_as.as_ref().ok().map(|(status, _)| *status);
+            let keep = keeps_workspace(
+                status,
+                settings.keep_failed_workspace,
+                self.prepared.request.keep_workspace,
+            );
+            match orch.settle_workspace(held, keep, &settings.image).await {
+                Ok(settled) => {
+                    let state = match settled {
+                        WorkspaceFate::Kept { .. } => WorkspaceState::Kept,
+                        WorkspaceFate::Removed { .. } => WorkspaceState::Removed,
+                    };
+                    if let Err(e) = orch
+                        .db(move |r| r.set_workspace_state(&task_id, state))
+                        .await
+                    {
+                        self.sink.send(Event::Notice(format!("{e:#}")));
+                    }
+                    self.sink.send(Event::Workspace(settled.clone()));
+                    fate = Some(settled);
+                }
+                Err(e) => self
+                    .sink
+                    .send(Event::Notice(format!("workspace kept: {e:#}"))),
             }
-            Ok(LogOutput::StdErr { message }) => (OutStream::Stderr, message),
-            Ok(LogOutput::StdIn { .. }) => continue,
-            Err(e) => {
-                tracing::debug!(error = %e, "output stream ended with an error");
-                break;
-            }
-        };
-        let found = if stream == OutStream::Stdout {
-            progress.feed(&data)
-        } else {
-            Vec::new()
-        };
-        sink.output(stream, data).await;
-        for (percent, message) in found {
-            sink.send(Event::Progress { percent, message });
         }
-    }
-}
 
-/// Lets the output pump finish what the removed container's stream still
-/// holds, then stops it.
-async fn finish_pump(mut pump: JoinHandle<()>) {
-    if tokio::time::timeout(Duration::from_secs(2), &mut pump)
-        .await
-        .is_err()
-    {
-        pump.abort();
-    }
-}
-
-/// `docker run`'s codes for a command that could not be invoked: 127 not
-/// found, 126 not executable.
-fn not_invoked_code(error: &DockerError) -> Option<i64> {
-    let message = docker::one_line(error);
-    if message.contains("executable file not found")
-        || message.contains("no such file or directory")
-    {
-        Some(127)
-    } else if message.contains("permission denied") {
-        Some(126)
-    } else {
-        None
-    }
-}
-
-/// `image` with `:latest` if it names no tag or digest, as `docker pull`
-/// does (the API would otherwise pull every tag).
-fn with_default_tag(image: &str) -> String {
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if last.contains(':') || last.contains('@') {
-        image.to_owned()
-    } else {
-        format!("{image}:latest")
+        let (status, exit_code) = ended_as?;
+        Ok(Outcome {
+            task_id,
+            container: self.name.clone(),
+            status,
+            exit_code,
+            stopped_by: (status == Status::Cancelled)
+                .then_some(stopped_by)
+                .flatten(),
+            workspace: fate,
+        })
     }
 }
 
@@ -600,32 +565,6 @@ mod tests {
             .map(|_| labels::container_name(&new_task_id()))
             .collect();
         assert_eq!(names.len(), 1000);
-        let id = new_task_id();
-        assert_eq!(id.get_version_num(), 7);
-    }
-
-    #[test]
-    fn default_tags() {
-        assert_eq!(with_default_tag("alpine"), "alpine:latest");
-        assert_eq!(with_default_tag("orch-agent:dev"), "orch-agent:dev");
-        assert_eq!(
-            with_default_tag("localhost:5000/x"),
-            "localhost:5000/x:latest"
-        );
-        assert_eq!(with_default_tag("x@sha256:ab"), "x@sha256:ab");
-    }
-
-    #[test]
-    fn not_invoked_codes() {
-        let err = |message: &str| DockerError::DockerResponseServerError {
-            status_code: 400,
-            message: message.into(),
-        };
-        assert_eq!(
-            not_invoked_code(&err("exec: \"nope\": executable file not found in $PATH")),
-            Some(127)
-        );
-        assert_eq!(not_invoked_code(&err("exec: permission denied")), Some(126));
-        assert_eq!(not_invoked_code(&err("port is already allocated")), None);
+        assert_eq!(new_task_id().get_version_num(), 7);
     }
 }

@@ -6,6 +6,8 @@
 //! immediate removal. Cleanup itself never waits on these tokens: it runs on
 //! deadlines of its own.
 
+use std::sync::{Arc, OnceLock};
+
 use tokio_util::sync::CancellationToken;
 
 /// The two-step shutdown trigger handed to the orchestrator.
@@ -13,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 pub struct Shutdown {
     graceful: CancellationToken,
     force: CancellationToken,
+    /// Why it fired, as the first caller said; a child falls back to its
+    /// parent's.
+    reason: Arc<OnceLock<String>>,
+    parent_reason: Option<Arc<OnceLock<String>>>,
 }
 
 impl Shutdown {
@@ -27,12 +33,29 @@ impl Shutdown {
         Shutdown {
             graceful: self.graceful.child_token(),
             force: self.force.child_token(),
+            reason: Arc::default(),
+            parent_reason: Some(Arc::clone(&self.reason)),
         }
     }
 
     /// First step: stop gracefully.
     pub fn stop(&self) {
         self.graceful.cancel();
+    }
+
+    /// First step, saying why (`"SIGINT"`, `"orch cancel"`); the first
+    /// reason given is kept.
+    pub fn stop_because(&self, reason: &str) {
+        let _ = self.reason.set(reason.to_owned());
+        self.stop();
+    }
+
+    /// Why shutdown was requested, if a reason was given.
+    pub fn reason(&self) -> Option<String> {
+        self.reason
+            .get()
+            .or_else(|| self.parent_reason.as_ref().and_then(|p| p.get()))
+            .cloned()
     }
 
     /// Second step: remove at once. Implies `stop`.
@@ -82,5 +105,12 @@ mod tests {
         root.force();
         assert!(root.is_stopping() && root.is_forced());
         assert!(child.is_forced(), "the parent reaches its children");
+        assert_eq!(child.reason(), None);
+        let other = Shutdown::new();
+        let (a, b) = (other.child(), other.child());
+        a.stop_because("orch cancel");
+        other.stop_because("SIGINT");
+        assert_eq!(a.reason().as_deref(), Some("orch cancel"));
+        assert_eq!(b.reason().as_deref(), Some("SIGINT"));
     }
 }

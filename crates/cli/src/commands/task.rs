@@ -39,6 +39,7 @@ pub(crate) async fn run(args: TaskArgs, verbose: bool) -> anyhow::Result<ExitCod
             (_, true) => Some(false),
             _ => None,
         },
+        detached: false,
     };
     // The run is a task of its own so that a panic inside it comes back here
     // as an error, and this session's containers can still be swept.
