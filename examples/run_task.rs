@@ -48,6 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         git_ref: None,
         keep_workspace: None,
         detached: false,
+        task_id: None,
     };
     let outcome = orch.run_task(request, shutdown, Box::new(Print)).await;
     std::fs::remove_dir_all(&home_dir)?;

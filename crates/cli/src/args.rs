@@ -19,12 +19,68 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Run one task in the foreground, streaming its output.
+    /// Run one task in the foreground, streaming its output (or in the
+    /// background with -d).
     Task(TaskArgs),
-    /// Remove what orch left behind.
+    /// List live tasks (all with -a).
+    Ps(PsArgs),
+    /// Show one task in full.
+    Show(ShowArgs),
+    /// Print a task's captured output (-f follows it until it ends).
+    Logs(LogsArgs),
+    /// Stop tasks gracefully from any terminal.
+    Cancel(CancelArgs),
+    /// Remove what orch left behind, by retention policy.
     Cleanup(CleanupArgs),
     /// Disk use of workspaces: each, per project, in total.
     Du(DuArgs),
+    /// Run a detached task (started by `orch task -d`).
+    #[command(name = "__supervise", hide = true)]
+    Supervise(SuperviseArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PsArgs {
+    /// All tasks, finished ones included.
+    #[arg(short, long)]
+    pub(crate) all: bool,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ShowArgs {
+    /// Task id, or a unique prefix of at least 4 hex digits.
+    pub(crate) id: String,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LogsArgs {
+    /// Task id, or a unique prefix of at least 4 hex digits.
+    pub(crate) id: String,
+    /// Keep printing new output until the task ends.
+    #[arg(short, long)]
+    pub(crate) follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CancelArgs {
+    /// Task ids, or unique prefixes of at least 4 hex digits.
+    #[arg(required = true)]
+    pub(crate) ids: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SuperviseArgs {
+    /// The id the parent announced.
+    #[arg(long)]
+    pub(crate) task_id: uuid::Uuid,
+    #[command(flatten)]
+    pub(crate) task: TaskArgs,
 }
 
 #[derive(Debug, Args)]
@@ -34,7 +90,7 @@ pub(crate) struct DuArgs {
     pub(crate) json: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct TaskArgs {
     /// A project directory (a path: contains '/' or is '.') or the name of a
     /// configured project.
@@ -80,17 +136,70 @@ pub(crate) struct TaskArgs {
     /// committed to its branch first).
     #[arg(long)]
     pub(crate) rm_workspace: bool,
+
+    /// Run in the background under a supervising orch process; print the
+    /// task id and return.
+    #[arg(short, long)]
+    pub(crate) detach: bool,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct CleanupArgs {
-    /// Remove every container of this instance, live tasks included.
+    /// What to clean: orphans (reconcile registry, Docker and disk),
+    /// completed, stale, old, or all of them in that order.
+    #[arg(long, value_enum, default_value_t = StrategyArg::All)]
+    pub(crate) strategy: StrategyArg,
+
+    /// Use this age for every threshold instead of the configured ones.
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub(crate) older_than: Option<Duration>,
+
+    /// Only tasks in this state.
+    #[arg(long, value_name = "STATE", value_parser = state)]
+    pub(crate) status: Option<orch_registry::State>,
+
+    /// Everything of this instance, live tasks included (cancelled first).
     #[arg(long)]
     pub(crate) all: bool,
 
-    /// Only show what would be removed.
+    /// Only show what would be removed, with reasons and sizes.
     #[arg(long)]
     pub(crate) dry_run: bool,
+
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// Also delete orch/* branches that have no commits beyond their base.
+    #[arg(long)]
+    pub(crate) branches: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum StrategyArg {
+    All,
+    Orphans,
+    Completed,
+    Stale,
+    Old,
+}
+
+impl StrategyArg {
+    pub(crate) fn strategy(self) -> orch_orchestrator::Strategy {
+        use orch_orchestrator::Strategy;
+        match self {
+            StrategyArg::All => Strategy::All,
+            StrategyArg::Orphans => Strategy::Orphans,
+            StrategyArg::Completed => Strategy::Completed,
+            StrategyArg::Stale => Strategy::Stale,
+            StrategyArg::Old => Strategy::Old,
+        }
+    }
+}
+
+fn state(text: &str) -> Result<orch_registry::State, String> {
+    text.parse()
+        .map_err(|e: orch_registry::UnknownState| e.to_string())
 }
 
 fn duration(text: &str) -> Result<Duration, String> {

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod active;
+mod cancel;
 mod cleanup;
 mod config;
 mod container;
@@ -34,7 +35,11 @@ use std::time::Duration;
 use orch_registry::Registry;
 
 pub use active::ActiveSet;
-pub use cleanup::{CleanedContainer, CleanupOptions, CleanupReport};
+pub use cancel::Cancelled;
+pub use cleanup::{
+    CleanupOptions, CleanupReport, ContainerTarget, Item, Mark, RepoItem, Strategy, Thresholds,
+    WorkspaceTarget,
+};
 pub use config::{
     CleanupThresholds, GlobalConfig, Overrides, Project, Settings, User, WorkspaceMode,
     parse_duration, parse_env_pair, parse_memory,
@@ -80,6 +85,12 @@ impl Orchestrator {
             session: Session::new(),
             active: ActiveSet::default(),
         })
+    }
+
+    /// One task's record.
+    pub async fn task(&self, id: &uuid::Uuid) -> Result<Option<orch_registry::TaskRecord>, Error> {
+        let id = *id;
+        self.db(move |r| r.get(&id)).await
     }
 
     /// Runs registry work on the blocking pool.

@@ -49,6 +49,9 @@ pub struct TaskRequest {
     pub keep_workspace: Option<bool>,
     /// Runs under a background supervisor rather than a terminal.
     pub detached: bool,
+    /// A predetermined id (a supervisor running what another process
+    /// announced); `None` for a fresh one.
+    pub task_id: Option<Uuid>,
 }
 
 /// How a task ended.
@@ -138,8 +141,8 @@ impl Orchestrator {
             WorkspaceMode::None => None,
         };
         Ok(PreparedTask {
+            task_id: request.task_id.unwrap_or_else(new_task_id),
             request,
-            task_id: new_task_id(),
             repo,
         })
     }
@@ -351,7 +354,13 @@ impl TaskRun<'_> {
         )
         .await?;
         let log_path = orch.home.log_path(&task_id);
-        let log = match tokio::fs::File::create(&log_path).await {
+        // Appended to: a detached supervisor's own messages go there too.
+        let opened = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .await;
+        let log = match opened {
             Ok(file) => Some(file),
             Err(e) => {
                 tracing::warn!(path = %log_path.display(), error = %e, "cannot write the task's log");

@@ -26,4 +26,5 @@ pub use lock::TaskLock;
 pub use remove::Removal;
 pub use worktree::{
     EmptyBranch, RemovedWorkspace, Workspace, delete_branch, empty_branches, is_registered,
+    prune_worktrees,
 };

@@ -67,6 +67,41 @@ impl Workspace {
         })
     }
 
+    /// The workspace at `<tasks root>/<task_id>` as found on disk, its
+    /// repository read from the worktree's `.git` file; `None` if that file
+    /// is missing or names no repository (then it is a plain directory).
+    pub fn existing(
+        layout: &Layout,
+        project: &str,
+        task_id: &str,
+    ) -> Result<Option<Workspace>, Error> {
+        let path = layout.task_dir(project, task_id)?;
+        let Ok(pointer) = std::fs::read_to_string(path.join(".git")) else {
+            return Ok(None);
+        };
+        // "gitdir: <common>/worktrees/<name>"
+        let Some(gitdir) = pointer.trim().strip_prefix("gitdir: ") else {
+            return Ok(None);
+        };
+        let Some(common) = Path::new(gitdir).parent().and_then(Path::parent) else {
+            return Ok(None);
+        };
+        let top = if common.file_name().is_some_and(|n| n == ".git") {
+            common.parent().unwrap_or(common)
+        } else {
+            common
+        };
+        if !top.exists() {
+            return Ok(None);
+        }
+        let repo = Repo {
+            top: top.to_path_buf(),
+            common_dir: common.to_path_buf(),
+            prefix: PathBuf::new(),
+        };
+        Workspace::planned(layout, &repo, project, task_id).map(Some)
+    }
+
     /// Creates the worktree on a new branch from `git_ref` (default HEAD).
     /// The caller holds the task's lock.
     pub fn create(&self, _lock: &TaskLock, git_ref: Option<&str>) -> Result<(), Error> {
@@ -287,6 +322,33 @@ pub fn delete_branch(repo: &Repo, branch: &EmptyBranch) -> Result<(), Error> {
     .map(drop)
 }
 
+/// Prunes the entries of worktrees under `root` whose directories are gone
+/// (unlocking them first: git never prunes a locked worktree); returns how
+/// many there were. Worktrees elsewhere are not orch's and are left alone.
+pub fn prune_worktrees(repo: &Repo, root: &Path) -> Result<usize, Error> {
+    let list = git(
+        "list worktrees",
+        &repo.top,
+        &["worktree", "list", "--porcelain"],
+    )?;
+    let gone: Vec<&str> = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("worktree "))
+        .filter(|p| Path::new(p).starts_with(root) && !Path::new(p).exists())
+        .collect();
+    for path in &gone {
+        let _ = git(
+            "unlock a vanished worktree",
+            &repo.top,
+            &["worktree", "unlock", path],
+        );
+    }
+    if !gone.is_empty() {
+        git("prune worktree entries", &repo.top, &["worktree", "prune"])?;
+    }
+    Ok(gone.len())
+}
+
 /// True if `path` is registered as a worktree of `repo`.
 pub fn is_registered(repo: &Repo, path: &Path) -> Result<bool, Error> {
     let list = git(
@@ -400,6 +462,23 @@ mod tests {
             Repo::discover(&plain),
             Err(Error::NotARepository { .. })
         ));
+    }
+
+    #[test]
+    fn an_existing_workspace_finds_its_repository() {
+        let (_tmp, repo, layout) = setup();
+        let ws = Workspace::planned(&layout, &repo, "p", "0bbb").unwrap();
+        let lock = TaskLock::acquire(&layout, "p", "0bbb").unwrap();
+        ws.create(&lock, None).unwrap();
+        let found = Workspace::existing(&layout, "p", "0bbb").unwrap().unwrap();
+        assert_eq!(found.repo.top, repo.top);
+        assert_eq!(found.repo.common_dir, repo.common_dir);
+        assert!(Workspace::existing(&layout, "p", "0ccc").unwrap().is_none());
+        std::fs::remove_dir_all(&ws.path).unwrap();
+        let root = layout.workspaces_root();
+        assert_eq!(prune_worktrees(&repo, &root).unwrap(), 1);
+        assert!(!is_registered(&repo, &ws.path).unwrap());
+        assert_eq!(prune_worktrees(&repo, &root).unwrap(), 0);
     }
 
     #[test]

@@ -1,49 +1,251 @@
-//! `orch cleanup`: remove what orch left behind.
+//! `orch cleanup`: retention and reconciliation, with a plan (`--dry-run`),
+//! a one-line summary and `--json`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 
-use orch_orchestrator::{CleanupOptions, Home, Orchestrator};
+use orch_orchestrator::{
+    CleanupOptions, CleanupReport, GlobalConfig, Home, Item, Mark, Orchestrator, Strategy,
+    Thresholds,
+};
+use serde_json::json;
 
 use crate::args::CleanupArgs;
 use crate::exit;
+use crate::output::human_bytes;
 
 pub(crate) async fn run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
+    let config = GlobalConfig::load(GlobalConfig::default_path().as_deref())?;
+    let thresholds = match args.older_than {
+        Some(age) => Thresholds::all(age),
+        None => Thresholds::resolve(&config.cleanup)?,
+    };
+    let options = CleanupOptions {
+        strategy: args.strategy.strategy(),
+        thresholds,
+        status: args.status,
+        all: args.all,
+        dry_run: args.dry_run,
+        branches: args.branches,
+    };
     let path = super::home_path()?;
-    let Some(home) = Home::open_existing(&path)? else {
-        println!("Nothing to clean up: no orch home at {}", path.display());
-        return Ok(ExitCode::SUCCESS);
-    };
-    let orch = Orchestrator::connect(home).await?;
-    let report = orch
-        .cleanup(CleanupOptions {
-            all: args.all,
+    let report = match Home::open_existing(&path)? {
+        Some(home) => Orchestrator::connect(home).await?.cleanup(&options).await?,
+        None => CleanupReport {
             dry_run: args.dry_run,
-        })
-        .await?;
-    let verb = if args.dry_run {
-        "would remove"
-    } else {
-        "removed"
+            ..CleanupReport::default()
+        },
     };
-    for item in &report.containers {
-        let task = item
-            .task_id
-            .map(|t| format!(" (task {t})"))
-            .unwrap_or_default();
-        match &item.result {
-            Some(Err(e)) => eprintln!("orch: failed to remove container {}: {e:#}", item.name),
-            _ => println!("{verb} container {}{task}: {}", item.name, item.reason),
-        }
-    }
-    let count = report.removed();
-    if args.dry_run {
-        println!("Would clean up {count} container(s)");
+    if args.json {
+        println!("{:#}", to_json(&report));
     } else {
-        println!("Cleaned up {count} container(s)");
+        print_human(&report);
     }
-    Ok(if report.failed().next().is_some() {
+    Ok(if report.failures().next().is_some() {
         ExitCode::from(exit::FAILED)
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// What one item does, in a few words.
+fn actions(item: &Item) -> Vec<String> {
+    let mut what = Vec::new();
+    match &item.mark {
+        Some(Mark::Lost(_)) => what.push("mark lost".to_owned()),
+        Some(Mark::Exited) => what.push("record its exit".to_owned()),
+        None => {}
+    }
+    for container in &item.containers {
+        what.push(format!("container {}", container.name));
+    }
+    if let Some(workspace) = item.removed_workspace() {
+        what.push(format!(
+            "workspace {} ({})",
+            workspace.path.display(),
+            human_bytes(workspace.bytes)
+        ));
+    } else if item.keep_workspace {
+        what.push("keep workspace".to_owned());
+    }
+    if item.record {
+        what.push("record".to_owned());
+    }
+    if let Some((_, bytes)) = &item.log {
+        what.push(format!("log ({})", human_bytes(*bytes)));
+    }
+    what
+}
+
+fn print_human(report: &CleanupReport) {
+    let verb = if report.dry_run {
+        "would clean"
+    } else {
+        "cleaned"
+    };
+    for item in &report.items {
+        let who = item
+            .task_id
+            .map_or_else(|| "ownerless".to_owned(), |t| format!("task {t}"));
+        println!(
+            "{verb} {who} [{}]: {}: {}",
+            item.strategy.name(),
+            actions(item).join(", "),
+            item.reason
+        );
+        for error in &item.errors {
+            eprintln!("orch: error: {who}: {error}");
+        }
+    }
+    for repo in &report.repos {
+        if repo.pruned > 0 {
+            println!(
+                "pruned {} worktree entries in {}",
+                repo.pruned,
+                repo.repo.display()
+            );
+        }
+        for branch in &repo.branches {
+            let verb = if report.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            };
+            println!("{verb} branch {branch} in {}", repo.repo.display());
+        }
+        for error in &repo.errors {
+            eprintln!("orch: error: {}: {error}", repo.repo.display());
+        }
+    }
+    println!("{}", summary(report));
+}
+
+/// `Cleaned up 8 task(s): 5 completed, 2 stale, 1 old; 3 containers, 2
+/// workspaces, 1.2 GiB freed`.
+fn summary(report: &CleanupReport) -> String {
+    let done: Vec<&Item> = report
+        .items
+        .iter()
+        .filter(|i| i.errors.is_empty())
+        .collect();
+    let mut per_strategy: BTreeMap<usize, (&str, BTreeSet<uuid::Uuid>)> = BTreeMap::new();
+    for item in &done {
+        if let Some(task) = item.task_id {
+            let order = [
+                Strategy::Orphans,
+                Strategy::Completed,
+                Strategy::Stale,
+                Strategy::Old,
+                Strategy::All,
+            ]
+            .iter()
+            .position(|s| *s == item.strategy)
+            .unwrap_or(0);
+            per_strategy
+                .entry(order)
+                .or_insert_with(|| (item.strategy.name(), BTreeSet::new()))
+                .1
+                .insert(task);
+        }
+    }
+    let tasks: usize = per_strategy.values().map(|(_, t)| t.len()).sum();
+    let breakdown: Vec<String> = per_strategy
+        .values()
+        .map(|(name, t)| format!("{} {name}", t.len()))
+        .collect();
+    let containers: usize = done.iter().map(|i| i.containers.len()).sum();
+    let workspaces = done
+        .iter()
+        .filter(|i| i.removed_workspace().is_some())
+        .count();
+    let bytes: u64 = done.iter().map(|i| i.bytes()).sum();
+    let branches: usize = report.repos.iter().map(|r| r.branches.len()).sum();
+    let head = if report.dry_run {
+        "Would clean up"
+    } else {
+        "Cleaned up"
+    };
+    let mut line = format!("{head} {tasks} task(s)");
+    if !breakdown.is_empty() {
+        line.push_str(&format!(": {}", breakdown.join(", ")));
+    }
+    line.push_str(&format!(
+        "; {containers} containers, {workspaces} workspaces, {} {}",
+        human_bytes(bytes),
+        if report.dry_run { "to free" } else { "freed" }
+    ));
+    if branches > 0 {
+        line.push_str(&format!("; {branches} branches"));
+    }
+    line
+}
+
+fn to_json(report: &CleanupReport) -> serde_json::Value {
+    let mut strategies: BTreeMap<&str, serde_json::Map<String, serde_json::Value>> =
+        BTreeMap::new();
+    let mut tasks_seen: BTreeMap<&str, BTreeSet<uuid::Uuid>> = BTreeMap::new();
+    for item in report.items.iter().filter(|i| i.errors.is_empty()) {
+        let name = item.strategy.name();
+        let counts = strategies.entry(name).or_default();
+        let mut add = |key: &str, n: u64| {
+            let entry = counts.entry(key.to_owned()).or_insert(json!(0));
+            *entry = json!(entry.as_u64().unwrap_or(0) + n);
+        };
+        add("containers", item.containers.len() as u64);
+        add("workspaces", u64::from(item.removed_workspace().is_some()));
+        add("records", u64::from(item.record));
+        add("logs", u64::from(item.log.is_some()));
+        add(
+            "marked_lost",
+            u64::from(matches!(item.mark, Some(Mark::Lost(_)))),
+        );
+        add("bytes", item.bytes());
+        if let Some(task) = item.task_id {
+            tasks_seen.entry(name).or_default().insert(task);
+        }
+    }
+    for (name, tasks) in &tasks_seen {
+        strategies
+            .entry(name)
+            .or_default()
+            .insert("tasks".into(), json!(tasks.len()));
+    }
+    let items: Vec<serde_json::Value> = report
+        .items
+        .iter()
+        .map(|item| {
+            json!({
+                "strategy": item.strategy.name(),
+                "task_id": item.task_id,
+                "reason": item.reason,
+                "mark": match &item.mark {
+                    Some(Mark::Lost(_)) => Some("lost"),
+                    Some(Mark::Exited) => Some("exited"),
+                    None => None,
+                },
+                "containers": item.containers.iter().map(|c| &c.name).collect::<Vec<_>>(),
+                "workspace": item.workspace.as_ref().map(|w| json!({
+                    "path": w.path,
+                    "bytes": w.bytes,
+                    "kept": item.keep_workspace,
+                })),
+                "record": item.record,
+                "log": item.log.as_ref().map(|(p, b)| json!({"path": p, "bytes": b})),
+                "bytes": item.bytes(),
+                "errors": item.errors,
+            })
+        })
+        .collect();
+    let repos: Vec<serde_json::Value> = report
+        .repos
+        .iter()
+        .map(|r| json!({"repo": r.repo, "pruned": r.pruned, "branches": r.branches, "errors": r.errors}))
+        .collect();
+    json!({
+        "dry_run": report.dry_run,
+        "summary": summary(report),
+        "strategies": strategies,
+        "items": items,
+        "repos": repos,
     })
 }

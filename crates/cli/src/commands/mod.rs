@@ -1,8 +1,11 @@
 //! One module per subcommand; this one only dispatches and maps errors to
 //! exit codes.
 
+mod cancel;
 mod cleanup;
 mod du;
+mod logs;
+mod ps;
 mod task;
 
 use std::process::ExitCode;
@@ -15,6 +18,11 @@ use crate::exit;
 pub(crate) async fn run(command: Command, verbose: bool) -> ExitCode {
     let (result, failure_code) = match command {
         Command::Task(args) => (task::run(args, verbose).await, exit::ORCH_FAILED),
+        Command::Supervise(args) => (task::run_supervisor(args).await, exit::ORCH_FAILED),
+        Command::Ps(args) => (ps::ps(&args), exit::FAILED),
+        Command::Show(args) => (ps::show(&args), exit::FAILED),
+        Command::Logs(args) => (logs::run(&args).await, exit::FAILED),
+        Command::Cancel(args) => (cancel::run(&args).await, exit::FAILED),
         Command::Cleanup(args) => (cleanup::run(args).await, exit::FAILED),
         Command::Du(args) => (du::run(&args), exit::FAILED),
     };

@@ -1,57 +1,117 @@
-//! `orch task`: run one task in the foreground.
+//! `orch task`: run one task in the foreground, or detached under a
+//! background supervisor; and `orch __supervise`, that supervisor.
 
-use std::process::ExitCode;
+use std::os::unix::process::CommandExt;
+use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use orch_orchestrator::{GlobalConfig, Home, Orchestrator, Overrides, Shutdown, TaskRequest};
+use orch_orchestrator::{
+    Discard, GlobalConfig, Home, Observer, Orchestrator, Overrides, Shutdown, TaskRequest,
+};
+use uuid::Uuid;
 
-use crate::args::TaskArgs;
+use crate::args::{SuperviseArgs, TaskArgs};
 use crate::exit;
 use crate::output::Terminal;
 use crate::signals::SignalWatch;
 
-pub(crate) async fn run(args: TaskArgs, verbose: bool) -> anyhow::Result<ExitCode> {
-    // Signals are ours from the first moment: nothing can be created before
-    // a Ctrl+C would reach the cleanup path.
-    let shutdown = Shutdown::new();
-    let signals = SignalWatch::start(&shutdown).context("failed to install signal handlers")?;
+/// How long reconciliation may run beside a new task.
+const RECONCILE_LIMIT: Duration = Duration::from_secs(30);
+/// How long a finished task waits for that reconciliation before exiting.
+const RECONCILE_WAIT: Duration = Duration::from_secs(5);
+/// How long `-d` waits for the supervisor to record the task.
+const DETACH_WAIT: Duration = Duration::from_secs(30);
 
+/// Resolves the project and settings of `args`; nothing is created.
+fn request(args: &TaskArgs, task_id: Option<Uuid>) -> anyhow::Result<TaskRequest> {
     let config = GlobalConfig::load(GlobalConfig::default_path().as_deref())?;
     let overrides = Overrides {
-        image: args.image,
+        image: args.image.clone(),
         timeout: args.timeout,
         stop_grace: args.stop_grace,
-        user: args.user,
-        env: args.env,
+        user: args.user.clone(),
+        env: args.env.clone(),
         no_workspace: args.no_workspace,
     };
     let project = config.resolve_project(&args.project, &overrides)?;
-    let home = Home::open(super::home_path()?)?;
-    let orch = Arc::new(Orchestrator::connect(home).await?);
-
-    let request = TaskRequest {
+    Ok(TaskRequest {
         project,
-        desc: args.desc,
-        git_ref: args.git_ref,
+        desc: args.desc.clone(),
+        git_ref: args.git_ref.clone(),
         keep_workspace: match (args.keep_workspace, args.rm_workspace) {
             (true, _) => Some(true),
             (_, true) => Some(false),
             _ => None,
         },
-        detached: false,
-    };
-    // The run is a task of its own so that a panic inside it comes back here
-    // as an error, and this session's containers can still be swept.
-    let run = tokio::spawn({
+        detached: task_id.is_some(),
+        task_id,
+    })
+}
+
+pub(crate) async fn run(args: TaskArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    if args.detach {
+        return detach(args).await;
+    }
+    // Signals are ours from the first moment: nothing can be created before
+    // a Ctrl+C would reach the cleanup path.
+    let shutdown = Shutdown::new();
+    let signals = SignalWatch::start(&shutdown).context("failed to install signal handlers")?;
+    let request = request(&args, None)?;
+    let home = Home::open(super::home_path()?)?;
+    let orch = Arc::new(Orchestrator::connect(home).await?);
+    supervise(
+        orch,
+        request,
+        shutdown,
+        &signals,
+        Box::new(Terminal::new(verbose)),
+    )
+    .await
+}
+
+/// `orch __supervise`: runs the task `orch task -d` announced, in its own
+/// session, with output going to the task's log only.
+pub(crate) async fn run_supervisor(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = Shutdown::new();
+    let signals = SignalWatch::start(&shutdown).context("failed to install signal handlers")?;
+    let request = request(&args.task, Some(args.task_id))?;
+    let home = Home::open(super::home_path()?)?;
+    let orch = Arc::new(Orchestrator::connect(home).await?);
+    supervise(orch, request, shutdown, &signals, Box::new(Discard)).await
+}
+
+/// Runs the task beside a bounded reconciliation, and maps its end to an
+/// exit code. The run is a task of its own so that a panic inside it comes
+/// back here, and this session's containers can still be swept.
+async fn supervise(
+    orch: Arc<Orchestrator>,
+    request: TaskRequest,
+    shutdown: Shutdown,
+    signals: &SignalWatch,
+    observer: Box<dyn Observer>,
+) -> anyhow::Result<ExitCode> {
+    let reconcile = tokio::spawn({
         let orch = Arc::clone(&orch);
-        let shutdown = shutdown.clone();
         async move {
-            orch.run_task(request, shutdown, Box::new(Terminal::new(verbose)))
-                .await
+            match orch.reconcile(RECONCILE_LIMIT).await {
+                Ok(report) => {
+                    for item in &report.items {
+                        tracing::info!(task = ?item.task_id, reason = %item.reason, "reconciled");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reconciliation failed"),
+            }
         }
     });
-    match run.await {
+    let run = tokio::spawn({
+        let orch = Arc::clone(&orch);
+        async move { orch.run_task(request, shutdown, observer).await }
+    });
+    let result = run.await;
+    let _ = tokio::time::timeout(RECONCILE_WAIT, reconcile).await;
+    match result {
         Ok(Ok(outcome)) => Ok(exit::for_outcome(&outcome, signals.first())),
         Ok(Err(error)) => {
             sweep(&orch).await;
@@ -68,17 +128,101 @@ pub(crate) async fn run(args: TaskArgs, verbose: bool) -> anyhow::Result<ExitCod
 /// Removes whatever this session still has in Docker, reporting each.
 async fn sweep(orch: &Orchestrator) {
     match orch.sweep_session().await {
-        Ok(report) => {
-            for item in &report.containers {
-                match &item.result {
-                    Some(Ok(_)) => eprintln!("orch: removed container {}", item.name),
-                    Some(Err(e)) => {
-                        eprintln!("orch: failed to remove container {}: {e:#}", item.name)
-                    }
-                    None => {}
+        Ok(results) => {
+            for (name, result) in &results {
+                match result {
+                    Ok(_) => eprintln!("orch: removed container {name}"),
+                    Err(e) => eprintln!("orch: failed to remove container {name}: {e:#}"),
                 }
             }
         }
         Err(e) => eprintln!("orch: failed to sweep this session's containers: {e:#}"),
     }
+}
+
+/// `orch task -d`: checks the inputs here (bad input fails here, with
+/// nothing created), then starts a supervisor in its own session, waits
+/// until it has recorded the task, prints the id and returns.
+async fn detach(args: TaskArgs) -> anyhow::Result<ExitCode> {
+    let request = request(&args, None)?;
+    let home = Home::open(super::home_path()?)?;
+    let orch = Orchestrator::connect(home.clone()).await?;
+    let prepared = orch.prepare(request).await?;
+    let task_id = prepared.task_id();
+
+    let log_path = home.log_path(&task_id);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("failed to create {}", log_path.display()))?;
+    let mut supervisor = std::process::Command::new(std::env::current_exe()?);
+    supervisor
+        .arg("__supervise")
+        .arg("--task-id")
+        .arg(task_id.to_string())
+        .args(task_argv(&args))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours; it
+    // takes the supervisor out of this terminal's session, so neither
+    // Ctrl+C nor the terminal closing reaches it.
+    unsafe {
+        supervisor.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
+    }
+    let mut child = supervisor
+        .spawn()
+        .context("failed to start the supervisor")?;
+
+    let started = Instant::now();
+    loop {
+        if orch.task(&task_id).await?.is_some() {
+            println!("{task_id}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(status) = child.try_wait()? {
+            let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let said = said.lines().last().unwrap_or("no message").trim();
+            anyhow::bail!("the supervisor exited ({status}) before starting the task: {said}");
+        }
+        if started.elapsed() > DETACH_WAIT {
+            anyhow::bail!("the supervisor did not record task {task_id} within {DETACH_WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `args` as command-line arguments again, without `--detach`: what the
+/// supervisor is started with.
+fn task_argv(args: &TaskArgs) -> Vec<String> {
+    let mut argv = Vec::new();
+    let mut flag = |name: &str, value: Option<String>| {
+        if let Some(value) = value {
+            argv.push(name.to_owned());
+            argv.push(value);
+        }
+    };
+    let duration = |d: Option<Duration>| d.map(|d| format!("{}ms", d.as_millis()));
+    flag("--image", args.image.clone());
+    flag("--timeout", duration(args.timeout));
+    flag("--stop-grace", duration(args.stop_grace));
+    flag("--user", args.user.clone());
+    flag("--ref", args.git_ref.clone());
+    for (key, value) in &args.env {
+        flag("--env", Some(format!("{key}={value}")));
+    }
+    for (set, name) in [
+        (args.no_workspace, "--no-workspace"),
+        (args.keep_workspace, "--keep-workspace"),
+        (args.rm_workspace, "--rm-workspace"),
+    ] {
+        if set {
+            argv.push(name.to_owned());
+        }
+    }
+    argv.push("--".to_owned());
+    argv.push(args.project.clone());
+    argv.push(args.desc.clone());
+    argv
 }

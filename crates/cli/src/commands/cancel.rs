@@ -1,0 +1,50 @@
+//! `orch cancel`: stop tasks gracefully from any terminal, then sweep
+//! orphans.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use orch_orchestrator::{Cancelled, Home, Orchestrator};
+
+use crate::args::CancelArgs;
+use crate::exit;
+
+pub(crate) async fn run(args: &CancelArgs) -> anyhow::Result<ExitCode> {
+    let registry = super::ps::require_registry()?;
+    let mut ids = Vec::new();
+    let mut failed = false;
+    for given in &args.ids {
+        match registry.resolve(given) {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                eprintln!("orch: error: {e}");
+                failed = true;
+            }
+        }
+    }
+    drop(registry);
+    let home = Home::open(super::home_path()?)?;
+    let orch = Orchestrator::connect(home).await?;
+    let cancels = ids.iter().map(|id| orch.cancel(id));
+    for (id, result) in ids
+        .iter()
+        .zip(futures_util::future::join_all(cancels).await)
+    {
+        match result {
+            Ok(Cancelled::Ended(state)) => println!("{id} {state}"),
+            Ok(Cancelled::AlreadyEnded(state)) => println!("{id} had already ended ({state})"),
+            Err(e) => {
+                eprintln!("orch: error: failed to cancel {id}: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    if let Err(e) = orch.reconcile(Duration::from_secs(30)).await {
+        eprintln!("orch: warning: orphan sweep failed: {e:#}");
+    }
+    Ok(if failed {
+        ExitCode::from(exit::FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,165 @@
+//! `orch ps` and `orch show`: the registry, read from any terminal.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use orch_registry::{Listing, Registry, TaskRecord, now_ms};
+
+use crate::args::{PsArgs, ShowArgs};
+
+/// The registry of this instance, if there is one yet.
+pub(crate) fn open_registry() -> anyhow::Result<Option<Registry>> {
+    let home = super::home_path()?;
+    Ok(Registry::open_existing(&home.join("orch.db"))?)
+}
+
+/// The registry, or an error saying there are no tasks.
+pub(crate) fn require_registry() -> anyhow::Result<Registry> {
+    open_registry()?.ok_or_else(|| anyhow::anyhow!("no tasks yet: this orch home has no registry"))
+}
+
+pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
+    let listing = if args.all {
+        Listing::All
+    } else {
+        Listing::Live
+    };
+    let tasks = match open_registry()? {
+        Some(registry) => registry.list(listing)?,
+        None => Vec::new(),
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if args.json {
+        serde_json::to_writer(&mut out, &tasks)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = now_ms();
+    writeln!(
+        out,
+        "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  WORKSPACE",
+        "ID", "PROJECT", "STATUS", "PROGRESS", "AGE"
+    )?;
+    for task in &tasks {
+        let progress = task
+            .progress
+            .map(|p| format!("{p}%"))
+            .unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  {}",
+            &task.id.to_string()[..13],
+            truncate(&task.project, 16),
+            task.state.as_str(),
+            progress,
+            age(now - task.created_at),
+            workspace(task),
+        )?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
+    let registry = require_registry()?;
+    let id = registry.resolve(&args.id)?;
+    let task = registry
+        .get(&id)?
+        .ok_or_else(|| anyhow::anyhow!("no task {id}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&task)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let time = |t: Option<i64>| {
+        t.map(|t| format!("{} ago", age(now_ms() - t)))
+            .unwrap_or_else(|| "-".into())
+    };
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let rows = [
+        ("id", task.id.to_string()),
+        ("project", task.project.clone()),
+        ("description", task.description.clone()),
+        ("status", task.state.to_string()),
+        ("reason", opt(&task.reason)),
+        (
+            "exit code",
+            task.exit_code.map_or("-".into(), |c| c.to_string()),
+        ),
+        ("created", time(Some(task.created_at))),
+        ("started", time(task.started_at)),
+        ("finished", time(task.finished_at)),
+        (
+            "progress",
+            task.progress.map_or("-".into(), |p| {
+                format!("{p}% {}", task.progress_message.clone().unwrap_or_default())
+            }),
+        ),
+        ("image", task.image.clone()),
+        ("container", task.container.clone()),
+        ("workspace", workspace(&task)),
+        ("branch", opt(&task.branch)),
+        (
+            "owner",
+            format!("pid {} (session {})", task.owner_pid, task.session),
+        ),
+        ("detached", task.detached.to_string()),
+        (
+            "log",
+            super::home_path()?
+                .join("logs")
+                .join(format!("{}.log", task.id))
+                .display()
+                .to_string(),
+        ),
+    ];
+    for (key, value) in rows {
+        println!("{key:<12} {value}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn workspace(task: &TaskRecord) -> String {
+    match (&task.workspace, task.workspace_state) {
+        (None, _) => "-".into(),
+        (Some(_), Some(orch_registry::WorkspaceState::Removed)) => "(removed)".into(),
+        (Some(path), _) => path.clone(),
+    }
+}
+
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(width - 1).collect();
+        cut.push('~');
+        cut
+    }
+}
+
+/// A compact age: `42s`, `5m`, `3h`, `2d`.
+pub(crate) fn age(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_and_truncation() {
+        assert_eq!(age(-5), "0s");
+        assert_eq!(age(59_999), "59s");
+        assert_eq!(age(60_000), "1m");
+        assert_eq!(age(7_200_000), "2h");
+        assert_eq!(age(3 * 86_400_000), "3d");
+        assert_eq!(truncate("abcdef", 4), "abc~");
+        assert_eq!(truncate("abc", 4), "abc");
+    }
+}
