@@ -11,3 +11,4 @@
 mod cleanup;
 mod helper;
 mod task;
+mod workspace;

@@ -15,6 +15,7 @@
 //! | `spawn N` | start N child processes that sleep |
 //! | `write PATH TEXT` | write a file (parents created) |
 //! | `mkdir PATH` | create a directory and its parents |
+//! | `files DIR N BYTES` | create N files of BYTES bytes under DIR, 100 per subdirectory |
 //! | `symlink TARGET LINK` | create a symbolic link |
 //! | `chmod MODE PATH` | set octal permissions on PATH |
 //! | `run PROG [ARGS...]` | run a program found in the image, fail if it fails |
@@ -92,6 +93,20 @@ fn run_step(step: &str) -> Result<(), String> {
             std::fs::write(path, format!("{text}\n")).map_err(|e| e.to_string())?;
         }
         "mkdir" => std::fs::create_dir_all(rest).map_err(|e| e.to_string())?,
+        "files" => {
+            let mut words = rest.split_whitespace();
+            let (Some(dir), Some(n), Some(bytes)) = (words.next(), words.next(), words.next())
+            else {
+                return Err("files needs DIR N BYTES".into());
+            };
+            let (n, bytes): (u64, usize) = (parse(n)?, parse(bytes)?);
+            let content = vec![b'f'; bytes];
+            for i in 0..n {
+                let sub = std::path::Path::new(dir).join(format!("d{}", i / 100));
+                std::fs::create_dir_all(&sub).map_err(|e| e.to_string())?;
+                std::fs::write(sub.join(format!("f{i}")), &content).map_err(|e| e.to_string())?;
+            }
+        }
         "symlink" => {
             let (target, link) = split_two(rest)?;
             std::os::unix::fs::symlink(target, link).map_err(|e| e.to_string())?;

@@ -18,9 +18,9 @@ use crate::Shutdown;
 use crate::output::Progress;
 
 /// How long a lease lasts.
-pub(crate) const LEASE: Duration = Duration::from_secs(30);
+pub(crate) const LEASE: Duration = Duration::from_secs(15);
 /// How often it is renewed.
-const RENEW_EVERY: Duration = Duration::from_secs(10);
+const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// How often progress and cancel requests are looked at.
 const TICK: Duration = Duration::from_millis(250);
 

@@ -170,6 +170,11 @@ impl Orchestrator {
         let removed = match result {
             Ok(removed) => removed,
             Err(orch_workspace::Error::NeedsPrivilege { .. }) => {
+                tracing::info!(
+                    workspace = %workspace.path.display(),
+                    image,
+                    "some files belong to another user; removing them through a container"
+                );
                 let started = std::time::Instant::now();
                 let size = orch_workspace::du::measure(&workspace.path).unwrap_or_default();
                 self.remove_as_root(&workspace, image).await?;

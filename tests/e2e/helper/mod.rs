@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub(crate) const IMAGE: &str = "orch-agent:dev";
+/// The same plus git, for tasks that commit (built by `scripts/build-image git`).
+pub(crate) const GIT_IMAGE: &str = "orch-agent-git:dev";
 
 /// Skips the test, loudly, when no Docker engine answers; fails it instead
 /// under `ORCH_REQUIRE_DOCKER=1`.
@@ -133,6 +135,84 @@ impl TestEnv {
         std::fs::write(self.project.join("orch.toml"), text).unwrap();
     }
 
+    /// Makes the project a git repository with one commit, whose tasks get
+    /// worktrees, run `image`, and may commit (an identity is set).
+    pub(crate) fn git_project(&self, image: &str, extra: &str) {
+        let text = format!(
+            "image = \"{image}\"\ncommand = [\"/orch-agent\", \"{{desc}}\"]\nstop_grace = \"2s\"\n\
+             env = {{ GIT_AUTHOR_NAME = \"task\", GIT_AUTHOR_EMAIL = \"task@example.com\", \
+             GIT_COMMITTER_NAME = \"task\", GIT_COMMITTER_EMAIL = \"task@example.com\" }}\n{extra}\n"
+        );
+        std::fs::write(self.project.join("orch.toml"), text).unwrap();
+        std::fs::write(self.project.join(".gitignore"), "*.log\n").unwrap();
+        self.git(&["init", "--quiet", "--initial-branch=main"]);
+        self.git(&["add", "."]);
+        self.git(&["commit", "--quiet", "-m", "initial"]);
+    }
+
+    /// Runs git in the project; returns its stdout.
+    pub(crate) fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&self.project)
+            .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
+            .args(["-c", "safe.directory=*"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Paths of the project's worktrees, the main one first.
+    pub(crate) fn worktrees(&self) -> Vec<String> {
+        self.git(&["worktree", "list", "--porcelain"])
+            .lines()
+            .filter_map(|l| l.strip_prefix("worktree "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Task directories on disk, under every project.
+    pub(crate) fn task_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        let Ok(projects) = std::fs::read_dir(self.home.join("workspaces")) else {
+            return dirs;
+        };
+        for project in projects {
+            if let Ok(tasks) = std::fs::read_dir(project.unwrap().path().join("tasks")) {
+                dirs.extend(tasks.map(|t| t.unwrap().path()));
+            }
+        }
+        dirs.sort();
+        dirs
+    }
+
+    /// Runs an orch subcommand, expecting success; returns its stdout.
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
+        let out = self.orch().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "orch {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `orch ps -a --json`.
+    pub(crate) fn tasks(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["ps", "-a", "--json"])).unwrap()
+    }
+
+    /// `orch show <id> --json`.
+    pub(crate) fn show(&self, id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["show", id, "--json"])).unwrap()
+    }
+
     /// `orch` with this instance's environment.
     pub(crate) fn orch(&self) -> Command {
         let mut cmd = Command::new(orch_bin());
@@ -140,6 +220,10 @@ impl TestEnv {
             .env("ORCH_CONFIG", &self.config)
             .env_remove("RUST_LOG")
             .env_remove("ORCH_FAIL_POINT")
+            .env_remove("ORCH_CLEANUP_COMPLETED_AGE")
+            .env_remove("ORCH_CLEANUP_FAILED_AGE")
+            .env_remove("ORCH_CLEANUP_STALE_AGE")
+            .env_remove("ORCH_CLEANUP_OLD_AGE")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());
         cmd
