@@ -10,5 +10,6 @@
 
 mod cleanup;
 mod helper;
+mod registry;
 mod task;
 mod workspace;

@@ -27,6 +27,14 @@ pub enum Cancelled {
 }
 
 impl Orchestrator {
+    async fn has_containers(&self, id: &Uuid) -> Result<bool, Error> {
+        Ok(self
+            .list_containers(None)
+            .await?
+            .iter()
+            .any(|c| c.task_id == Some(*id)))
+    }
+
     /// Stops a live task gracefully and waits until it has ended.
     pub async fn cancel(&self, id: &Uuid) -> Result<Cancelled, Error> {
         let id = *id;
@@ -46,7 +54,10 @@ impl Orchestrator {
         let deadline = tokio::time::Instant::now() + grace + OWNER_SLACK;
         while owner.is_alive() && tokio::time::Instant::now() < deadline {
             if let Some(now) = self.task(&id).await? {
-                if now.state.is_terminal() {
+                // Ended, and its resources dealt with: container gone,
+                // workspace settled.
+                let settled = now.workspace_state != Some(WorkspaceState::Present);
+                if now.state.is_terminal() && settled && !self.has_containers(&id).await? {
                     return Ok(Cancelled::Ended(now.state));
                 }
             }

@@ -923,18 +923,26 @@ impl Orchestrator {
             return Ok(report);
         }
 
-        // Live tasks: ask their owners to stop, and take their containers
-        // away at once; the owners then finish their records and settle
-        // their workspaces.
-        let live: Vec<Uuid> = snapshot
-            .rows
-            .iter()
-            .filter(|r| is_live(r))
-            .map(|r| r.id)
-            .collect();
-        for id in &live {
-            let id = *id;
+        // Live tasks first: their owners stop them gracefully and finish
+        // their records; then everything goes.
+        let live: Vec<&TaskRecord> = snapshot.rows.iter().filter(|r| is_live(r)).collect();
+        let longest_grace = live.iter().map(|r| r.stop_grace_ms).max().unwrap_or(0);
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(u64::try_from(longest_grace).unwrap_or(0))
+            + CANCEL_WAIT;
+        for row in &live {
+            let id = row.id;
             let _ = self.db(move |r| r.request_cancel(&id)).await;
+        }
+        for row in &live {
+            let id = row.id;
+            while tokio::time::Instant::now() < deadline {
+                let state = self.db(move |r| r.get(&id)).await?.map(|r| r.state);
+                if state.is_none_or(State::is_terminal) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         let names: Vec<String> = report
             .items
@@ -952,23 +960,13 @@ impl Orchestrator {
                 }
             }
         }
+        // Owners may still be settling workspaces: wait for their locks.
         let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
-        for id in &live {
-            let id = *id;
-            while tokio::time::Instant::now() < deadline {
-                let state = self.db(move |r| r.get(&id)).await?.map(|r| r.state);
-                if state.is_none_or(State::is_terminal) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
         for item in &mut report.items {
             if !item.errors.is_empty() {
                 continue;
             }
             if let Some(target) = &item.workspace {
-                // The owner may still be settling it: wait for its lock.
                 let mut result = self.remove_workspace_target(target, true).await;
                 while matches!(
                     &result,

@@ -337,6 +337,8 @@ impl TaskRun<'_> {
                     guard.rename(&self.name);
                 }
                 orch.create_container(&self.name, body).await?;
+                let name = self.name.clone();
+                orch.db(move |r| r.set_container(&task_id, &name)).await?;
             }
             other => other?,
         }

@@ -458,6 +458,18 @@ impl Registry {
             .map(drop)
     }
 
+    /// Records the name the task's container got (when the planned one was
+    /// taken).
+    pub fn set_container(&self, id: &Uuid, name: &str) -> Result<(), Error> {
+        self.conn
+            .execute(
+                "UPDATE tasks SET container = ?1 WHERE id = ?2",
+                params![name, id.to_string()],
+            )
+            .map_err(self.sql("record a container name"))
+            .map(drop)
+    }
+
     /// Deletes a task's record.
     pub fn delete(&self, id: &Uuid) -> Result<bool, Error> {
         self.conn
