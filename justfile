@@ -23,3 +23,8 @@ test *ARGS:
 lint:
     cargo fmt --check
     cargo clippy --all-targets --locked -j 2 -- -D warnings
+
+# The chaos test, long: kill orch at random 300 times (CI runs 30 within `test`).
+chaos ITERATIONS="300":
+    scripts/build-image git
+    ORCH_CHAOS_ITERATIONS={{ITERATIONS}} cargo test --locked -j 2 -p orch-cli --test e2e chaos -- --nocapture

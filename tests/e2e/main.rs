@@ -8,8 +8,10 @@
     reason = "a test fails by panicking"
 )]
 
+mod chaos;
 mod cleanup;
 mod helper;
 mod registry;
 mod task;
+mod watchdog;
 mod workspace;

@@ -37,6 +37,9 @@ pub(crate) enum Command {
     /// Run a detached task (started by `orch task -d`).
     #[command(name = "__supervise", hide = true)]
     Supervise(SuperviseArgs),
+    /// Guard a session from outside (started by orch itself).
+    #[command(name = "__watchdog", hide = true)]
+    Watchdog,
 }
 
 #[derive(Debug, Args)]

@@ -10,20 +10,39 @@ mod commands;
 mod exit;
 mod output;
 mod signals;
+mod watchdog;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::Cli;
+use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return exit::usage_error(&error),
     };
+    if let Command::Watchdog = cli.command {
+        return watchdog::run();
+    }
     init_tracing(cli.verbose);
     signals::install_panic_hook();
+    // Before the runtime and before any container: the watchdog of the
+    // commands that create containers.
+    let creates_containers = match &cli.command {
+        Command::Task(args) => !args.detach,
+        Command::Supervise(_) => true,
+        _ => false,
+    };
+    let watchdog = if creates_containers {
+        watchdog::start().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "failed to start the watchdog; a killed orch is cleaned up by the next run");
+            None
+        })
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -35,7 +54,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::ORCH_FAILED);
         }
     };
-    let code = runtime.block_on(commands::run(cli.command, cli.verbose > 0));
+    let code = runtime.block_on(commands::run(cli.command, cli.verbose > 0, watchdog));
     // Output pumps of removed containers may still be winding down; they hold
     // nothing that needs cleaning.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -217,7 +217,11 @@ pub struct Item {
 }
 
 impl Item {
-    fn new(strategy: Strategy, task_id: Option<Uuid>, reason: impl Into<String>) -> Item {
+    pub(crate) fn new(
+        strategy: Strategy,
+        task_id: Option<Uuid>,
+        reason: impl Into<String>,
+    ) -> Item {
         Item {
             strategy,
             reason: reason.into(),
@@ -673,7 +677,7 @@ impl Orchestrator {
         }
     }
 
-    async fn execute_item(&self, item: &mut Item) {
+    pub(crate) async fn execute_item(&self, item: &mut Item) {
         let task = item.task_id;
         // End the live record first.
         if let (Some(mark), Some(id)) = (&item.mark, task) {

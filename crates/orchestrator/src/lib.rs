@@ -27,6 +27,7 @@ mod owner;
 mod remove;
 mod run;
 mod shutdown;
+mod watchdog;
 mod workspace;
 
 use std::sync::{Arc, Mutex};
@@ -52,6 +53,7 @@ pub use owner::Owner;
 pub use remove::Gone;
 pub use run::{Outcome, PreparedTask, Status, TaskRequest};
 pub use shutdown::Shutdown;
+pub use watchdog::{Reaped, WatchdogLink, WatchdogLog};
 pub use workspace::WorkspaceFate;
 
 /// Requests to the engine never wait longer than this for an answer; calls
@@ -67,6 +69,7 @@ pub struct Orchestrator {
     registry: Arc<Mutex<Registry>>,
     session: Session,
     active: ActiveSet,
+    watchdog: Option<WatchdogLink>,
 }
 
 impl Orchestrator {
@@ -84,6 +87,7 @@ impl Orchestrator {
             registry: Arc::new(Mutex::new(registry)),
             session: Session::new(),
             active: ActiveSet::default(),
+            watchdog: None,
         })
     }
 

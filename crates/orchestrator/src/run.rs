@@ -327,6 +327,8 @@ impl TaskRun<'_> {
         // create call is sent.
         let workspace = self.held.as_ref().map(|h| &h.workspace);
         let body = orch.container_body(request, task_id, workspace);
+        // The watchdog hears of the task before its container can exist.
+        orch.watchdog_task(&task_id);
         self.guard = Some(ContainerGuard::arm(&orch.active, &self.name, task_id));
         match orch.create_container(&self.name, body.clone()).await {
             Err(Error::Docker { source, .. }) if docker::status(&source) == Some(409) => {
@@ -533,6 +535,7 @@ impl TaskRun<'_> {
             }
         }
 
+        orch.watchdog_done(&task_id);
         let (status, exit_code) = ended_as?;
         Ok(Outcome {
             task_id,

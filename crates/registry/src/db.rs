@@ -24,7 +24,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Schema migrations, applied in order; the schema version is how many have
 /// been applied. Never edit one that has shipped: add another.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
     CREATE TABLE tasks (
         id TEXT PRIMARY KEY NOT NULL,
         project TEXT NOT NULL,
@@ -56,7 +57,11 @@ const MIGRATIONS: &[&str] = &[r"
     ) STRICT;
     CREATE INDEX tasks_by_state ON tasks (state);
     CREATE TABLE repos (path TEXT PRIMARY KEY NOT NULL) STRICT;
-"];
+",
+    r"
+    CREATE INDEX tasks_by_session ON tasks (session);
+",
+];
 
 /// What becomes of a task's workspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -212,6 +217,11 @@ impl Registry {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    #[cfg(test)]
+    pub(crate) fn conn_for_tests(&self) -> &Connection {
+        &self.conn
     }
 
     fn sql(&self, action: &'static str) -> impl Fn(rusqlite::Error) -> Error + '_ {
@@ -501,6 +511,21 @@ impl Registry {
         let err = self.sql("list tasks");
         let mut statement = self.conn.prepare_cached(&sql).map_err(&err)?;
         let rows = statement.query_map([], record_from_row).map_err(&err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(&err)
+    }
+
+    /// The tasks of one session (one orch process), oldest first.
+    pub fn list_session(&self, session: &str) -> Result<Vec<TaskRecord>, Error> {
+        let err = self.sql("list a session's tasks");
+        let mut statement = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM tasks WHERE session = ?1 ORDER BY id"
+            ))
+            .map_err(&err)?;
+        let rows = statement
+            .query_map([session], record_from_row)
+            .map_err(&err)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(&err)
     }
 

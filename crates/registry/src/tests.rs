@@ -193,6 +193,56 @@ fn listing_live_and_all() {
 }
 
 #[test]
+fn a_session_lists_its_own_tasks() {
+    let (_tmp, _path, reg) = fresh();
+    let mut mine = record(State::Running);
+    mine.session = "me".into();
+    reg.insert(&mine).unwrap();
+    reg.insert(&record(State::Running)).unwrap();
+    let listed = reg.list_session("me").unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, mine.id);
+}
+
+#[test]
+fn migrations_bring_an_old_schema_forward() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("orch.db");
+    drop(Registry::open(&path).unwrap());
+    // Roll the version back as an older orch would have left it, with the
+    // later migration's index missing.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP INDEX tasks_by_session; UPDATE schema_version SET version = 1;")
+        .unwrap();
+    drop(conn);
+    let reg = Registry::open(&path).unwrap();
+    let index: i64 = reg
+        .conn_for_tests()
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'tasks_by_session'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(index, 1);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("orch.db");
+    drop(Registry::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("UPDATE schema_version SET version = 99;")
+        .unwrap();
+    drop(conn);
+    assert!(matches!(
+        Registry::open(&path),
+        Err(Error::TooNew { found: 99, .. })
+    ));
+}
+
+#[test]
 fn reopening_keeps_data_and_version() {
     let (_tmp, path, reg) = fresh();
     let task = record(State::Running);

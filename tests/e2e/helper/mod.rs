@@ -94,6 +94,20 @@ pub(crate) fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -
     }
 }
 
+/// Polls `check` until it holds or `limit` passes; returns whether it held.
+pub(crate) fn wait_for_opt(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// One isolated orch instance plus a project directory.
 pub(crate) struct TestEnv {
     /// Removed, with everything in it, when the env drops.

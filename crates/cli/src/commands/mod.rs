@@ -15,10 +15,18 @@ use crate::exit;
 
 /// Runs a command and turns its error, if any, into one line and an exit
 /// code.
-pub(crate) async fn run(command: Command, verbose: bool) -> ExitCode {
+pub(crate) async fn run(
+    command: Command,
+    verbose: bool,
+    watchdog: Option<orch_orchestrator::WatchdogLink>,
+) -> ExitCode {
     let (result, failure_code) = match command {
-        Command::Task(args) => (task::run(args, verbose).await, exit::ORCH_FAILED),
-        Command::Supervise(args) => (task::run_supervisor(args).await, exit::ORCH_FAILED),
+        Command::Task(args) => (task::run(args, verbose, watchdog).await, exit::ORCH_FAILED),
+        Command::Supervise(args) => (
+            task::run_supervisor(args, watchdog).await,
+            exit::ORCH_FAILED,
+        ),
+        Command::Watchdog => (Ok(ExitCode::SUCCESS), exit::FAILED),
         Command::Ps(args) => (ps::ps(&args), exit::FAILED),
         Command::Show(args) => (ps::show(&args), exit::FAILED),
         Command::Logs(args) => (logs::run(&args).await, exit::FAILED),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use orch_orchestrator::{
     Discard, GlobalConfig, Home, Observer, Orchestrator, Overrides, Shutdown, TaskRequest,
+    WatchdogLink,
 };
 use uuid::Uuid;
 
@@ -50,7 +51,21 @@ fn request(args: &TaskArgs, task_id: Option<Uuid>) -> anyhow::Result<TaskRequest
     })
 }
 
-pub(crate) async fn run(args: TaskArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+/// Connects, handing the watchdog (if any) this session.
+async fn connect(watchdog: Option<WatchdogLink>) -> anyhow::Result<Arc<Orchestrator>> {
+    let home = Home::open(super::home_path()?)?;
+    let orch = Orchestrator::connect(home).await?;
+    Ok(Arc::new(match watchdog {
+        Some(link) => orch.with_watchdog(link),
+        None => orch,
+    }))
+}
+
+pub(crate) async fn run(
+    args: TaskArgs,
+    verbose: bool,
+    watchdog: Option<WatchdogLink>,
+) -> anyhow::Result<ExitCode> {
     if args.detach {
         return detach(args).await;
     }
@@ -59,8 +74,7 @@ pub(crate) async fn run(args: TaskArgs, verbose: bool) -> anyhow::Result<ExitCod
     let shutdown = Shutdown::new();
     let signals = SignalWatch::start(&shutdown).context("failed to install signal handlers")?;
     let request = request(&args, None)?;
-    let home = Home::open(super::home_path()?)?;
-    let orch = Arc::new(Orchestrator::connect(home).await?);
+    let orch = connect(watchdog).await?;
     supervise(
         orch,
         request,
@@ -73,12 +87,14 @@ pub(crate) async fn run(args: TaskArgs, verbose: bool) -> anyhow::Result<ExitCod
 
 /// `orch __supervise`: runs the task `orch task -d` announced, in its own
 /// session, with output going to the task's log only.
-pub(crate) async fn run_supervisor(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run_supervisor(
+    args: SuperviseArgs,
+    watchdog: Option<WatchdogLink>,
+) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::new();
     let signals = SignalWatch::start(&shutdown).context("failed to install signal handlers")?;
     let request = request(&args.task, Some(args.task_id))?;
-    let home = Home::open(super::home_path()?)?;
-    let orch = Arc::new(Orchestrator::connect(home).await?);
+    let orch = connect(watchdog).await?;
     supervise(orch, request, shutdown, &signals, Box::new(Discard)).await
 }
 
@@ -112,12 +128,18 @@ async fn supervise(
     let result = run.await;
     let _ = tokio::time::timeout(RECONCILE_WAIT, reconcile).await;
     match result {
-        Ok(Ok(outcome)) => Ok(exit::for_outcome(&outcome, signals.first())),
+        Ok(Ok(outcome)) => {
+            orch.watchdog_clean_exit();
+            Ok(exit::for_outcome(&outcome, signals.first()))
+        }
         Ok(Err(error)) => {
             sweep(&orch).await;
+            orch.watchdog_clean_exit();
             Err(error.into())
         }
         Err(join) => {
+            // No clean exit for the watchdog: the record is still live, and
+            // the watchdog ends it and settles the workspace.
             tracing::error!(error = %join, "the task's run ended abnormally");
             sweep(&orch).await;
             Ok(ExitCode::from(exit::ORCH_FAILED))

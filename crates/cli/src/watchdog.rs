@@ -1,0 +1,96 @@
+//! Starting the watchdog process, and being it (`orch __watchdog`).
+//!
+//! The process is started from the main thread before the async runtime
+//! exists, in a session of its own (setsid), so neither Ctrl+C nor a closing
+//! terminal reaches it. Its stdin is the read end of a pipe whose only write
+//! end stays in orch, close-on-exec, so no child of orch (git, a detached
+//! supervisor) can hold it open. See `orch_orchestrator::watchdog` for the
+//! protocol and what it does.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitCode, Stdio};
+
+use orch_orchestrator::{Home, Orchestrator, WatchdogLink, WatchdogLog};
+use rustix::pipe::{PipeFlags, pipe_with};
+
+/// Starts a watchdog unless `ORCH_NO_WATCHDOG=1`; returns orch's end.
+pub(crate) fn start() -> std::io::Result<Option<WatchdogLink>> {
+    if std::env::var("ORCH_NO_WATCHDOG").as_deref() == Ok("1") {
+        return Ok(None);
+    }
+    let (read_end, write_end): (OwnedFd, OwnedFd) = pipe_with(PipeFlags::CLOEXEC)?;
+    let mut watchdog = Command::new(std::env::current_exe()?);
+    watchdog
+        .arg("__watchdog")
+        .stdin(Stdio::from(read_end))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    unsafe {
+        watchdog.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
+    }
+    // The child is never waited for: it outlives us by design, and is
+    // reparented when we exit.
+    watchdog.spawn()?;
+    Ok(Some(WatchdogLink::new(write_end)))
+}
+
+/// `orch __watchdog`: waits for the pipe to close; if orch did not say
+/// `exit`, reaps its session. Logs to `$ORCH_HOME/logs/watchdog-<session>.log`.
+pub(crate) fn run() -> ExitCode {
+    let log = WatchdogLog::read(std::io::stdin().lock());
+    if log.clean_exit {
+        return ExitCode::SUCCESS;
+    }
+    let (Some(session), Some(home)) = (log.session, Home::default_path()) else {
+        return ExitCode::SUCCESS; // orch died before it could create anything
+    };
+    let Ok(Some(home)) = Home::open_existing(&home) else {
+        return ExitCode::SUCCESS;
+    };
+    let file = home
+        .path()
+        .join("logs")
+        .join(format!("watchdog-{session}.log"));
+    if let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)
+    {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .try_init();
+    }
+    tracing::info!(%session, pending = log.pending.len(), "orch ended without a clean exit; reaping its session");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let Ok(runtime) = runtime else {
+        return ExitCode::FAILURE;
+    };
+    let reaped = runtime.block_on(async {
+        let orch = Orchestrator::connect(home).await?;
+        orch.reap_session(&log).await
+    });
+    match reaped {
+        Ok(reaped) => {
+            for item in &reaped.items {
+                tracing::info!(task = ?item.task_id, containers = item.containers.len(),
+                    workspace_kept = item.keep_workspace, errors = ?item.errors, "reaped task");
+            }
+            tracing::info!(stray = ?reaped.stray_containers, clean = reaped.clean, "reaping done");
+            if reaped.clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reaping failed");
+            ExitCode::FAILURE
+        }
+    }
+}
