@@ -22,7 +22,11 @@ test *ARGS:
 # Formatting and lints, as CI checks them.
 lint:
     cargo fmt --check
-    cargo clippy --all-targets --locked -j 2 -- -D warnings
+    cargo clippy --workspace --all-targets --locked -j 2 -- -D warnings
+
+# Benchmarks against the plain docker CLI (`just bench --quick` for a short run).
+bench *ARGS:
+    scripts/bench {{ARGS}}
 
 # The chaos test, long: kill orch at random 300 times (CI runs 30 within `test`).
 chaos ITERATIONS="300":

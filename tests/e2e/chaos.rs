@@ -264,7 +264,7 @@ fn killing_orch_at_random_leaves_nothing_behind() {
     kill_to_clean.sort();
     sigkill_to_clean.sort();
     eprintln!(
-        "chaos: {iterations} iterations, {leaks} leaks; kill to clean: max {:?}, p95 {:?}; \
+        "chaos: {iterations} iterations, {leaks} leaks; last kill or death to clean: max {:?}, p95 {:?}; \
          from the last SIGKILL ({} iterations): max {:?}, p95 {:?}",
         kill_to_clean.last().copied().unwrap_or_default(),
         percentile(&kill_to_clean, 95.0),

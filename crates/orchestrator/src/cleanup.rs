@@ -388,11 +388,44 @@ impl Orchestrator {
         Ok(report)
     }
 
+    /// What reconciliation needs, and no more: the live records, and the
+    /// records of the containers and directories found. It stays small
+    /// however many finished tasks the registry holds.
+    async fn reconcile_snapshot(&self) -> Result<Snapshot, Error> {
+        let containers = self.list_containers(None).await?;
+        let layout = self.home.layout();
+        let dirs = tokio::task::spawn_blocking(move || layout.task_dirs())
+            .await
+            .map_err(|e| Error::io("list", "task directories", std::io::Error::other(e)))??;
+        let wanted: BTreeSet<Uuid> = containers
+            .iter()
+            .filter_map(|c| c.task_id)
+            .chain(dirs.iter().filter_map(|d| d.task_id.parse().ok()))
+            .collect();
+        let rows = self
+            .db(move |r| {
+                let mut rows = r.list(Listing::Live)?;
+                for id in wanted {
+                    if !rows.iter().any(|row| row.id == id) {
+                        rows.extend(r.get(&id)?);
+                    }
+                }
+                Ok(rows)
+            })
+            .await?;
+        Ok(Snapshot {
+            rows,
+            containers,
+            dirs,
+            now: now_ms(),
+        })
+    }
+
     /// Reconciliation alone (the orphans strategy), as every `orch task`
     /// start runs it: bounded, quiet, never touching this session's tasks.
     pub async fn reconcile(&self, limit: Duration) -> Result<CleanupReport, Error> {
         let work = async {
-            let snapshot = self.snapshot().await?;
+            let snapshot = self.reconcile_snapshot().await?;
             let mut report = CleanupReport {
                 dry_run: false,
                 items: self.plan_orphans(&snapshot, None),
