@@ -3,7 +3,9 @@
 //! printed as a markdown table with ratios. No assertions: the figures go in
 //! BENCHMARKS.md.
 //!
-//! Run with `just bench` (or `cargo run --release -p orch-bench -- --quick`).
+//! Run with `just bench` (or `cargo run --release -p orch-bench -- --quick`);
+//! name sections (`trivial worktree ctrl-c orphans registry memory`) to run
+//! only those.
 //! Needs a Docker engine, the image `orch-agent:dev` and a release build of
 //! `orch` next to this binary.
 
@@ -30,7 +32,17 @@ struct Config {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    // `orch-bench --fill <orch.db> <n>`: only fill a registry, to time or
+    // profile commands against it by hand.
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, db, n] = args.as_slice() {
+        if flag == "--fill" {
+            let n = n.parse().expect("a number of tasks");
+            fill_registry(Path::new(db), n);
+            return;
+        }
+    }
+    let quick = args.iter().any(|a| a == "--quick");
     let config = if quick {
         Config {
             rounds: 5,
@@ -66,12 +78,31 @@ fn main() {
     report.line(format!("Date: {}", date()));
     report.line(String::new());
 
-    bench.trivial(&config, &mut report);
-    bench.worktree(&config, &mut report);
-    bench.cleanup_after_ctrl_c(&config, &mut report);
-    bench.cleanup_orphans(&config, &mut report);
-    bench.registry_scale(&config, &mut report);
-    bench.memory(&config, &mut report);
+    // Sections may be named to run only those.
+    let only: Vec<&str> = args[1..]
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let run = |name: &str| only.is_empty() || only.contains(&name);
+    if run("trivial") {
+        bench.trivial(&config, &mut report);
+    }
+    if run("worktree") {
+        bench.worktree(&config, &mut report);
+    }
+    if run("ctrl-c") {
+        bench.cleanup_after_ctrl_c(&config, &mut report);
+    }
+    if run("orphans") {
+        bench.cleanup_orphans(&config, &mut report);
+    }
+    if run("registry") {
+        bench.registry_scale(&config, &mut report);
+    }
+    if run("memory") {
+        bench.memory(&config, &mut report);
+    }
 
     let text = report.text();
     print!("{text}");
@@ -242,6 +273,7 @@ impl Bench {
         }
         let root = std::env::temp_dir().join(format!("orch-bench-{}", std::process::id()));
         std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+        std::fs::write(root.join("config.toml"), "").map_err(|e| e.to_string())?;
         Ok(Bench { orch, root })
     }
 
@@ -275,7 +307,7 @@ impl Bench {
     fn orch(&self, home: &Path) -> Command {
         let mut cmd = Command::new(&self.orch);
         cmd.env("ORCH_HOME", home)
-            .env("ORCH_CONFIG", self.root.join("no-config.toml"))
+            .env("ORCH_CONFIG", self.root.join("config.toml"))
             .env_remove("RUST_LOG");
         quiet(&mut cmd);
         cmd
@@ -660,6 +692,7 @@ impl Bench {
             let ps = time(&["ps", "-a", "--json"]);
             let ps_table = time(&["ps", "-a"]);
             let dry = time(&["cleanup", "--dry-run"]);
+            let dry_all = time(&["cleanup", "--dry-run", "--older-than", "0s"]);
             let growth = |now: Duration, before: Option<Duration>| {
                 before.map_or("-".into(), |b| {
                     format!("x{:.1}", now.as_secs_f64() / b.as_secs_f64())
@@ -667,11 +700,12 @@ impl Bench {
             };
             rows.push(vec![
                 size.to_string(),
+                ms(ps_table),
                 ms(ps),
                 growth(ps, previous.map(|p| p.0)),
-                ms(ps_table),
                 ms(dry),
                 growth(dry, previous.map(|p| p.1)),
+                ms(dry_all),
             ]);
             previous = Some((ps, dry));
         }

@@ -295,7 +295,30 @@ struct Snapshot {
     rows: Vec<TaskRecord>,
     containers: Vec<OwnedContainer>,
     dirs: Vec<orch_workspace::TaskDir>,
+    /// Task id to its directory's index in `dirs`.
+    dir_of: HashMap<String, usize>,
     now: i64,
+}
+
+impl Snapshot {
+    fn new(
+        rows: Vec<TaskRecord>,
+        containers: Vec<OwnedContainer>,
+        dirs: Vec<orch_workspace::TaskDir>,
+    ) -> Snapshot {
+        let dir_of = dirs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.task_id.clone(), i))
+            .collect();
+        Snapshot {
+            rows,
+            containers,
+            dirs,
+            dir_of,
+            now: now_ms(),
+        }
+    }
 }
 
 fn owner_of(row: &TaskRecord) -> Owner {
@@ -346,12 +369,7 @@ impl Orchestrator {
         let dirs = tokio::task::spawn_blocking(move || layout.task_dirs())
             .await
             .map_err(|e| Error::io("list", "task directories", std::io::Error::other(e)))??;
-        Ok(Snapshot {
-            rows,
-            containers,
-            dirs,
-            now: now_ms(),
-        })
+        Ok(Snapshot::new(rows, containers, dirs))
     }
 
     /// Plans and (unless a dry run) executes a cleanup.
@@ -364,14 +382,14 @@ impl Orchestrator {
         if options.strategy.includes(Strategy::Orphans) {
             items.extend(self.plan_orphans(&snapshot, options.status));
         }
+        // A task the orphans strategy took is not planned twice.
+        let taken: BTreeSet<Uuid> = items.iter().filter_map(|i| i.task_id).collect();
         let rows = snapshot
             .rows
             .iter()
-            .filter(|r| options.status.is_none_or(|s| r.state == s));
+            .filter(|r| options.status.is_none_or(|s| r.state == s))
+            .filter(|r| !taken.contains(&r.id));
         for row in rows {
-            if items.iter().any(|i: &Item| i.task_id == Some(row.id)) {
-                continue;
-            }
             if let Some(item) = self.plan_retention(row, &snapshot, options) {
                 items.push(item);
             }
@@ -413,12 +431,7 @@ impl Orchestrator {
                 Ok(rows)
             })
             .await?;
-        Ok(Snapshot {
-            rows,
-            containers,
-            dirs,
-            now: now_ms(),
-        })
+        Ok(Snapshot::new(rows, containers, dirs))
     }
 
     /// Reconciliation alone (the orphans strategy), as every `orch task`
@@ -626,10 +639,10 @@ impl Orchestrator {
     }
 
     fn workspace_target(&self, row: &TaskRecord, snapshot: &Snapshot) -> Option<WorkspaceTarget> {
-        let dir = snapshot
-            .dirs
-            .iter()
-            .find(|d| d.project == row.project && d.task_id == row.id.to_string())?;
+        let dir = &snapshot.dirs[*snapshot.dir_of.get(&row.id.to_string())?];
+        if dir.project != row.project {
+            return None;
+        }
         Some(WorkspaceTarget {
             project: dir.project.clone(),
             dir_name: dir.task_id.clone(),

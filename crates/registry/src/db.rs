@@ -153,6 +153,25 @@ pub struct TaskRecord {
     pub detached: bool,
 }
 
+/// The few columns `orch ps` shows, read without the rest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskBrief {
+    /// The task id, as stored (hyphenated).
+    pub id: String,
+    /// Project name.
+    pub project: String,
+    /// Lifecycle state.
+    pub state: State,
+    /// When the record was written.
+    pub created_at: i64,
+    /// Last reported progress.
+    pub progress: Option<i64>,
+    /// The workspace path, if it has one.
+    pub workspace: Option<String>,
+    /// What became of the workspace.
+    pub workspace_state: Option<WorkspaceState>,
+}
+
 /// How a task ended, for [`Registry::finish`].
 #[derive(Debug, Clone)]
 pub struct Finish {
@@ -527,6 +546,48 @@ impl Registry {
             .query_map([session], record_from_row)
             .map_err(&err)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(&err)
+    }
+
+    /// Calls `each` with the brief of every task listed, oldest first,
+    /// without collecting them: `orch ps` stays quick and small at any size.
+    pub fn for_each_brief(
+        &self,
+        listing: Listing,
+        mut each: impl FnMut(TaskBrief),
+    ) -> Result<(), Error> {
+        let filter = match listing {
+            Listing::All => "",
+            Listing::Live => "WHERE state IN ('pending', 'creating', 'running')",
+        };
+        let sql = format!(
+            "SELECT id, project, state, created_at, progress, workspace, workspace_state \
+             FROM tasks {filter} ORDER BY id"
+        );
+        let err = self.sql("list tasks");
+        let mut statement = self.conn.prepare_cached(&sql).map_err(&err)?;
+        let mut rows = statement.query([]).map_err(&err)?;
+        while let Some(row) = rows.next().map_err(&err)? {
+            let state: String = row.get(2).map_err(&err)?;
+            each(TaskBrief {
+                id: row.get(0).map_err(&err)?,
+                project: row.get(1).map_err(&err)?,
+                state: state
+                    .parse()
+                    .map_err(|e: crate::state::UnknownState| Error::Corrupt {
+                        path: self.path.clone(),
+                        reason: e.to_string(),
+                    })?,
+                created_at: row.get(3).map_err(&err)?,
+                progress: row.get(4).map_err(&err)?,
+                workspace: row.get(5).map_err(&err)?,
+                workspace_state: row
+                    .get::<_, Option<String>>(6)
+                    .map_err(&err)?
+                    .as_deref()
+                    .and_then(WorkspaceState::parse),
+            });
+        }
+        Ok(())
     }
 
     /// Every repository a task ever had a workspace in.

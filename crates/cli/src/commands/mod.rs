@@ -35,6 +35,15 @@ pub(crate) async fn run(
         Command::Du(args) => (du::run(&args), exit::FAILED),
     };
     result.unwrap_or_else(|error| {
+        // A reader that went away (`orch ps | head`) is not an error.
+        let broken_pipe = error.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            return ExitCode::SUCCESS;
+        }
         eprintln!("orch: error: {error:#}");
         ExitCode::from(failure_code)
     })

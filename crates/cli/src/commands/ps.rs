@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use orch_registry::{Listing, Registry, TaskRecord, now_ms};
+use orch_registry::{Listing, Registry, TaskRecord, WorkspaceState, now_ms};
 
 use crate::args::{PsArgs, ShowArgs};
 
@@ -24,15 +24,17 @@ pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
     } else {
         Listing::Live
     };
-    let tasks = match open_registry()? {
-        Some(registry) => registry.list(listing)?,
-        None => Vec::new(),
-    };
+    let registry = open_registry()?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if args.json {
+        let tasks = match &registry {
+            Some(registry) => registry.list(listing)?,
+            None => Vec::new(),
+        };
         serde_json::to_writer(&mut out, &tasks)?;
         writeln!(out)?;
+        out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
     let now = now_ms();
@@ -41,22 +43,32 @@ pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
         "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  WORKSPACE",
         "ID", "PROJECT", "STATUS", "PROGRESS", "AGE"
     )?;
-    for task in &tasks {
-        let progress = task
-            .progress
-            .map(|p| format!("{p}%"))
-            .unwrap_or_else(|| "-".into());
-        writeln!(
-            out,
-            "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  {}",
-            &task.id.to_string()[..13],
-            truncate(&task.project, 16),
-            task.state.as_str(),
-            progress,
-            age(now - task.created_at),
-            workspace(task),
-        )?;
+    let mut written = Ok(());
+    if let Some(registry) = &registry {
+        registry.for_each_brief(listing, |task| {
+            if written.is_err() {
+                return;
+            }
+            let progress = task
+                .progress
+                .map_or_else(|| "-".into(), |p| format!("{p}%"));
+            let workspace = match (&task.workspace, task.workspace_state) {
+                (None, _) => "-",
+                (Some(_), Some(WorkspaceState::Removed)) => "(removed)",
+                (Some(path), _) => path.as_str(),
+            };
+            written = writeln!(
+                out,
+                "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  {workspace}",
+                task.id.get(..13).unwrap_or(&task.id),
+                truncate(&task.project, 16),
+                task.state.as_str(),
+                progress,
+                age(now - task.created_at),
+            );
+        })?;
     }
+    written?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
@@ -122,18 +134,18 @@ pub(crate) fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
 fn workspace(task: &TaskRecord) -> String {
     match (&task.workspace, task.workspace_state) {
         (None, _) => "-".into(),
-        (Some(_), Some(orch_registry::WorkspaceState::Removed)) => "(removed)".into(),
+        (Some(_), Some(WorkspaceState::Removed)) => "(removed)".into(),
         (Some(path), _) => path.clone(),
     }
 }
 
-fn truncate(text: &str, width: usize) -> String {
+fn truncate(text: &str, width: usize) -> std::borrow::Cow<'_, str> {
     if text.chars().count() <= width {
-        text.to_owned()
+        text.into()
     } else {
         let mut cut: String = text.chars().take(width - 1).collect();
         cut.push('~');
-        cut
+        cut.into()
     }
 }
 
