@@ -309,3 +309,73 @@ fn bad_input_is_one_line_and_exit_125_with_nothing_created() {
     }
     assert!(env.containers().is_empty());
 }
+
+#[test]
+fn the_container_carries_its_labels_init_user_limits_and_grace() {
+    require_docker!();
+    let env = TestEnv::new();
+    env.write_project_config("memory = \"64m\"\ncpus = 0.5\nnetwork = \"none\"");
+    let running = env.spawn_task("sleep 60", &[]);
+    let name = env.wait_running();
+    running.wait_stderr("task ", Duration::from_secs(10));
+    let id = helper::task_id(&running.stderr_text());
+    let out = std::process::Command::new("docker")
+        .args(["inspect", &name])
+        .output()
+        .unwrap();
+    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &inspected[0];
+    assert_eq!(name, format!("orch-{}", &id.replace('-', "")[..12]));
+    let host = &c["HostConfig"];
+    assert_eq!(host["Init"], true);
+    assert_eq!(host["Memory"], 64 * 1024 * 1024);
+    assert_eq!(host["NanoCpus"], 500_000_000);
+    assert_eq!(host["NetworkMode"], "none");
+    let config = &c["Config"];
+    let me = format!(
+        "{}:{}",
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw()
+    );
+    assert_eq!(config["User"], me.as_str(), "host uid:gid by default");
+    assert_eq!(config["StopTimeout"], 2);
+    let labels = &config["Labels"];
+    assert_eq!(labels["orch.managed"], "true");
+    assert_eq!(labels["orch.instance"], env.instance_id().unwrap().as_str());
+    assert_eq!(labels["orch.task"], id.as_str());
+    assert_eq!(labels["orch.project"], "proj");
+    assert_eq!(labels["orch.owner.pid"], running.pid().to_string().as_str());
+    assert!(
+        labels["orch.session"]
+            .as_str()
+            .unwrap()
+            .parse::<uuid::Uuid>()
+            .is_ok()
+    );
+    assert!(
+        labels["orch.owner.start"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    let env_vars: Vec<&str> = config["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for expected in [
+        format!("ORCH_TASK_ID={id}"),
+        "ORCH_TASK_DESC=sleep 60".to_owned(),
+        "ORCH_WORKSPACE=".to_owned(),
+    ] {
+        assert!(
+            env_vars.contains(&expected.as_str()),
+            "{expected} in {env_vars:?}"
+        );
+    }
+    running.signal(Signal::INT);
+    assert_eq!(running.wait(Duration::from_secs(30)).code(), Some(130));
+}

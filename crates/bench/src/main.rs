@@ -159,6 +159,27 @@ fn stats(samples: &[Duration]) -> Stats {
     }
 }
 
+/// `docker rm -f` of `names` in one call, timed.
+fn time_docker_rm(names: &[String]) -> Duration {
+    let start = Instant::now();
+    let status = quiet(Command::new("docker").args(["rm", "-f"]).args(names)).status();
+    assert!(status.is_ok_and(|s| s.success()), "docker rm -f failed");
+    start.elapsed()
+}
+
+/// A row comparing orch with docker at size `n`: medians, ratio, p95s.
+fn versus_row(n: usize, ours: &[Duration], theirs: &[Duration]) -> Vec<String> {
+    let (o, t) = (stats(ours), stats(theirs));
+    vec![
+        n.to_string(),
+        ms(o.median),
+        ms(t.median),
+        ratio(o.median, t.median),
+        ms(o.p95),
+        ms(t.p95),
+    ]
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
@@ -573,20 +594,9 @@ impl Bench {
                         ],
                     );
                 }
-                let start = Instant::now();
-                let status = quiet(Command::new("docker").args(["rm", "-f"]).args(&names)).status();
-                assert!(status.is_ok_and(|s| s.success()));
-                theirs.push(start.elapsed());
+                theirs.push(time_docker_rm(&names));
             }
-            let (o, t) = (stats(&ours), stats(&theirs));
-            rows.push(vec![
-                n.to_string(),
-                ms(o.median),
-                ms(t.median),
-                ratio(o.median, t.median),
-                ms(o.p95),
-                ms(t.p95),
-            ]);
+            rows.push(versus_row(n, &ours, &theirs));
         }
         report.table(
             "3. Cleanup after Ctrl+C: SIGINT to N running tasks (N orch processes) until Docker lists none, vs `docker rm -f` of N",
@@ -636,20 +646,9 @@ impl Bench {
                 );
 
                 let names = create("orch-bench-plain", false);
-                let start = Instant::now();
-                let status = quiet(Command::new("docker").args(["rm", "-f"]).args(&names)).status();
-                assert!(status.is_ok_and(|s| s.success()));
-                theirs.push(start.elapsed());
+                theirs.push(time_docker_rm(&names));
             }
-            let (o, t) = (stats(&ours), stats(&theirs));
-            rows.push(vec![
-                n.to_string(),
-                ms(o.median),
-                ms(t.median),
-                ratio(o.median, t.median),
-                ms(o.p95),
-                ms(t.p95),
-            ]);
+            rows.push(versus_row(n, &ours, &theirs));
         }
         report.table(
             "4. `orch cleanup --all` of N orphaned (running) containers vs `docker rm -f` of N",
@@ -713,11 +712,12 @@ impl Bench {
             "5. Registry scale: finished tasks in the registry (median of 5)",
             &[
                 "tasks",
+                "`ps -a`",
                 "`ps -a --json`",
                 "growth",
-                "`ps -a` (table)",
                 "`cleanup --dry-run`",
                 "growth",
+                "`cleanup --dry-run --older-than 0s` (plans every task)",
             ],
             rows,
         );

@@ -53,7 +53,7 @@ pub use owner::Owner;
 pub use remove::Gone;
 pub use run::{Outcome, PreparedTask, Status, TaskRequest};
 pub use shutdown::Shutdown;
-pub use watchdog::{Reaped, WatchdogLink, WatchdogLog};
+pub use watchdog::{Reaped, Registered, WatchdogLink, WatchdogLog};
 pub use workspace::WorkspaceFate;
 
 /// Requests to the engine never wait longer than this for an answer; calls

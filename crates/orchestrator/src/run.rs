@@ -27,6 +27,7 @@ use crate::events::{Event, EventSink, Observer, StopReason};
 use crate::guard::ContainerGuard;
 use crate::output::{finish_pump, spawn_pump};
 use crate::remove::{Gone, remove_container};
+use crate::watchdog::Registered;
 use crate::workspace::{HeldWorkspace, WorkspaceFate, keeps_workspace};
 use crate::{Error, Orchestrator, Shutdown, docker, failpoint, labels, lease};
 
@@ -160,25 +161,11 @@ impl Orchestrator {
         let result = match self.prepare_with(request, &sink).await {
             Ok(prepared) => self.run_with_sink(prepared, shutdown, sink).await,
             Err(e) => {
+                // The observer thread ends once every sink is gone.
                 drop(sink);
                 Err(e)
             }
         };
-        if !observer_thread.join(OBSERVER_DEADLINE).await {
-            tracing::warn!("the observer did not finish showing the task's output in time");
-        }
-        result
-    }
-
-    /// Runs a task that [`Orchestrator::prepare`] checked.
-    pub async fn run_prepared(
-        &self,
-        prepared: PreparedTask,
-        shutdown: Shutdown,
-        observer: Box<dyn Observer>,
-    ) -> Result<Outcome, Error> {
-        let (sink, observer_thread) = EventSink::spawn(observer);
-        let result = self.run_with_sink(prepared, shutdown, sink).await;
         if !observer_thread.join(OBSERVER_DEADLINE).await {
             tracing::warn!("the observer did not finish showing the task's output in time");
         }
@@ -328,7 +315,15 @@ impl TaskRun<'_> {
         let workspace = self.held.as_ref().map(|h| &h.workspace);
         let body = orch.container_body(request, task_id, workspace);
         // The watchdog hears of the task before its container can exist.
-        orch.watchdog_task(&task_id);
+        orch.watchdog_task(
+            &task_id,
+            &Registered {
+                keep_failed_workspace: settings.keep_failed_workspace,
+                stop_grace: settings.stop_grace,
+                container: self.name.clone(),
+                workspace: workspace.map(|w| w.path.clone()),
+            },
+        );
         self.guard = Some(ContainerGuard::arm(&orch.active, &self.name, task_id));
         match orch.create_container(&self.name, body.clone()).await {
             Err(Error::Docker { source, .. }) if docker::status(&source) == Some(409) => {

@@ -8,7 +8,9 @@
 //! line each:
 //!
 //! - `session <uuid>`: whose containers it guards;
-//! - `task <uuid>`: before a task's container is created;
+//! - `task <uuid> <keep 0|1> <grace ms> <container> <workspace or ->`:
+//!   before a task's container is created (the record holds the same; this
+//!   copy serves if the registry cannot be read);
 //! - `done <uuid>`: once that task is cleaned up;
 //! - `exit`: orch is exiting cleanly.
 //!
@@ -20,9 +22,10 @@
 //! containers twice in a row, or its deadline passed. It acts on the pipe
 //! closing, never on time: a stopped (SIGSTOP) orch loses nothing.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -68,13 +71,58 @@ impl WatchdogLink {
     }
 }
 
+/// A task as orch registered it with its watchdog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// Keep its workspace if it is lost.
+    pub keep_failed_workspace: bool,
+    /// SIGTERM-to-SIGKILL grace.
+    pub stop_grace: Duration,
+    /// Its planned container name.
+    pub container: String,
+    /// Its workspace, if it has one.
+    pub workspace: Option<PathBuf>,
+}
+
+impl Registered {
+    fn line(&self, task_id: &Uuid) -> String {
+        format!(
+            "task {task_id} {} {} {} {}",
+            u8::from(self.keep_failed_workspace),
+            self.stop_grace.as_millis(),
+            self.container,
+            self.workspace
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |w| w.display().to_string())
+        )
+    }
+
+    fn parse(rest: &str) -> Option<(Uuid, Registered)> {
+        let mut parts = rest.splitn(5, ' ');
+        let id = parts.next()?.parse().ok()?;
+        let keep = parts.next()? == "1";
+        let grace = Duration::from_millis(parts.next()?.parse().ok()?);
+        let container = parts.next()?.to_owned();
+        let workspace = parts.next().filter(|w| *w != "-").map(PathBuf::from);
+        Some((
+            id,
+            Registered {
+                keep_failed_workspace: keep,
+                stop_grace: grace,
+                container,
+                workspace,
+            },
+        ))
+    }
+}
+
 /// What orch told its watchdog before the pipe closed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WatchdogLog {
     /// The session it guards, once told.
     pub session: Option<Uuid>,
     /// Tasks registered and not reported done.
-    pub pending: BTreeSet<Uuid>,
+    pub pending: BTreeMap<Uuid, Registered>,
     /// orch said `exit`.
     pub clean_exit: bool,
 }
@@ -85,20 +133,23 @@ impl WatchdogLog {
         let mut log = WatchdogLog::default();
         for line in input.lines() {
             let Ok(line) = line else { break };
-            let (verb, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-            let id = arg.trim().parse::<Uuid>().ok();
+            let (verb, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+            let id = rest.trim().parse::<Uuid>().ok();
             match (verb, id) {
                 ("exit", _) => {
                     log.clean_exit = true;
                     break;
                 }
                 ("session", Some(id)) => log.session = Some(id),
-                ("task", Some(id)) => {
-                    log.pending.insert(id);
-                }
                 ("done", Some(id)) => {
                     log.pending.remove(&id);
                 }
+                ("task", _) => match Registered::parse(rest) {
+                    Some((id, task)) => {
+                        log.pending.insert(id, task);
+                    }
+                    None => tracing::warn!(line, "unreadable task registration"),
+                },
                 _ => tracing::warn!(line, "unknown watchdog message"),
             }
         }
@@ -133,9 +184,9 @@ impl Orchestrator {
         }
     }
 
-    pub(crate) fn watchdog_task(&self, task_id: &Uuid) {
+    pub(crate) fn watchdog_task(&self, task_id: &Uuid, task: &Registered) {
         if let Some(link) = &self.watchdog {
-            link.send(&format!("task {task_id}"));
+            link.send(&task.line(task_id));
         }
     }
 
@@ -154,26 +205,48 @@ impl Orchestrator {
             });
         };
         let key = session.to_string();
-        let rows: Vec<TaskRecord> = self.db(move |r| r.list_session(&key)).await?;
+        // The registry says the most; if it cannot be read, what orch
+        // registered still lets the containers and workspaces be dealt with.
+        let rows: Vec<TaskRecord> = match self.db(move |r| r.list_session(&key)).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the registry; using what orch registered");
+                Vec::new()
+            }
+        };
         let containers = self.list_containers(Some(&session)).await?;
         let dirs = self.home.layout().task_dirs()?;
-
-        let mut items = Vec::new();
-        for row in &rows {
-            let unsettled = row.workspace_state == Some(orch_registry::WorkspaceState::Present);
-            if !(row.state.is_live() || unsettled || log.pending.contains(&row.id)) {
-                continue;
-            }
-            let mut item = Item::new(Strategy::Orphans, Some(row.id), "its orch process died");
-            let grace = Duration::from_millis(u64::try_from(row.stop_grace_ms).unwrap_or(0));
-            item.containers = containers
+        let workspace_of = |id: &Uuid, image: Option<&str>| {
+            dirs.iter().find(|d| d.task_id == id.to_string()).map(|d| {
+                crate::cleanup::WorkspaceTarget {
+                    project: d.project.clone(),
+                    dir_name: d.task_id.clone(),
+                    path: d.path.clone(),
+                    bytes: 0,
+                    image: image.map(str::to_owned),
+                }
+            })
+        };
+        let containers_of = |id: &Uuid, grace: Duration| -> Vec<ContainerTarget> {
+            containers
                 .iter()
-                .filter(|c| c.task_id == Some(row.id))
+                .filter(|c| c.task_id == Some(*id))
                 .map(|c| ContainerTarget {
                     name: c.name.clone(),
                     stop_grace: (c.state == "running").then_some(grace),
                 })
-                .collect();
+                .collect()
+        };
+
+        let mut items = Vec::new();
+        for row in &rows {
+            let unsettled = row.workspace_state == Some(orch_registry::WorkspaceState::Present);
+            if !(row.state.is_live() || unsettled || log.pending.contains_key(&row.id)) {
+                continue;
+            }
+            let mut item = Item::new(Strategy::Orphans, Some(row.id), "its orch process died");
+            let grace = Duration::from_millis(u64::try_from(row.stop_grace_ms).unwrap_or(0));
+            item.containers = containers_of(&row.id, grace);
             let end_state = if row.state.is_live() {
                 item.mark = Some(Mark::Lost(
                     "its orch process died; cleaned by the watchdog".into(),
@@ -182,18 +255,23 @@ impl Orchestrator {
             } else {
                 row.state
             };
-            item.workspace = dirs
-                .iter()
-                .find(|d| d.task_id == row.id.to_string())
-                .map(|d| crate::cleanup::WorkspaceTarget {
-                    project: d.project.clone(),
-                    dir_name: d.task_id.clone(),
-                    path: d.path.clone(),
-                    bytes: 0,
-                    image: Some(row.image.clone()),
-                });
+            item.workspace = workspace_of(&row.id, Some(&row.image));
             item.keep_workspace =
                 item.workspace.is_some() && !end_state.is_completed() && row.keep_failed_workspace;
+            items.push(item);
+        }
+        for (id, task) in &log.pending {
+            if rows.iter().any(|r| r.id == *id) {
+                continue;
+            }
+            let mut item = Item::new(
+                Strategy::Orphans,
+                Some(*id),
+                "its orch process died (no record)",
+            );
+            item.containers = containers_of(id, task.stop_grace);
+            item.workspace = workspace_of(id, None);
+            item.keep_workspace = item.workspace.is_some() && task.keep_failed_workspace;
             items.push(item);
         }
         // Tasks in parallel: a graceful stop waits out its grace.
@@ -247,17 +325,28 @@ mod tests {
         let a = Uuid::now_v7();
         let b = Uuid::now_v7();
         let s = Uuid::new_v4();
-        let text = format!("session {s}\ntask {a}\ntask {b}\ndone {a}\nnonsense\n");
+        let task = Registered {
+            keep_failed_workspace: true,
+            stop_grace: Duration::from_millis(2500),
+            container: "orch-0123".into(),
+            workspace: Some(PathBuf::from("/h/workspaces/p/tasks/with space")),
+        };
+        let bare = Registered {
+            workspace: None,
+            keep_failed_workspace: false,
+            ..task.clone()
+        };
+        let (ta, tb) = (task.line(&a), bare.line(&b));
+        let text = format!("session {s}\n{ta}\n{tb}\ndone {a}\nnonsense\n");
         let log = WatchdogLog::read(text.as_bytes());
         assert_eq!(log.session, Some(s));
-        assert_eq!(log.pending, BTreeSet::from([b]));
+        assert_eq!(log.pending, BTreeMap::from([(b, bare)]));
         assert!(!log.clean_exit, "the pipe closed without exit");
-        let clean =
-            WatchdogLog::read(format!("session {s}\ntask {a}\nexit\ntask {b}\n").as_bytes());
+        let clean = WatchdogLog::read(format!("session {s}\n{ta}\nexit\n{tb}\n").as_bytes());
         assert!(clean.clean_exit);
         assert_eq!(
             clean.pending,
-            BTreeSet::from([a]),
+            BTreeMap::from([(a, task)]),
             "nothing after exit is read"
         );
     }

@@ -249,3 +249,71 @@ fn to_json(report: &CleanupReport) -> serde_json::Value {
         "repos": repos,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use orch_orchestrator::{ContainerTarget, WorkspaceTarget};
+
+    use super::*;
+
+    fn item(strategy: Strategy, containers: usize, workspace_bytes: Option<u64>) -> Item {
+        Item {
+            strategy,
+            reason: "because".into(),
+            task_id: Some(uuid::Uuid::new_v4()),
+            mark: None,
+            containers: (0..containers)
+                .map(|i| ContainerTarget {
+                    name: format!("c{i}"),
+                    stop_grace: None,
+                })
+                .collect(),
+            workspace: workspace_bytes.map(|bytes| WorkspaceTarget {
+                project: "p".into(),
+                dir_name: "d".into(),
+                path: "/h/workspaces/p/tasks/d".into(),
+                bytes,
+                image: None,
+            }),
+            keep_workspace: false,
+            record: true,
+            log: None,
+            errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_summary_line_reads_as_the_contract_says() {
+        let gib = 1 << 30;
+        let mut items = vec![
+            item(Strategy::Completed, 1, Some(gib)),
+            item(Strategy::Completed, 0, Some(gib / 5)),
+            item(Strategy::Completed, 0, None),
+            item(Strategy::Completed, 0, None),
+            item(Strategy::Completed, 0, None),
+            item(Strategy::Stale, 1, None),
+            item(Strategy::Stale, 0, None),
+            item(Strategy::Old, 1, None),
+        ];
+        let mut failed = item(Strategy::Old, 1, None);
+        failed.errors.push("boom".into());
+        items.push(failed);
+        let report = CleanupReport {
+            dry_run: false,
+            items,
+            repos: Vec::new(),
+        };
+        assert_eq!(
+            summary(&report),
+            "Cleaned up 8 task(s): 5 completed, 2 stale, 1 old; 3 containers, 2 workspaces, 1.2 GiB freed"
+        );
+        let dry = CleanupReport {
+            dry_run: true,
+            ..CleanupReport::default()
+        };
+        assert_eq!(
+            summary(&dry),
+            "Would clean up 0 task(s); 0 containers, 0 workspaces, 0 B to free"
+        );
+    }
+}
