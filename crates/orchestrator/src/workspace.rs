@@ -190,6 +190,14 @@ impl Orchestrator {
             Err(e) => return Err(e.into()),
         };
         lock.release_and_delete();
+        tracing::info!(
+            workspace = %removed.path.display(),
+            files = removed.size.files,
+            bytes = removed.size.bytes,
+            took_ms = removed.took.as_millis(),
+            saved_commit = removed.saved_commit.as_deref().unwrap_or("-"),
+            "workspace removed"
+        );
         Ok(removed)
     }
 
