@@ -200,3 +200,26 @@ fn objects_without_records_are_removed() {
     assert!(env.containers().is_empty());
     assert!(!dir.exists());
 }
+
+#[test]
+fn cleanup_all_with_a_status_touches_only_that_state() {
+    require_docker!();
+    let env = TestEnv::new();
+    let failed = helper::task_id(&stderr(&env.task("exit 1", &[])));
+    let live = env.spawn_task("sleep 60", &[]);
+    env.wait_running();
+    let out = env.ok(&["cleanup", "--all", "--status", "failed"]);
+    assert!(
+        out.contains(&format!("cleaned task {failed} [all]")),
+        "{out}"
+    );
+    let tasks = env.tasks();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(
+        tasks[0]["state"], "running",
+        "the live task was not cancelled"
+    );
+    assert_eq!(env.containers().len(), 1);
+    live.signal(Signal::INT);
+    assert_eq!(live.wait(Duration::from_secs(30)).code(), Some(130));
+}

@@ -31,11 +31,18 @@ pub(crate) fn for_outcome(outcome: &Outcome, signal: Option<i32>) -> ExitCode {
             .and_then(|c| u8::try_from(c).ok())
             .unwrap_or(ORCH_FAILED),
         Status::TimedOut => TIMED_OUT,
-        Status::Cancelled => signal
-            .and_then(|s| u8::try_from(128 + s).ok())
-            .unwrap_or(CANCELLED),
+        Status::Cancelled => return for_signal(signal),
     };
     ExitCode::from(code)
+}
+
+/// 128 + the signal that stopped orch; 130 if none did (a cancel request).
+pub(crate) fn for_signal(signal: Option<i32>) -> ExitCode {
+    ExitCode::from(
+        signal
+            .and_then(|s| u8::try_from(128 + s).ok())
+            .unwrap_or(CANCELLED),
+    )
 }
 
 /// Prints a command-line error on one line and exits: 125 for `orch task`

@@ -46,11 +46,7 @@ impl Orchestrator {
         }
         self.db(move |r| r.request_cancel(&id)).await?;
         let grace = Duration::from_millis(u64::try_from(row.stop_grace_ms).unwrap_or(0));
-        let owner = crate::Owner {
-            pid: u32::try_from(row.owner_pid).unwrap_or(0),
-            start: u64::try_from(row.owner_start).unwrap_or(0),
-            boot: row.owner_boot.clone(),
-        };
+        let owner = crate::Owner::from(&row);
         let deadline = tokio::time::Instant::now() + grace + OWNER_SLACK;
         while owner.is_alive() && tokio::time::Instant::now() < deadline {
             if let Some(now) = self.task(&id).await? {
@@ -62,6 +58,13 @@ impl Orchestrator {
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The owner may have finished the task (and kept its workspace)
+        // and exited since the last look: then there is nothing left to do.
+        if let Some(now) = self.task(&id).await? {
+            if now.state.is_terminal() {
+                return Ok(Cancelled::Ended(now.state));
+            }
         }
         if owner.is_alive() {
             return Err(Error::DockerTimeout {
@@ -89,15 +92,9 @@ impl Orchestrator {
             Err(Error::Registry(orch_registry::Error::IllegalTransition { from, .. })) => from,
             Err(e) => return Err(e),
         };
-        let dirs = self.home.layout().task_dirs()?;
+        let dirs = self.task_dirs().await?;
         if let Some(dir) = dirs.iter().find(|d| d.task_id == id.to_string()) {
-            let target = WorkspaceTarget {
-                project: dir.project.clone(),
-                dir_name: dir.task_id.clone(),
-                path: dir.path.clone(),
-                bytes: 0,
-                image: Some(row.image.clone()),
-            };
+            let target = WorkspaceTarget::of(dir, Some(&row.image));
             self.remove_workspace_target(&target, false).await?;
             self.db(move |r| r.set_workspace_state(&id, WorkspaceState::Removed))
                 .await?;

@@ -180,6 +180,25 @@ pub struct WorkspaceTarget {
     pub image: Option<String>,
 }
 
+impl WorkspaceTarget {
+    /// The workspace in `dir`, not measured yet.
+    pub(crate) fn of(dir: &orch_workspace::TaskDir, image: Option<&str>) -> WorkspaceTarget {
+        WorkspaceTarget {
+            project: dir.project.clone(),
+            dir_name: dir.task_id.clone(),
+            path: dir.path.clone(),
+            bytes: 0,
+            image: image.map(str::to_owned),
+        }
+    }
+
+    /// With its size filled in, for plans that report what they free.
+    fn measured(mut self) -> WorkspaceTarget {
+        self.bytes = du::measure(&self.path).map_or(0, |s| s.bytes);
+        self
+    }
+}
+
 /// How a live record is to be ended.
 #[derive(Debug, Clone)]
 pub enum Mark {
@@ -244,6 +263,19 @@ impl Item {
             .filter(|_| !self.keep_workspace)
             .map_or(0, |w| w.bytes);
         workspace + self.log.as_ref().map_or(0, |l| l.1)
+    }
+
+    /// Deletes the item's log, if it has one; a missing log is fine.
+    fn remove_log(&mut self) {
+        if let Some((log, _)) = &self.log {
+            match std::fs::remove_file(log) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => self
+                    .errors
+                    .push(format!("failed to remove {}: {e}", log.display())),
+            }
+        }
     }
 
     /// The workspace this item removes, if any.
@@ -321,17 +353,9 @@ impl Snapshot {
     }
 }
 
-fn owner_of(row: &TaskRecord) -> Owner {
-    Owner {
-        pid: u32::try_from(row.owner_pid).unwrap_or(0),
-        start: u64::try_from(row.owner_start).unwrap_or(0),
-        boot: row.owner_boot.clone(),
-    }
-}
-
 /// Live state and a live owner: untouchable but by `--all`.
 fn is_live(row: &TaskRecord) -> bool {
-    row.state.is_live() && owner_of(row).is_alive()
+    row.state.is_live() && Owner::from(row).is_alive()
 }
 
 fn ms(d: Duration) -> i64 {
@@ -362,14 +386,22 @@ impl Orchestrator {
             .collect())
     }
 
+    /// Everything, read in this order: containers and directories first,
+    /// records last, so that whatever a task created before the snapshot has
+    /// its record in it (record first).
     async fn snapshot(&self) -> Result<Snapshot, Error> {
-        let rows = self.db(|r| r.list(Listing::All)).await?;
         let containers = self.list_containers(None).await?;
-        let layout = self.home.layout();
-        let dirs = tokio::task::spawn_blocking(move || layout.task_dirs())
-            .await
-            .map_err(|e| Error::io("list", "task directories", std::io::Error::other(e)))??;
+        let dirs = self.task_dirs().await?;
+        let rows = self.db(|r| r.list(Listing::All)).await?;
         Ok(Snapshot::new(rows, containers, dirs))
+    }
+
+    pub(crate) async fn task_dirs(&self) -> Result<Vec<orch_workspace::TaskDir>, Error> {
+        let layout = self.home.layout();
+        tokio::task::spawn_blocking(move || layout.task_dirs())
+            .await
+            .map_err(|e| Error::io("list", "task directories", std::io::Error::other(e)))?
+            .map_err(Error::from)
     }
 
     /// Plans and (unless a dry run) executes a cleanup.
@@ -411,10 +443,7 @@ impl Orchestrator {
     /// however many finished tasks the registry holds.
     async fn reconcile_snapshot(&self) -> Result<Snapshot, Error> {
         let containers = self.list_containers(None).await?;
-        let layout = self.home.layout();
-        let dirs = tokio::task::spawn_blocking(move || layout.task_dirs())
-            .await
-            .map_err(|e| Error::io("list", "task directories", std::io::Error::other(e)))??;
+        let dirs = self.task_dirs().await?;
         let wanted: BTreeSet<Uuid> = containers
             .iter()
             .filter_map(|c| c.task_id)
@@ -472,7 +501,7 @@ impl Orchestrator {
             if !row.state.is_live() || status.is_some_and(|s| s != row.state) {
                 continue;
             }
-            if row.session == self.session.id.to_string() || owner_of(row).is_alive() {
+            if row.session == self.session.id.to_string() || Owner::from(row).is_alive() {
                 continue; // registry says running, owner alive: leave it
             }
             let containers = by_task.get(&row.id).cloned().unwrap_or_default();
@@ -508,6 +537,29 @@ impl Orchestrator {
             items.push(item);
         }
 
+        // Finished records whose workspace was never settled (orch died
+        // between the two): settle it by the policy of how the task ended.
+        for row in &snapshot.rows {
+            let unsettled = row.state.is_terminal()
+                && row.workspace_state == Some(WorkspaceState::Present)
+                && !Owner::from(row).is_alive()
+                && status.is_none_or(|s| s == row.state);
+            if !unsettled || items.iter().any(|i| i.task_id == Some(row.id)) {
+                continue;
+            }
+            let mut item = Item::new(
+                Strategy::Orphans,
+                Some(row.id),
+                "its owner died before settling its workspace",
+            );
+            item.workspace = self.workspace_target(row, snapshot);
+            item.keep_workspace =
+                item.workspace.is_some() && !row.state.is_completed() && row.keep_failed_workspace;
+            if item.workspace.is_some() {
+                items.push(item);
+            }
+        }
+
         // Containers no live record owns.
         for container in &snapshot.containers {
             let row = container.task_id.and_then(|t| rows.get(&t));
@@ -541,13 +593,7 @@ impl Orchestrator {
                 continue;
             }
             let mut item = Item::new(Strategy::Orphans, id, "no task record owns this workspace");
-            item.workspace = Some(WorkspaceTarget {
-                project: dir.project.clone(),
-                dir_name: dir.task_id.clone(),
-                path: dir.path.clone(),
-                bytes: du::measure(&dir.path).map_or(0, |s| s.bytes),
-                image: None,
-            });
+            item.workspace = Some(WorkspaceTarget::of(dir, None).measured());
             items.push(item);
         }
         items
@@ -593,7 +639,8 @@ impl Orchestrator {
                 ));
             }
         }
-        if strategy.includes(Strategy::Stale) && row.state.is_live() && !owner_of(row).is_alive() {
+        if strategy.includes(Strategy::Stale) && row.state.is_live() && !Owner::from(row).is_alive()
+        {
             let expired = row.lease_until.is_none_or(|l| now - l >= ms(t.stale));
             if expired {
                 let mut item = Item::new(
@@ -643,13 +690,7 @@ impl Orchestrator {
         if dir.project != row.project {
             return None;
         }
-        Some(WorkspaceTarget {
-            project: dir.project.clone(),
-            dir_name: dir.task_id.clone(),
-            path: dir.path.clone(),
-            bytes: du::measure(&dir.path).map_or(0, |s| s.bytes),
-            image: Some(row.image.clone()),
-        })
+        Some(WorkspaceTarget::of(dir, Some(&row.image)).measured())
     }
 
     /// Vanished worktree entries (always), and empty branches (on request).
@@ -812,15 +853,7 @@ impl Orchestrator {
             }
             tracing::info!(task = %id, reason = %item.reason, "removed record");
         }
-        if let Some((log, _)) = &item.log {
-            match std::fs::remove_file(log) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => item
-                    .errors
-                    .push(format!("failed to remove {}: {e}", log.display())),
-            }
-        }
+        item.remove_log();
     }
 
     /// Stops a container that still runs a task (SIGTERM, SIGKILL after
@@ -952,13 +985,7 @@ impl Orchestrator {
             for dir in &snapshot.dirs {
                 if !seen_dirs.contains(&dir.path) {
                     let mut item = Item::new(Strategy::All, dir.task_id.parse().ok(), "--all");
-                    item.workspace = Some(WorkspaceTarget {
-                        project: dir.project.clone(),
-                        dir_name: dir.task_id.clone(),
-                        path: dir.path.clone(),
-                        bytes: du::measure(&dir.path).map_or(0, |s| s.bytes),
-                        image: None,
-                    });
+                    item.workspace = Some(WorkspaceTarget::of(dir, None).measured());
                     items.push(item);
                 }
             }
@@ -975,7 +1002,11 @@ impl Orchestrator {
 
         // Live tasks first: their owners stop them gracefully and finish
         // their records; then everything goes.
-        let live: Vec<&TaskRecord> = snapshot.rows.iter().filter(|r| is_live(r)).collect();
+        let live: Vec<&TaskRecord> = snapshot
+            .rows
+            .iter()
+            .filter(|r| is_live(r) && options.status.is_none_or(|s| s == r.state))
+            .collect();
         let longest_grace = live.iter().map(|r| r.stop_grace_ms).max().unwrap_or(0);
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(u64::try_from(longest_grace).unwrap_or(0))
@@ -1037,9 +1068,7 @@ impl Orchestrator {
                     continue;
                 }
             }
-            if let Some((log, _)) = &item.log {
-                let _ = std::fs::remove_file(log);
-            }
+            item.remove_log();
         }
         self.execute_repos(&mut report.repos).await;
         Ok(report)

@@ -230,18 +230,23 @@ enum MemoryValue {
 /// seconds (`90`, `1.5`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    let bad =
+        || format!("invalid duration {text:?}: expected e.g. 90s, 3m, 24h or a number of seconds");
+    let parsed = if let Ok(secs) = text.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else if let Ok(secs) = text.parse::<f64>() {
+        Duration::try_from_secs_f64(secs).map_err(|_| bad())?
+    } else {
+        humantime::parse_duration(text).map_err(|_| bad())?
+    };
+    if parsed > MAX_DURATION {
+        return Err(format!("invalid duration {text:?}: longer than 100 years"));
     }
-    if let Ok(secs) = text.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
-    }
-    humantime::parse_duration(text).map_err(|_| {
-        format!("invalid duration {text:?}: expected e.g. 90s, 3m, 24h or a number of seconds")
-    })
+    Ok(parsed)
 }
+
+/// No duration orch takes is longer (it keeps deadline arithmetic safe).
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Parses a memory size as Docker does: a number with an optional unit b, k,
 /// m, g or t (binary multiples, an optional trailing `b`).
@@ -368,7 +373,7 @@ impl FileSettings {
 impl DurationValue {
     fn parse(self) -> Result<Duration, String> {
         match self {
-            DurationValue::Seconds(s) => Ok(Duration::from_secs(s)),
+            DurationValue::Seconds(s) => parse_duration(&s.to_string()),
             DurationValue::Text(t) => parse_duration(&t),
         }
     }
@@ -606,7 +611,7 @@ mod tests {
         assert_eq!(parse_duration("3m").unwrap(), Duration::from_secs(180));
         assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
-        for bad in ["", "5x", "-1", "soon", "NaN"] {
+        for bad in ["", "5x", "-1", "soon", "NaN", "1e20", "inf", "200000000000"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -110,6 +110,12 @@ pub enum Error {
         /// Why the pull failed.
         reason: String,
     },
+    /// Shutdown was requested before the task was created: nothing exists.
+    #[error("interrupted before the task started ({reason}); nothing was created")]
+    Interrupted {
+        /// What stopped it: a signal name, or "shutdown".
+        reason: String,
+    },
     /// A Docker call failed.
     #[error("failed to {action} {target}")]
     Docker {

@@ -40,7 +40,10 @@ impl Home {
     /// file and linked into place, and whoever loses the race reads the
     /// winner's.
     pub fn open(path: impl Into<PathBuf>) -> Result<Home, Error> {
-        let path = path.into();
+        // Absolute: the paths under it go to git and Docker, which run
+        // elsewhere.
+        let given = path.into();
+        let path = std::path::absolute(&given).map_err(|e| Error::io("resolve", &given, e))?;
         for dir in [path.clone(), path.join("logs"), path.join("workspaces")] {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
         }
@@ -69,7 +72,8 @@ impl Home {
     /// Opens an existing home without creating anything; `None` if there is
     /// no home at `path` yet.
     pub fn open_existing(path: impl Into<PathBuf>) -> Result<Option<Home>, Error> {
-        let path = path.into();
+        let given = path.into();
+        let path = std::path::absolute(&given).map_err(|e| Error::io("resolve", &given, e))?;
         Ok(read_id(&path.join(INSTANCE_FILE))?.map(|instance_id| Home { path, instance_id }))
     }
 

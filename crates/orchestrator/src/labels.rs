@@ -95,8 +95,6 @@ pub struct OwnedContainer {
     pub task_id: Option<Uuid>,
     /// Creating session.
     pub session: Option<Uuid>,
-    /// Project name.
-    pub project: Option<String>,
     /// Owning process, if the labels are complete.
     pub owner: Option<Owner>,
     /// Docker state: created, running, exited, ...
@@ -113,19 +111,22 @@ impl OwnedContainer {
             .map(|n| n.trim_start_matches('/').to_owned())
             .or_else(|| summary.id.clone())?;
         let label = |key: &str| labels.get(key).map(String::as_str);
-        let owner = match (label(OWNER_PID), label(OWNER_START), label(OWNER_BOOT)) {
-            (Some(pid), Some(start), boot) => Some(Owner {
-                pid: pid.parse().ok()?,
-                start: start.parse().ok()?,
-                boot: boot.unwrap_or_default().to_owned(),
-            }),
+        // Missing or malformed owner labels: owned by nobody alive.
+        let owner = match (label(OWNER_PID), label(OWNER_START)) {
+            (Some(pid), Some(start)) => match (pid.parse(), start.parse()) {
+                (Ok(pid), Ok(start)) => Some(Owner {
+                    pid,
+                    start,
+                    boot: label(OWNER_BOOT).unwrap_or_default().to_owned(),
+                }),
+                _ => None,
+            },
             _ => None,
         };
         Some(OwnedContainer {
             name,
             task_id: label(TASK).and_then(|t| t.parse().ok()),
             session: label(SESSION).and_then(|s| s.parse().ok()),
-            project: label(PROJECT).map(str::to_owned),
             owner,
             state: summary
                 .state
@@ -171,5 +172,12 @@ mod tests {
         assert_eq!(owned.name, "orch-0192f0e47b3a");
         assert_eq!(owned.task_id, Some(id));
         assert!(owned.owner_alive());
+
+        let mut broken = summary.clone();
+        if let Some(labels) = broken.labels.as_mut() {
+            labels.insert(OWNER_PID.into(), "not-a-pid".into());
+        }
+        let owned = OwnedContainer::from_summary(&broken).expect("still listed");
+        assert!(!owned.owner_alive(), "a malformed owner counts as dead");
     }
 }

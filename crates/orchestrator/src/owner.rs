@@ -36,6 +36,17 @@ impl Owner {
     }
 }
 
+impl From<&orch_registry::TaskRecord> for Owner {
+    /// The owner a task's record names.
+    fn from(task: &orch_registry::TaskRecord) -> Owner {
+        Owner {
+            pid: u32::try_from(task.owner_pid).unwrap_or(0),
+            start: u64::try_from(task.owner_start).unwrap_or(0),
+            boot: task.owner_boot.clone(),
+        }
+    }
+}
+
 /// The start time of `pid`, or `None` if there is no such process.
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
     let stat =

@@ -158,7 +158,12 @@ impl Orchestrator {
         observer: Box<dyn Observer>,
     ) -> Result<Outcome, Error> {
         let (sink, observer_thread) = EventSink::spawn(observer);
-        let result = match self.prepare_with(request, &sink).await {
+        // A pull can take long: Ctrl+C stops it, before anything exists.
+        let prepared = tokio::select! {
+            prepared = self.prepare_with(request, &sink) => prepared,
+            () = shutdown.stopping() => Err(interrupted(&shutdown)),
+        };
+        let result = match prepared {
             Ok(prepared) => self.run_with_sink(prepared, shutdown, sink).await,
             Err(e) => {
                 // The observer thread ends once every sink is gone.
@@ -209,6 +214,9 @@ struct TaskRun<'a> {
 impl TaskRun<'_> {
     async fn run(&mut self) -> Result<Outcome, Error> {
         let task_id = self.prepared.task_id;
+        if self.shutdown.is_stopping() {
+            return Err(interrupted(&self.shutdown));
+        }
         self.sink.send(Event::Planned {
             task_id,
             container: self.name.clone(),
@@ -524,9 +532,14 @@ impl TaskRun<'_> {
                     self.sink.send(Event::Workspace(settled.clone()));
                     fate = Some(settled);
                 }
-                Err(e) => self
-                    .sink
-                    .send(Event::Notice(format!("workspace kept: {e:#}"))),
+                Err(e) => {
+                    self.sink
+                        .send(Event::Notice(format!("workspace kept: {e:#}")));
+                    let kept = WorkspaceState::Kept;
+                    let _ = orch
+                        .db(move |r| r.set_workspace_state(&task_id, kept))
+                        .await;
+                }
             }
         }
 
@@ -542,6 +555,12 @@ impl TaskRun<'_> {
                 .flatten(),
             workspace: fate,
         })
+    }
+}
+
+fn interrupted(shutdown: &Shutdown) -> Error {
+    Error::Interrupted {
+        reason: shutdown.reason().unwrap_or_else(|| "shutdown".into()),
     }
 }
 

@@ -214,18 +214,23 @@ impl Orchestrator {
                 Vec::new()
             }
         };
-        let containers = self.list_containers(Some(&session)).await?;
-        let dirs = self.home.layout().task_dirs()?;
+        // A failed listing is not the end: the loop below retries until the
+        // deadline, and registered names are removed by name too.
+        let containers = self
+            .list_containers(Some(&session))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot list the session's containers yet");
+                Vec::new()
+            });
+        let dirs = self.task_dirs().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot list task directories");
+            Vec::new()
+        });
         let workspace_of = |id: &Uuid, image: Option<&str>| {
-            dirs.iter().find(|d| d.task_id == id.to_string()).map(|d| {
-                crate::cleanup::WorkspaceTarget {
-                    project: d.project.clone(),
-                    dir_name: d.task_id.clone(),
-                    path: d.path.clone(),
-                    bytes: 0,
-                    image: image.map(str::to_owned),
-                }
-            })
+            dirs.iter()
+                .find(|d| d.task_id == id.to_string())
+                .map(|d| crate::cleanup::WorkspaceTarget::of(d, image))
         };
         let containers_of = |id: &Uuid, grace: Duration| -> Vec<ContainerTarget> {
             containers
@@ -287,12 +292,15 @@ impl Orchestrator {
         let deadline = tokio::time::Instant::now() + REAP_DEADLINE;
         let mut empty_in_a_row = 0;
         while empty_in_a_row < 2 && tokio::time::Instant::now() < deadline {
-            let left: Vec<String> = self
-                .list_containers(Some(&session))
-                .await?
-                .into_iter()
-                .map(|c| c.name)
-                .collect();
+            let left: Vec<String> = match self.list_containers(Some(&session)).await {
+                Ok(left) => left.into_iter().map(|c| c.name).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing failed; retrying");
+                    empty_in_a_row = 0;
+                    tokio::time::sleep(SETTLE).await;
+                    continue;
+                }
+            };
             if left.is_empty() {
                 empty_in_a_row += 1;
             } else {

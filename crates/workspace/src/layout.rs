@@ -85,17 +85,26 @@ impl Layout {
     }
 }
 
-/// Names of the entries of `dir`; none if it does not exist.
+/// Names of the subdirectories of `dir` (symlinks and files are not orch's
+/// and are skipped); none if it does not exist or is not a directory.
 fn read_names(dir: &Path) -> Result<Vec<String>, Error> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(Vec::new());
+        }
         Err(e) => return Err(Error::io("list", dir, e)),
     };
     let mut names = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("list", dir, e))?;
-        if let Some(name) = entry.file_name().to_str() {
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if let (true, Some(name)) = (is_dir, entry.file_name().to_str()) {
             names.push(name.to_owned());
         }
     }
@@ -142,6 +151,21 @@ mod tests {
         ] {
             assert!(validate_project_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn task_dirs_skip_what_orch_would_not_have_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(tmp.path());
+        let root = layout.tasks_root("p").unwrap();
+        std::fs::create_dir_all(root.join("0123abcd")).unwrap();
+        std::fs::write(root.join("0456"), "a file").unwrap();
+        std::fs::create_dir_all(root.join("not-hex!")).unwrap();
+        std::fs::write(layout.workspaces_root().join("notes.txt"), "x").unwrap();
+        std::fs::create_dir_all(layout.workspaces_root().join(".hidden/tasks/0789")).unwrap();
+        let dirs = layout.task_dirs().unwrap();
+        assert_eq!(dirs.len(), 1, "{dirs:?}");
+        assert_eq!(dirs[0].task_id, "0123abcd");
     }
 
     #[test]

@@ -25,6 +25,5 @@ pub use layout::{Layout, TaskDir, validate_project_name};
 pub use lock::TaskLock;
 pub use remove::Removal;
 pub use worktree::{
-    EmptyBranch, RemovedWorkspace, Workspace, delete_branch, empty_branches, is_registered,
-    prune_worktrees,
+    EmptyBranch, RemovedWorkspace, Workspace, delete_branch, empty_branches, prune_worktrees,
 };

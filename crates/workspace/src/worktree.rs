@@ -153,6 +153,21 @@ impl Workspace {
     /// not ignored) to its branch. Returns the new commit, if one was needed.
     pub fn save_pending(&self) -> Result<Option<String>, Error> {
         let dir = &self.path;
+        // Only in the worktree itself: if the task removed its `.git`, git
+        // would walk up and commit into whatever repository holds the home.
+        let top = git("find the worktree", dir, &["rev-parse", "--show-toplevel"])?;
+        let same = Path::new(&top).canonicalize().ok() == dir.canonicalize().ok();
+        if !same {
+            return Err(Error::Git {
+                action: "check the worktree",
+                dir: dir.clone(),
+                args: vec!["rev-parse".into(), "--show-toplevel".into()],
+                stderr: format!(
+                    "{} is no longer a worktree of its repository",
+                    dir.display()
+                ),
+            });
+        }
         let status = git(
             "check for uncommitted work",
             dir,
@@ -350,7 +365,8 @@ pub fn prune_worktrees(repo: &Repo, root: &Path) -> Result<usize, Error> {
 }
 
 /// True if `path` is registered as a worktree of `repo`.
-pub fn is_registered(repo: &Repo, path: &Path) -> Result<bool, Error> {
+#[cfg(test)]
+pub(crate) fn is_registered(repo: &Repo, path: &Path) -> Result<bool, Error> {
     let list = git(
         "list worktrees",
         &repo.top,
@@ -479,6 +495,30 @@ mod tests {
         assert_eq!(prune_worktrees(&repo, &root).unwrap(), 1);
         assert!(!is_registered(&repo, &ws.path).unwrap());
         assert_eq!(prune_worktrees(&repo, &root).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_worktree_without_its_git_file_is_kept_not_committed_elsewhere() {
+        let (tmp, repo, layout) = setup();
+        // The home inside another repository, as a dotfiles repo in ~ would be.
+        git("t", tmp.path(), &["init", "--quiet"]).unwrap();
+        let ws = Workspace::planned(&layout, &repo, "p", "0ddd").unwrap();
+        let lock = TaskLock::acquire(&layout, "p", "0ddd").unwrap();
+        ws.create(&lock, None).unwrap();
+        std::fs::remove_file(ws.path.join(".git")).unwrap();
+        std::fs::write(ws.path.join("work.txt"), "x").unwrap();
+        assert!(
+            ws.remove(&layout, &lock, false).is_err(),
+            "refused: nothing is lost"
+        );
+        assert!(ws.path.join("work.txt").exists());
+        let outer = git("t", tmp.path(), &["log", "--oneline"]);
+        assert!(
+            outer.is_err() || outer.unwrap().is_empty(),
+            "nothing committed to the outer repository"
+        );
+        ws.remove(&layout, &lock, true).unwrap();
+        assert!(!ws.path.exists(), "--all discards it");
     }
 
     #[test]

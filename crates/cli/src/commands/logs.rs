@@ -16,7 +16,10 @@ pub(crate) async fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
     let mut offset = 0u64;
     loop {
         // Whether it had ended *before* this read: then the read gets all.
-        let ended = registry.get(&id)?.is_none_or(|t| t.state.is_terminal());
+        // A live record whose owner is dead will not end by itself.
+        let ended = registry.get(&id)?.is_none_or(|t| {
+            t.state.is_terminal() || !orch_orchestrator::Owner::from(&t).is_alive()
+        });
         offset = copy_new(&path, offset)?;
         if !args.follow || ended {
             return Ok(ExitCode::SUCCESS);

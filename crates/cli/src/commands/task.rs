@@ -129,12 +129,16 @@ async fn supervise(
     let _ = tokio::time::timeout(RECONCILE_WAIT, reconcile).await;
     match result {
         Ok(Ok(outcome)) => {
-            orch.watchdog_clean_exit();
+            exit_cleanly(&orch).await;
             Ok(exit::for_outcome(&outcome, signals.first()))
         }
+        Ok(Err(orch_orchestrator::Error::Interrupted { reason })) => {
+            exit_cleanly(&orch).await;
+            eprintln!("orch: interrupted ({reason}) before the task started; nothing was created");
+            Ok(exit::for_signal(signals.first()))
+        }
         Ok(Err(error)) => {
-            sweep(&orch).await;
-            orch.watchdog_clean_exit();
+            exit_cleanly(&orch).await;
             Err(error.into())
         }
         Err(join) => {
@@ -144,6 +148,17 @@ async fn supervise(
             sweep(&orch).await;
             Ok(ExitCode::from(exit::ORCH_FAILED))
         }
+    }
+}
+
+/// Sweeps whatever the run could not remove (a removal that failed twice),
+/// and tells the watchdog to stand down only if nothing is left for it.
+async fn exit_cleanly(orch: &Orchestrator) {
+    if !orch.active().is_empty() {
+        sweep(orch).await;
+    }
+    if orch.active().is_empty() {
+        orch.watchdog_clean_exit();
     }
 }
 
