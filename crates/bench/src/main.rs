@@ -325,6 +325,23 @@ impl Bench {
         (home, project)
     }
 
+    /// A fresh home that one finished task has created (instance id,
+    /// registry), with its project.
+    fn primed_home(&self, name: &str) -> (PathBuf, PathBuf) {
+        let (home, project) = self.home(name, false);
+        let status = self
+            .orch(&home)
+            .arg("task")
+            .arg(&project)
+            .arg("exit 0")
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "the first task in {name} failed"
+        );
+        (home, project)
+    }
+
     fn orch(&self, home: &Path) -> Command {
         let mut cmd = Command::new(&self.orch);
         cmd.env("ORCH_HOME", home)
@@ -524,14 +541,7 @@ impl Bench {
             let rounds = (config.rounds / 4).max(2);
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
             for round in 0..rounds {
-                let (home, project) = self.home(&format!("ctrlc-{n}-{round}"), false);
-                // The first run creates the home; then N at once.
-                self.orch(&home)
-                    .arg("task")
-                    .arg(&project)
-                    .arg("exit 0")
-                    .status()
-                    .ok();
+                let (home, project) = self.primed_home(&format!("ctrlc-{n}-{round}"));
                 let filter = format!("label=orch.instance={}", Self::instance_id(&home));
                 let mut children: Vec<_> = (0..n)
                     .map(|_| {
@@ -612,13 +622,7 @@ impl Bench {
             let rounds = (config.rounds / 4).max(2);
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
             for round in 0..rounds {
-                let (home, project) = self.home(&format!("orphans-{n}-{round}"), false);
-                self.orch(&home)
-                    .arg("task")
-                    .arg(&project)
-                    .arg("exit 0")
-                    .status()
-                    .ok();
+                let (home, _) = self.primed_home(&format!("orphans-{n}-{round}"));
                 let instance = Self::instance_id(&home);
                 let create = |prefix: &str, labelled: bool| -> Vec<String> {
                     (0..n)
@@ -670,13 +674,7 @@ impl Bench {
         let mut rows = Vec::new();
         let mut previous: Option<(Duration, Duration)> = None;
         for &size in &config.registry_sizes {
-            let (home, project) = self.home(&format!("registry-{size}"), false);
-            self.orch(&home)
-                .arg("task")
-                .arg(&project)
-                .arg("exit 0")
-                .status()
-                .ok();
+            let (home, _) = self.primed_home(&format!("registry-{size}"));
             fill_registry(&home.join("orch.db"), size);
             let time = |args: &[&str]| {
                 let mut samples = Vec::new();
@@ -725,13 +723,7 @@ impl Bench {
 
     /// Peak RSS of `orch task` for one task, and of each of N at once.
     fn memory(&self, config: &Config, report: &mut Report) {
-        let (home, project) = self.home("memory", false);
-        self.orch(&home)
-            .arg("task")
-            .arg(&project)
-            .arg("exit 0")
-            .status()
-            .ok();
+        let (home, project) = self.primed_home("memory");
         let (status, one) = run_measured(
             self.orch(&home)
                 .arg("task")
