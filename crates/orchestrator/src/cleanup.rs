@@ -473,6 +473,8 @@ impl Orchestrator {
                 items: self.plan_orphans(&snapshot, None),
                 repos: Vec::new(),
             };
+            // Vanished worktrees are part of reconciliation too.
+            self.plan_repos(&mut report, false).await?;
             self.execute(&mut report).await;
             Ok(report)
         };
@@ -735,14 +737,13 @@ impl Orchestrator {
 
     /// Prunes vanished worktree entries and deletes the planned branches.
     async fn execute_repos(&self, repos: &mut [RepoItem]) {
-        let root = self.home.layout().workspaces_root();
         for repo_item in repos {
             let top = repo_item.repo.clone();
-            let root = root.clone();
+            let layout = self.home.layout();
             let branches = repo_item.branches.clone();
             let done = tokio::task::spawn_blocking(move || {
                 let repo = Repo::discover(&top)?;
-                let pruned = orch_workspace::prune_worktrees(&repo, &root)?;
+                let pruned = orch_workspace::prune_worktrees(&repo, &layout)?;
                 let mut errors = Vec::new();
                 for name in branches {
                     let branch = orch_workspace::EmptyBranch { name };

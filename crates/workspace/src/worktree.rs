@@ -337,31 +337,49 @@ pub fn delete_branch(repo: &Repo, branch: &EmptyBranch) -> Result<(), Error> {
     .map(drop)
 }
 
-/// Prunes the entries of worktrees under `root` whose directories are gone
+/// Prunes the entries of orch's worktrees whose directories are gone
 /// (unlocking them first: git never prunes a locked worktree); returns how
-/// many there were. Worktrees elsewhere are not orch's and are left alone.
-pub fn prune_worktrees(repo: &Repo, root: &Path) -> Result<usize, Error> {
+/// many there were. Only entries under the layout's workspaces, and only
+/// those whose task lock is free: a worktree being created has an entry
+/// (locked "initializing") before its directory exists. Worktrees elsewhere
+/// are not orch's and are left alone.
+pub fn prune_worktrees(repo: &Repo, layout: &Layout) -> Result<usize, Error> {
+    let root = layout.workspaces_root();
     let list = git(
         "list worktrees",
         &repo.top,
         &["worktree", "list", "--porcelain"],
     )?;
-    let gone: Vec<&str> = list
-        .lines()
-        .filter_map(|l| l.strip_prefix("worktree "))
-        .filter(|p| Path::new(p).starts_with(root) && !Path::new(p).exists())
-        .collect();
-    for path in &gone {
+    let mut pruned = 0;
+    for path in list.lines().filter_map(|l| l.strip_prefix("worktree ")) {
+        let path = Path::new(path);
+        if !path.starts_with(&root) || path.exists() {
+            continue;
+        }
+        // <root>/<project>/tasks/<id>
+        let (Some(id), Some(project)) = (
+            path.file_name().and_then(|n| n.to_str()),
+            path.parent()
+                .and_then(Path::parent)
+                .and_then(Path::file_name)
+                .and_then(|n| n.to_str()),
+        ) else {
+            continue;
+        };
+        let Ok(Some(lock)) = TaskLock::try_acquire(layout, project, id) else {
+            continue; // being created, or not a name orch makes
+        };
+        let shown = path.to_string_lossy();
         let _ = git(
             "unlock a vanished worktree",
             &repo.top,
-            &["worktree", "unlock", path],
+            &["worktree", "unlock", &shown],
         );
-    }
-    if !gone.is_empty() {
         git("prune worktree entries", &repo.top, &["worktree", "prune"])?;
+        lock.release_and_delete();
+        pruned += 1;
     }
-    Ok(gone.len())
+    Ok(pruned)
 }
 
 /// True if `path` is registered as a worktree of `repo`.
@@ -491,10 +509,27 @@ mod tests {
         assert_eq!(found.repo.common_dir, repo.common_dir);
         assert!(Workspace::existing(&layout, "p", "0ccc").unwrap().is_none());
         std::fs::remove_dir_all(&ws.path).unwrap();
-        let root = layout.workspaces_root();
-        assert_eq!(prune_worktrees(&repo, &root).unwrap(), 1);
+        drop(lock);
+        assert_eq!(prune_worktrees(&repo, &layout).unwrap(), 1);
         assert!(!is_registered(&repo, &ws.path).unwrap());
-        assert_eq!(prune_worktrees(&repo, &root).unwrap(), 0);
+        assert_eq!(prune_worktrees(&repo, &layout).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_worktree_whose_task_holds_its_lock_is_not_pruned() {
+        let (_tmp, repo, layout) = setup();
+        let ws = Workspace::planned(&layout, &repo, "p", "0eee").unwrap();
+        let lock = TaskLock::acquire(&layout, "p", "0eee").unwrap();
+        ws.create(&lock, None).unwrap();
+        std::fs::remove_dir_all(&ws.path).unwrap();
+        assert_eq!(
+            prune_worktrees(&repo, &layout).unwrap(),
+            0,
+            "its task still holds it"
+        );
+        assert!(is_registered(&repo, &ws.path).unwrap());
+        drop(lock);
+        assert_eq!(prune_worktrees(&repo, &layout).unwrap(), 1);
     }
 
     #[test]
