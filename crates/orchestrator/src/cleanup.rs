@@ -612,17 +612,8 @@ impl Orchestrator {
         let strategy = options.strategy;
         let now = snapshot.now;
         let age = |since: Option<i64>| since.map(|s| now - s);
-        let full_removal = |strategy: Strategy, reason: String| {
-            let mut item = Item::new(strategy, Some(row.id), reason);
-            item.record = true;
-            item.containers = self.containers_of(row, snapshot);
-            item.workspace = self.workspace_target(row, snapshot);
-            let log = self.home.log_path(&row.id);
-            if let Ok(meta) = log.metadata() {
-                item.log = Some((log, meta.len()));
-            }
-            item
-        };
+        let full_removal =
+            |strategy: Strategy, reason: String| self.full_removal(row, snapshot, strategy, reason);
 
         if strategy.includes(Strategy::Completed) && row.state.is_terminal() {
             let limit = if row.state.is_completed() {
@@ -673,6 +664,25 @@ impl Orchestrator {
             ));
         }
         None
+    }
+
+    /// Everything of one task goes: containers, workspace, record, log.
+    fn full_removal(
+        &self,
+        row: &TaskRecord,
+        snapshot: &Snapshot,
+        strategy: Strategy,
+        reason: String,
+    ) -> Item {
+        let mut item = Item::new(strategy, Some(row.id), reason);
+        item.record = true;
+        item.containers = self.containers_of(row, snapshot);
+        item.workspace = self.workspace_target(row, snapshot);
+        let log = self.home.log_path(&row.id);
+        if let Ok(meta) = log.metadata() {
+            item.log = Some((log, meta.len()));
+        }
+        item
     }
 
     fn containers_of(&self, row: &TaskRecord, snapshot: &Snapshot) -> Vec<ContainerTarget> {
@@ -947,24 +957,14 @@ impl Orchestrator {
                 continue;
             }
             let live = is_live(row);
-            let mut item = Item::new(
-                Strategy::All,
-                Some(row.id),
-                if live {
-                    "--all (live: cancelled first)"
-                } else {
-                    "--all"
-                },
-            );
-            item.record = true;
-            item.containers = self.containers_of(row, &snapshot);
-            item.workspace = self.workspace_target(row, &snapshot);
+            let reason = if live {
+                "--all (live: cancelled first)"
+            } else {
+                "--all"
+            };
+            let item = self.full_removal(row, &snapshot, Strategy::All, reason.into());
             if let Some(w) = &item.workspace {
                 seen_dirs.insert(w.path.clone());
-            }
-            let log = self.home.log_path(&row.id);
-            if let Ok(meta) = log.metadata() {
-                item.log = Some((log, meta.len()));
             }
             items.push(item);
         }
