@@ -5,10 +5,15 @@
 //! (exit at once, sleep, trap SIGTERM, spawn children, flood output) and
 //! kills each at a random moment (including between the container's create
 //! call and its start) with a random method: SIGINT, SIGTERM, SIGHUP,
-//! SIGKILL, a panic, or `abort()`. Then it waits and checks: no container of
-//! the instance, no record left `creating`/`running`, no dangling worktree,
-//! workspaces only where the policy keeps them; and at the end, that a
-//! control task of another instance was never touched.
+//! SIGKILL, SIGKILL 20 to 60 ms after start (between the record and the
+//! container), SIGKILL once the workspace exists and no container does, a
+//! panic, or `abort()`; and in some iterations the engine drops out for a
+//! moment right after the kills (every orch of the test talks to it through
+//! a proxy). Then it waits and checks: no container of the instance, no
+//! record left `creating`/`running`, no dangling worktree, workspaces and
+//! branches only where the policy keeps them (none for a task that never
+//! ran); and at the end, that a control task of another instance was never
+//! touched.
 //!
 //! `ORCH_CHAOS_ITERATIONS` (default 30) sets the length, `ORCH_CHAOS_SEED`
 //! replays a run; `just chaos` runs the long version.
@@ -40,6 +45,10 @@ impl Rng {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Method {
     Signal(Signal),
+    /// SIGKILL 20 to 60 ms after start: between the record and the container.
+    KillEarly,
+    /// SIGKILL with the workspace made and no container yet.
+    KillAfterWorkspace,
     Panic,
     Abort,
 }
@@ -52,11 +61,13 @@ const KINDS: [&str; 5] = [
     "flood 3000000; sleep 30",
 ];
 
-const METHODS: [Method; 6] = [
+const METHODS: [Method; 8] = [
     Method::Signal(Signal::INT),
     Method::Signal(Signal::TERM),
     Method::Signal(Signal::HUP),
     Method::Signal(Signal::KILL),
+    Method::KillEarly,
+    Method::KillAfterWorkspace,
     Method::Panic,
     Method::Abort,
 ];
@@ -100,6 +111,8 @@ fn killing_orch_at_random_leaves_nothing_behind() {
 
     let env = TestEnv::new();
     env.git_project(helper::IMAGE, "stop_grace = \"1s\"");
+    let proxy = helper::Proxy::start();
+    let mut outages = 0;
     let control = TestEnv::new();
     let control_task = control.spawn_task("sleep 3600", &[]);
     let control_container = control.wait_running();
@@ -114,11 +127,19 @@ fn killing_orch_at_random_leaves_nothing_behind() {
             let method = *rng.pick(&METHODS);
             let point = *rng.pick(&["after-create", "after-start"]);
             let mut cmd = env.orch();
-            cmd.arg("task")
+            cmd.env("DOCKER_HOST", proxy.host())
+                .arg("task")
                 .arg(&env.project)
                 .arg(kind)
                 .stdin(Stdio::null());
             let signal = match method {
+                Method::KillEarly => {
+                    Some((Signal::KILL, Duration::from_millis(20 + rng.below(41))))
+                }
+                Method::KillAfterWorkspace => {
+                    cmd.env("ORCH_FAIL_POINT", "after-workspace:sigkill");
+                    None
+                }
                 Method::Panic => {
                     cmd.env("ORCH_FAIL_POINT", format!("{point}:panic"));
                     None
@@ -180,6 +201,18 @@ fn killing_orch_at_random_leaves_nothing_behind() {
             );
             std::thread::sleep(Duration::from_millis(2));
         }
+        // Sometimes the engine drops out just as the reaping begins.
+        if rng.below(4) == 0 {
+            outages += 1;
+            proxy.set(helper::Mode::Refuse);
+            proxy.drop_connections();
+            let cut = Instant::now();
+            let length = Duration::from_millis(300 + rng.below(1200));
+            helper::wait_for("the outage to end", length * 2, || {
+                (cut.elapsed() >= length).then_some(())
+            });
+            proxy.set(helper::Mode::Pass);
+        }
         let methods: Vec<Method> = victims.iter().map(|v| v.method).collect();
         let last_kill = victims
             .iter()
@@ -188,7 +221,12 @@ fn killing_orch_at_random_leaves_nothing_behind() {
             .unwrap_or(started);
         let last_sigkill = victims
             .iter()
-            .filter(|v| v.method == Method::Signal(Signal::KILL))
+            .filter(|v| {
+                matches!(
+                    v.method,
+                    Method::Signal(Signal::KILL) | Method::KillEarly | Method::KillAfterWorkspace
+                )
+            })
             .filter_map(|v| v.killed_at)
             .max();
         drop(victims);
@@ -215,7 +253,10 @@ fn killing_orch_at_random_leaves_nothing_behind() {
         // No record left live (the watchdog ends them just after).
         let settled = helper::wait_for_opt(Duration::from_secs(30), || {
             env.tasks().iter().all(|t| {
-                !["creating", "running", "pending"].contains(&t["state"].as_str().unwrap())
+                !["creating", "running", "queued"].contains(&t["state"].as_str().unwrap())
+                    && (t["workspace"].is_null()
+                        || t["workspace_state"] == "kept"
+                        || t["workspace_state"] == "removed")
             })
         });
         assert!(
@@ -230,6 +271,7 @@ fn killing_orch_at_random_leaves_nothing_behind() {
             let task = tasks.iter().find(|t| t["id"] == id.as_str());
             let kept = task.is_some_and(|t| {
                 ["failed", "timed_out", "lost"].contains(&t["state"].as_str().unwrap())
+                    && !t["started_at"].is_null()
             });
             assert!(
                 kept,
@@ -245,6 +287,23 @@ fn killing_orch_at_random_leaves_nothing_behind() {
                     task["state"]
                 );
             }
+        }
+        // No branch of a task that never ran.
+        for branch in env
+            .git(&[
+                "for-each-ref",
+                "--format=%(refname:short)",
+                "refs/heads/orch/",
+            ])
+            .lines()
+        {
+            let task = tasks
+                .iter()
+                .find(|t| format!("orch/{}", t["id"].as_str().unwrap()) == branch);
+            assert!(
+                task.is_none_or(|t| !t["started_at"].is_null()),
+                "iteration {iteration}: branch {branch} of a task that never ran"
+            );
         }
         // No dangling worktree entry.
         for worktree in env.worktrees() {
@@ -264,7 +323,7 @@ fn killing_orch_at_random_leaves_nothing_behind() {
     kill_to_clean.sort();
     sigkill_to_clean.sort();
     eprintln!(
-        "chaos: {iterations} iterations, {leaks} leaks; last kill or death to clean: max {:?}, p95 {:?}; \
+        "chaos: {iterations} iterations ({outages} with an engine outage), {leaks} leaks; last kill or death to clean: max {:?}, p95 {:?}; \
          from the last SIGKILL ({} iterations): max {:?}, p95 {:?}",
         kill_to_clean.last().copied().unwrap_or_default(),
         percentile(&kill_to_clean, 95.0),

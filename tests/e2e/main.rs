@@ -10,7 +10,11 @@
 
 mod chaos;
 mod cleanup;
+mod daemon;
+mod faults;
 mod helper;
+mod hostile;
+mod policy;
 mod registry;
 mod task;
 mod watchdog;

@@ -266,7 +266,23 @@ fn bad_input_is_one_line_and_exit_125_with_nothing_created() {
         (
             vec!["--image", "orch-no-such-image:dev"],
             &project,
-            "just image",
+            "could not be pulled",
+        ),
+        (
+            vec!["--image", "orch-agent:no-such-tag"],
+            &project,
+            "for the offline image orch-agent:dev run `just image`",
+        ),
+        (
+            vec!["--image", "Not A//valid::ref"],
+            &project,
+            "invalid image reference \"Not A//valid::ref\"",
+        ),
+        (vec!["--user", "4294967295"], &project, "ids must be below"),
+        (
+            vec!["--user", "1:99999999999"],
+            &project,
+            "ids must be below",
         ),
         (
             vec![],
@@ -288,6 +304,12 @@ fn bad_input_is_one_line_and_exit_125_with_nothing_created() {
             "{args:?}: expected {needle:?} in: {err}"
         );
         assert!(!err.contains("task "), "no task was planned: {err}");
+        if args.first() == Some(&"--image") && needle == "could not be pulled" {
+            assert!(
+                !err.contains("just image"),
+                "no hint for the user's own images: {err}"
+            );
+        }
     }
 
     for (toml, needle) in [

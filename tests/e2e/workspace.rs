@@ -83,7 +83,11 @@ fn a_failed_task_keeps_its_workspace_until_cleanup() {
         stderr(&out)
     );
     assert!(kept[0].join("half-done.txt").exists());
-    assert_eq!(env.worktrees().len(), 2);
+    assert_eq!(
+        env.worktrees().len(),
+        1,
+        "a workspace is a repository of its own"
+    );
 
     let out = env
         .orch()

@@ -433,7 +433,10 @@ impl Bench {
         );
     }
 
-    /// A task with a worktree of a 5,000-file repository.
+    /// A task with a workspace, on a generated 5,000-file repository and on
+    /// a real tree (this repository's own `git archive HEAD`), against the
+    /// same by hand: `git worktree add`, `docker run` with the mounts, the
+    /// task's work committed, `git worktree remove`.
     fn worktree(&self, config: &Config, report: &mut Report) {
         let (home, project) = self.home("worktree", true);
         for i in 0..5000 {
@@ -441,8 +444,44 @@ impl Bench {
             std::fs::create_dir_all(&dir).expect("create");
             std::fs::write(dir.join(format!("f{i}.txt")), format!("file {i}\n")).expect("write");
         }
-        let git = |args: &[&str]| {
-            let mut full = vec!["-C", project.to_str().expect("utf-8 path")];
+        self.workspace_rounds(
+            config,
+            report,
+            &home,
+            &project,
+            "2. Task with a workspace of a generated 5,000-file repository",
+        );
+        let (home, project) = self.home("real-tree", true);
+        let toml = std::fs::read(project.join("orch.toml")).expect("read orch.toml");
+        sh(
+            "sh",
+            &[
+                "-c",
+                &format!("git archive HEAD | tar -x -C '{}'", project.display()),
+            ],
+        );
+        std::fs::write(project.join("orch.toml"), toml).expect("write orch.toml");
+        let files = sh("sh", &["-c", "git ls-files | wc -l"]);
+        self.workspace_rounds(
+            config,
+            report,
+            &home,
+            &project,
+            &format!("2b. Task with a workspace of a real tree (this repository, {files} files)"),
+        );
+    }
+
+    /// Rounds of one task that writes a file, with orch and by hand.
+    fn workspace_rounds(
+        &self,
+        config: &Config,
+        report: &mut Report,
+        home: &Path,
+        project: &Path,
+        title: &str,
+    ) {
+        let git = |dir: &Path, args: &[&str]| {
+            let mut full = vec!["-C", dir.to_str().expect("utf-8 path")];
             full.extend_from_slice(&[
                 "-c",
                 "user.name=bench",
@@ -452,34 +491,33 @@ impl Bench {
             full.extend_from_slice(args);
             sh("git", &full)
         };
-        git(&["init", "--quiet", "--initial-branch=main"]);
-        git(&["add", "."]);
-        git(&["commit", "--quiet", "-m", "5000 files"]);
-        let plain = self.root.join("worktree/plain");
+        git(project, &["init", "--quiet", "--initial-branch=main"]);
+        git(project, &["add", "."]);
+        git(project, &["commit", "--quiet", "-m", "the tree"]);
+        let plain = project.parent().expect("a parent").join("plain");
         let common = project.join(".git");
+        let task = "write result.txt done";
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for round in 0..config.rounds + 1 {
             let start = Instant::now();
-            let status = self
-                .orch(&home)
-                .arg("task")
-                .arg(&project)
-                .arg("exit 0")
-                .status();
+            let status = self.orch(home).arg("task").arg(project).arg(task).status();
             assert!(status.is_ok_and(|s| s.success()));
             let o = start.elapsed();
 
             let start = Instant::now();
             let wt = plain.join(format!("t{round}"));
             let wt_s = wt.to_str().expect("utf-8 path").to_owned();
-            git(&[
-                "worktree",
-                "add",
-                "--quiet",
-                "-b",
-                &format!("plain/{round}"),
-                &wt_s,
-            ]);
+            git(
+                project,
+                &[
+                    "worktree",
+                    "add",
+                    "--quiet",
+                    "-b",
+                    &format!("plain/{round}"),
+                    &wt_s,
+                ],
+            );
             let status = quiet(
                 Command::new("docker")
                     .args(["run", "--rm", "--init"])
@@ -492,12 +530,14 @@ impl Bench {
                         &wt_s,
                         IMAGE,
                         "/orch-agent",
-                        "exit 0",
+                        task,
                     ]),
             )
             .status();
             assert!(status.is_ok_and(|s| s.success()));
-            git(&["worktree", "remove", "--force", &wt_s]);
+            git(&wt, &["add", "--all"]);
+            git(&wt, &["commit", "--quiet", "-m", "the task's work"]);
+            git(project, &["worktree", "remove", "--force", &wt_s]);
             let t = start.elapsed();
             if round > 0 {
                 ours.push(o);
@@ -506,25 +546,23 @@ impl Bench {
         }
         let (o, t) = (stats(&ours), stats(&theirs));
         report.table(
-            &format!(
-                "2. Task with a worktree of a 5,000-file repository ({} rounds)",
-                config.rounds
-            ),
+            &format!("{title} ({} rounds)", config.rounds),
             &["", "median", "p95"],
             vec![
                 vec![
-                    "`orch task` (worktree created, mounted, work saved, removed)".into(),
+                    "`orch task` (own repository cloned, mounted, work brought home, removed)"
+                        .into(),
                     ms(o.median),
                     ms(o.p95),
                 ],
                 vec![
-                    "`git worktree add` + `docker run --rm --init -v` + `git worktree remove`"
+                    "by hand: `git worktree add` + `docker run --rm --init -v` + commit + `git worktree remove`"
                         .into(),
                     ms(t.median),
                     ms(t.p95),
                 ],
                 vec![
-                    "ratio orch/plain".into(),
+                    "ratio orch/by hand".into(),
                     ratio(o.median, t.median),
                     ratio(o.p95, t.p95),
                 ],
@@ -812,6 +850,12 @@ fn fill_registry(db: &Path, size: usize) {
             progress_at: Some(created + 500),
             cancel_requested: false,
             detached: false,
+            keep_workspace: None,
+            base: None,
+            git_dir: None,
+            spec: None,
+            priority: 0,
+            max_parallel: None,
         };
         registry.insert(&record).expect("insert");
         let finish = Finish {

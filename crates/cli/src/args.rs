@@ -34,6 +34,10 @@ pub(crate) enum Command {
     Cleanup(CleanupArgs),
     /// Disk use of workspaces: each, per project, in total.
     Du(DuArgs),
+    /// Run the daemon: many tasks from a durable queue, behind an HTTP API.
+    Serve(ServeArgs),
+    /// Queue a task with the daemon; print its id.
+    Submit(SubmitArgs),
     /// Run a detached task (started by `orch task -d`).
     #[command(name = "__supervise", hide = true)]
     Supervise(SuperviseArgs),
@@ -82,6 +86,34 @@ pub(crate) struct SuperviseArgs {
     /// The id the parent announced.
     #[arg(long)]
     pub(crate) task_id: uuid::Uuid,
+    #[command(flatten)]
+    pub(crate) task: TaskArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// At most this many tasks run at once (default: the number of CPUs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) concurrency: Option<u32>,
+    /// Also serve the API (and the dashboard) on this TCP address; every
+    /// request but GET /healthz needs the token (ORCH_TOKEN, else
+    /// $ORCH_HOME/api-token).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) listen: Option<std::net::SocketAddr>,
+    /// The unix socket to serve on (default $ORCH_HOME/orch.sock): several
+    /// daemons can share one home and its queue, each on its own socket.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) socket: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SubmitArgs {
+    /// The daemon's socket (default $ORCH_HOME/orch.sock).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) socket: Option<std::path::PathBuf>,
+    /// Higher runs first (default 0); ties in submission order.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub(crate) priority: i64,
     #[command(flatten)]
     pub(crate) task: TaskArgs,
 }

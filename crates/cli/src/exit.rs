@@ -69,7 +69,7 @@ pub(crate) fn usage_error(error: &clap::Error) -> ExitCode {
         .collect();
     let message = first.join(" ");
     let message = message.strip_prefix("error: ").unwrap_or(&message);
-    eprintln!("orch: error: {message} (see orch --help)");
+    crate::output::say(&format!("orch: error: {message} (see orch --help)"));
     let is_task = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))

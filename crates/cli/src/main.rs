@@ -5,6 +5,16 @@
 //! signal handlers and the panic hook, sets up tracing, and maps every error
 //! to an exit code. The work itself is in the `orch-orchestrator` library.
 
+/// `println!` that returns the write's error instead of panicking: a closed
+/// pipe is ordinary (`main` treats it as success).
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod args;
 mod commands;
 mod exit;
@@ -32,7 +42,7 @@ fn main() -> ExitCode {
     // commands that create containers.
     let creates_containers = match &cli.command {
         Command::Task(args) => !args.detach,
-        Command::Supervise(_) => true,
+        Command::Supervise(_) | Command::Serve(_) => true,
         _ => false,
     };
     let watchdog = if creates_containers {
@@ -45,12 +55,15 @@ fn main() -> ExitCode {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(32)
         .enable_all()
         .build();
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("orch: error: failed to start the async runtime: {e}");
+            crate::output::say(&format!(
+                "orch: error: failed to start the async runtime: {e}"
+            ));
             return ExitCode::from(exit::ORCH_FAILED);
         }
     };
@@ -71,8 +84,12 @@ fn init_tracing(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour only for a person at a terminal.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_target(false)
         .compact()

@@ -5,7 +5,7 @@
 use std::io::{IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use orch_orchestrator::{Event, Observer, StopReason, Stream, WorkspaceFate};
+use orch_orchestrator::{Event, Observer, StopReason, Stream, WorkspaceFate, human_bytes};
 
 /// Shows a task's events in the terminal.
 pub(crate) struct Terminal {
@@ -52,7 +52,7 @@ impl Terminal {
 
     fn progress(&mut self, percent: u8, message: String) {
         if !self.fancy {
-            self.note(format!("orch: progress {percent}% {message}").trim_end());
+            self.note(format!("orch: progress {percent}% {}", safe(&message)).trim_end());
             return;
         }
         let bar = self.bar.get_or_insert_with(|| {
@@ -63,7 +63,7 @@ impl Terminal {
             bar
         });
         bar.set_position(u64::from(percent));
-        bar.set_message(message);
+        bar.set_message(safe(&message).into_owned());
     }
 }
 
@@ -76,34 +76,48 @@ impl Observer for Terminal {
             Event::Progress { percent, message } => self.progress(percent, message),
             Event::Stopping { reason, grace } => {
                 self.interrupted = true;
-                let why = match reason {
-                    StopReason::Timeout => "timed out",
-                    StopReason::Shutdown => "stopping",
+                let grace = humantime::format_duration(grace);
+                let line = match reason {
+                    StopReason::Timeout => {
+                        format!("orch: timed out: SIGTERM to the task, SIGKILL after {grace}")
+                    }
+                    StopReason::Requested(by) => format!(
+                        "orch: {} received: stopping gracefully (SIGTERM to the task, SIGKILL after {grace}); press Ctrl+C again to force",
+                        safe(&by)
+                    ),
                 };
-                self.note(&format!(
-                    "orch: {why}: SIGTERM to the task, SIGKILL after {}",
-                    humantime::format_duration(grace)
-                ));
+                self.note(&line);
             }
             Event::Forcing => {
                 self.interrupted = true;
                 self.note("orch: forcing: killing and removing the container now");
             }
-            Event::Notice(message) => self.note(&format!("orch: {message}")),
+            Event::Notice(message) => self.note(&format!("orch: {}", safe(&message))),
             Event::Workspace(WorkspaceFate::Kept { path, branch }) => {
+                let branch = branch.map(|b| format!(" (branch {b})")).unwrap_or_default();
                 self.note(&format!(
-                    "orch: workspace kept at {} (branch {branch})",
+                    "orch: workspace kept at {}{branch}",
+                    path.display()
+                ));
+            }
+            Event::Workspace(WorkspaceFate::Unwound { path }) if self.verbose => {
+                self.note(&format!(
+                    "orch: workspace {} removed: the task never ran",
                     path.display()
                 ));
             }
             Event::Workspace(WorkspaceFate::Removed {
                 branch,
                 saved_commit,
+                warning,
                 size,
                 took,
                 ..
             }) => {
-                if let Some(commit) = saved_commit {
+                if let Some(warning) = warning {
+                    self.note(&format!("orch: warning: {}", safe(&warning)));
+                }
+                if let (Some(commit), Some(branch)) = (saved_commit, branch) {
                     let short = commit.get(..12).unwrap_or(&commit);
                     self.note(&format!(
                         "orch: uncommitted work saved to {branch} ({short})"
@@ -113,7 +127,7 @@ impl Observer for Terminal {
                     self.note(&format!(
                         "orch: workspace removed ({} files, {}, {:.1}s)",
                         size.files,
-                        crate::output::human_bytes(size.bytes),
+                        human_bytes(size.bytes),
                         took.as_secs_f64()
                     ));
                 }
@@ -134,20 +148,37 @@ impl Observer for Terminal {
     }
 }
 
-/// Bytes in binary units, one decimal: `1.2 GiB`.
-pub(crate) fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
+/// Writes one line of orch's own to stderr. Never panics and never fails:
+/// a closed pipe or a hung-up terminal must not stop a run or its cleanup.
+pub(crate) fn say(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(line.as_bytes());
+    let _ = err.write_all(b"\n");
+}
+
+/// Text that came from a task (or anyone else) made safe for a terminal
+/// line: control characters, and the Unicode ones that reorder text, are
+/// shown escaped instead of acting.
+pub(crate) fn safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return text.into();
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) && (c as u32) < 0x100 => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
     }
+    out.into()
 }
 
 #[cfg(test)]
@@ -160,5 +191,14 @@ mod tests {
         assert_eq!(human_bytes(1023), "1023 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(1288490189), "1.2 GiB");
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(safe("plain text, ümlauts"), "plain text, ümlauts");
+        assert_eq!(
+            safe("\u{1b}[2J\u{1b}]0;pwned\u{7}red\r\nx\u{9b}31m\u{202e}y"),
+            "\\x1b[2J\\x1b]0;pwned\\x07red\\r\\nx\\x9b31m\\u{202e}y"
+        );
     }
 }

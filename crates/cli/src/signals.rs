@@ -2,7 +2,9 @@
 //! a handler.
 //!
 //! The first SIGINT, SIGTERM, SIGHUP or SIGQUIT stops gracefully; a second
-//! one forces. A panic anywhere forces too, so the task's container is removed
+//! one forces. Ctrl+Z (SIGTSTP) freezes the task and its timeout before orch
+//! stops itself; SIGCONT thaws them. The signal task never writes to the terminal (it may have
+//! hung up): what happens is shown by the run's observer. A panic anywhere forces too, so the task's container is removed
 //! before the process dies.
 
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -10,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use futures_util::StreamExt;
 use orch_orchestrator::Shutdown;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::consts::{SIGCONT, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTSTP};
 use signal_hook_tokio::Signals;
 
 /// The shutdown a panic forces.
@@ -22,7 +24,7 @@ pub(crate) fn install_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
-        eprintln!("orch: internal error; removing this session's containers");
+        crate::output::say("orch: internal error; removing this session's containers");
         if let Some(shutdown) = PANIC_SHUTDOWN.get() {
             shutdown.force();
         }
@@ -39,24 +41,34 @@ impl SignalWatch {
     /// Starts turning signals into steps of `shutdown`.
     pub(crate) fn start(shutdown: &Shutdown) -> std::io::Result<SignalWatch> {
         let _ = PANIC_SHUTDOWN.set(shutdown.clone());
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP, SIGCONT])?;
         let handle = signals.handle();
         let first = Arc::new(AtomicI32::new(0));
         let seen = Arc::clone(&first);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             while let Some(signal) = signals.next().await {
+                if signal == SIGTSTP {
+                    suspend(&shutdown).await;
+                    continue;
+                }
+                if signal == SIGCONT {
+                    tracing::info!("continued: thawing the task");
+                    shutdown.resume();
+                    continue;
+                }
                 let name = signal_name(signal);
+                // Nothing is printed here: the terminal may be the thing
+                // that hung up. The run reports the stop through its
+                // observer, whose writes never fail or block this task.
                 if seen
                     .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
                 {
-                    eprintln!(
-                        "orch: {name} received: stopping gracefully; press Ctrl+C again to force"
-                    );
+                    tracing::info!(signal = name, "stopping gracefully");
                     shutdown.stop_because(name);
                 } else {
-                    eprintln!("orch: {name} received again: forcing removal now");
+                    tracing::info!(signal = name, "forcing");
                     shutdown.force();
                 }
             }
@@ -75,6 +87,20 @@ impl Drop for SignalWatch {
         self.handle.close();
     }
 }
+
+/// Ctrl+Z: the task is frozen and its timeout stops counting (as nextest
+/// pauses its timers), then orch stops itself as the terminal asked; `fg`
+/// (SIGCONT) thaws both.
+async fn suspend(shutdown: &Shutdown) {
+    tracing::info!("suspended: freezing the task");
+    shutdown.suspend();
+    // A run that has no container yet does not answer: stop anyway.
+    let _ = tokio::time::timeout(SUSPEND_WAIT, shutdown.suspended()).await;
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+}
+
+/// How long Ctrl+Z waits for the task to be frozen before orch stops.
+const SUSPEND_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn signal_name(signal: i32) -> &'static str {
     match signal {

@@ -14,6 +14,9 @@ use std::process::{Command, ExitCode, Stdio};
 use orch_orchestrator::{Home, Orchestrator, WatchdogLink, WatchdogLog};
 use rustix::pipe::{PipeFlags, pipe_with};
 
+/// How long the watchdog keeps trying to reach the engine and the registry.
+const CONNECT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Starts a watchdog unless `ORCH_NO_WATCHDOG=1`; returns orch's end.
 pub(crate) fn start() -> std::io::Result<Option<WatchdogLink>> {
     if std::env::var("ORCH_NO_WATCHDOG").as_deref() == Ok("1") {
@@ -39,6 +42,20 @@ pub(crate) fn start() -> std::io::Result<Option<WatchdogLink>> {
 /// `orch __watchdog`: waits for the pipe to close; if orch did not say
 /// `exit`, reaps its session. Logs to `$ORCH_HOME/logs/watchdog-<session>.log`.
 pub(crate) fn run() -> ExitCode {
+    // A signal for a whole process group or cgroup (a terminal closing,
+    // `systemctl stop`, `kill -- -PGID`) must not take the watchdog with
+    // orch: it outlives orch by design, and ends by itself.
+    for signal in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGQUIT,
+    ] {
+        // SAFETY: the handler does nothing, so nothing unsafe runs in it.
+        if let Err(e) = unsafe { signal_hook::low_level::register(signal, || {}) } {
+            tracing::warn!(signal, error = %e, "failed to ignore a signal");
+        }
+    }
     let log = WatchdogLog::read(std::io::stdin().lock());
     if log.clean_exit {
         return ExitCode::SUCCESS;
@@ -72,14 +89,29 @@ pub(crate) fn run() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let reaped = runtime.block_on(async {
-        let orch = Orchestrator::connect(home).await?;
-        orch.reap_session(&log).await
+        // The engine may be down for a moment (it may be why orch died):
+        // keep trying, within a bound.
+        let deadline = std::time::Instant::now() + CONNECT_DEADLINE;
+        let mut backoff = std::time::Duration::from_millis(200);
+        let orch = loop {
+            match Orchestrator::connect(home.clone()).await {
+                Ok(orch) => break orch,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot connect yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        Ok::<_, orch_orchestrator::Error>(orch.reap_session(&log).await)
     });
     match reaped {
         Ok(reaped) => {
             for item in &reaped.items {
-                tracing::info!(task = ?item.task_id, containers = item.containers.len(),
-                    workspace_kept = item.keep_workspace, errors = ?item.errors, "reaped task");
+                let done: Vec<String> =
+                    item.steps.iter().map(orch_orchestrator::describe).collect();
+                tracing::info!(task = ?item.task_id(), done = ?done, errors = ?item.errors, "reaped task");
             }
             tracing::info!(stray = ?reaped.stray_containers, clean = reaped.clean, "reaping done");
             if reaped.clean {

@@ -1,7 +1,7 @@
 //! The active set: containers this process has (or may have) created and not
 //! yet removed.
 //!
-//! It has one owner, the [`crate::Orchestrator`], and changes one container
+//! It has one owner, the process's context, and changes one container
 //! at a time: an entry is added before the create call is sent (so a create
 //! that never answers is still covered) and removed only once Docker says the
 //! container is gone. The final sweep of a dying session and the panic path
@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 /// Live containers of this session, by name.
 #[derive(Debug, Clone, Default)]
-pub struct ActiveSet {
+pub(crate) struct ActiveSet {
     inner: Arc<Mutex<BTreeMap<String, Uuid>>>,
 }
 
@@ -36,18 +36,8 @@ impl ActiveSet {
     }
 
     /// Names of the containers still active.
-    pub fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
-    }
-
-    /// Number of active containers.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// True if no container is active.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
     }
 }
 
@@ -64,6 +54,5 @@ mod tests {
         set.remove("a");
         set.remove("zzz");
         assert_eq!(set.names(), vec!["b".to_owned()]);
-        assert_eq!(set.len(), 1);
     }
 }

@@ -2,16 +2,20 @@
 //!
 //! A live task is stopped by its owner: the request goes into the registry,
 //! where the owner's lease loop finds it within a quarter of a second and
-//! stops the task gracefully, then finishes it as usual. If the owner is
-//! gone, the canceller does the owner's work itself.
+//! stops the task gracefully, then tears it down as usual. If the owner is
+//! gone, the canceller builds the same teardown plan the owner would have
+//! (the task's own keep/remove choice included) and carries it out.
 
 use std::time::Duration;
 
-use orch_registry::{Finish, State, WorkspaceState, now_ms};
+use orch_registry::State;
 use uuid::Uuid;
 
-use crate::cleanup::WorkspaceTarget;
-use crate::{Error, Orchestrator};
+use crate::Error;
+use crate::context::Ctx;
+use crate::owner::Owner;
+use crate::reconcile::found_of;
+use crate::teardown::{self, Cause, ExecOptions, TaskFacts};
 
 /// How long to wait for an owner beyond the task's stop grace.
 const OWNER_SLACK: Duration = Duration::from_secs(30);
@@ -26,79 +30,78 @@ pub enum Cancelled {
     Ended(State),
 }
 
-impl Orchestrator {
-    async fn has_containers(&self, id: &Uuid) -> Result<bool, Error> {
-        Ok(self
-            .list_containers(None)
-            .await?
-            .iter()
-            .any(|c| c.task_id == Some(*id)))
+/// Stops a live task gracefully and waits until it has ended and its
+/// resources are dealt with.
+pub(crate) async fn cancel(ctx: &Ctx, id: &Uuid) -> Result<Cancelled, Error> {
+    let id = *id;
+    let Some(row) = ctx.store.call(move |r| r.get(&id)).await? else {
+        return Err(orch_registry::Error::NotFound(id.to_string()).into());
+    };
+    if row.state.is_terminal() {
+        return Ok(Cancelled::AlreadyEnded(row.state));
     }
-
-    /// Stops a live task gracefully and waits until it has ended.
-    pub async fn cancel(&self, id: &Uuid) -> Result<Cancelled, Error> {
-        let id = *id;
-        let Some(row) = self.task(&id).await? else {
-            return Err(orch_registry::Error::NotFound(id.to_string()).into());
-        };
-        if row.state.is_terminal() {
-            return Ok(Cancelled::AlreadyEnded(row.state));
-        }
-        self.db(move |r| r.request_cancel(&id)).await?;
-        let grace = Duration::from_millis(u64::try_from(row.stop_grace_ms).unwrap_or(0));
-        let owner = crate::Owner::from(&row);
-        let deadline = tokio::time::Instant::now() + grace + OWNER_SLACK;
-        while owner.is_alive() && tokio::time::Instant::now() < deadline {
-            if let Some(now) = self.task(&id).await? {
-                // Ended, and its resources dealt with: container gone,
-                // workspace settled.
-                let settled = now.workspace_state != Some(WorkspaceState::Present);
-                if now.state.is_terminal() && settled && !self.has_containers(&id).await? {
-                    return Ok(Cancelled::Ended(now.state));
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // The owner may have finished the task (and kept its workspace)
-        // and exited since the last look: then there is nothing left to do.
-        if let Some(now) = self.task(&id).await? {
-            if now.state.is_terminal() {
+    // Waiting in a daemon's queue: nothing exists yet to stop.
+    let dequeued = ctx
+        .store
+        .call(move |r| r.cancel_queued(&id, "cancelled (orch cancel)", orch_registry::now_ms()))
+        .await?;
+    if dequeued {
+        return Ok(Cancelled::Ended(State::Cancelled));
+    }
+    ctx.store.call(move |r| r.request_cancel(&id)).await?;
+    let facts = TaskFacts::from(&row);
+    let owner = Owner::from(&row);
+    let deadline = tokio::time::Instant::now() + facts.stop_grace + OWNER_SLACK;
+    let has_containers = || async {
+        let mut selector = ctx.selector(None);
+        selector.task = Some(id);
+        ctx.runtime.list(&selector).await.map(|c| !c.is_empty())
+    };
+    while owner.is_alive() && tokio::time::Instant::now() < deadline {
+        if let Some(now) = ctx.store.call(move |r| r.get(&id)).await? {
+            // Ended, and its resources dealt with: container gone,
+            // workspace settled.
+            if now.state.is_terminal() && now.workspace_settled() && !has_containers().await? {
                 return Ok(Cancelled::Ended(now.state));
             }
         }
-        if owner.is_alive() {
-            return Err(Error::DockerTimeout {
-                action: "wait for the owner to cancel",
-                target: format!("task {id}"),
-                after: grace + OWNER_SLACK,
-            });
-        }
-
-        // The owner is gone: stop and remove the container, finish the
-        // record, and treat the workspace as a cancelled task's.
-        for container in self.list_containers(None).await? {
-            if container.task_id == Some(id) {
-                self.stop_and_remove(&container.name, grace).await?;
-            }
-        }
-        let finish = Finish {
-            state: State::Cancelled,
-            exit_code: None,
-            reason: "cancelled (orch cancel; its owner was gone)".into(),
-            at: now_ms(),
-        };
-        let state = match self.db(move |r| r.finish(&id, &finish)).await {
-            Ok(_) => State::Cancelled,
-            Err(Error::Registry(orch_registry::Error::IllegalTransition { from, .. })) => from,
-            Err(e) => return Err(e),
-        };
-        let dirs = self.task_dirs().await?;
-        if let Some(dir) = dirs.iter().find(|d| d.task_id == id.to_string()) {
-            let target = WorkspaceTarget::of(dir, Some(&row.image));
-            self.remove_workspace_target(&target, false).await?;
-            self.db(move |r| r.set_workspace_state(&id, WorkspaceState::Removed))
-                .await?;
-        }
-        Ok(Cancelled::Ended(state))
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The owner may have finished the task (and settled its workspace) and
+    // exited since the last look: then there is nothing left to do.
+    let Some(now) = ctx.store.call(move |r| r.get(&id)).await? else {
+        return Ok(Cancelled::Ended(State::Cancelled));
+    };
+    if now.state.is_terminal() && now.workspace_settled() {
+        return Ok(Cancelled::Ended(now.state));
+    }
+    if owner.is_alive() {
+        return Err(Error::Timeout {
+            action: "wait for the owner to cancel",
+            target: format!("task {id}"),
+            after: facts.stop_grace + OWNER_SLACK,
+        });
+    }
+
+    // The owner is gone: its work, by the same policy.
+    let facts = TaskFacts::from(&now);
+    let mut selector = ctx.selector(None);
+    selector.task = Some(id);
+    let containers = ctx.runtime.list(&selector).await?;
+    let layout = ctx.home.layout();
+    let dirs = crate::workspace::blocking(move || layout.task_dirs()).await?;
+    let found = found_of(&facts, &containers, &dirs, None);
+    let plan = teardown::plan(
+        &facts,
+        Cause::Cancel("orch cancel; its owner was gone".into()),
+        found,
+    );
+    let executed = teardown::execute(ctx, &plan, ExecOptions::default(), &mut |_| {}).await;
+    if let Some(error) = executed.errors.first() {
+        return Err(Error::Teardown {
+            task: id,
+            message: error.clone(),
+        });
+    }
+    Ok(Cancelled::Ended(executed.state.unwrap_or(State::Cancelled)))
 }

@@ -50,11 +50,21 @@ impl User {
                 let mut parts = text.splitn(2, ':');
                 let all_numeric =
                     parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-                if all_numeric {
+                if !all_numeric {
+                    return Err(format!(
+                        "invalid user {text:?}: expected \"host\", \"root\" or UID[:GID]"
+                    ));
+                }
+                // The kernel's ids are 32 bits, and (uid_t)-1 means "none".
+                let in_range = text
+                    .split(':')
+                    .all(|id| id.parse::<u32>().is_ok_and(|id| id < u32::MAX));
+                if in_range {
                     Ok(User::Id(text.to_owned()))
                 } else {
                     Err(format!(
-                        "invalid user {text:?}: expected \"host\", \"root\" or UID[:GID]"
+                        "invalid user {text:?}: ids must be below {}",
+                        u32::MAX
                     ))
                 }
             }
@@ -101,6 +111,11 @@ pub struct Settings {
     pub keep_failed_workspace: bool,
     /// Extra environment.
     pub env: BTreeMap<String, String>,
+    /// At most this many of the project's tasks run at once under a daemon.
+    pub max_parallel: Option<u32>,
+    /// A running task with no progress and no output for this long is
+    /// stuck (an alert); `None`: the daemon's default.
+    pub stuck_after: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -118,6 +133,8 @@ impl Default for Settings {
             workspace: WorkspaceMode::Worktree,
             keep_failed_workspace: true,
             env: BTreeMap::new(),
+            max_parallel: None,
+            stuck_after: None,
         }
     }
 }
@@ -161,6 +178,22 @@ pub struct CleanupThresholds {
     pub stale_age: Option<Duration>,
     /// Age after which any task but a live one is removed.
     pub old_age: Option<Duration>,
+    /// How often a daemon runs the `all` strategy.
+    pub interval: Option<Duration>,
+}
+
+/// The events a webhook can ask for.
+pub const WEBHOOK_EVENTS: [&str; 3] = ["task.finished", "task.stuck", "cleanup.done"];
+
+/// A webhook of the global config (`[[webhooks]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// Where events are POSTed.
+    pub url: String,
+    /// Which events (all of them if the config names none).
+    pub events: Vec<String>,
+    /// Signs each body (`X-Orch-Signature: sha256=<hmac>`), if set.
+    pub secret: Option<String>,
 }
 
 /// The user's global configuration (`$ORCH_CONFIG`).
@@ -170,6 +203,10 @@ pub struct GlobalConfig {
     projects: BTreeMap<String, (PathBuf, FileSettings)>,
     /// `[cleanup]` thresholds.
     pub cleanup: CleanupThresholds,
+    /// `stuck_after`: the default for every project.
+    pub stuck_after: Option<Duration>,
+    /// `[[webhooks]]`.
+    pub webhooks: Vec<Webhook>,
 }
 
 /// One layer of settings as written in a file.
@@ -192,6 +229,8 @@ struct FileSettings {
     workspace: Option<WorkspaceMode>,
     keep_failed_workspace: Option<bool>,
     env: Option<BTreeMap<String, String>>,
+    max_parallel: Option<u32>,
+    stuck_after: Option<DurationValue>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -201,6 +240,18 @@ struct GlobalFile {
     projects: BTreeMap<String, FileSettings>,
     #[serde(default)]
     cleanup: CleanupFile,
+    stuck_after: Option<DurationValue>,
+    #[serde(default)]
+    webhooks: Vec<WebhookFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookFile {
+    url: String,
+    #[serde(default)]
+    events: Vec<String>,
+    secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -210,6 +261,7 @@ struct CleanupFile {
     failed_age: Option<DurationValue>,
     stale_age: Option<DurationValue>,
     old_age: Option<DurationValue>,
+    interval: Option<DurationValue>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -360,6 +412,19 @@ impl FileSettings {
         if let Some(keep) = self.keep_failed_workspace {
             settings.keep_failed_workspace = keep;
         }
+        if let Some(max) = self.max_parallel {
+            if max == 0 {
+                return Err(invalid("max_parallel", "must be at least 1".into()));
+            }
+            settings.max_parallel = Some(max);
+        }
+        if let Some(stuck) = self.stuck_after {
+            let stuck = stuck.parse().map_err(|m| invalid("stuck_after", m))?;
+            if stuck.is_zero() {
+                return Err(invalid("stuck_after", "must be longer than 0s".into()));
+            }
+            settings.stuck_after = Some(stuck);
+        }
         for (key, value) in self.env.unwrap_or_default() {
             if !valid_env_key(&key) {
                 return Err(invalid("env", format!("invalid variable name {key:?}")));
@@ -451,7 +516,43 @@ impl GlobalConfig {
             failed_age: age("failed_age", file.cleanup.failed_age)?,
             stale_age: age("stale_age", file.cleanup.stale_age)?,
             old_age: age("old_age", file.cleanup.old_age)?,
+            interval: age("interval", file.cleanup.interval)?,
         };
+        let stuck_after = file
+            .stuck_after
+            .map(|v| v.parse().map_err(|m| invalid("stuck_after", m)))
+            .transpose()?;
+        let mut webhooks = Vec::new();
+        for (i, hook) in file.webhooks.into_iter().enumerate() {
+            let key = format!("webhooks[{i}]");
+            let url = hook.url.trim().to_owned();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    &format!("{key}.url"),
+                    format!("{url:?} is not an http(s) URL"),
+                ));
+            }
+            for event in &hook.events {
+                if !WEBHOOK_EVENTS.contains(&event.as_str()) {
+                    return Err(invalid(
+                        &format!("{key}.events"),
+                        format!(
+                            "unknown event {event:?}: expected one of {}",
+                            WEBHOOK_EVENTS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            webhooks.push(Webhook {
+                url,
+                events: if hook.events.is_empty() {
+                    WEBHOOK_EVENTS.iter().map(|e| (*e).to_owned()).collect()
+                } else {
+                    hook.events
+                },
+                secret: hook.secret,
+            });
+        }
         let mut projects = BTreeMap::new();
         for (name, mut entry) in file.projects {
             let key = format!("projects.{name}");
@@ -469,6 +570,8 @@ impl GlobalConfig {
             path: Some(path.to_path_buf()),
             projects,
             cleanup,
+            stuck_after,
+            webhooks,
         })
     }
 

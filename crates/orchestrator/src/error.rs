@@ -91,51 +91,33 @@ pub enum Error {
     /// Bad project or settings.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// No Docker engine answers at the configured host.
-    #[error("cannot reach the Docker engine at {host}: {reason}")]
-    DockerUnreachable {
-        /// `DOCKER_HOST` or the default socket.
-        host: String,
-        /// The cause, flattened to one line.
-        reason: String,
-    },
-    /// The image is not present and could not be pulled.
-    #[error(
-        "image {image} is not available locally and could not be pulled ({reason}); \
-         for the offline image orch-agent:dev run `just image`"
-    )]
-    ImageMissing {
-        /// The image reference.
-        image: String,
-        /// Why the pull failed.
-        reason: String,
-    },
+    /// The container runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
     /// Shutdown was requested before the task was created: nothing exists.
     #[error("interrupted before the task started ({reason}); nothing was created")]
     Interrupted {
         /// What stopped it: a signal name, or "shutdown".
         reason: String,
     },
-    /// A Docker call failed.
-    #[error("failed to {action} {target}")]
-    Docker {
-        /// What was being done, e.g. "create container".
-        action: &'static str,
-        /// The container or image concerned.
-        target: String,
-        /// The engine's answer.
-        #[source]
-        source: bollard::errors::Error,
-    },
-    /// A Docker call did not answer in time.
+    /// Something did not finish in time.
     #[error("timed out after {after:?} trying to {action} {target}")]
-    DockerTimeout {
+    Timeout {
         /// What was being done.
         action: &'static str,
-        /// The container concerned.
+        /// What it concerned.
         target: String,
         /// How long we waited.
         after: std::time::Duration,
+    },
+    /// Tearing a task down failed part-way; what is left stays for the
+    /// next cleanup.
+    #[error("failed to tear down task {task}: {message}")]
+    Teardown {
+        /// The task.
+        task: uuid::Uuid,
+        /// What failed, with its cause.
+        message: String,
     },
     /// A file or directory of the orch home could not be used.
     #[error("failed to {action} {}", path.display())]
@@ -156,16 +138,46 @@ pub enum Error {
     Registry(#[from] orch_registry::Error),
 }
 
+/// What kind of failure an [`Error`] is, for whoever maps it to a status
+/// (an exit code, an HTTP status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request, the project or a setting is wrong: orch refuses it.
+    Input,
+    /// No task matches.
+    NotFound,
+    /// Several tasks match an id prefix.
+    Ambiguous,
+    /// The engine (or something else orch needs) is not available now.
+    Unavailable,
+    /// orch itself failed.
+    Internal,
+}
+
 impl Error {
-    pub(crate) fn docker(
-        action: &'static str,
-        target: impl Into<String>,
-        source: bollard::errors::Error,
-    ) -> Self {
-        Error::Docker {
-            action,
-            target: target.into(),
-            source,
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        use crate::runtime::RuntimeError as R;
+        match self {
+            Error::Config(_) => ErrorKind::Input,
+            Error::Runtime(R::Refused { status, .. }) if status.is_none_or(|s| s < 500) => {
+                ErrorKind::Input
+            }
+            Error::Runtime(R::ImageMissing { .. } | R::NotInvoked { .. }) => ErrorKind::Input,
+            Error::Runtime(_) | Error::Interrupted { .. } | Error::Timeout { .. } => {
+                ErrorKind::Unavailable
+            }
+            Error::Workspace(
+                orch_workspace::Error::NotARepository { .. }
+                | orch_workspace::Error::Git { .. }
+                | orch_workspace::Error::InvalidProjectName { .. }
+                | orch_workspace::Error::InvalidTaskId { .. },
+            ) => ErrorKind::Input,
+            Error::Registry(orch_registry::Error::NotFound(_)) => ErrorKind::NotFound,
+            Error::Registry(orch_registry::Error::Ambiguous { .. }) => ErrorKind::Ambiguous,
+            Error::Registry(orch_registry::Error::InvalidId(_)) => ErrorKind::Input,
+            _ => ErrorKind::Internal,
         }
     }
 

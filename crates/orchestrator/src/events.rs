@@ -26,12 +26,13 @@ pub enum Stream {
 }
 
 /// Why orch is stopping a task that has not ended by itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
     /// Its timeout passed.
     Timeout,
-    /// Shutdown was requested (a signal, or a cancel).
-    Shutdown,
+    /// A stop was requested: by a signal (`SIGINT`), `orch cancel`, a
+    /// daemon's shutdown.
+    Requested(String),
 }
 
 /// One thing that happened to a task.
@@ -104,12 +105,18 @@ impl Observer for Discard {
 
 type Item = (Event, Option<OwnedSemaphorePermit>);
 
+/// A handler that takes events where they happen; it must never block.
+pub(crate) type Direct = Arc<dyn Fn(Event) + Send + Sync>;
+
 /// The sending half: cheap to clone, never blocks the caller except for
 /// output beyond the in-flight bound.
 #[derive(Clone)]
 pub(crate) struct EventSink {
     tx: mpsc::UnboundedSender<Item>,
     budget: Arc<Semaphore>,
+    /// Instead of the channel: a handler called in place (the daemon's,
+    /// which forwards and counts and never blocks).
+    direct: Option<Direct>,
 }
 
 /// The observer's thread, to be joined when the task is over.
@@ -137,6 +144,7 @@ impl EventSink {
         let sink = EventSink {
             tx,
             budget: Arc::new(Semaphore::new(OUTPUT_IN_FLIGHT)),
+            direct: None,
         };
         (sink, ObserverThread { done })
     }
@@ -147,16 +155,36 @@ impl EventSink {
         EventSink {
             tx,
             budget: Arc::new(Semaphore::new(OUTPUT_IN_FLIGHT)),
+            direct: None,
+        }
+    }
+
+    /// A sink that hands every event to `handler` where it happens: no
+    /// thread, no queue. The handler must not block.
+    pub(crate) fn direct(handler: Direct) -> EventSink {
+        let (tx, _) = mpsc::unbounded_channel();
+        EventSink {
+            tx,
+            budget: Arc::new(Semaphore::new(OUTPUT_IN_FLIGHT)),
+            direct: Some(handler),
         }
     }
 
     /// Sends a control event; never waits.
     pub(crate) fn send(&self, event: Event) {
+        if let Some(handler) = &self.direct {
+            handler(event);
+            return;
+        }
         let _ = self.tx.send((event, None));
     }
 
     /// Sends output, waiting while too much is already queued.
     pub(crate) async fn output(&self, stream: Stream, data: Bytes) {
+        if let Some(handler) = &self.direct {
+            handler(Event::Output { stream, data });
+            return;
+        }
         let cost = data.len().clamp(1, OUTPUT_IN_FLIGHT) as u32;
         let permit = Arc::clone(&self.budget).acquire_many_owned(cost).await.ok();
         let _ = self.tx.send((Event::Output { stream, data }, permit));

@@ -1,16 +1,22 @@
 //! Failure injection for tests: `ORCH_FAIL_POINT=<point>:<action>` makes this
 //! process fail at a named point, the way a bug or a kill would.
 //!
-//! Points: `after-create` (container created, not started), `after-start`.
+//! Points: `after-workspace` (record and workspace made, no container),
+//! `after-create` (container created, not started), `after-start`.
 //! Actions: `panic`, `abort`, `sigkill` (of this very process), `pause` (sleep
 //! 30 s, so a test can kill the process at that exact point).
-//! Unset, it costs one environment lookup per process.
+//! Unset, it costs one environment lookup per process. Only debug builds
+//! (what `cargo test` builds) have fail points: a release binary ignores
+//! `ORCH_FAIL_POINT`.
 
+#[cfg(debug_assertions)]
 use std::sync::OnceLock;
 
+#[cfg(debug_assertions)]
 static POINT: OnceLock<Option<(String, String)>> = OnceLock::new();
 
 /// Fails here if `ORCH_FAIL_POINT` names this point.
+#[cfg(debug_assertions)]
 pub(crate) fn hit(point: &str) {
     let configured = POINT.get_or_init(|| {
         let spec = std::env::var("ORCH_FAIL_POINT").ok()?;
@@ -36,3 +42,7 @@ pub(crate) fn hit(point: &str) {
         other => tracing::warn!(point, action = other, "unknown fail point action"),
     }
 }
+
+/// Release builds have no fail points.
+#[cfg(not(debug_assertions))]
+pub(crate) fn hit(_point: &str) {}

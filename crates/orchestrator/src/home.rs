@@ -1,10 +1,15 @@
 //! The orch home (`$ORCH_HOME`): one instance, with its own random id.
 //!
-//! The instance id goes into the `orch.instance` label of every object orch
-//! creates, and orch only ever touches objects carrying its own: two homes on
-//! one host (two users, two parallel test runs) never reap each other.
+//! The instance id goes into the ownership of every object orch creates,
+//! and orch only ever touches objects carrying its own: two homes on one
+//! host (two users, two parallel test runs) never reap each other.
+//!
+//! The home is private: task logs hold task output, which may hold secrets.
+//! It is 0700 and every file orch makes in it 0600, whatever the umask; a
+//! looser existing home is tightened when opened.
 
 use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use orch_workspace::Layout;
@@ -18,6 +23,7 @@ const INSTANCE_FILE: &str = "instance-id";
 pub struct Home {
     path: PathBuf,
     instance_id: String,
+    tightened: Option<String>,
 }
 
 impl Home {
@@ -40,12 +46,13 @@ impl Home {
     /// file and linked into place, and whoever loses the race reads the
     /// winner's.
     pub fn open(path: impl Into<PathBuf>) -> Result<Home, Error> {
-        // Absolute: the paths under it go to git and Docker, which run
+        // Absolute: the paths under it go to git and the engine, which run
         // elsewhere.
         let given = path.into();
         let path = std::path::absolute(&given).map_err(|e| Error::io("resolve", &given, e))?;
-        for dir in [path.clone(), path.join("logs"), path.join("workspaces")] {
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        let tightened = make_private_dir(&path)?;
+        for dir in [path.join("logs"), path.join("workspaces")] {
+            make_private_dir(&dir)?;
         }
         let file = path.join(INSTANCE_FILE);
         let instance_id = match read_id(&file)? {
@@ -53,7 +60,11 @@ impl Home {
             None => {
                 let fresh = uuid::Uuid::new_v4().simple().to_string();
                 let tmp = path.join(format!(".{INSTANCE_FILE}.{fresh}"));
-                let written = std::fs::File::create(&tmp)
+                let written = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)
                     .and_then(|mut f| f.write_all(fresh.as_bytes()).and_then(|()| f.sync_all()));
                 written.map_err(|e| Error::io("write", &tmp, e))?;
                 let linked = std::fs::hard_link(&tmp, &file);
@@ -66,7 +77,26 @@ impl Home {
                 }
             }
         };
-        Ok(Home { path, instance_id })
+        if tightened.is_some() {
+            // What an older orch made under a looser umask.
+            let db = path.join("orch.db");
+            for file in [
+                file.clone(),
+                db.clone(),
+                PathBuf::from(format!("{}-wal", db.display())),
+                PathBuf::from(format!("{}-shm", db.display())),
+                path.join("api-token"),
+            ] {
+                tighten(&file, 0o600);
+            }
+            tighten(&path.join("logs"), 0o700);
+            tighten(&path.join("workspaces"), 0o700);
+        }
+        Ok(Home {
+            path,
+            instance_id,
+            tightened,
+        })
     }
 
     /// Opens an existing home without creating anything; `None` if there is
@@ -74,7 +104,16 @@ impl Home {
     pub fn open_existing(path: impl Into<PathBuf>) -> Result<Option<Home>, Error> {
         let given = path.into();
         let path = std::path::absolute(&given).map_err(|e| Error::io("resolve", &given, e))?;
-        Ok(read_id(&path.join(INSTANCE_FILE))?.map(|instance_id| Home { path, instance_id }))
+        if read_id(&path.join(INSTANCE_FILE))?.is_none() {
+            return Ok(None);
+        }
+        Home::open(path).map(Some)
+    }
+
+    /// If the home was readable by others and has just been made private:
+    /// a note saying so, to show the user once.
+    pub fn tightened(&self) -> Option<&str> {
+        self.tightened.as_deref()
     }
 
     /// The home directory.
@@ -101,6 +140,49 @@ impl Home {
     pub fn log_path(&self, task_id: &uuid::Uuid) -> PathBuf {
         self.path.join("logs").join(format!("{task_id}.log"))
     }
+}
+
+/// Creates `dir` (and its parents) 0700 if missing; if it exists with
+/// access for others, makes it 0700 and says so.
+fn make_private_dir(dir: &Path) -> Result<Option<String>, Error> {
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) => return Err(Error::io("create", dir, e)),
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| Error::io("inspect", dir, e))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io("make private", dir, e))?;
+    Ok(Some(format!(
+        "{} was readable by other users (mode {mode:o}); made it private (700)",
+        dir.display()
+    )))
+}
+
+/// Makes an existing file or directory no looser than `mode`.
+fn tighten(path: &Path, mode: u32) {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_symlink() && meta.permissions().mode() & 0o077 != 0 {
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+        }
+    }
+}
+
+/// Opens `path` for appending, creating it 0600 whatever the umask.
+pub(crate) async fn open_private_append(path: &Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .await
 }
 
 fn read_id(file: &Path) -> Result<Option<String>, Error> {
@@ -153,5 +235,33 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+    }
+
+    #[test]
+    fn the_home_is_private_and_a_loose_one_is_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+        let home = Home::open(tmp.path().join("h")).unwrap();
+        rustix::process::umask(old);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(home.path()), 0o700);
+        assert_eq!(mode(&home.path().join("logs")), 0o700);
+        assert_eq!(mode(&home.path().join(INSTANCE_FILE)), 0o600);
+        assert!(home.tightened().is_none());
+
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            home.path().join(INSTANCE_FILE),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let reopened = Home::open(home.path()).unwrap();
+        assert!(reopened.tightened().unwrap().contains("made it private"));
+        assert_eq!(mode(home.path()), 0o700);
+        assert_eq!(mode(&home.path().join(INSTANCE_FILE)), 0o600);
+        assert!(
+            Home::open(home.path()).unwrap().tightened().is_none(),
+            "once"
+        );
     }
 }

@@ -1,40 +1,39 @@
-//! Running one task in a throwaway container, from its id to its removal.
+//! Running one task in a throwaway container, from its id to its teardown.
 //!
-//! The shape of a run: check the inputs (image, repository, ref), write the
-//! record, take the workspace lock and create the worktree, arm the guard,
-//! create, attach, start, then wait for whichever comes first of the
-//! container's exit, the task's deadline and the shutdown trigger. Whatever
-//! happened, the run ends in the same place: output drained into the log,
-//! the record finished, the container removed on a deadline of its own, the
-//! workspace kept or removed by policy. Only if that place is never reached
-//! (the future was dropped, or a panic unwound through it) does the guard act
-//! instead, and the record is left live for reconciliation to find.
+//! The shape of a run: check the inputs (image reference and presence,
+//! network, repository and ref), write the record, take the workspace lock
+//! and create the workspace, arm the guard, create, attach, start, then
+//! wait for whichever comes first of the container's exit, the task's
+//! deadline and the shutdown trigger. However that ends, the run drains the
+//! output into the log and hands the one teardown policy its ending; the
+//! one executor ends the record, removes the container and keeps or removes
+//! the workspace. Only if that is never reached (the future was dropped,
+//! or a panic unwound through it) does the guard act instead, and the
+//! record is left live for the watchdog or reconciliation to end.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use bollard::query_parameters::AttachContainerOptionsBuilder;
-use orch_registry::{Finish, State, TaskRecord, WorkspaceState, now_ms};
-use orch_workspace::{Repo, Workspace};
+use orch_registry::{State, TaskRecord, WorkspaceState, now_ms};
+use orch_workspace::Repo;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{Project, WorkspaceMode};
-use crate::container::{deadline, not_invoked_code, wait_exit};
-use crate::events::{Event, EventSink, Observer, StopReason};
+use crate::context::Ctx;
+use crate::events::{Event, EventSink, StopReason};
 use crate::guard::ContainerGuard;
 use crate::output::{finish_pump, spawn_pump};
-use crate::remove::{Gone, remove_container};
-use crate::watchdog::Registered;
-use crate::workspace::{HeldWorkspace, WorkspaceFate, keeps_workspace};
-use crate::{Error, Orchestrator, Shutdown, docker, failpoint, labels, lease};
+use crate::runtime::{ContainerSpec, ContainerState, Gone, Mount, Ownership, RuntimeError};
+use crate::teardown::{
+    self, Cause, Ending, ExecOptions, Found, RepoFacts, Step, TaskFacts, WorkspaceFacts,
+    WorkspacePolicy, WorkspaceTarget,
+};
+use crate::workspace::{self, HeldWorkspace, WorkspaceFate};
+use crate::{ConfigError, Error, Shutdown, failpoint, leases, session};
 
 /// How long output may keep arriving after the container ended.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-/// How long the observer may take to show what is queued at the end.
-const OBSERVER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A task to run: a project and a description.
 #[derive(Debug, Clone)]
@@ -68,17 +67,6 @@ pub enum Status {
     Cancelled,
 }
 
-impl Status {
-    fn state(self) -> State {
-        match self {
-            Status::Succeeded => State::Succeeded,
-            Status::Failed => State::Failed,
-            Status::TimedOut => State::TimedOut,
-            Status::Cancelled => State::Cancelled,
-        }
-    }
-}
-
 /// The result of a run, once its container is gone.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -98,11 +86,14 @@ pub struct Outcome {
 }
 
 /// The checked inputs of a run, ready to create things from.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PreparedTask {
-    request: TaskRequest,
-    task_id: Uuid,
-    repo: Option<Repo>,
+    pub(crate) request: TaskRequest,
+    pub(crate) task_id: Uuid,
+    pub(crate) repo: Option<(Repo, String)>,
+    /// Its record exists already, queued and claimed by this process: the
+    /// run fills it in rather than writing it.
+    pub(crate) claimed: bool,
 }
 
 impl PreparedTask {
@@ -110,98 +101,164 @@ impl PreparedTask {
     pub fn task_id(&self) -> Uuid {
         self.task_id
     }
+
+    /// The request it was prepared from.
+    pub fn request(&self) -> &TaskRequest {
+        &self.request
+    }
 }
 
-/// How supervision ended, before cleanup.
-enum Ending {
-    Exited(i64),
-    TimedOut,
-    Cancelled,
+/// Checks everything a run needs before anything is created: the image
+/// (its reference, then present or pulled), the network, the repository
+/// and ref of a workspace. Bad input fails here, leaving no trace.
+pub(crate) async fn prepare(
+    ctx: &Ctx,
+    request: TaskRequest,
+    sink: &EventSink,
+) -> Result<PreparedTask, Error> {
+    let settings = &request.project.settings;
+    // A malformed reference fails before any pull.
+    crate::runtime::validate_reference(&settings.image).map_err(|message| ConfigError::Flag {
+        flag: "image".into(),
+        message,
+    })?;
+    let task_id = request.task_id.unwrap_or_else(session::new_task_id);
+    let progress = {
+        let sink = sink.clone();
+        move |line: String| sink.send(Event::Notice(line))
+    };
+    ctx.runtime.ensure_image(&settings.image, &progress).await?;
+    let repo = check(ctx, &request, task_id).await?;
+    Ok(PreparedTask {
+        request,
+        task_id,
+        repo,
+        claimed: false,
+    })
 }
 
-impl Orchestrator {
-    /// Checks everything a run needs before anything is created: the image
-    /// (pulled if missing), the repository and ref of a worktree workspace.
-    /// Bad input fails here, leaving no trace.
-    pub async fn prepare(&self, request: TaskRequest) -> Result<PreparedTask, Error> {
-        self.prepare_with(request, &EventSink::discard()).await
-    }
-
-    async fn prepare_with(
-        &self,
-        request: TaskRequest,
-        sink: &EventSink,
-    ) -> Result<PreparedTask, Error> {
-        self.ensure_image(&request.project.settings.image, sink)
-            .await?;
-        let repo = match request.project.settings.workspace {
-            WorkspaceMode::Worktree => Some(
-                self.find_repo(&request.project.path, request.git_ref.as_deref())
-                    .await?,
-            ),
-            WorkspaceMode::None => None,
-        };
-        Ok(PreparedTask {
-            task_id: request.task_id.unwrap_or_else(new_task_id),
-            request,
-            repo,
-        })
-    }
-
-    /// Prepares and runs one task to its end, and removes its container,
-    /// whichever way it ends. `shutdown` stops it from outside; `observer`
-    /// is shown its id, output, progress and cleanup as they happen.
-    pub async fn run_task(
-        &self,
-        request: TaskRequest,
-        shutdown: Shutdown,
-        observer: Box<dyn Observer>,
-    ) -> Result<Outcome, Error> {
-        let (sink, observer_thread) = EventSink::spawn(observer);
-        // A pull can take long: Ctrl+C stops it, before anything exists.
-        let prepared = tokio::select! {
-            prepared = self.prepare_with(request, &sink) => prepared,
-            () = shutdown.stopping() => Err(interrupted(&shutdown)),
-        };
-        let result = match prepared {
-            Ok(prepared) => self.run_with_sink(prepared, shutdown, sink).await,
-            Err(e) => {
-                // The observer thread ends once every sink is gone.
-                drop(sink);
-                Err(e)
-            }
-        };
-        if !observer_thread.join(OBSERVER_DEADLINE).await {
-            tracing::warn!("the observer did not finish showing the task's output in time");
+/// Everything about a request that can be checked without pulling an
+/// image: the image reference, what the runtime can do, the network, the
+/// repository and ref of a workspace (and the commit its branch starts
+/// from). What a daemon checks before queueing a task.
+pub(crate) async fn check(
+    ctx: &Ctx,
+    request: &TaskRequest,
+    task_id: Uuid,
+) -> Result<Option<(Repo, String)>, Error> {
+    let settings = &request.project.settings;
+    crate::runtime::validate_reference(&settings.image).map_err(|message| ConfigError::Flag {
+        flag: "image".into(),
+        message,
+    })?;
+    let wants_workspace = settings.workspace == WorkspaceMode::Worktree;
+    if wants_workspace && !ctx.runtime.capabilities().host_mounts {
+        return Err(ConfigError::Flag {
+            flag: "workspace".into(),
+            message: "this runtime cannot mount host directories: set workspace = \"none\"".into(),
         }
-        result
+        .into());
     }
+    ctx.runtime
+        .preflight(&spec(ctx, request, task_id, None))
+        .await?;
+    if !wants_workspace {
+        return Ok(None);
+    }
+    workspace::find_repo(
+        ctx.home.layout(),
+        request.project.path.clone(),
+        request.git_ref.clone(),
+    )
+    .await
+    .map(Some)
+}
 
-    async fn run_with_sink(
-        &self,
-        prepared: PreparedTask,
-        shutdown: Shutdown,
-        sink: EventSink,
-    ) -> Result<Outcome, Error> {
-        let mut run = TaskRun {
-            orch: self,
-            name: labels::container_name(&prepared.task_id),
-            prepared,
-            // The task's own shutdown: stopped by the caller's, or alone by a
-            // cancel request.
-            shutdown: shutdown.child(),
-            sink,
-            guard: None,
-            pump: None,
-            held: None,
-        };
-        run.run().await
+/// The container's spec: image, command, user, limits, mounts, ownership.
+fn spec(
+    ctx: &Ctx,
+    request: &TaskRequest,
+    task_id: Uuid,
+    workspace: Option<&orch_workspace::Workspace>,
+) -> ContainerSpec {
+    let settings = &request.project.settings;
+    let reserved = ["ORCH_TASK_ID", "ORCH_TASK_DESC", "ORCH_WORKSPACE"];
+    let mut env: Vec<(String, String)> = settings
+        .env
+        .iter()
+        .filter(|(k, _)| !reserved.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.push(("ORCH_TASK_ID".into(), task_id.to_string()));
+    env.push(("ORCH_TASK_DESC".into(), request.desc.clone()));
+    env.push((
+        "ORCH_WORKSPACE".into(),
+        workspace
+            .map(|w| w.path.display().to_string())
+            .unwrap_or_default(),
+    ));
+    let mounts = workspace.map_or_else(Vec::new, |w| {
+        w.mounts()
+            .into_iter()
+            .map(|m| Mount {
+                source: m.source,
+                target: m.target,
+                read_only: m.read_only,
+            })
+            .collect()
+    });
+    ContainerSpec {
+        image: settings.image.clone(),
+        command: settings
+            .command
+            .iter()
+            .map(|arg| arg.replace("{desc}", &request.desc))
+            .collect(),
+        entrypoint: settings.entrypoint.clone(),
+        user: settings.user.docker_user(),
+        env,
+        workdir: workspace.map(|w| w.workdir.clone()),
+        mounts,
+        network: settings.network.clone(),
+        memory: settings.memory,
+        cpus: settings.cpus,
+        stop_grace: settings.stop_grace,
+        ownership: Ownership {
+            instance: ctx.home.instance_id().to_owned(),
+            session: ctx.session.id,
+            task: task_id,
+            project: request.project.name.clone(),
+            owner: ctx.session.owner.clone(),
+        },
     }
 }
 
-/// One run in progress, and everything it must clean up.
+/// Runs a prepared task to its end and tears it down.
+pub(crate) async fn run(
+    ctx: &Ctx,
+    prepared: PreparedTask,
+    shutdown: Shutdown,
+    sink: EventSink,
+) -> Result<Outcome, Error> {
+    let mut run = TaskRun {
+        ctx,
+        name: session::container_name(&prepared.task_id),
+        prepared,
+        // The task's own shutdown: stopped by the caller's, or alone by a
+        // cancel request.
+        shutdown: shutdown.child(),
+        sink,
+        guard: None,
+        pump: None,
+        held: None,
+        started: false,
+    };
+    run.run().await
+}
+
+/// One run in progress, and everything its teardown needs.
 struct TaskRun<'a> {
-    orch: &'a Orchestrator,
+    ctx: &'a Ctx,
     prepared: PreparedTask,
     name: String,
     shutdown: Shutdown,
@@ -209,36 +266,36 @@ struct TaskRun<'a> {
     guard: Option<ContainerGuard>,
     pump: Option<JoinHandle<()>>,
     held: Option<HeldWorkspace>,
+    started: bool,
 }
 
 impl TaskRun<'_> {
     async fn run(&mut self) -> Result<Outcome, Error> {
+        let ctx = self.ctx;
         let task_id = self.prepared.task_id;
-        if self.shutdown.is_stopping() {
+        // Nothing exists yet, unless a daemon claimed the record: then the
+        // teardown below ends it.
+        if self.shutdown.is_stopping() && !self.prepared.claimed {
             return Err(interrupted(&self.shutdown));
+        }
+        // Record first: the row exists before any resource does; the id is
+        // shown only once it does.
+        let record = self.record();
+        if self.prepared.claimed {
+            ctx.store.call(move |r| r.update_planned(&record)).await?;
+        } else {
+            ctx.store.call(move |r| r.insert(&record)).await?;
         }
         self.sink.send(Event::Planned {
             task_id,
             container: self.name.clone(),
         });
-        // Record first: the row exists before any resource does.
-        let record = self.record();
-        self.orch.db(move |r| r.insert(&record)).await?;
 
         let (progress_tx, progress_rx) = watch::channel(None);
-        let lease_done = CancellationToken::new();
-        let lease = lease::spawn(
-            self.orch.registry.clone(),
-            task_id,
-            self.shutdown.clone(),
-            progress_rx,
-            lease_done.clone(),
-        );
-
+        ctx.leases.add(task_id, self.shutdown.clone(), progress_rx);
         let ending = self.supervise(progress_tx).await;
         let result = self.finish(ending).await;
-        lease_done.cancel();
-        let _ = lease.await;
+        ctx.leases.remove(&task_id).await;
         result
     }
 
@@ -246,16 +303,9 @@ impl TaskRun<'_> {
     fn record(&self) -> TaskRecord {
         let request = &self.prepared.request;
         let settings = &request.project.settings;
-        let session = &self.orch.session;
-        let planned = self.prepared.repo.as_ref().and_then(|repo| {
-            Workspace::planned(
-                &self.orch.home.layout(),
-                repo,
-                &request.project.name,
-                &self.prepared.task_id.to_string(),
-            )
-            .ok()
-        });
+        let session = &self.ctx.session;
+        let planned = self.planned_workspace();
+        let repo = self.prepared.repo.as_ref();
         TaskRecord {
             id: self.prepared.task_id,
             project: request.project.name.clone(),
@@ -270,11 +320,7 @@ impl TaskRun<'_> {
             image: settings.image.clone(),
             workspace: planned.as_ref().map(|w| w.path.display().to_string()),
             branch: planned.as_ref().map(|w| w.branch.clone()),
-            repo: self
-                .prepared
-                .repo
-                .as_ref()
-                .map(|r| r.top.display().to_string()),
+            repo: repo.map(|(r, _)| r.top.display().to_string()),
             workspace_state: None,
             keep_failed_workspace: settings.keep_failed_workspace,
             stop_grace_ms: i64::try_from(settings.stop_grace.as_millis()).unwrap_or(i64::MAX),
@@ -282,12 +328,62 @@ impl TaskRun<'_> {
             owner_pid: i64::from(session.owner.pid),
             owner_start: i64::try_from(session.owner.start).unwrap_or(i64::MAX),
             owner_boot: session.owner.boot.clone(),
-            lease_until: Some(lease::lease_until()),
+            lease_until: Some(leases::lease_until()),
             progress: None,
             progress_message: None,
             progress_at: None,
             cancel_requested: false,
             detached: request.detached,
+            keep_workspace: request.keep_workspace,
+            base: repo.map(|(_, base)| base.clone()),
+            git_dir: repo.map(|(r, _)| r.common_dir.display().to_string()),
+            spec: None,
+            priority: 0,
+            max_parallel: settings.max_parallel.map(i64::from),
+        }
+    }
+
+    fn planned_workspace(&self) -> Option<orch_workspace::Workspace> {
+        let (repo, base) = self.prepared.repo.as_ref()?;
+        orch_workspace::Workspace::planned(
+            &self.ctx.home.layout(),
+            repo,
+            &self.prepared.request.project.name,
+            &self.prepared.task_id.to_string(),
+            base,
+        )
+        .ok()
+    }
+
+    /// What the teardown policy needs to know of this task.
+    fn facts(&self) -> TaskFacts {
+        let request = &self.prepared.request;
+        let settings = &request.project.settings;
+        let workspace = self.planned_workspace().map(|w| WorkspaceFacts {
+            path: w.path.clone(),
+            repo: self.prepared.repo.as_ref().map(|(repo, base)| RepoFacts {
+                top: repo.top.clone(),
+                git_dir: repo.common_dir.clone(),
+                base: base.clone(),
+            }),
+        });
+        TaskFacts {
+            id: self.prepared.task_id,
+            project: request.project.name.clone(),
+            state: Some(if self.started {
+                State::Running
+            } else {
+                State::Creating
+            }),
+            started: self.started,
+            image: settings.image.clone(),
+            stop_grace: settings.stop_grace,
+            policy: WorkspacePolicy {
+                keep_workspace: request.keep_workspace,
+                keep_failed_workspace: settings.keep_failed_workspace,
+            },
+            workspace,
+            workspace_settled: false,
         }
     }
 
@@ -295,149 +391,187 @@ impl TaskRun<'_> {
     /// end.
     async fn supervise(
         &mut self,
-        progress: watch::Sender<crate::output::Progress>,
+        progress: watch::Sender<leases::Progress>,
     ) -> Result<Ending, Error> {
-        let orch = self.orch;
+        let ctx = self.ctx;
         let task_id = self.prepared.task_id;
-        let request = &self.prepared.request;
-        let settings = &request.project.settings;
+        let settings = self.prepared.request.project.settings.clone();
         if self.shutdown.is_stopping() {
-            return Ok(Ending::Cancelled);
+            return Ok(Ending::Cancelled(stopped_by(&self.shutdown)));
         }
-        if let Some(repo) = &self.prepared.repo {
-            let held = orch
-                .create_workspace(
-                    repo,
-                    &request.project.name,
-                    &task_id,
-                    request.git_ref.as_deref(),
-                )
-                .await?;
+        if let Some((repo, base)) = &self.prepared.repo {
+            let held = workspace::create(
+                ctx,
+                repo,
+                &self.prepared.request.project.name,
+                &task_id,
+                base,
+            )
+            .await?;
             self.held = Some(held);
-            orch.db(move |r| r.set_workspace_state(&task_id, WorkspaceState::Present))
+            ctx.store
+                .call(move |r| r.set_workspace_state(&task_id, WorkspaceState::Present))
                 .await?;
         }
+        failpoint::hit("after-workspace");
 
         // From here on a container may exist: the guard is armed before the
-        // create call is sent.
-        let workspace = self.held.as_ref().map(|h| &h.workspace);
-        let body = orch.container_body(request, task_id, workspace);
-        // The watchdog hears of the task before its container can exist.
-        orch.watchdog_task(
-            &task_id,
-            &Registered {
-                keep_failed_workspace: settings.keep_failed_workspace,
-                stop_grace: settings.stop_grace,
-                container: self.name.clone(),
-                workspace: workspace.map(|w| w.path.clone()),
-            },
+        // create call is sent, and the watchdog hears of the task first.
+        let spec = spec(
+            ctx,
+            &self.prepared.request,
+            task_id,
+            self.held.as_ref().map(|h| &h.workspace),
         );
-        self.guard = Some(ContainerGuard::arm(&orch.active, &self.name, task_id));
-        match orch.create_container(&self.name, body.clone()).await {
-            Err(Error::Docker { source, .. }) if docker::status(&source) == Some(409) => {
+        crate::watchdog::register(ctx, &self.facts(), &self.name);
+        self.guard = Some(ContainerGuard::arm(
+            &ctx.active,
+            &ctx.runtime,
+            &ctx.tracker,
+            &self.name,
+            task_id,
+        ));
+        match ctx.runtime.create(&self.name, &spec).await {
+            Err(e) if e.is_conflict() => {
                 // Another task started in the same millisecond (on this
                 // engine, maybe in another instance) took the short name.
                 self.name = format!("orch-{}", task_id.simple());
                 if let Some(guard) = &mut self.guard {
                     guard.rename(&self.name);
                 }
-                orch.create_container(&self.name, body).await?;
+                ctx.runtime.create(&self.name, &spec).await?;
                 let name = self.name.clone();
-                orch.db(move |r| r.set_container(&task_id, &name)).await?;
+                ctx.store
+                    .call(move |r| r.set_container(&task_id, &name))
+                    .await?;
             }
             other => other?,
         }
         failpoint::hit("after-create");
 
-        let attach = AttachContainerOptionsBuilder::default()
-            .stdout(true)
-            .stderr(true)
-            .stream(true)
-            .build();
-        let attached = deadline(
-            "attach to container",
-            &self.name,
-            orch.docker.attach_container(&self.name, Some(attach)),
-        )
-        .await?;
-        let log_path = orch.home.log_path(&task_id);
-        // Appended to: a detached supervisor's own messages go there too.
-        let opened = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .await;
-        let log = match opened {
+        let attached = ctx.runtime.attach(&self.name).await?;
+        let log_path = ctx.home.log_path(&task_id);
+        let log = match crate::home::open_private_append(&log_path).await {
             Ok(file) => Some(file),
             Err(e) => {
                 tracing::warn!(path = %log_path.display(), error = %e, "cannot write the task's log");
+                self.sink.send(Event::Notice(format!(
+                    "cannot write the task's log {}: {e}",
+                    log_path.display()
+                )));
                 None
             }
         };
         self.pump = Some(spawn_pump(
-            attached.output,
+            &ctx.tracker,
+            attached,
             self.sink.clone(),
             log,
             progress,
         ));
 
         if self.shutdown.is_stopping() {
-            return Ok(Ending::Cancelled);
+            return Ok(Ending::Cancelled(stopped_by(&self.shutdown)));
         }
-        if let Err(e) = deadline(
-            "start container",
-            &self.name,
-            orch.docker.start_container(&self.name, None),
-        )
-        .await
-        {
-            if let Error::Docker { source, .. } = &e {
-                if let Some(code) = not_invoked_code(source) {
-                    self.sink.send(Event::Notice(docker::one_line(source)));
-                    return Ok(Ending::Exited(code));
-                }
-            }
-            return Err(e);
-        }
-        orch.db(move |r| r.mark_running(&task_id, now_ms(), lease::lease_until()))
+        // Recorded running before the start call: if orch dies around it,
+        // whoever finds the task assumes it may have run (and keeps what
+        // the policy keeps) rather than that it never did.
+        ctx.store
+            .call(move |r| r.mark_running(&task_id, now_ms(), leases::lease_until()))
             .await?;
+        match ctx.runtime.start(&self.name).await {
+            Ok(()) => {}
+            Err(RuntimeError::NotInvoked { code, message }) => {
+                self.sink.send(Event::Notice(message));
+                return Ok(Ending::Exited(code));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.started = true;
         failpoint::hit("after-start");
         self.sink.send(Event::Started);
 
-        let timeout = async {
-            match settings.timeout {
-                Some(timeout) => tokio::time::sleep(timeout).await,
-                None => std::future::pending().await,
+        let (name, shutdown, sink) = (&self.name, &self.shutdown, &self.sink);
+        let stop = |reason: StopReason| async move {
+            sink.send(Event::Stopping {
+                reason,
+                grace: settings.stop_grace,
+            });
+            tokio::select! {
+                stopped = ctx.runtime.stop(name, settings.stop_grace) => {
+                    if let Err(e) = stopped {
+                        tracing::warn!(container = %name, error = %e, "graceful stop failed; removing it");
+                    }
+                }
+                () = shutdown.forced() => sink.send(Event::Forcing),
             }
         };
-        let (name, shutdown, sink) = (&self.name, &self.shutdown, &self.sink);
-        tokio::select! {
-            biased;
-            () = shutdown.forced() => {
-                sink.send(Event::Forcing);
-                Ok(Ending::Cancelled)
+        // The timeout counts only while the task may run: a suspended
+        // owner (Ctrl+Z) freezes the task, and its clock with it.
+        let mut left = settings.timeout;
+        let mut suspension = shutdown.suspension();
+        let mut frozen = false;
+        let wait = ctx.runtime.wait(name);
+        tokio::pin!(wait);
+        loop {
+            let counting_since = tokio::time::Instant::now();
+            let deadline = async {
+                match left {
+                    Some(left) if !frozen => tokio::time::sleep(left).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.forced() => {
+                    sink.send(Event::Forcing);
+                    return Ok(Ending::Cancelled(stopped_by(shutdown)));
+                }
+                () = shutdown.stopping() => {
+                    if frozen {
+                        let _ = ctx.runtime.unpause(name).await;
+                    }
+                    stop(StopReason::Requested(stopped_by(shutdown))).await;
+                    return Ok(Ending::Cancelled(stopped_by(shutdown)));
+                }
+                () = deadline => {
+                    stop(StopReason::Timeout).await;
+                    return Ok(Ending::TimedOut(settings.timeout.unwrap_or_default()));
+                }
+                changed = suspension.changed() => {
+                    if !frozen {
+                        left = left.map(|l| l.saturating_sub(counting_since.elapsed()));
+                    }
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let requested = suspension.borrow_and_update().requested;
+                    if requested && !frozen {
+                        if let Err(e) = ctx.runtime.pause(name).await {
+                            tracing::warn!(container = %name, error = %e, "failed to freeze the task");
+                        }
+                        frozen = true;
+                        shutdown.suspension_applied();
+                    } else if !requested && frozen {
+                        if let Err(e) = ctx.runtime.unpause(name).await {
+                            tracing::warn!(container = %name, error = %e, "failed to thaw the task");
+                        }
+                        frozen = false;
+                    }
+                }
+                code = &mut wait => return Ok(Ending::Exited(code?)),
             }
-            () = shutdown.stopping() => {
-                orch.stop_container(name, settings.stop_grace, StopReason::Shutdown, shutdown, sink).await;
-                Ok(Ending::Cancelled)
-            }
-            () = timeout => {
-                orch.stop_container(name, settings.stop_grace, StopReason::Timeout, shutdown, sink).await;
-                Ok(Ending::TimedOut)
-            }
-            code = wait_exit(&orch.docker, name) => code.map(Ending::Exited),
         }
     }
 
-    /// The one end of every run: drain output, finish the record, remove the
-    /// container, settle the workspace.
+    /// The one end of every run: drain the output, then the teardown plan
+    /// of how it ended, carried out by the one executor.
     async fn finish(&mut self, ending: Result<Ending, Error>) -> Result<Outcome, Error> {
-        let orch = self.orch;
+        let ctx = self.ctx;
         let task_id = self.prepared.task_id;
-        let settings = &self.prepared.request.project.settings;
+        let ended = Instant::now();
 
         // Output first (unless forced), so the log is whole.
-        let ended = Instant::now();
         if let Some(running) = &mut self.pump {
             if !self.shutdown.is_forced() {
                 tokio::select! {
@@ -451,148 +585,100 @@ impl TaskRun<'_> {
             }
         }
 
-        let stopped_by = self.shutdown.reason();
-        let ended_as = ending.map(|ending| match ending {
-            Ending::Exited(0) => (Status::Succeeded, Some(0)),
-            Ending::Exited(code) => (Status::Failed, Some(code)),
-            Ending::TimedOut => (Status::TimedOut, None),
-            Ending::Cancelled => (Status::Cancelled, None),
-        });
-        let finish = match &ended_as {
-            Ok((status, code)) => Finish {
-                state: status.state(),
-                exit_code: *code,
-                reason: match (status, code) {
-                    (Status::TimedOut, _) => format!(
-                        "timed out after {}",
-                        humantime::format_duration(settings.timeout.unwrap_or_default())
-                    ),
-                    (Status::Cancelled, _) => format!(
-                        "cancelled ({})",
-                        stopped_by.as_deref().unwrap_or("shutdown")
-                    ),
-                    (_, Some(code)) => format!("exited with code {code}"),
-                    (_, None) => String::new(),
-                },
-                at: now_ms(),
-            },
-            Err(e) => Finish {
-                state: State::Failed,
-                exit_code: None,
-                reason: format!("orch failed: {e}"),
-                at: now_ms(),
-            },
+        let (ending, error) = match ending {
+            Ok(ending) => (ending, None),
+            Err(e) => {
+                let text = crate::runtime::display_chain(&e);
+                let ending = if self.started {
+                    Ending::Failed(text)
+                } else {
+                    Ending::NotStarted(text)
+                };
+                (ending, Some(e))
+            }
         };
-        if let Err(e) = orch
-            .db(move |r| r.finish(&task_id, &finish).map(drop))
-            .await
-        {
-            self.sink.send(Event::Notice(format!("{e:#}")));
+        let found = Found {
+            containers: self
+                .guard
+                .as_ref()
+                .map(|g| vec![(g.name().to_owned(), ContainerState::Other)])
+                .unwrap_or_default(),
+            workspace: self.held.as_ref().map(|h| WorkspaceTarget {
+                project: h.workspace.project.clone(),
+                dir_name: h.workspace.task_id.clone(),
+                path: h.workspace.path.clone(),
+                bytes: 0,
+                image: Some(self.prepared.request.project.settings.image.clone()),
+                repo: self.prepared.repo.as_ref().map(|(repo, base)| RepoFacts {
+                    top: repo.top.clone(),
+                    git_dir: repo.common_dir.clone(),
+                    base: base.clone(),
+                }),
+            }),
+            log: None,
+        };
+        let plan = teardown::plan(&self.facts(), Cause::Ended(ending.clone()), found);
+        let options = ExecOptions {
+            held_lock: self.held.take().map(|h| h.lock),
+            lock_wait: Duration::ZERO,
+        };
+        let sink = self.sink.clone();
+        let mut fate = None;
+        let mut removed = false;
+        let executed = teardown::execute(ctx, &plan, options, &mut |step| match step {
+            Step::ContainerRemoved { name, gone } => {
+                removed = true;
+                sink.send(Event::Cleaned {
+                    container: (*gone == Gone::Removed).then(|| name.clone()),
+                    elapsed: ended.elapsed(),
+                });
+            }
+            Step::Workspace(settled) => {
+                fate = Some(settled.clone());
+                sink.send(Event::Workspace(settled.clone()));
+            }
+            _ => {}
+        })
+        .await;
+        for failure in &executed.errors {
+            self.sink.send(Event::Notice(failure.clone()));
         }
-
-        if let Some(guard) = self.guard.take() {
-            let removal = remove_container(&orch.docker, &self.name).await;
-            match removal {
-                Ok(gone) => {
-                    guard.disarm();
-                    self.sink.send(Event::Cleaned {
-                        container: (gone == Gone::Removed).then(|| self.name.clone()),
-                        elapsed: ended.elapsed(),
-                    });
-                }
-                // The guard tries once more as it drops, with a fresh
-                // connection.
-                Err(e) => self.sink.send(Event::Notice(format!("{e:#}"))),
+        if removed {
+            if let Some(guard) = self.guard.take() {
+                guard.disarm();
             }
         }
         if let Some(pump) = self.pump.take() {
             finish_pump(pump).await;
         }
-
-        let mut fate = None;
-        if let Some(held) = self.held.take() {
-            let status = ended_as.as_ref().ok().map(|(status, _)| *status);
-            let keep = keeps_workspace(
-                status,
-                settings.keep_failed_workspace,
-                self.prepared.request.keep_workspace,
-            );
-            match orch.settle_workspace(held, keep, &settings.image).await {
-                Ok(settled) => {
-                    let state = match settled {
-                        WorkspaceFate::Kept { .. } => WorkspaceState::Kept,
-                        WorkspaceFate::Removed { .. } => WorkspaceState::Removed,
-                    };
-                    if let Err(e) = orch
-                        .db(move |r| r.set_workspace_state(&task_id, state))
-                        .await
-                    {
-                        self.sink.send(Event::Notice(format!("{e:#}")));
-                    }
-                    self.sink.send(Event::Workspace(settled.clone()));
-                    fate = Some(settled);
-                }
-                Err(e) => {
-                    self.sink
-                        .send(Event::Notice(format!("workspace kept: {e:#}")));
-                    let kept = WorkspaceState::Kept;
-                    let _ = orch
-                        .db(move |r| r.set_workspace_state(&task_id, kept))
-                        .await;
-                }
-            }
+        crate::watchdog::done(ctx, &task_id);
+        if let Some(error) = error {
+            return Err(error);
         }
-
-        orch.watchdog_done(&task_id);
-        let (status, exit_code) = ended_as?;
+        let (status, exit_code) = match &ending {
+            Ending::Exited(0) => (Status::Succeeded, Some(0)),
+            Ending::Exited(code) => (Status::Failed, Some(*code)),
+            Ending::TimedOut(_) => (Status::TimedOut, None),
+            Ending::Cancelled(_) | Ending::NotStarted(_) => (Status::Cancelled, None),
+            Ending::Failed(_) | Ending::Lost(_) => (Status::Failed, None),
+        };
         Ok(Outcome {
             task_id,
             container: self.name.clone(),
             status,
             exit_code,
-            stopped_by: (status == Status::Cancelled)
-                .then_some(stopped_by)
-                .flatten(),
+            stopped_by: (status == Status::Cancelled).then(|| stopped_by(&self.shutdown)),
             workspace: fate,
         })
     }
 }
 
-fn interrupted(shutdown: &Shutdown) -> Error {
+fn stopped_by(shutdown: &Shutdown) -> String {
+    shutdown.reason().unwrap_or_else(|| "shutdown".into())
+}
+
+pub(crate) fn interrupted(shutdown: &Shutdown) -> Error {
     Error::Interrupted {
-        reason: shutdown.reason().unwrap_or_else(|| "shutdown".into()),
-    }
-}
-
-/// A fresh UUID v7. Ids made by one process never share a millisecond, so
-/// their container names (the first 12 hex digits, the timestamp) differ.
-pub(crate) fn new_task_id() -> Uuid {
-    static LAST_MS: AtomicU64 = AtomicU64::new(0);
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let mut last = LAST_MS.load(Ordering::Relaxed);
-    let ms = loop {
-        let next = now_ms.max(last + 1);
-        match LAST_MS.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => break next,
-            Err(seen) => last = seen,
-        }
-    };
-    let ts = uuid::Timestamp::from_unix_time(ms / 1000, ((ms % 1000) * 1_000_000) as u32, 0, 0);
-    Uuid::new_v7(ts)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn task_ids_of_one_process_have_distinct_names() {
-        let names: std::collections::HashSet<String> = (0..1000)
-            .map(|_| labels::container_name(&new_task_id()))
-            .collect();
-        assert_eq!(names.len(), 1000);
-        assert_eq!(new_task_id().get_version_num(), 7);
+        reason: stopped_by(shutdown),
     }
 }

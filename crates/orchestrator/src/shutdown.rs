@@ -8,17 +8,43 @@
 
 use std::sync::{Arc, OnceLock};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// The two-step shutdown trigger handed to the orchestrator.
-#[derive(Debug, Clone, Default)]
+/// Ctrl+Z of the process that owns a run: its tasks are frozen and their
+/// timeouts stop counting until it continues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Suspension {
+    /// The owner asked for its tasks to be frozen.
+    pub requested: bool,
+    /// The runs froze them.
+    pub applied: bool,
+}
+
+/// The two-step shutdown trigger handed to the orchestrator, and the
+/// suspension switch that goes with it.
+#[derive(Debug, Clone)]
 pub struct Shutdown {
     graceful: CancellationToken,
     force: CancellationToken,
+    /// Shared by a trigger and all its children.
+    suspension: Arc<watch::Sender<Suspension>>,
     /// Why it fired, as the first caller said; a child falls back to its
-    /// parent's.
+    /// parent's, then its grandparent's, and so on.
     reason: Arc<OnceLock<String>>,
-    parent_reason: Option<Arc<OnceLock<String>>>,
+    ancestors: Vec<Arc<OnceLock<String>>>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            graceful: CancellationToken::new(),
+            force: CancellationToken::new(),
+            suspension: Arc::new(watch::Sender::new(Suspension::default())),
+            reason: Arc::default(),
+            ancestors: Vec::new(),
+        }
+    }
 }
 
 impl Shutdown {
@@ -33,9 +59,47 @@ impl Shutdown {
         Shutdown {
             graceful: self.graceful.child_token(),
             force: self.force.child_token(),
+            suspension: Arc::clone(&self.suspension),
             reason: Arc::default(),
-            parent_reason: Some(Arc::clone(&self.reason)),
+            ancestors: std::iter::once(Arc::clone(&self.reason))
+                .chain(self.ancestors.iter().cloned())
+                .collect(),
         }
+    }
+
+    /// Asks the runs to freeze their tasks and stop their timeouts (the
+    /// owner is about to stop itself, Ctrl+Z).
+    pub fn suspend(&self) {
+        self.suspension.send_modify(|s| {
+            s.requested = true;
+            s.applied = false;
+        });
+    }
+
+    /// Thaws the tasks and lets their timeouts count again.
+    pub fn resume(&self) {
+        self.suspension.send_modify(|s| {
+            s.requested = false;
+            s.applied = false;
+        });
+    }
+
+    /// Waits until a run has frozen its task after [`Shutdown::suspend`].
+    pub async fn suspended(&self) {
+        let mut rx = self.suspension.subscribe();
+        let _ = rx.wait_for(|s| s.applied || !s.requested).await;
+    }
+
+    pub(crate) fn suspension(&self) -> watch::Receiver<Suspension> {
+        self.suspension.subscribe()
+    }
+
+    pub(crate) fn suspension_applied(&self) {
+        self.suspension.send_modify(|s| {
+            if s.requested {
+                s.applied = true;
+            }
+        });
     }
 
     /// First step: stop gracefully.
@@ -54,7 +118,7 @@ impl Shutdown {
     pub fn reason(&self) -> Option<String> {
         self.reason
             .get()
-            .or_else(|| self.parent_reason.as_ref().and_then(|p| p.get()))
+            .or_else(|| self.ancestors.iter().find_map(|a| a.get()))
             .cloned()
     }
 
@@ -112,5 +176,11 @@ mod tests {
         other.stop_because("SIGINT");
         assert_eq!(a.reason().as_deref(), Some("orch cancel"));
         assert_eq!(b.reason().as_deref(), Some("SIGINT"));
+        let grandchild = other.child().child();
+        assert_eq!(
+            grandchild.reason().as_deref(),
+            Some("SIGINT"),
+            "from any ancestor"
+        );
     }
 }

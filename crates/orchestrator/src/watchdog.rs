@@ -8,39 +8,42 @@
 //! line each:
 //!
 //! - `session <uuid>`: whose containers it guards;
-//! - `task <uuid> <keep 0|1> <grace ms> <container> <workspace or ->`:
-//!   before a task's container is created (the record holds the same; this
-//!   copy serves if the registry cannot be read);
-//! - `done <uuid>`: once that task is cleaned up;
+//! - `task <json>`: before a task's container is created, the same facts
+//!   the teardown policy is given (its keep/remove choice, grace,
+//!   workspace, repository and base), so the watchdog builds the very plan
+//!   the task's own run would, even if the registry cannot be read;
+//! - `done <uuid>`: once that task is torn down;
 //! - `exit`: orch is exiting cleanly.
 //!
 //! If the pipe closes without `exit` (orch died, however), the watchdog
-//! reaps the session with its own Docker connection: it stops and removes
-//! every container labelled with the session (so also those whose create
-//! call never returned), marks the live tasks `lost`, applies the workspace
-//! policy, and returns only once Docker has listed none of the session's
-//! containers twice in a row, or its deadline passed. It acts on the pipe
-//! closing, never on time: a stopped (SIGSTOP) orch loses nothing.
+//! reaps the session with its own runtime connection: a plan per task
+//! (ended `lost`, containers stopped with their grace and removed,
+//! workspace by the task's policy), carried out by the one executor; then
+//! everything else labelled with the session, until the runtime has listed
+//! none twice in a row. A runtime that does not answer is tried again with
+//! backoff until a deadline. It acts on the pipe closing, never on time: a
+//! stopped (SIGSTOP) orch loses nothing.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use orch_registry::{State, TaskRecord};
 use uuid::Uuid;
 
-use crate::cleanup::{ContainerTarget, Item, Mark, Strategy};
-use crate::remove::remove_containers;
-use crate::{Error, Orchestrator};
+use crate::context::Ctx;
+use crate::reconcile::{Item, Strategy, found_of};
+use crate::teardown::{self, Cause, ExecOptions, TaskFacts};
 
 /// How long the watchdog keeps trying to see the session's containers gone.
-const REAP_DEADLINE: Duration = Duration::from_secs(60);
+const REAP_DEADLINE: Duration = Duration::from_secs(300);
 /// Two empty listings this far apart end the reaping: a create the dead
 /// orch sent just before it died has had time to show up.
 const SETTLE: Duration = Duration::from_millis(300);
+/// The longest pause between two attempts while the runtime does not
+/// answer.
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// orch's end of the pipe to its watchdog.
 #[derive(Debug)]
@@ -64,6 +67,11 @@ impl WatchdogLink {
         }
     }
 
+    /// Tells the watchdog which session it guards.
+    pub(crate) fn session(&self, session: &Uuid) {
+        self.send(&format!("session {session}"));
+    }
+
     /// orch is exiting cleanly: the watchdog exits at once, touching
     /// nothing.
     pub fn clean_exit(&self) {
@@ -71,49 +79,34 @@ impl WatchdogLink {
     }
 }
 
-/// A task as orch registered it with its watchdog.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Registered {
-    /// Keep its workspace if it is lost.
-    pub keep_failed_workspace: bool,
-    /// SIGTERM-to-SIGKILL grace.
-    pub stop_grace: Duration,
-    /// Its planned container name.
-    pub container: String,
-    /// Its workspace, if it has one.
-    pub workspace: Option<PathBuf>,
+/// Registers a task before its container can exist.
+pub(crate) fn register(ctx: &Ctx, facts: &TaskFacts, container: &str) {
+    if let Some(link) = &ctx.watchdog {
+        let registered = Registered {
+            facts: facts.clone(),
+            container: container.to_owned(),
+        };
+        match serde_json::to_string(&registered) {
+            Ok(json) => link.send(&format!("task {json}")),
+            Err(e) => tracing::warn!(error = %e, "failed to register a task with the watchdog"),
+        }
+    }
 }
 
-impl Registered {
-    fn line(&self, task_id: &Uuid) -> String {
-        format!(
-            "task {task_id} {} {} {} {}",
-            u8::from(self.keep_failed_workspace),
-            self.stop_grace.as_millis(),
-            self.container,
-            self.workspace
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), |w| w.display().to_string())
-        )
+/// The task is torn down.
+pub(crate) fn done(ctx: &Ctx, task_id: &Uuid) {
+    if let Some(link) = &ctx.watchdog {
+        link.send(&format!("done {task_id}"));
     }
+}
 
-    fn parse(rest: &str) -> Option<(Uuid, Registered)> {
-        let mut parts = rest.splitn(5, ' ');
-        let id = parts.next()?.parse().ok()?;
-        let keep = parts.next()? == "1";
-        let grace = Duration::from_millis(parts.next()?.parse().ok()?);
-        let container = parts.next()?.to_owned();
-        let workspace = parts.next().filter(|w| *w != "-").map(PathBuf::from);
-        Some((
-            id,
-            Registered {
-                keep_failed_workspace: keep,
-                stop_grace: grace,
-                container,
-                workspace,
-            },
-        ))
-    }
+/// A task as orch registered it with its watchdog.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Registered {
+    /// What the teardown policy needs.
+    pub facts: TaskFacts,
+    /// Its planned container name.
+    pub container: String,
 }
 
 /// What orch told its watchdog before the pipe closed.
@@ -134,21 +127,25 @@ impl WatchdogLog {
         for line in input.lines() {
             let Ok(line) = line else { break };
             let (verb, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-            let id = rest.trim().parse::<Uuid>().ok();
-            match (verb, id) {
-                ("exit", _) => {
+            match verb {
+                "exit" => {
                     log.clean_exit = true;
                     break;
                 }
-                ("session", Some(id)) => log.session = Some(id),
-                ("done", Some(id)) => {
-                    log.pending.remove(&id);
-                }
-                ("task", _) => match Registered::parse(rest) {
-                    Some((id, task)) => {
-                        log.pending.insert(id, task);
+                "session" => match rest.trim().parse() {
+                    Ok(id) => log.session = Some(id),
+                    Err(_) => tracing::warn!(line, "unreadable session"),
+                },
+                "done" => {
+                    if let Ok(id) = rest.trim().parse::<Uuid>() {
+                        log.pending.remove(&id);
                     }
-                    None => tracing::warn!(line, "unreadable task registration"),
+                }
+                "task" => match serde_json::from_str::<Registered>(rest) {
+                    Ok(task) => {
+                        log.pending.insert(task.facts.id, task);
+                    }
+                    Err(e) => tracing::warn!(line, error = %e, "unreadable task registration"),
                 },
                 _ => tracing::warn!(line, "unknown watchdog message"),
             }
@@ -160,202 +157,197 @@ impl WatchdogLog {
 /// What the watchdog did for a dead session.
 #[derive(Debug, Default)]
 pub struct Reaped {
-    /// Per task: what was done.
+    /// Per task: the plan and what carrying it out did.
     pub items: Vec<Item>,
-    /// Containers removed that no task item covered.
+    /// Containers removed that no task's plan covered.
     pub stray_containers: Vec<String>,
-    /// Docker listed none of the session's containers at the end.
+    /// The runtime listed none of the session's containers at the end.
     pub clean: bool,
 }
 
-impl Orchestrator {
-    /// Tells the watchdog which session it guards; from now on it reaps
-    /// this session if the pipe closes without `exit`.
-    pub fn with_watchdog(mut self, link: WatchdogLink) -> Orchestrator {
-        link.send(&format!("session {}", self.session.id));
-        self.watchdog = Some(link);
-        self
-    }
-
-    /// Tells the watchdog, if any, that this process is exiting cleanly.
-    pub fn watchdog_clean_exit(&self) {
-        if let Some(link) = &self.watchdog {
-            link.clean_exit();
-        }
-    }
-
-    pub(crate) fn watchdog_task(&self, task_id: &Uuid, task: &Registered) {
-        if let Some(link) = &self.watchdog {
-            link.send(&task.line(task_id));
-        }
-    }
-
-    pub(crate) fn watchdog_done(&self, task_id: &Uuid) {
-        if let Some(link) = &self.watchdog {
-            link.send(&format!("done {task_id}"));
-        }
-    }
-
-    /// Reaps a session whose orch died: the watchdog's work.
-    pub async fn reap_session(&self, log: &WatchdogLog) -> Result<Reaped, Error> {
-        let Some(session) = log.session else {
-            return Ok(Reaped {
-                clean: true,
-                ..Reaped::default()
-            });
+/// Reaps a session whose orch died: the watchdog's work.
+pub(crate) async fn reap(ctx: &Ctx, log: &WatchdogLog) -> Reaped {
+    let Some(session) = log.session else {
+        return Reaped {
+            clean: true,
+            ..Reaped::default()
         };
-        let key = session.to_string();
-        // The registry says the most; if it cannot be read, what orch
-        // registered still lets the containers and workspaces be dealt with.
-        let rows: Vec<TaskRecord> = match self.db(move |r| r.list_session(&key)).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the registry; using what orch registered");
-                Vec::new()
+    };
+    let deadline = tokio::time::Instant::now() + REAP_DEADLINE;
+    let key = session.to_string();
+    // The registry says the most; if it cannot be read, what orch
+    // registered still lets the same plans be made.
+    let rows = match ctx.store.call(move |r| r.list_session(&key)).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the registry; using what orch registered");
+            Vec::new()
+        }
+    };
+    let mut facts: BTreeMap<Uuid, TaskFacts> = BTreeMap::new();
+    for row in &rows {
+        let unsettled = !row.workspace_settled();
+        if row.state.is_live() || unsettled || log.pending.contains_key(&row.id) {
+            facts.insert(row.id, TaskFacts::from(row));
+        }
+    }
+    for (id, registered) in &log.pending {
+        facts.entry(*id).or_insert_with(|| registered.facts.clone());
+    }
+
+    // The runtime may be down for a moment: list until it answers.
+    let mut backoff = Duration::from_millis(100);
+    let containers = loop {
+        match ctx.runtime.list(&ctx.selector(Some(session))).await {
+            Ok(containers) => break containers,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot list the session's containers yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_MAX);
             }
-        };
-        // A failed listing is not the end: the loop below retries until the
-        // deadline, and registered names are removed by name too.
-        let containers = self
-            .list_containers(Some(&session))
-            .await
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "cannot list the session's containers yet");
-                Vec::new()
-            });
-        let dirs = self.task_dirs().await.unwrap_or_else(|e| {
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "gave up listing the session's containers");
+                break Vec::new();
+            }
+        }
+    };
+    let layout = ctx.home.layout();
+    let dirs = crate::workspace::blocking(move || layout.task_dirs())
+        .await
+        .unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot list task directories");
             Vec::new()
         });
-        let workspace_of = |id: &Uuid, image: Option<&str>| {
-            dirs.iter()
-                .find(|d| d.task_id == id.to_string())
-                .map(|d| crate::cleanup::WorkspaceTarget::of(d, image))
-        };
-        let containers_of = |id: &Uuid, grace: Duration| -> Vec<ContainerTarget> {
-            containers
-                .iter()
-                .filter(|c| c.task_id == Some(*id))
-                .map(|c| ContainerTarget {
-                    name: c.name.clone(),
-                    stop_grace: (c.state == "running").then_some(grace),
-                })
-                .collect()
-        };
-
-        let mut items = Vec::new();
-        for row in &rows {
-            let unsettled = row.workspace_state == Some(orch_registry::WorkspaceState::Present);
-            if !(row.state.is_live() || unsettled || log.pending.contains_key(&row.id)) {
-                continue;
-            }
-            let mut item = Item::new(Strategy::Orphans, Some(row.id), "its orch process died");
-            let grace = Duration::from_millis(u64::try_from(row.stop_grace_ms).unwrap_or(0));
-            item.containers = containers_of(&row.id, grace);
-            let end_state = if row.state.is_live() {
-                item.mark = Some(Mark::Lost(
-                    "its orch process died; cleaned by the watchdog".into(),
-                ));
-                State::Lost
-            } else {
-                row.state
-            };
-            item.workspace = workspace_of(&row.id, Some(&row.image));
-            item.keep_workspace =
-                item.workspace.is_some() && !end_state.is_completed() && row.keep_failed_workspace;
-            items.push(item);
-        }
-        for (id, task) in &log.pending {
-            if rows.iter().any(|r| r.id == *id) {
-                continue;
-            }
-            let mut item = Item::new(
-                Strategy::Orphans,
-                Some(*id),
-                "its orch process died (no record)",
-            );
-            item.containers = containers_of(id, task.stop_grace);
-            item.workspace = workspace_of(id, None);
-            item.keep_workspace = item.workspace.is_some() && task.keep_failed_workspace;
-            items.push(item);
-        }
-        // Tasks in parallel: a graceful stop waits out its grace.
-        let executed =
-            futures_util::future::join_all(items.into_iter().map(|mut item| async move {
-                self.execute_item(&mut item).await;
-                item
-            }))
-            .await;
-
-        // Everything else labelled with the session, until none shows up.
-        let mut stray = Vec::new();
-        let deadline = tokio::time::Instant::now() + REAP_DEADLINE;
-        let mut empty_in_a_row = 0;
-        while empty_in_a_row < 2 && tokio::time::Instant::now() < deadline {
-            let left: Vec<String> = match self.list_containers(Some(&session)).await {
-                Ok(left) => left.into_iter().map(|c| c.name).collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "listing failed; retrying");
-                    empty_in_a_row = 0;
-                    tokio::time::sleep(SETTLE).await;
-                    continue;
+    let plans: Vec<Item> = facts
+        .values()
+        .map(|facts| {
+            let mut found = found_of(facts, &containers, &dirs, None);
+            // Registered names are removed by name too, listed or not.
+            if let Some(registered) = log.pending.get(&facts.id) {
+                if !found
+                    .containers
+                    .iter()
+                    .any(|(n, _)| *n == registered.container)
+                {
+                    found.containers.push((
+                        registered.container.clone(),
+                        crate::runtime::ContainerState::Other,
+                    ));
                 }
-            };
-            if left.is_empty() {
-                empty_in_a_row += 1;
-            } else {
+            }
+            let plan = teardown::plan(
+                facts,
+                Cause::OwnerGone("its orch process died; cleaned by the watchdog".into()),
+                found,
+            );
+            Item::new(Strategy::Orphans, "its orch process died", plan)
+        })
+        .collect();
+    // Tasks in parallel: a graceful stop waits out its grace.
+    let items = futures_util::future::join_all(plans.into_iter().map(|mut item| async move {
+        let mut attempt = 0;
+        loop {
+            let executed =
+                teardown::execute(ctx, &item.plan, ExecOptions::default(), &mut |_| {}).await;
+            let failed = !executed.errors.is_empty();
+            item.record(executed);
+            // A runtime that drops out is tried again, within the deadline.
+            if !failed || tokio::time::Instant::now() >= deadline || attempt >= 20 {
+                return item;
+            }
+            attempt += 1;
+            tracing::warn!(task = ?item.plan.task, errors = ?item.errors, "teardown incomplete; retrying");
+            tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+            item.errors.clear();
+        }
+    }))
+    .await;
+
+    // Everything else labelled with the session, until none shows up.
+    let mut stray = Vec::new();
+    let mut empty_in_a_row = 0;
+    let mut backoff = SETTLE;
+    while empty_in_a_row < 2 && tokio::time::Instant::now() < deadline {
+        let left: Vec<String> = match ctx.runtime.list(&ctx.selector(Some(session))).await {
+            Ok(left) => left.into_iter().map(|c| c.name).collect(),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "listing failed; retrying");
                 empty_in_a_row = 0;
-                for (name, result) in remove_containers(&self.docker, left).await {
-                    match result {
-                        Ok(_) => stray.push(name),
-                        Err(e) => {
-                            tracing::warn!(container = %name, error = %e, "removal failed; retrying")
-                        }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_MAX);
+                continue;
+            }
+        };
+        backoff = SETTLE;
+        if left.is_empty() {
+            empty_in_a_row += 1;
+        } else {
+            empty_in_a_row = 0;
+            for name in left {
+                match ctx.runtime.remove(&name).await {
+                    Ok(_) => stray.push(name),
+                    Err(e) => {
+                        tracing::warn!(container = %name, error = %format!("{e:#}"), "removal failed; retrying")
                     }
                 }
             }
-            tokio::time::sleep(SETTLE).await;
         }
-        Ok(Reaped {
-            items: executed,
-            stray_containers: stray,
-            clean: empty_in_a_row >= 2,
-        })
+        tokio::time::sleep(SETTLE).await;
+    }
+    Reaped {
+        items,
+        stray_containers: stray,
+        clean: empty_in_a_row >= 2,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::teardown::WorkspacePolicy;
 
     #[test]
     fn reads_the_protocol() {
         let a = Uuid::now_v7();
         let b = Uuid::now_v7();
         let s = Uuid::new_v4();
-        let task = Registered {
-            keep_failed_workspace: true,
+        let facts = |id| TaskFacts {
+            id,
+            project: "p".into(),
+            state: None,
+            started: false,
+            image: "img".into(),
             stop_grace: Duration::from_millis(2500),
-            container: "orch-0123".into(),
-            workspace: Some(PathBuf::from("/h/workspaces/p/tasks/with space")),
-        };
-        let bare = Registered {
+            policy: WorkspacePolicy {
+                keep_workspace: Some(false),
+                keep_failed_workspace: true,
+            },
             workspace: None,
-            keep_failed_workspace: false,
-            ..task.clone()
+            workspace_settled: false,
         };
-        let (ta, tb) = (task.line(&a), bare.line(&b));
-        let text = format!("session {s}\n{ta}\n{tb}\ndone {a}\nnonsense\n");
+        let line = |id| {
+            format!(
+                "task {}",
+                serde_json::to_string(&Registered {
+                    facts: facts(id),
+                    container: "orch-0123".into(),
+                })
+                .unwrap()
+            )
+        };
+        let text = format!(
+            "session {s}\n{}\n{}\ndone {a}\nnonsense\n",
+            line(a),
+            line(b)
+        );
         let log = WatchdogLog::read(text.as_bytes());
         assert_eq!(log.session, Some(s));
-        assert_eq!(log.pending, BTreeMap::from([(b, bare)]));
+        assert_eq!(log.pending.len(), 1);
+        assert_eq!(log.pending[&b].facts, facts(b));
         assert!(!log.clean_exit, "the pipe closed without exit");
-        let clean = WatchdogLog::read(format!("session {s}\n{ta}\nexit\n{tb}\n").as_bytes());
+        let clean =
+            WatchdogLog::read(format!("session {s}\n{}\nexit\n{}\n", line(a), line(b)).as_bytes());
         assert!(clean.clean_exit);
-        assert_eq!(
-            clean.pending,
-            BTreeMap::from([(a, task)]),
-            "nothing after exit is read"
-        );
+        assert_eq!(clean.pending.len(), 1, "nothing after exit is read");
     }
 }

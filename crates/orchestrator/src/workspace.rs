@@ -1,27 +1,27 @@
 //! A task's workspace as the orchestrator handles it: created before the
-//! container, mounted into it, and removed or kept by policy after it.
+//! container, mounted into it, and kept or removed after it.
 //!
 //! Git and the filesystem block, so every workspace operation runs on the
-//! blocking pool. Files a root task left behind that this user cannot delete
-//! are removed through a short-lived container of the task's image, on the
-//! same path-validated directory, and that container goes the one removal
-//! path too.
+//! blocking pool. Files a root task left that this user cannot delete are
+//! removed through a short-lived container of the task's image that sees
+//! only that (validated) directory, and that container goes the one
+//! removal path too.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{CreateContainerOptionsBuilder, WaitContainerOptionsBuilder};
-use futures_util::StreamExt;
-use orch_workspace::{RemovedWorkspace, Repo, TaskLock, Workspace};
+use orch_workspace::{Layout, Repo, TaskLock, Workspace};
 use uuid::Uuid;
 
-use crate::guard::ContainerGuard;
-use crate::remove::remove_container;
-use crate::run::Status;
-use crate::{Error, Orchestrator, labels};
+use crate::Error;
+use crate::context::Ctx;
+use crate::runtime::{ContainerSpec, Mount, Ownership};
+use crate::teardown::WorkspaceTarget;
 
 /// How long the privileged removal container may run.
 const HELPER_DEADLINE: Duration = Duration::from_secs(120);
+/// The image that removes root-owned files when the task's is unknown.
+const FALLBACK_IMAGE: &str = "orch-agent:dev";
 
 /// A created workspace and the lock its task holds while it exists.
 #[derive(Debug)]
@@ -30,17 +30,19 @@ pub(crate) struct HeldWorkspace {
     pub(crate) lock: TaskLock,
 }
 
-/// What became of a task's workspace at its end.
+/// What became of a task's workspace.
 #[derive(Debug, Clone)]
 pub enum WorkspaceFate {
-    /// Removed, its uncommitted work saved to its branch first.
+    /// Removed, its work brought to its branch first.
     Removed {
         /// The workspace's path.
-        path: std::path::PathBuf,
-        /// The branch that keeps the task's work.
-        branch: String,
+        path: PathBuf,
+        /// The branch that keeps the task's work, if it has a repository.
+        branch: Option<String>,
         /// The commit made of uncommitted work, if any.
         saved_commit: Option<String>,
+        /// Something the user should know about the saving, if anything.
+        warning: Option<String>,
         /// Bytes and files removed.
         size: orch_workspace::du::Size,
         /// Time the removal took.
@@ -49,26 +51,19 @@ pub enum WorkspaceFate {
     /// Kept for debugging (or on request).
     Kept {
         /// The workspace's path.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// The branch.
-        branch: String,
+        branch: Option<String>,
+    },
+    /// No task ever ran in it: removed with its untouched branch.
+    Unwound {
+        /// The workspace's path.
+        path: PathBuf,
     },
 }
 
-/// Whether a task that ended with `status` keeps its workspace.
-pub(crate) fn keeps_workspace(
-    status: Option<Status>,
-    keep_failed: bool,
-    requested: Option<bool>,
-) -> bool {
-    requested.unwrap_or(match status {
-        Some(Status::Succeeded | Status::Cancelled) => false,
-        // Failed, timed out, or the run itself failed.
-        Some(Status::Failed | Status::TimedOut) | None => keep_failed,
-    })
-}
-
-async fn blocking<T: Send + 'static>(
+/// Runs workspace work on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, orch_workspace::Error> + Send + 'static,
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(work)
@@ -83,191 +78,247 @@ async fn blocking<T: Send + 'static>(
         .map_err(Error::from)
 }
 
-impl Orchestrator {
-    /// The repository of a project that wants a worktree, checked before
-    /// anything exists; and that `git_ref`, if given, names a commit.
-    pub(crate) async fn find_repo(
-        &self,
-        dir: &std::path::Path,
-        git_ref: Option<&str>,
-    ) -> Result<Repo, Error> {
-        let dir = dir.to_path_buf();
-        let git_ref = git_ref.map(str::to_owned);
-        blocking(move || {
-            let repo = Repo::discover(&dir)?;
-            repo.resolve(git_ref.as_deref().unwrap_or("HEAD"))?;
-            Ok(repo)
-        })
-        .await
-    }
+/// The repository of a project that wants a workspace, and the commit its
+/// branch starts from; checked before anything exists.
+pub(crate) async fn find_repo(
+    layout: Layout,
+    dir: PathBuf,
+    git_ref: Option<String>,
+) -> Result<(Repo, String), Error> {
+    blocking(move || {
+        let repo = Repo::discover(&dir, &layout)?;
+        let base = repo.resolve(&layout, git_ref.as_deref().unwrap_or("HEAD"))?;
+        Ok((repo, base))
+    })
+    .await
+}
 
-    /// Takes the task's lock and creates its worktree.
-    pub(crate) async fn create_workspace(
-        &self,
-        repo: &Repo,
-        project: &str,
-        task_id: &Uuid,
-        git_ref: Option<&str>,
-    ) -> Result<HeldWorkspace, Error> {
-        let layout = self.home.layout();
-        let workspace = Workspace::planned(&layout, repo, project, &task_id.to_string())?;
-        let git_ref = git_ref.map(str::to_owned);
-        blocking(move || {
-            let lock = TaskLock::acquire(&layout, &workspace.project, &workspace.task_id)?;
-            workspace.create(&lock, git_ref.as_deref())?;
-            Ok(HeldWorkspace { workspace, lock })
-        })
-        .await
-    }
+/// Takes the task's lock and creates its workspace.
+pub(crate) async fn create(
+    ctx: &Ctx,
+    repo: &Repo,
+    project: &str,
+    task_id: &Uuid,
+    base: &str,
+) -> Result<HeldWorkspace, Error> {
+    let layout = ctx.home.layout();
+    let workspace = Workspace::planned(&layout, repo, project, &task_id.to_string(), base)?;
+    blocking(move || {
+        let lock = TaskLock::acquire(&layout, &workspace.project, &workspace.task_id)?;
+        workspace.create(&layout, &lock)?;
+        Ok(HeldWorkspace { workspace, lock })
+    })
+    .await
+}
 
-    /// Keeps or removes a task's workspace, then releases its lock.
-    pub(crate) async fn settle_workspace(
-        &self,
-        held: HeldWorkspace,
-        keep: bool,
-        image: &str,
-    ) -> Result<WorkspaceFate, Error> {
-        let branch = held.workspace.branch.clone();
-        if keep {
-            let path = held.workspace.path.clone();
-            drop(held.lock);
-            return Ok(WorkspaceFate::Kept { path, branch });
+/// Takes a workspace's lock, waiting up to `wait` for a holder (an owner
+/// still settling it) to let go.
+pub(crate) async fn lock(
+    ctx: &Ctx,
+    target: &WorkspaceTarget,
+    wait: Duration,
+) -> Result<TaskLock, Error> {
+    let end = tokio::time::Instant::now() + wait;
+    loop {
+        let layout = ctx.home.layout();
+        let (project, dir) = (target.project.clone(), target.dir_name.clone());
+        let taken = blocking(move || TaskLock::try_acquire(&layout, &project, &dir)).await?;
+        if let Some(lock) = taken {
+            return Ok(lock);
         }
-        let removed = self
-            .remove_workspace(held.workspace, held.lock, image, false)
-            .await?;
-        Ok(WorkspaceFate::Removed {
-            path: removed.path,
-            branch,
-            saved_commit: removed.saved_commit,
-            size: removed.size,
-            took: removed.took,
-        })
-    }
-
-    /// Saves pending work and removes the workspace, through a root
-    /// container of `image` if the host user cannot delete some files. The
-    /// lock is released (and its file deleted) once the workspace is gone.
-    pub(crate) async fn remove_workspace(
-        &self,
-        workspace: Workspace,
-        lock: TaskLock,
-        image: &str,
-        discard: bool,
-    ) -> Result<RemovedWorkspace, Error> {
-        let layout = self.home.layout();
-        let attempt = {
-            let layout = layout.clone();
-            let workspace = workspace.clone();
-            tokio::task::spawn_blocking(move || {
-                let result = workspace.remove(&layout, &lock, discard);
-                (result, lock)
-            })
-        };
-        let (result, lock) = attempt
-            .await
-            .map_err(|e| Error::io("remove", &workspace.path, std::io::Error::other(e)))?;
-        let removed = match result {
-            Ok(removed) => removed,
-            Err(orch_workspace::Error::NeedsPrivilege { .. }) => {
-                tracing::info!(
-                    workspace = %workspace.path.display(),
-                    image,
-                    "some files belong to another user; removing them through a container"
-                );
-                let started = std::time::Instant::now();
-                let size = orch_workspace::du::measure(&workspace.path).unwrap_or_default();
-                self.remove_as_root(&workspace, image).await?;
-                let finished = workspace.clone();
-                blocking(move || finished.finish_removal(&layout)).await?;
-                RemovedWorkspace {
-                    path: workspace.path.clone(),
-                    saved_commit: None,
-                    size,
-                    took: started.elapsed(),
-                }
+        if tokio::time::Instant::now() >= end {
+            return Err(orch_workspace::Error::InUse {
+                path: target.path.clone(),
             }
-            Err(e) => return Err(e.into()),
-        };
-        lock.release_and_delete();
-        tracing::info!(
-            workspace = %removed.path.display(),
-            files = removed.size.files,
-            bytes = removed.size.bytes,
-            took_ms = removed.took.as_millis(),
-            saved_commit = removed.saved_commit.as_deref().unwrap_or("-"),
-            "workspace removed"
-        );
-        Ok(removed)
-    }
-
-    /// Empties a workspace with `rm -rf` as root in a container of `image`
-    /// that sees nothing but that (validated, canonical) directory.
-    async fn remove_as_root(&self, workspace: &Workspace, image: &str) -> Result<(), Error> {
-        let layout = self.home.layout();
-        let Some(dir) = layout.check_removable(&workspace.project, &workspace.path)? else {
-            return Ok(());
-        };
-        let task_id: Uuid =
-            workspace
-                .task_id
-                .parse()
-                .map_err(|_| orch_workspace::Error::InvalidTaskId {
-                    id: workspace.task_id.clone(),
-                })?;
-        let name = format!("orch-rm-{}", &task_id.simple().to_string()[..12]);
-        let body = ContainerCreateBody {
-            image: Some(image.to_owned()),
-            entrypoint: Some(vec!["rm".into()]),
-            cmd: Some(vec!["-rf".into(), "/orch-rm".into()]),
-            user: Some("0:0".into()),
-            labels: Some(labels::for_task(
-                self.home.instance_id(),
-                &self.session,
-                &task_id,
-                &workspace.project,
-            )),
-            host_config: Some(HostConfig {
-                binds: Some(vec![format!("{}:/orch-rm", dir.display())]),
-                network_mode: Some("none".into()),
-                init: Some(true),
-                ..HostConfig::default()
-            }),
-            ..ContainerCreateBody::default()
-        };
-        let guard = ContainerGuard::arm(&self.active, &name, task_id);
-        let ran = async {
-            let options = CreateContainerOptionsBuilder::default().name(&name).build();
-            self.docker
-                .create_container(Some(options), body)
-                .await
-                .map_err(|e| Error::docker("create removal container", &name, e))?;
-            self.docker
-                .start_container(&name, None)
-                .await
-                .map_err(|e| Error::docker("start removal container", &name, e))?;
-            let wait = WaitContainerOptionsBuilder::default()
-                .condition("not-running")
-                .build();
-            // Its exit code says little (rm cannot remove the mount point
-            // itself); the directory is checked afterwards.
-            let _ = self.docker.wait_container(&name, Some(wait)).next().await;
-            Ok::<(), Error>(())
-        };
-        let ran = tokio::time::timeout(HELPER_DEADLINE, ran)
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::DockerTimeout {
-                    action: "run removal container",
-                    target: name.clone(),
-                    after: HELPER_DEADLINE,
-                })
-            });
-        let removed = remove_container(&self.docker, &name).await;
-        if removed.is_ok() {
-            guard.disarm();
+            .into());
         }
-        ran?;
-        removed.map(drop)
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Removes a workspace whose lock is held: its work brought home to its
+/// branch first (unless nothing ever ran in it: then it is unwound, its
+/// untouched branch deleted). If saving fails the workspace stays, unless
+/// `discard`.
+pub(crate) async fn remove(
+    ctx: &Ctx,
+    target: &WorkspaceTarget,
+    lock: TaskLock,
+    discard: bool,
+    started: bool,
+) -> Result<WorkspaceFate, Error> {
+    let layout = ctx.home.layout();
+    let Some(repo) = &target.repo else {
+        // No repository known (no record owns it): a plain directory.
+        let (layout2, project, path) =
+            (layout.clone(), target.project.clone(), target.path.clone());
+        let removed = blocking(move || layout2.remove_task_dir(&project, &path)).await;
+        match removed {
+            Ok(_) => {}
+            Err(Error::Workspace(orch_workspace::Error::Io { source, .. }))
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                remove_as_root(ctx, target).await?;
+                let (project, path) = (target.project.clone(), target.path.clone());
+                blocking(move || layout.remove_task_dir(&project, &path)).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        blocking(move || {
+            lock.release_and_delete();
+            Ok(())
+        })
+        .await?;
+        return Ok(WorkspaceFate::Removed {
+            path: target.path.clone(),
+            branch: None,
+            saved_commit: None,
+            warning: None,
+            size: orch_workspace::du::Size::default(),
+            took: Duration::ZERO,
+        });
+    };
+    let stored = Repo::stored(&repo.top, &repo.git_dir);
+    let workspace = Workspace::planned(
+        &layout,
+        &stored,
+        &target.project,
+        &target.dir_name,
+        &repo.base,
+    )?;
+    if !started {
+        let path = workspace.path.clone();
+        blocking(move || {
+            workspace.unwind(&layout, &lock)?;
+            lock.release_and_delete();
+            Ok(())
+        })
+        .await?;
+        return Ok(WorkspaceFate::Unwound { path });
+    }
+    let attempt = {
+        let (layout, workspace) = (layout.clone(), workspace.clone());
+        tokio::task::spawn_blocking(move || {
+            let result = workspace.remove(&layout, &lock, discard);
+            (result, lock)
+        })
+    };
+    let (result, lock) = attempt
+        .await
+        .map_err(|e| Error::io("remove", &workspace.path, std::io::Error::other(e)))?;
+    let removed = match result {
+        Ok(removed) => removed,
+        Err(orch_workspace::Error::NeedsPrivilege { saved, .. }) => {
+            tracing::info!(
+                workspace = %workspace.path.display(),
+                "some files belong to another user; removing them through a container"
+            );
+            let started = std::time::Instant::now();
+            let path = workspace.path.clone();
+            let size = blocking(move || orch_workspace::du::measure(&path))
+                .await
+                .unwrap_or_default();
+            remove_as_root(ctx, target).await?;
+            let finished = workspace.clone();
+            blocking(move || finished.finish_removal(&layout)).await?;
+            orch_workspace::RemovedWorkspace {
+                path: workspace.path.clone(),
+                saved: *saved,
+                size,
+                took: started.elapsed(),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    blocking(move || {
+        lock.release_and_delete();
+        Ok(())
+    })
+    .await?;
+    tracing::info!(
+        workspace = %removed.path.display(),
+        files = removed.size.files,
+        bytes = removed.size.bytes,
+        took_ms = removed.took.as_millis(),
+        saved_commit = removed.saved.pending_commit.as_deref().unwrap_or("-"),
+        "workspace removed"
+    );
+    Ok(WorkspaceFate::Removed {
+        path: removed.path,
+        branch: Some(workspace.branch.clone()),
+        saved_commit: removed.saved.pending_commit,
+        warning: removed.saved.warning,
+        size: removed.size,
+        took: removed.took,
+    })
+}
+
+/// Empties a workspace with `rm -rf` as root in a container of the task's
+/// image that sees nothing but that (validated, canonical) directory.
+async fn remove_as_root(ctx: &Ctx, target: &WorkspaceTarget) -> Result<(), Error> {
+    let layout = ctx.home.layout();
+    let (project, path) = (target.project.clone(), target.path.clone());
+    let Some(dir) = blocking(move || layout.check_removable(&project, &path)).await? else {
+        return Ok(());
+    };
+    let task_id: Uuid =
+        target
+            .dir_name
+            .parse()
+            .map_err(|_| orch_workspace::Error::InvalidTaskId {
+                id: target.dir_name.clone(),
+            })?;
+    let name = format!("orch-rm-{}", &task_id.simple().to_string()[..12]);
+    let spec = ContainerSpec {
+        image: target
+            .image
+            .clone()
+            .unwrap_or_else(|| FALLBACK_IMAGE.into()),
+        command: vec!["-rf".into(), "/orch-rm".into()],
+        entrypoint: Some(vec!["rm".into()]),
+        user: "0:0".into(),
+        env: Vec::new(),
+        workdir: None,
+        mounts: vec![Mount {
+            source: dir,
+            target: "/orch-rm".into(),
+            read_only: false,
+        }],
+        network: "none".into(),
+        memory: None,
+        cpus: None,
+        stop_grace: Duration::from_secs(1),
+        ownership: Ownership {
+            instance: ctx.home.instance_id().to_owned(),
+            session: ctx.session.id,
+            task: task_id,
+            project: target.project.clone(),
+            owner: ctx.session.owner.clone(),
+        },
+    };
+    ctx.active.insert(&name, task_id);
+    let runtime = &ctx.runtime;
+    let ran = async {
+        runtime.create(&name, &spec).await?;
+        runtime.start(&name).await?;
+        // Its exit code says little (rm cannot remove the mount point
+        // itself); the directory is checked afterwards.
+        let _ = runtime.wait(&name).await;
+        Ok::<(), crate::runtime::RuntimeError>(())
+    };
+    let ran = tokio::time::timeout(HELPER_DEADLINE, ran)
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::runtime::RuntimeError::Timeout {
+                action: "run removal container",
+                target: name.clone(),
+                after: HELPER_DEADLINE,
+            })
+        });
+    let removed = ctx.runtime.remove(&name).await;
+    if removed.is_ok() {
+        ctx.active.remove(&name);
+    }
+    ran?;
+    removed.map(drop).map_err(Error::from)
 }

@@ -10,7 +10,9 @@
 //! - the connection is opened without `CREATE`, so SQLite itself never makes
 //!   a file at that path.
 
+use std::collections::BTreeMap;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,7 +63,38 @@ const MIGRATIONS: &[&str] = &[
     r"
     CREATE INDEX tasks_by_session ON tasks (session);
 ",
+    // orch's own bookkeeping moves out of the user's git config: the base
+    // commit of a task's branch and the task's own keep/remove choice live
+    // here; a branch's base outlives the task's record, for `cleanup
+    // --branches`. `pending` is now `queued`.
+    r"
+    ALTER TABLE tasks ADD COLUMN keep_workspace INTEGER;
+    ALTER TABLE tasks ADD COLUMN base TEXT;
+    ALTER TABLE tasks ADD COLUMN git_dir TEXT;
+    UPDATE tasks SET state = 'queued' WHERE state = 'pending';
+    CREATE TABLE branches (
+        repo TEXT NOT NULL,
+        name TEXT NOT NULL,
+        base TEXT NOT NULL,
+        PRIMARY KEY (repo, name)
+    ) STRICT;
+",
+    // The daemon's durable queue: a queued task keeps what was submitted
+    // (`spec`, JSON) until a daemon claims it, in priority then id (time)
+    // order; `max_parallel` caps its project's share.
+    r"
+    ALTER TABLE tasks ADD COLUMN spec TEXT;
+    ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN max_parallel INTEGER;
+    CREATE INDEX tasks_queue ON tasks (state, priority, id);
+",
 ];
+
+/// The schema of the first release, for tests that start from it.
+#[cfg(test)]
+pub(crate) fn first_migration() -> &'static str {
+    MIGRATIONS[0]
+}
 
 /// What becomes of a task's workspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -129,6 +162,20 @@ pub struct TaskRecord {
     pub workspace_state: Option<WorkspaceState>,
     /// Keep the workspace if the task fails, times out or is lost.
     pub keep_failed_workspace: bool,
+    /// The task's own choice, overriding the policy: keep (`Some(true)`) or
+    /// remove (`Some(false)`) the workspace however the task ends.
+    pub keep_workspace: Option<bool>,
+    /// The commit the workspace's branch started from.
+    pub base: Option<String>,
+    /// The repository's common git directory.
+    pub git_dir: Option<String>,
+    /// What was submitted, for a task that waits in the queue (JSON).
+    pub spec: Option<String>,
+    /// Higher runs first; ties in submission order.
+    pub priority: i64,
+    /// At most this many tasks of its project run at once (from its
+    /// project's settings when submitted).
+    pub max_parallel: Option<i64>,
     /// SIGTERM-to-SIGKILL grace.
     pub stop_grace_ms: i64,
     /// The owning session.
@@ -151,6 +198,19 @@ pub struct TaskRecord {
     pub cancel_requested: bool,
     /// Runs under a background supervisor.
     pub detached: bool,
+}
+
+impl TaskRecord {
+    /// True once its workspace is dealt with: kept, removed, or never
+    /// planned. A planned one with no state yet may exist (or its branch
+    /// may): its owner died before settling it.
+    pub fn workspace_settled(&self) -> bool {
+        self.workspace.is_none()
+            || matches!(
+                self.workspace_state,
+                Some(WorkspaceState::Kept | WorkspaceState::Removed)
+            )
+    }
 }
 
 /// The few columns `orch ps` shows, read without the rest.
@@ -185,10 +245,23 @@ pub struct Finish {
     pub at: i64,
 }
 
+/// Who claims a queued task: a daemon's session and process.
+#[derive(Debug, Clone)]
+pub struct Claimant {
+    /// The daemon's session.
+    pub session: String,
+    /// Its pid.
+    pub pid: i64,
+    /// Its start time (clock ticks since boot).
+    pub start: i64,
+    /// Its boot id.
+    pub boot: String,
+}
+
 /// Which tasks [`Registry::list`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listing {
-    /// Pending, creating and running.
+    /// Queued, creating and running.
     Live,
     /// Everything.
     All,
@@ -204,7 +277,8 @@ pub struct Registry {
 const COLUMNS: &str = "id, project, description, state, created_at, started_at, finished_at, \
     exit_code, reason, container, image, workspace, branch, repo, workspace_state, \
     keep_failed_workspace, stop_grace_ms, session, owner_pid, owner_start, owner_boot, \
-    lease_until, progress, progress_message, progress_at, cancel_requested, detached";
+    lease_until, progress, progress_message, progress_at, cancel_requested, detached, \
+    keep_workspace, base, git_dir, spec, priority, max_parallel";
 
 impl Registry {
     /// Opens the registry at `path`, creating it if there is no file there.
@@ -214,12 +288,17 @@ impl Registry {
         if !path.exists() {
             create_in_place(path)?;
         }
-        check_header(path)?;
+        let header = check_header(path)?;
         let conn = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         let registry = Registry {
             conn,
             path: path.to_path_buf(),
         };
+        if header == Header::ShortFile {
+            // In WAL mode the newest pages may still be in the WAL: SQLite
+            // judges, not the file's length.
+            registry.check_integrity()?;
+        }
         registry.migrate()?;
         Ok(registry)
     }
@@ -245,6 +324,23 @@ impl Registry {
 
     fn sql(&self, action: &'static str) -> impl Fn(rusqlite::Error) -> Error + '_ {
         move |source| classify(&self.path, action, source)
+    }
+
+    /// Lets SQLite check the whole database; refuses it only if SQLite
+    /// finds it damaged.
+    fn check_integrity(&self) -> Result<(), Error> {
+        let verdict: String = self
+            .conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(self.sql("check"))?;
+        if verdict == "ok" {
+            Ok(())
+        } else {
+            Err(Error::Corrupt {
+                path: self.path.clone(),
+                reason: format!("SQLite's check failed: {verdict}"),
+            })
+        }
     }
 
     fn migrate(&self) -> Result<(), Error> {
@@ -307,7 +403,7 @@ impl Registry {
                 &format!(
                     "INSERT INTO tasks ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
                      ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
-                     ?25, ?26, ?27)"
+                     ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)"
                 ),
                 params![
                     task.id.to_string(),
@@ -337,12 +433,25 @@ impl Registry {
                     task.progress_at,
                     task.cancel_requested,
                     task.detached,
+                    task.keep_workspace,
+                    task.base,
+                    task.git_dir,
+                    task.spec,
+                    task.priority,
+                    task.max_parallel,
                 ],
             )
             .map_err(&err)?;
             if let Some(repo) = &task.repo {
                 tx.execute("INSERT OR IGNORE INTO repos (path) VALUES (?1)", [repo])
                     .map_err(&err)?;
+                if let (Some(branch), Some(base)) = (&task.branch, &task.base) {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO branches (repo, name, base) VALUES (?1, ?2, ?3)",
+                        [repo, branch, base],
+                    )
+                    .map_err(&err)?;
+                }
             }
             Ok(())
         })
@@ -420,19 +529,6 @@ impl Registry {
         )
     }
 
-    /// Renews a live task's lease. Returns whether cancellation was
-    /// requested meanwhile.
-    pub fn renew_lease(&self, id: &Uuid, until: i64) -> Result<bool, Error> {
-        let err = self.sql("renew a lease");
-        self.conn
-            .execute(
-                "UPDATE tasks SET lease_until = ?1 WHERE id = ?2 AND state IN ('creating', 'running')",
-                params![until, id.to_string()],
-            )
-            .map_err(&err)?;
-        self.cancel_requested(id)
-    }
-
     /// Whether `orch cancel` asked for this task to stop.
     pub fn cancel_requested(&self, id: &Uuid) -> Result<bool, Error> {
         self.conn
@@ -452,7 +548,7 @@ impl Registry {
         let changed = self
             .conn
             .execute(
-                "UPDATE tasks SET cancel_requested = 1 WHERE id = ?1 AND state IN ('pending', 'creating', 'running')",
+                "UPDATE tasks SET cancel_requested = 1 WHERE id = ?1 AND state IN ('queued', 'creating', 'running')",
                 [id.to_string()],
             )
             .map_err(self.sql("request a cancel"))?;
@@ -524,7 +620,7 @@ impl Registry {
         let sql = match listing {
             Listing::All => format!("SELECT {COLUMNS} FROM tasks ORDER BY id"),
             Listing::Live => format!(
-                "SELECT {COLUMNS} FROM tasks WHERE state IN ('pending', 'creating', 'running') ORDER BY id"
+                "SELECT {COLUMNS} FROM tasks WHERE state IN ('queued', 'creating', 'running') ORDER BY id"
             ),
         };
         let err = self.sql("list tasks");
@@ -557,7 +653,7 @@ impl Registry {
     ) -> Result<(), Error> {
         let filter = match listing {
             Listing::All => "",
-            Listing::Live => "WHERE state IN ('pending', 'creating', 'running')",
+            Listing::Live => "WHERE state IN ('queued', 'creating', 'running')",
         };
         let sql = format!(
             "SELECT id, project, state, created_at, progress, workspace, workspace_state \
@@ -603,6 +699,229 @@ impl Registry {
         rows.map(|r| r.map(PathBuf::from))
             .collect::<Result<Vec<_>, _>>()
             .map_err(&err)
+    }
+
+    /// The base commit of every branch orch made in `repo` that it still
+    /// knows of, by branch name.
+    pub fn branch_bases(&self, repo: &Path) -> Result<BTreeMap<String, String>, Error> {
+        let err = self.sql("list branch bases");
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT name, base FROM branches WHERE repo = ?1")
+            .map_err(&err)?;
+        let rows = statement
+            .query_map([repo.to_string_lossy()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(&err)?;
+        rows.collect::<Result<BTreeMap<_, _>, _>>().map_err(&err)
+    }
+
+    /// Forgets a branch that is gone from `repo`.
+    pub fn forget_branch(&self, repo: &Path, name: &str) -> Result<(), Error> {
+        self.conn
+            .execute(
+                "DELETE FROM branches WHERE repo = ?1 AND name = ?2",
+                params![repo.to_string_lossy(), name],
+            )
+            .map_err(self.sql("forget a branch"))
+            .map(drop)
+    }
+
+    /// Renews the leases of live tasks, in one transaction; returns those of
+    /// them whose cancellation was requested.
+    pub fn renew_leases(&self, ids: &[Uuid], until: i64) -> Result<Vec<Uuid>, Error> {
+        self.write("renew leases", |tx| {
+            let err = self.sql("renew leases");
+            let mut renew = tx
+                .prepare_cached(
+                    "UPDATE tasks SET lease_until = ?1 WHERE id = ?2 AND state IN ('creating', 'running')",
+                )
+                .map_err(&err)?;
+            for id in ids {
+                renew
+                    .execute(params![until, id.to_string()])
+                    .map_err(&err)?;
+            }
+            Ok(())
+        })?;
+        self.cancel_requests(ids)
+    }
+
+    /// Those of `ids` whose cancellation was requested.
+    pub fn cancel_requests(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, Error> {
+        let err = self.sql("read cancel requests");
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT cancel_requested FROM tasks WHERE id = ?1")
+            .map_err(&err)?;
+        let mut requested = Vec::new();
+        for id in ids {
+            let flag: Option<bool> = statement
+                .query_row([id.to_string()], |r| r.get(0))
+                .optional()
+                .map_err(&err)?;
+            if flag == Some(true) {
+                requested.push(*id);
+            }
+        }
+        Ok(requested)
+    }
+
+    /// Claims the next queued task for `claimant`, in one transaction: the
+    /// highest priority, then the oldest, whose project has fewer live tasks
+    /// than its `max_parallel`. It becomes `creating`, owned by the
+    /// claimant. Two claimants never get the same task.
+    pub fn claim(
+        &self,
+        claimant: &Claimant,
+        lease_until: i64,
+    ) -> Result<Option<TaskRecord>, Error> {
+        self.write("claim a queued task", |tx| {
+            let err = self.sql("claim a queued task");
+            let id: Option<String> = tx
+                .query_row(
+                    "SELECT q.id FROM tasks q WHERE q.state = 'queued' AND (q.max_parallel IS NULL \
+                     OR (SELECT count(*) FROM tasks r WHERE r.project = q.project \
+                         AND r.state IN ('creating', 'running')) < q.max_parallel) \
+                     ORDER BY q.priority DESC, q.id LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(&err)?;
+            let Some(id) = id else {
+                return Ok(None);
+            };
+            tx.execute(
+                "UPDATE tasks SET state = 'creating', session = ?1, owner_pid = ?2, owner_start = ?3, \
+                 owner_boot = ?4, lease_until = ?5 WHERE id = ?6 AND state = 'queued'",
+                params![
+                    claimant.session,
+                    claimant.pid,
+                    claimant.start,
+                    claimant.boot,
+                    lease_until,
+                    id
+                ],
+            )
+            .map_err(&err)?;
+            tx.query_row(
+                &format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"),
+                [&id],
+                record_from_row,
+            )
+            .optional()
+            .map_err(&err)
+        })
+    }
+
+    /// Ends a task that is still queued as cancelled; false if it is not
+    /// queued (any more).
+    pub fn cancel_queued(&self, id: &Uuid, reason: &str, at: i64) -> Result<bool, Error> {
+        self.write("cancel a queued task", |tx| {
+            tx.execute(
+                "UPDATE tasks SET state = 'cancelled', finished_at = ?1, reason = ?2, \
+                 lease_until = NULL WHERE id = ?3 AND state = 'queued'",
+                params![at, reason, id.to_string()],
+            )
+            .map_err(self.sql("cancel a queued task"))
+            .map(|n| n > 0)
+        })
+    }
+
+    /// Fills in what a claimed task's run planned (container, image,
+    /// workspace, repository, policy), while it is `creating`.
+    pub fn update_planned(&self, task: &TaskRecord) -> Result<(), Error> {
+        self.write("record a claimed task's plan", |tx| {
+            let err = self.sql("record a claimed task's plan");
+            tx.execute(
+                "UPDATE tasks SET container = ?1, image = ?2, workspace = ?3, branch = ?4, repo = ?5, \
+                 keep_failed_workspace = ?6, stop_grace_ms = ?7, keep_workspace = ?8, base = ?9, \
+                 git_dir = ?10, project = ?11 WHERE id = ?12 AND state = 'creating'",
+                params![
+                    task.container,
+                    task.image,
+                    task.workspace,
+                    task.branch,
+                    task.repo,
+                    task.keep_failed_workspace,
+                    task.stop_grace_ms,
+                    task.keep_workspace,
+                    task.base,
+                    task.git_dir,
+                    task.project,
+                    task.id.to_string()
+                ],
+            )
+            .map_err(&err)?;
+            if let Some(repo) = &task.repo {
+                tx.execute("INSERT OR IGNORE INTO repos (path) VALUES (?1)", [repo])
+                    .map_err(&err)?;
+                if let (Some(branch), Some(base)) = (&task.branch, &task.base) {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO branches (repo, name, base) VALUES (?1, ?2, ?3)",
+                        [repo, branch, base],
+                    )
+                    .map_err(&err)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Tasks (`Listing`), narrowed to a state and a project if given,
+    /// oldest first.
+    pub fn list_where(
+        &self,
+        listing: Listing,
+        state: Option<State>,
+        project: Option<&str>,
+    ) -> Result<Vec<TaskRecord>, Error> {
+        let mut sql = format!("SELECT {COLUMNS} FROM tasks WHERE 1 = 1");
+        if listing == Listing::Live {
+            sql.push_str(" AND state IN ('queued', 'creating', 'running')");
+        }
+        if state.is_some() {
+            sql.push_str(" AND state = ?1");
+        }
+        if project.is_some() {
+            sql.push_str(" AND project = ?2");
+        }
+        sql.push_str(" ORDER BY id");
+        let err = self.sql("list tasks");
+        let mut statement = self.conn.prepare_cached(&sql).map_err(&err)?;
+        let state = state.map(State::as_str);
+        let mut bound: Vec<(&str, &dyn rusqlite::ToSql)> = Vec::new();
+        if let Some(state) = &state {
+            bound.push(("?1", state));
+        }
+        if let Some(project) = &project {
+            bound.push(("?2", project));
+        }
+        let rows = statement
+            .query_map(bound.as_slice(), record_from_row)
+            .map_err(&err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(&err)
+    }
+
+    /// How many tasks are in each live state, and how many ended in each
+    /// terminal one.
+    pub fn count_by_state(&self) -> Result<Vec<(State, i64)>, Error> {
+        let err = self.sql("count tasks");
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT state, count(*) FROM tasks GROUP BY state")
+            .map_err(&err)?;
+        let rows = statement
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(&err)?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let (state, n) = row.map_err(&err)?;
+            if let Ok(state) = state.parse() {
+                counts.push((state, n));
+            }
+        }
+        Ok(counts)
     }
 
     /// The one task whose id starts with `prefix` (at least 4 hex digits,
@@ -692,6 +1011,12 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
         progress_at: row.get(24)?,
         cancel_requested: row.get(25)?,
         detached: row.get(26)?,
+        keep_workspace: row.get(27)?,
+        base: row.get(28)?,
+        git_dir: row.get(29)?,
+        spec: row.get(30)?,
+        priority: row.get(31)?,
+        max_parallel: row.get(32)?,
     })
 }
 
@@ -726,6 +1051,18 @@ fn create_in_place(path: &Path) -> Result<(), Error> {
     })?;
     let tmp = dir.join(format!(".orch.db.new-{}", Uuid::new_v4().simple()));
     let built = (|| {
+        // Private from the first byte: SQLite gives the WAL and its index
+        // the database file's mode.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|source| Error::Io {
+                action: "create",
+                path: tmp.clone(),
+                source,
+            })?;
         let conn = Connection::open(&tmp).map_err(|e| classify(&tmp, "create", e))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -750,9 +1087,20 @@ fn create_in_place(path: &Path) -> Result<(), Error> {
     linked
 }
 
-/// Refuses, without writing, a file that cannot be a healthy database: too
-/// short for a header, the wrong magic, or shorter than its header says.
-fn check_header(path: &Path) -> Result<(), Error> {
+/// What the header of an existing file says before SQLite opens it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Header {
+    /// Consistent with the file.
+    Plausible,
+    /// Shorter than its header says, with a WAL beside it: normal when a
+    /// checkpoint could not finish (a full disk), so SQLite is asked to check
+    /// it once it is open.
+    ShortFile,
+}
+
+/// Refuses, without writing, a file that cannot be an SQLite database at
+/// all: too short for a header, or the wrong magic.
+fn check_header(path: &Path) -> Result<Header, Error> {
     let corrupt = |reason: &str| Error::Corrupt {
         path: path.to_path_buf(),
         reason: reason.to_owned(),
@@ -784,9 +1132,17 @@ fn check_header(path: &Path) -> Result<(), Error> {
     let pages = u32::from_be_bytes([header[28], header[29], header[30], header[31]]);
     let counter_valid = header[24..28] == header[92..96];
     if counter_valid && u64::from(pages) * u64::from(page_size) > len {
-        return Err(corrupt("truncated: shorter than its header says"));
+        // Only a WAL can hold the pages the file lacks.
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        return if wal.metadata().is_ok_and(|m| m.len() > 0) {
+            Ok(Header::ShortFile)
+        } else {
+            Err(corrupt(
+                "truncated: shorter than its header says, and no WAL holds the rest",
+            ))
+        };
     }
-    Ok(())
+    Ok(Header::Plausible)
 }
 
 /// Maps "not a database" and "malformed" to [`Error::Corrupt`]; anything

@@ -13,7 +13,7 @@ mod db;
 mod error;
 mod state;
 
-pub use db::{Finish, Listing, Registry, TaskBrief, TaskRecord, WorkspaceState};
+pub use db::{Claimant, Finish, Listing, Registry, TaskBrief, TaskRecord, WorkspaceState};
 pub use error::Error;
 pub use state::{ALL_STATES, State, UnknownState};
 

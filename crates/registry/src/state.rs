@@ -1,6 +1,6 @@
 //! The task lifecycle (SPEC 4) as a state machine.
 //!
-//! `pending -> creating -> running -> succeeded | failed | cancelled |
+//! `queued -> creating -> running -> succeeded | failed | cancelled |
 //! timed_out | lost`. A terminal state is final. `lost` is set by
 //! reconciliation when the owner and/or the container vanished.
 
@@ -8,11 +8,11 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A task's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
-    /// Accepted, nothing created yet.
-    Pending,
+    /// Accepted and waiting for a daemon to run it; nothing created yet.
+    Queued,
     /// Its record exists; its workspace and container are being created.
     Creating,
     /// Its container runs.
@@ -31,7 +31,7 @@ pub enum State {
 
 /// Every state, in lifecycle order.
 pub const ALL_STATES: [State; 8] = [
-    State::Pending,
+    State::Queued,
     State::Creating,
     State::Running,
     State::Succeeded,
@@ -45,7 +45,7 @@ impl State {
     /// The name stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
-            State::Pending => "pending",
+            State::Queued => "queued",
             State::Creating => "creating",
             State::Running => "running",
             State::Succeeded => "succeeded",
@@ -58,7 +58,7 @@ impl State {
 
     /// True for the final states.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, State::Pending | State::Creating | State::Running)
+        !matches!(self, State::Queued | State::Creating | State::Running)
     }
 
     /// True for states a task can be live in.
@@ -76,7 +76,7 @@ impl State {
     pub fn can_become(self, next: State) -> bool {
         use State::*;
         match self {
-            Pending => matches!(next, Creating | Cancelled | Failed | Lost),
+            Queued => matches!(next, Creating | Cancelled | Failed | Lost),
             Creating => matches!(next, Running | Failed | Cancelled | TimedOut | Lost),
             Running => matches!(next, Succeeded | Failed | Cancelled | TimedOut | Lost),
             Succeeded | Failed | Cancelled | TimedOut | Lost => false,
@@ -93,7 +93,7 @@ impl fmt::Display for State {
 /// A state name that is not one of [`ALL_STATES`].
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "unknown task state {0:?}: expected one of pending, creating, running, succeeded, failed, cancelled, timed_out, lost"
+    "unknown task state {0:?}: expected one of queued, creating, running, succeeded, failed, cancelled, timed_out, lost"
 )]
 pub struct UnknownState(pub String);
 
@@ -116,10 +116,10 @@ mod tests {
     fn every_transition() {
         use State::*;
         let legal = [
-            (Pending, Creating),
-            (Pending, Cancelled),
-            (Pending, Failed),
-            (Pending, Lost),
+            (Queued, Creating),
+            (Queued, Cancelled),
+            (Queued, Failed),
+            (Queued, Lost),
             (Creating, Running),
             (Creating, Failed),
             (Creating, Cancelled),

@@ -35,6 +35,12 @@ fn record(state: State) -> TaskRecord {
         progress_at: None,
         cancel_requested: false,
         detached: false,
+        keep_workspace: None,
+        base: None,
+        git_dir: None,
+        spec: None,
+        priority: 0,
+        max_parallel: None,
     }
 }
 
@@ -51,7 +57,7 @@ fn lifecycle_through_the_database() {
     let task = record(State::Creating);
     reg.insert(&task).unwrap();
     reg.mark_running(&task.id, 10, 20).unwrap();
-    assert!(!reg.renew_lease(&task.id, 30).unwrap());
+    assert!(reg.renew_leases(&[task.id], 30).unwrap().is_empty());
     reg.set_progress(&task.id, 50, "half", 40).unwrap();
     let finish = Finish {
         state: State::Succeeded,
@@ -133,7 +139,7 @@ fn cancel_requests_reach_the_owner() {
     let task = record(State::Running);
     reg.insert(&task).unwrap();
     assert!(reg.request_cancel(&task.id).unwrap());
-    assert!(reg.renew_lease(&task.id, 99).unwrap());
+    assert_eq!(reg.renew_leases(&[task.id], 99).unwrap(), vec![task.id]);
     reg.finish(
         &task.id,
         &Finish {
@@ -208,12 +214,19 @@ fn a_session_lists_its_own_tasks() {
 fn migrations_bring_an_old_schema_forward() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("orch.db");
-    drop(Registry::open(&path).unwrap());
-    // Roll the version back as an older orch would have left it, with the
-    // later migration's index missing.
+    // A registry as the first release left it, holding a `pending` task.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP INDEX tasks_by_session; UPDATE schema_version SET version = 1;")
+    conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE schema_version (version INTEGER NOT NULL) STRICT; INSERT INTO schema_version VALUES (1);")
         .unwrap();
+    conn.execute_batch(crate::db::first_migration()).unwrap();
+    let old = record(State::Running);
+    conn.execute(
+        "INSERT INTO tasks (id, project, description, state, created_at, container, image, \
+         keep_failed_workspace, stop_grace_ms, session, owner_pid, owner_start, owner_boot) \
+         VALUES (?1, 'p', 'd', 'pending', 1, 'c', 'i', 1, 10, 's', 1, 2, 'b')",
+        [old.id.to_string()],
+    )
+    .unwrap();
     drop(conn);
     let reg = Registry::open(&path).unwrap();
     let index: i64 = reg
@@ -225,6 +238,9 @@ fn migrations_bring_an_old_schema_forward() {
         )
         .unwrap();
     assert_eq!(index, 1);
+    let migrated = reg.get(&old.id).unwrap().unwrap();
+    assert_eq!(migrated.state, State::Queued);
+    assert_eq!(migrated.keep_workspace, None);
 }
 
 #[test]
@@ -287,6 +303,58 @@ fn damaged_files_are_refused_and_left_untouched() {
 }
 
 #[test]
+fn a_short_file_whose_pages_are_in_the_wal_is_not_called_damaged() {
+    let (tmp, path, reg) = fresh();
+    reg.conn_for_tests()
+        .execute_batch("PRAGMA wal_autocheckpoint = 0")
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        let mut r = record(State::Succeeded);
+        r.description = format!("task {i} {}", "x".repeat(300));
+        reg.insert(&r).unwrap();
+        ids.push(r.id);
+    }
+    // A copy taken while the pages are still in the WAL, whose main file
+    // says it is longer than it is: what a checkpoint cut short by a full
+    // disk leaves.
+    let copy = tmp.path().join("copy.db");
+    std::fs::copy(&path, &copy).unwrap();
+    std::fs::copy(
+        format!("{}-wal", path.display()),
+        format!("{}-wal", copy.display()),
+    )
+    .unwrap();
+    drop(reg);
+    let mut bytes = std::fs::read(&copy).unwrap();
+    bytes[28..32].copy_from_slice(&100_000u32.to_be_bytes());
+    let counter = bytes[24..28].to_vec();
+    bytes[92..96].copy_from_slice(&counter);
+    std::fs::write(&copy, &bytes).unwrap();
+    let reg = Registry::open(&copy).expect("SQLite reads it: not damaged");
+    assert_eq!(reg.list(Listing::All).unwrap().len(), ids.len());
+    // Without its WAL the same file is refused.
+    drop(reg);
+    let lone = tmp.path().join("lone.db");
+    std::fs::write(&lone, &bytes).unwrap();
+    assert!(matches!(Registry::open(&lone), Err(Error::Corrupt { .. })));
+}
+
+#[test]
+fn the_database_and_its_wal_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let (_tmp, path, reg) = fresh();
+    reg.insert(&record(State::Running)).unwrap();
+    rustix::process::umask(old);
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", path.display());
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file}");
+    }
+}
+
+#[test]
 fn concurrent_writers_do_not_see_locked_errors() {
     let (_tmp, path, reg) = fresh();
     drop(reg);
@@ -335,5 +403,113 @@ fn concurrent_first_opens_agree() {
             .unwrap()
             .len(),
         8
+    );
+}
+
+fn queued(project: &str, priority: i64, max_parallel: Option<i64>) -> TaskRecord {
+    let mut r = record(State::Queued);
+    r.project = project.into();
+    r.priority = priority;
+    r.max_parallel = max_parallel;
+    r.spec = Some("{}".into());
+    r.session = String::new();
+    r
+}
+
+fn claimant(name: &str) -> Claimant {
+    Claimant {
+        session: name.into(),
+        pid: 1,
+        start: 1,
+        boot: "b".into(),
+    }
+}
+
+#[test]
+fn the_queue_is_claimed_by_priority_then_submission_and_per_project_caps() {
+    let (_tmp, _path, reg) = fresh();
+    let a1 = queued("a", 0, Some(1));
+    let a2 = queued("a", 0, Some(1));
+    let b1 = queued("b", 0, None);
+    let urgent = queued("c", 5, None);
+    for r in [&a1, &a2, &b1, &urgent] {
+        reg.insert(r).unwrap();
+    }
+    let d = claimant("d");
+    let order: Vec<Uuid> = std::iter::from_fn(|| reg.claim(&d, 0).unwrap().map(|r| r.id)).collect();
+    assert_eq!(
+        order,
+        vec![urgent.id, a1.id, b1.id],
+        "a2 waits: project a is at its cap"
+    );
+    let claimed = reg.get(&a1.id).unwrap().unwrap();
+    assert_eq!(claimed.state, State::Creating);
+    assert_eq!(claimed.session, "d");
+    reg.mark_running(&a1.id, 1, 2).unwrap();
+    reg.finish(
+        &a1.id,
+        &Finish {
+            state: State::Succeeded,
+            exit_code: Some(0),
+            reason: "ok".into(),
+            at: 1,
+        },
+    )
+    .unwrap();
+    assert_eq!(reg.claim(&d, 0).unwrap().map(|r| r.id), Some(a2.id));
+    assert!(reg.claim(&d, 0).unwrap().is_none());
+}
+
+#[test]
+fn two_claimants_never_get_one_task() {
+    let (_tmp, path, reg) = fresh();
+    let ids: Vec<Uuid> = (0..60)
+        .map(|_| {
+            let r = queued("p", 0, None);
+            reg.insert(&r).unwrap();
+            r.id
+        })
+        .collect();
+    drop(reg);
+    let got: Vec<Vec<Uuid>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ["x", "y", "z"]
+            .iter()
+            .map(|name| {
+                let path = &path;
+                s.spawn(move || {
+                    let reg = Registry::open(path).unwrap();
+                    let c = claimant(name);
+                    std::iter::from_fn(|| reg.claim(&c, 0).unwrap().map(|r| r.id)).collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut all: Vec<Uuid> = got.concat();
+    all.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(all, expected, "each task claimed exactly once");
+}
+
+#[test]
+fn a_queued_task_is_cancelled_only_while_queued() {
+    let (_tmp, _path, reg) = fresh();
+    let q = queued("p", 0, None);
+    reg.insert(&q).unwrap();
+    assert!(
+        reg.cancel_queued(&q.id, "cancelled (orch cancel)", 5)
+            .unwrap()
+    );
+    assert_eq!(reg.get(&q.id).unwrap().unwrap().state, State::Cancelled);
+    assert!(!reg.cancel_queued(&q.id, "again", 6).unwrap());
+    let listed = reg
+        .list_where(Listing::All, Some(State::Cancelled), Some("p"))
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(
+        reg.list_where(Listing::Live, None, None)
+            .unwrap()
+            .is_empty()
     );
 }

@@ -46,6 +46,18 @@ pub enum Error {
         /// What git said, on one line.
         stderr: String,
     },
+    /// A git command did not finish in time and was killed.
+    #[error("failed to {action} in {}: git {} did not finish within {after:?} and was killed", dir.display(), args.join(" "))]
+    GitTimeout {
+        /// What was being done.
+        action: &'static str,
+        /// Where git ran.
+        dir: PathBuf,
+        /// The git arguments.
+        args: Vec<String>,
+        /// Its deadline.
+        after: std::time::Duration,
+    },
     /// The project is not a git repository, so it cannot have worktrees.
     #[error(
         "project directory {} is not in a git repository: run `git init` there, \
@@ -62,6 +74,8 @@ pub enum Error {
     NeedsPrivilege {
         /// The workspace.
         path: PathBuf,
+        /// What saving its work did first.
+        saved: Box<crate::Saved>,
     },
     /// The workspace is locked by a live task (or one being created).
     #[error("workspace {} is in use by a live task", path.display())]

@@ -1,116 +1,587 @@
-//! Running git. orch drives the user's own git, as the user would, so the
-//! repository never holds anything git itself would not write.
+//! The one place that runs git on the host.
+//!
+//! Every call is hardened the same way, because a task may have written
+//! things that git would otherwise obey:
+//!
+//! - an explicit `--git-dir` (and `--work-tree` where one is needed), never
+//!   discovery through a `.git` file or `commondir` a task could have
+//!   written; the only discovery left is [`Repo::discover`] on the user's
+//!   own project directory, once, before anything exists;
+//! - hooks off (`core.hooksPath` is an empty directory orch owns),
+//!   `core.fsmonitor=false`, no untracked cache, no signing, no automatic
+//!   gc;
+//! - for calls that read files a task wrote (the work tree's
+//!   `.gitattributes` and `.gitignore`), no system or global config at all,
+//!   so no filter, textconv or diff driver is defined anywhere: an
+//!   attribute that names one does nothing;
+//! - no inherited `GIT_*` variable, no prompt, no pager, stdin closed;
+//! - a timeout, after which the child is killed; work inside orch's own
+//!   directories also dies with orch;
+//! - git's own lock files ("Unable to create '…lock'") retried with a
+//!   bounded, jittered backoff, since another process may hold them for a
+//!   moment.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::Error;
+use crate::{Error, Layout};
 
-/// Runs `git -C dir args...`; returns its stdout, trimmed, or an error
-/// carrying git's stderr on one line.
-pub(crate) fn git(action: &'static str, dir: &Path, args: &[&str]) -> Result<String, Error> {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        // Never prompt, never page, never pick up a caller's GIT_DIR.
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .env_remove("GIT_INDEX_FILE")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::io("run git in", dir, e))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-    } else {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let stderr: Vec<&str> = stderr
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        Err(Error::Git {
+/// Metadata steps: rev-parse, update-ref, config, read-tree.
+pub(crate) const META_TIMEOUT: Duration = Duration::from_secs(30);
+/// Steps that may touch every file: clone, checkout, add, fetch.
+pub(crate) const HEAVY_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long git's lock files are waited for in all.
+const LOCK_RETRY: Duration = Duration::from_secs(10);
+
+/// One git invocation, built up and then run.
+#[derive(Debug, Clone)]
+pub(crate) struct Git {
+    hooks: PathBuf,
+    git_dir: Option<PathBuf>,
+    work_tree: Option<PathBuf>,
+    index: Option<PathBuf>,
+    dir: Option<PathBuf>,
+    isolated: bool,
+    env: Vec<(String, String)>,
+    timeout: Duration,
+    dies_with_orch: bool,
+    holding: Option<std::os::fd::RawFd>,
+    stdin_file: Option<PathBuf>,
+}
+
+impl Git {
+    /// git on the repository at `git_dir`, with orch's empty hooks
+    /// directory under `layout`.
+    pub(crate) fn at(layout: &Layout, git_dir: &Path) -> Git {
+        Git {
+            git_dir: Some(git_dir.to_path_buf()),
+            ..Git::bare(layout)
+        }
+    }
+
+    /// git on no repository yet (`clone`, `init`).
+    pub(crate) fn bare(layout: &Layout) -> Git {
+        Git {
+            hooks: layout.empty_dir(),
+            git_dir: None,
+            work_tree: None,
+            index: None,
+            dir: None,
+            isolated: false,
+            env: Vec::new(),
+            timeout: META_TIMEOUT,
+            dies_with_orch: false,
+            holding: None,
+            stdin_file: None,
+        }
+    }
+
+    /// Runs in `dir` and lets git discover the repository from there: only
+    /// for the user's own project directory.
+    pub(crate) fn discover_in(layout: &Layout, dir: &Path) -> Git {
+        Git {
+            dir: Some(dir.to_path_buf()),
+            ..Git::bare(layout)
+        }
+    }
+
+    /// Runs from `dir` (with the git directory still given explicitly: no
+    /// discovery), so pathspecs are relative to it.
+    pub(crate) fn in_dir(mut self, dir: &Path) -> Git {
+        self.dir = Some(dir.to_path_buf());
+        self
+    }
+
+    pub(crate) fn work_tree(mut self, path: &Path) -> Git {
+        self.work_tree = Some(path.to_path_buf());
+        self
+    }
+
+    pub(crate) fn index(mut self, path: &Path) -> Git {
+        self.index = Some(path.to_path_buf());
+        self
+    }
+
+    /// No system or global config: for calls that read what a task wrote.
+    pub(crate) fn isolated(mut self) -> Git {
+        self.isolated = true;
+        self
+    }
+
+    pub(crate) fn env(mut self, key: &str, value: &str) -> Git {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The git process is killed if orch dies: for work inside orch's own
+    /// directories (a clone or checkout into a workspace), which a killed
+    /// orch's reconciliation may be removing. Never for writes to the
+    /// user's repository: a git killed there would leave its lock files.
+    pub(crate) fn dies_with_orch(mut self) -> Git {
+        self.dies_with_orch = true;
+        self
+    }
+
+    /// The git process shares orch's hold on `lock`: if orch dies while
+    /// git writes the user's repository, the repository stays locked until
+    /// that git is done, so no one else (a reconciliation undoing what the
+    /// dead orch made) steps in half-way.
+    pub(crate) fn holding(mut self, lock: &crate::lock::RepoLock) -> Git {
+        self.holding = Some(lock.raw_fd());
+        self
+    }
+
+    /// Feeds git this file on its standard input.
+    pub(crate) fn stdin_file(mut self, path: &Path) -> Git {
+        self.stdin_file = Some(path.to_path_buf());
+        self
+    }
+
+    pub(crate) fn timeout(mut self, timeout: Duration) -> Git {
+        self.timeout = timeout;
+        self
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("git");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("GIT_") {
+                cmd.env_remove(&key);
+            }
+        }
+        if let Some(dir) = &self.dir {
+            cmd.arg("-C").arg(dir);
+        }
+        if let Some(git_dir) = &self.git_dir {
+            cmd.arg(format!("--git-dir={}", git_dir.display()));
+        }
+        if let Some(work_tree) = &self.work_tree {
+            cmd.arg(format!("--work-tree={}", work_tree.display()));
+        }
+        for setting in [
+            &format!("core.hooksPath={}", self.hooks.display()),
+            "core.fsmonitor=false",
+            "core.untrackedCache=false",
+            // Indexes next to objects (a task's, borrowed as an alternate)
+            // could mislead a traversal; objects themselves are checked.
+            "core.commitGraph=false",
+            "core.multiPackIndex=false",
+            "pack.useBitmaps=false",
+            "core.sshCommand=false",
+            "core.pager=cat",
+            "commit.gpgSign=false",
+            "tag.gpgSign=false",
+            "gc.auto=0",
+            "maintenance.auto=false",
+            "protocol.file.allow=always",
+            "advice.detachedHead=false",
+        ] {
+            cmd.arg("-c").arg(setting);
+        }
+        cmd.args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_OPTIONAL_LOCKS", "0")
+            .env("GIT_PAGER", "cat")
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // Its own process group: a timeout kills git and whatever it ran.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        if self.isolated {
+            cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null");
+        }
+        if let Some(index) = &self.index {
+            cmd.env("GIT_INDEX_FILE", index);
+        }
+        if let Some(fd) = self.holding {
+            // SAFETY: only flips this child's copy of the flag; the fd is
+            // open for as long as this call runs (the lock is held).
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(move || {
+                    let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(Into::into)
+                });
+            }
+        }
+        if self.dies_with_orch {
+            // A clone or checkout left running by a killed orch would write
+            // into a directory reconciliation is removing. (The spawning
+            // thread waits for the child, so it outlives it.)
+            // SAFETY: prctl is async-signal-safe and touches no memory of
+            // ours.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(|| {
+                    rustix::process::set_parent_process_death_signal(Some(
+                        rustix::process::Signal::KILL,
+                    ))
+                    .map_err(Into::into)
+                });
+            }
+        }
+        for (key, value) in &self.env {
+            cmd.env(key, value);
+        }
+        cmd
+    }
+
+    /// Where the command runs, for error messages.
+    fn place(&self) -> PathBuf {
+        self.git_dir
+            .clone()
+            .or_else(|| self.dir.clone())
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// Runs git; returns its stdout, trimmed, or an error carrying git's
+    /// stderr on one line. Lock-file conflicts are retried.
+    pub(crate) fn run(&self, action: &'static str, args: &[&str]) -> Result<String, Error> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match self.run_once(action, args) {
+                Err(Error::Git { stderr, .. })
+                    if is_lock_conflict(&stderr) && started.elapsed() + backoff < LOCK_RETRY =>
+                {
+                    std::thread::sleep(backoff + jitter(backoff));
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn run_once(&self, action: &'static str, args: &[&str]) -> Result<String, Error> {
+        let started = Instant::now();
+        let result = self.run_once_untimed(action, args);
+        tracing::debug!(
             action,
-            dir: dir.to_path_buf(),
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-            stderr: stderr.join("; "),
-        })
+            took_ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "git"
+        );
+        result
+    }
+
+    fn run_once_untimed(&self, action: &'static str, args: &[&str]) -> Result<String, Error> {
+        let place = self.place();
+        let mut cmd = self.command(args);
+        if let Some(path) = &self.stdin_file {
+            let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+            cmd.stdin(file);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::io("run git in", &place, e))?;
+        let stdout = reader(child.stdout.take());
+        let stderr = reader(child.stderr.take());
+        let status = wait_with_deadline(&mut child, self.timeout);
+        let out = stdout.join().unwrap_or_default();
+        let err = stderr.join().unwrap_or_default();
+        let Some(status) = status.map_err(|e| Error::io("wait for git in", &place, e))? else {
+            return Err(Error::GitTimeout {
+                action,
+                dir: place,
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                after: self.timeout,
+            });
+        };
+        if status.success() {
+            Ok(String::from_utf8_lossy(&out).trim().to_owned())
+        } else {
+            let stderr = String::from_utf8_lossy(&err);
+            let lines: Vec<&str> = stderr
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            Err(Error::Git {
+                action,
+                dir: place,
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                stderr: lines.join("; "),
+            })
+        }
     }
 }
 
-/// A git repository a project lives in.
+/// Collects a pipe on a thread of its own, so a chatty git never blocks on
+/// a full pipe while we wait for it.
+fn reader(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+/// Waits for `child` at most `limit`; kills it if it takes longer
+/// (`Ok(None)`).
+fn wait_with_deadline(
+    child: &mut Child,
+    limit: Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let end = Instant::now() + limit;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= end {
+            if let Some(group) = rustix::process::Pid::from_raw(child.id() as i32) {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(25));
+    }
+}
+
+/// git's messages for a lock file another process holds (not a ref that
+/// is missing or has moved: those are answers, not conflicts).
+fn is_lock_conflict(stderr: &str) -> bool {
+    stderr.contains(".lock': File exists") || stderr.contains("could not lock config file")
+}
+
+/// Up to half of `base`, from the clock: enough to spread retries apart.
+fn jitter(base: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    base / 2 * (nanos % 1000) / 1000
+}
+
+/// A git repository a project lives in, as the user has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Repo {
-    /// The top of the working tree.
+    /// The top of the user's working tree.
     pub top: PathBuf,
-    /// The common git directory (`.git` of the main worktree), which every
-    /// worktree's metadata lives under.
+    /// The git directory of that working tree (its HEAD).
+    pub git_dir: PathBuf,
+    /// The common git directory: objects and refs.
     pub common_dir: PathBuf,
     /// Where the project sits inside the repository (empty at the top).
     pub prefix: PathBuf,
 }
 
 impl Repo {
-    /// The repository containing `dir`, or an error saying it is none.
-    pub fn discover(dir: &Path) -> Result<Repo, Error> {
-        let out = git(
-            "inspect the repository",
-            dir,
-            &[
-                "rev-parse",
-                "--show-toplevel",
-                "--git-common-dir",
-                "--show-prefix",
-            ],
-        )
-        .map_err(|_| Error::NotARepository {
+    /// The repository containing `dir`, or an error saying it is none. The
+    /// only discovery orch does, in the user's own project directory, before
+    /// any task exists.
+    pub fn discover(dir: &Path, layout: &Layout) -> Result<Repo, Error> {
+        let not_a_repo = || Error::NotARepository {
             path: dir.to_path_buf(),
-        })?;
+        };
+        let out = Git::discover_in(layout, dir)
+            .run(
+                "inspect the repository",
+                &[
+                    "rev-parse",
+                    "--show-toplevel",
+                    "--absolute-git-dir",
+                    "--git-common-dir",
+                    "--show-prefix",
+                ],
+            )
+            .map_err(|_| not_a_repo())?;
         let mut lines = out.lines();
-        let (Some(top), Some(common)) = (lines.next(), lines.next()) else {
-            return Err(Error::NotARepository {
-                path: dir.to_path_buf(),
-            });
+        let (Some(top), Some(git_dir), Some(common)) = (lines.next(), lines.next(), lines.next())
+        else {
+            return Err(not_a_repo());
         };
         let prefix = lines.next().unwrap_or("").trim_end_matches('/');
-        let top = PathBuf::from(top);
         let common = Path::new(common);
         let common_dir = if common.is_absolute() {
             common.to_path_buf()
         } else {
             dir.join(common)
         };
-        let common_dir = common_dir
-            .canonicalize()
-            .map_err(|e| Error::io("resolve", &common_dir, e))?;
+        let canonical = |p: &Path| p.canonicalize().map_err(|e| Error::io("resolve", p, e));
         Ok(Repo {
-            top,
-            common_dir,
+            top: canonical(Path::new(top))?,
+            git_dir: canonical(Path::new(git_dir))?,
+            common_dir: canonical(&common_dir)?,
             prefix: PathBuf::from(prefix),
         })
     }
-}
 
-impl Repo {
+    /// A repository as orch recorded it: no discovery.
+    pub fn stored(top: &Path, common_dir: &Path) -> Repo {
+        Repo {
+            top: top.to_path_buf(),
+            git_dir: common_dir.to_path_buf(),
+            common_dir: common_dir.to_path_buf(),
+            prefix: PathBuf::new(),
+        }
+    }
+
     /// The commit `git_ref` names, or an error saying it names none (an
     /// empty repository has no HEAD commit yet).
-    pub fn resolve(&self, git_ref: &str) -> Result<String, Error> {
-        git(
-            "resolve the start of the workspace",
-            &self.top,
-            &[
-                "rev-parse",
-                "--verify",
-                "--quiet",
-                &format!("{git_ref}^{{commit}}"),
-            ],
+    pub fn resolve(&self, layout: &Layout, git_ref: &str) -> Result<String, Error> {
+        Git::at(layout, &self.git_dir)
+            .run(
+                "resolve the start of the workspace",
+                &[
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    "--end-of-options",
+                    &format!("{git_ref}^{{commit}}"),
+                ],
+            )
+            .map_err(|_| Error::Git {
+                action: "resolve the start of the workspace",
+                dir: self.top.clone(),
+                args: vec!["rev-parse".into(), git_ref.into()],
+                stderr: format!(
+                    "{git_ref:?} is not a commit (a repository needs one commit first)"
+                ),
+            })
+    }
+
+    /// The object directories a task's repository borrows from: the
+    /// repository's own, and those its `objects/info/alternates` names that
+    /// exist. Canonical paths.
+    pub fn object_dirs(&self) -> Vec<PathBuf> {
+        let objects = self.common_dir.join("objects");
+        let mut dirs = Vec::new();
+        if let Ok(own) = objects.canonicalize() {
+            dirs.push(own);
+        }
+        if let Ok(text) = std::fs::read_to_string(objects.join("info/alternates")) {
+            for line in text.lines().map(str::trim) {
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let path = objects.join(line);
+                if let Ok(canonical) = path.canonicalize() {
+                    if canonical.is_dir() && !dirs.contains(&canonical) {
+                        dirs.push(canonical);
+                    }
+                }
+            }
+        }
+        dirs
+    }
+
+    /// Who commits work orch saves: the user, as their own (trusted) git
+    /// config says, else orch.
+    pub(crate) fn identity(&self, layout: &Layout) -> (String, String) {
+        let found = Git::at(layout, &self.common_dir)
+            .run(
+                "read the user's identity",
+                &["config", "--get-regexp", "^user\\.(name|email)$"],
+            )
+            .unwrap_or_default();
+        let mut name = None;
+        let mut email = None;
+        for line in found.lines() {
+            match line.split_once(' ') {
+                Some(("user.name", value)) if !value.is_empty() => name = Some(value.to_owned()),
+                Some(("user.email", value)) if !value.is_empty() => email = Some(value.to_owned()),
+                _ => {}
+            }
+        }
+        (
+            name.unwrap_or_else(|| "orch".into()),
+            email.unwrap_or_else(|| "orch@localhost".into()),
         )
-        .map_err(|_| Error::Git {
-            action: "resolve the start of the workspace",
-            dir: self.top.clone(),
-            args: vec!["rev-parse".into(), git_ref.into()],
-            stderr: format!("{git_ref:?} is not a commit (a repository needs one commit first)"),
-        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_git_that_hangs_is_killed_at_its_deadline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(tmp.path());
+        layout.prepare().unwrap();
+        // `git var` with an editor that never returns stands in for any
+        // stuck git: the editor is only asked for, never run; so read a
+        // FIFO nobody writes instead.
+        let fifo = tmp.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let started = Instant::now();
+        let err = Git::bare(&layout)
+            .timeout(Duration::from_millis(300))
+            .run(
+                "hash an object",
+                &["hash-object", "--no-filters", fifo.to_str().unwrap()],
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::GitTimeout { .. }), "{err}");
+        assert!(err.to_string().contains("was killed"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn every_call_is_hardened() {
+        let layout = Layout::new("/h");
+        let cmd = Git::at(&layout, Path::new("/r/.git"))
+            .work_tree(Path::new("/w"))
+            .isolated()
+            .command(&["status"]);
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for wanted in [
+            "--git-dir=/r/.git",
+            "--work-tree=/w",
+            "core.hooksPath=/h/git-empty",
+            "core.fsmonitor=false",
+        ] {
+            assert!(args.iter().any(|a| a == wanted), "{wanted} in {args:?}");
+        }
+        let envs: Vec<(String, Option<String>)> = cmd
+            .get_envs()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.map(|v| v.to_string_lossy().into_owned()),
+                )
+            })
+            .collect();
+        assert!(envs.contains(&("GIT_CONFIG_GLOBAL".into(), Some("/dev/null".into()))));
+        assert!(envs.contains(&("GIT_CONFIG_NOSYSTEM".into(), Some("1".into()))));
+    }
+
+    #[test]
+    fn lock_conflicts_are_recognised() {
+        assert!(is_lock_conflict(
+            "fatal: Unable to create '/r/.git/refs/heads/x.lock': File exists."
+        ));
+        assert!(is_lock_conflict(
+            "error: cannot lock ref 'refs/heads/x': Unable to create '/r/.git/refs/heads/x.lock': File exists."
+        ));
+        assert!(is_lock_conflict(
+            "error: could not lock config file .git/config: File exists"
+        ));
+        assert!(!is_lock_conflict(
+            "error: cannot lock ref 'refs/heads/x': unable to resolve reference 'refs/heads/x'"
+        ));
+        assert!(!is_lock_conflict(
+            "error: cannot lock ref 'refs/heads/x': is at 0123 but expected 4567"
+        ));
+        assert!(!is_lock_conflict("fatal: not a git repository"));
     }
 }

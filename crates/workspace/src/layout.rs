@@ -25,6 +25,30 @@ impl Layout {
         &self.home
     }
 
+    /// `<home>/git-empty`: an empty directory orch owns, that every host-side
+    /// git call uses as its hooks directory and its template.
+    pub fn empty_dir(&self) -> PathBuf {
+        self.home.join("git-empty")
+    }
+
+    /// Creates the directories git calls rely on ([`Layout::empty_dir`]),
+    /// private.
+    pub fn prepare(&self) -> Result<(), Error> {
+        private_dir(&self.empty_dir())
+    }
+
+    /// `<home>/workspaces/<project>/shadow/<task_id>.git`: the git directory
+    /// orch saves a task's work through; the task never sees it.
+    pub fn shadow_dir(&self, project: &str, task_id: &str) -> Result<PathBuf, Error> {
+        let dir = self.task_dir(project, task_id)?;
+        let id = dir.file_name().unwrap_or_default().to_string_lossy();
+        Ok(self
+            .workspaces_root()
+            .join(project)
+            .join("shadow")
+            .join(format!("{id}.git")))
+    }
+
     /// `<home>/workspaces`: every project's workspaces.
     pub fn workspaces_root(&self) -> PathBuf {
         self.home.join("workspaces")
@@ -46,6 +70,16 @@ impl Layout {
         }
         Ok(self.tasks_root(project)?.join(task_id))
     }
+}
+
+/// Creates `dir` and its missing parents, 0700 whatever the umask.
+pub(crate) fn private_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("create", dir, e))
 }
 
 /// A directory under some project's `tasks/`.

@@ -9,8 +9,9 @@
 //! removable by itself.
 
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, flock};
 
@@ -57,30 +58,9 @@ impl TaskLock {
         operation: FlockOperation,
     ) -> Result<Option<TaskLock>, Error> {
         let dir = layout.locks_dir(project)?;
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        crate::layout::private_dir(&dir)?;
         let path = layout.lock_path(project, task_id)?;
-        loop {
-            let file = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(|e| Error::io("open", &path, e))?;
-            match flock(&file, operation) {
-                Ok(()) => {}
-                Err(e) if e == rustix::io::Errno::WOULDBLOCK => return Ok(None),
-                Err(e) => return Err(Error::io("lock", &path, e.into())),
-            }
-            // The holder we waited for may have deleted the file on release;
-            // then our lock is on a dead inode and we must lock the new one.
-            let same = match (file.metadata(), std::fs::metadata(&path)) {
-                (Ok(held), Ok(named)) => held.ino() == named.ino() && held.dev() == named.dev(),
-                _ => false,
-            };
-            if same {
-                return Ok(Some(TaskLock { file, path }));
-            }
-        }
+        take_file_lock(&path, operation).map(|taken| taken.map(|file| TaskLock { file, path }))
     }
 
     /// Releases the lock and deletes its file: the task is over and its
@@ -91,6 +71,88 @@ impl TaskLock {
         let _ = std::fs::remove_file(&self.path);
         drop(self.file);
     }
+}
+
+/// Locks the file at `path` (created 0600), following it if its holder
+/// deletes it while we wait; `None` if non-blocking and held.
+fn take_file_lock(path: &Path, operation: FlockOperation) -> Result<Option<File>, Error> {
+    loop {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io("open", path, e))?;
+        match flock(&file, operation) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => return Ok(None),
+            Err(e) => return Err(Error::io("lock", path, e.into())),
+        }
+        // The holder we waited for may have deleted the file on release;
+        // then our lock is on a dead inode and we must lock the new one.
+        let same = match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(held), Ok(named)) => held.ino() == named.ino() && held.dev() == named.dev(),
+            _ => false,
+        };
+        if same {
+            return Ok(Some(file));
+        }
+    }
+}
+
+/// orch's lock on one user repository, held around the short metadata
+/// steps orch takes on it (creating, moving and deleting task branches,
+/// pruning entries of older versions), so that many tasks starting and
+/// ending on one repository at once queue instead of tripping over git's
+/// own lock files. Released on drop.
+#[derive(Debug)]
+pub(crate) struct RepoLock {
+    file: File,
+}
+
+/// How long a task waits for its turn on a repository.
+const REPO_LOCK_WAIT: Duration = Duration::from_secs(120);
+
+impl RepoLock {
+    /// Takes the lock of the repository whose common git directory is
+    /// `common_dir`.
+    pub(crate) fn acquire(layout: &Layout, common_dir: &Path) -> Result<RepoLock, Error> {
+        let dir = layout.home().join("locks").join("repos");
+        crate::layout::private_dir(&dir)?;
+        let path = dir.join(format!(
+            "{:016x}.lock",
+            fnv1a(common_dir.as_os_str().as_encoded_bytes())
+        ));
+        let started = Instant::now();
+        loop {
+            if let Some(file) = take_file_lock(&path, FlockOperation::NonBlockingLockExclusive)? {
+                return Ok(RepoLock { file });
+            }
+            if started.elapsed() > REPO_LOCK_WAIT {
+                return Err(Error::io(
+                    "lock the repository",
+                    common_dir,
+                    std::io::ErrorKind::TimedOut.into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl RepoLock {
+    /// The lock's descriptor, for a git child to share the hold.
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.file)
+    }
+}
+
+/// FNV-1a, 64 bits: a stable file name for a path.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl Layout {

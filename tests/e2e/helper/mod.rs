@@ -6,6 +6,13 @@
 //! instance are left and fails the test if there were any. Every wait has a
 //! deadline.
 
+mod daemon;
+mod proxy;
+mod pty;
+
+pub(crate) use daemon::{parse_answer, send_raw};
+pub(crate) use proxy::{Mode, Proxy};
+pub(crate) use pty::OnPty;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -15,6 +22,9 @@ use std::time::{Duration, Instant};
 pub(crate) const IMAGE: &str = "orch-agent:dev";
 /// The same plus git, for tasks that commit (built by `scripts/build-image git`).
 pub(crate) const GIT_IMAGE: &str = "orch-agent-git:dev";
+/// A real shell (busybox) and git, for hostile tasks (built by
+/// `scripts/build-image shell`).
+pub(crate) const SHELL_IMAGE: &str = "orch-shell-git:dev";
 
 /// Skips the test, loudly, when no Docker engine answers; fails it instead
 /// under `ORCH_REQUIRE_DOCKER=1`.
@@ -66,6 +76,34 @@ fn ensure_image() {
         .status()
         .expect("run scripts/build-image");
     assert!(status.success(), "building {IMAGE} failed");
+}
+
+/// True when the shell image exists or could be built; without Debian's
+/// busybox-static it skips loudly, but fails under `ORCH_REQUIRE_DOCKER=1`.
+pub(crate) fn shell_image_ready() -> bool {
+    static READY: OnceLock<bool> = OnceLock::new();
+    *READY.get_or_init(|| {
+        let present = Command::new("docker")
+            .args(["image", "inspect", SHELL_IMAGE])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if present {
+            return true;
+        }
+        let built = Command::new(repo_root().join("scripts/build-image"))
+            .arg("shell")
+            .status()
+            .is_ok_and(|s| s.success());
+        if !built {
+            if std::env::var("ORCH_REQUIRE_DOCKER").as_deref() == Ok("1") {
+                panic!("cannot build {SHELL_IMAGE}: install Debian's busybox-static");
+            }
+            eprintln!("!!!!!!!! SKIPPING HOSTILE-TASK TESTS: no busybox-static to build {SHELL_IMAGE} !!!!!!!!");
+        }
+        built
+    })
 }
 
 pub(crate) fn repo_root() -> PathBuf {
@@ -152,8 +190,13 @@ impl TestEnv {
     /// Makes the project a git repository with one commit, whose tasks get
     /// worktrees, run `image`, and may commit (an identity is set).
     pub(crate) fn git_project(&self, image: &str, extra: &str) {
+        let command = if extra.contains("command =") {
+            ""
+        } else {
+            "command = [\"/orch-agent\", \"{desc}\"]\n"
+        };
         let text = format!(
-            "image = \"{image}\"\ncommand = [\"/orch-agent\", \"{{desc}}\"]\nstop_grace = \"2s\"\n\
+            "image = \"{image}\"\n{command}stop_grace = \"2s\"\n\
              env = {{ GIT_AUTHOR_NAME = \"task\", GIT_AUTHOR_EMAIL = \"task@example.com\", \
              GIT_COMMITTER_NAME = \"task\", GIT_COMMITTER_EMAIL = \"task@example.com\" }}\n{extra}\n"
         );

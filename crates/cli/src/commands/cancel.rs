@@ -17,7 +17,7 @@ pub(crate) async fn run(args: &CancelArgs) -> anyhow::Result<ExitCode> {
         match registry.resolve(given) {
             Ok(id) => ids.push(id),
             Err(e) => {
-                eprintln!("orch: error: {e}");
+                crate::output::say(&format!("orch: error: {e}"));
                 failed = true;
             }
         }
@@ -31,16 +31,20 @@ pub(crate) async fn run(args: &CancelArgs) -> anyhow::Result<ExitCode> {
         .zip(futures_util::future::join_all(cancels).await)
     {
         match result {
-            Ok(Cancelled::Ended(state)) => println!("{id} {state}"),
-            Ok(Cancelled::AlreadyEnded(state)) => println!("{id} had already ended ({state})"),
+            Ok(Cancelled::Ended(state)) => {
+                crate::outln!("{id} {state}")?;
+            }
+            Ok(Cancelled::AlreadyEnded(state)) => {
+                crate::outln!("{id} had already ended ({state})")?;
+            }
             Err(e) => {
-                eprintln!("orch: error: failed to cancel {id}: {e:#}");
+                crate::output::say(&format!("orch: error: failed to cancel {id}: {e:#}"));
                 failed = true;
             }
         }
     }
     if let Err(e) = orch.reconcile(Duration::from_secs(30)).await {
-        eprintln!("orch: warning: orphan sweep failed: {e:#}");
+        crate::output::say(&format!("orch: warning: orphan sweep failed: {e:#}"));
     }
     Ok(if failed {
         ExitCode::from(exit::FAILED)

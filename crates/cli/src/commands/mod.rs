@@ -6,6 +6,8 @@ mod cleanup;
 mod du;
 mod logs;
 mod ps;
+mod serve;
+mod submit;
 mod task;
 
 use std::process::ExitCode;
@@ -33,6 +35,8 @@ pub(crate) async fn run(
         Command::Cancel(args) => (cancel::run(&args).await, exit::FAILED),
         Command::Cleanup(args) => (cleanup::run(args).await, exit::FAILED),
         Command::Du(args) => (du::run(&args), exit::FAILED),
+        Command::Serve(args) => (serve::run(args, watchdog).await, exit::ORCH_FAILED),
+        Command::Submit(args) => (submit::run(args).await, exit::ORCH_FAILED),
     };
     result.unwrap_or_else(|error| {
         // A reader that went away (`orch ps | head`) is not an error.
@@ -44,7 +48,10 @@ pub(crate) async fn run(
         if broken_pipe {
             return ExitCode::SUCCESS;
         }
-        eprintln!("orch: error: {error:#}");
+        crate::output::say(&format!(
+            "orch: error: {}",
+            crate::output::safe(&format!("{error:#}"))
+        ));
         ExitCode::from(failure_code)
     })
 }
@@ -53,4 +60,11 @@ pub(crate) async fn run(
 fn home_path() -> anyhow::Result<std::path::PathBuf> {
     orch_orchestrator::Home::default_path()
         .ok_or_else(|| anyhow::anyhow!("no orch home: set ORCH_HOME (or HOME)"))
+}
+
+/// Shows, once, that a home readable by others was made private.
+fn note_tightened(home: &orch_orchestrator::Home) {
+    if let Some(note) = home.tightened() {
+        crate::output::say(&format!("orch: note: {note}"));
+    }
 }

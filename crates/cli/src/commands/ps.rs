@@ -61,7 +61,7 @@ pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
                 out,
                 "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  {workspace}",
                 task.id.get(..13).unwrap_or(&task.id),
-                truncate(&task.project, 16),
+                truncate(&crate::output::safe(&task.project), 16),
                 task.state.as_str(),
                 progress,
                 age(now - task.created_at),
@@ -80,7 +80,7 @@ pub(crate) fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
         .get(&id)?
         .ok_or_else(|| anyhow::anyhow!("no task {id}"))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&task)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&task)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let time = |t: Option<i64>| {
@@ -126,7 +126,7 @@ pub(crate) fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
         ),
     ];
     for (key, value) in rows {
-        println!("{key:<12} {value}");
+        crate::outln!("{key:<12} {}", crate::output::safe(&value))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -139,9 +139,9 @@ fn workspace(task: &TaskRecord) -> String {
     }
 }
 
-fn truncate(text: &str, width: usize) -> std::borrow::Cow<'_, str> {
+fn truncate(text: &str, width: usize) -> std::borrow::Cow<'static, str> {
     if text.chars().count() <= width {
-        text.into()
+        text.to_owned().into()
     } else {
         let mut cut: String = text.chars().take(width - 1).collect();
         cut.push('~');

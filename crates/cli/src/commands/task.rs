@@ -3,7 +3,6 @@
 
 use std::os::unix::process::CommandExt;
 use std::process::{ExitCode, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -22,6 +21,8 @@ use crate::signals::SignalWatch;
 const RECONCILE_LIMIT: Duration = Duration::from_secs(30);
 /// How long a finished task waits for that reconciliation before exiting.
 const RECONCILE_WAIT: Duration = Duration::from_secs(5);
+/// How long the process waits for its spawned work to finish at exit.
+const WIND_DOWN: Duration = Duration::from_secs(30);
 /// How long `-d` waits for the supervisor to record the task.
 const DETACH_WAIT: Duration = Duration::from_secs(30);
 
@@ -52,13 +53,14 @@ fn request(args: &TaskArgs, task_id: Option<Uuid>) -> anyhow::Result<TaskRequest
 }
 
 /// Connects, handing the watchdog (if any) this session.
-async fn connect(watchdog: Option<WatchdogLink>) -> anyhow::Result<Arc<Orchestrator>> {
+async fn connect(watchdog: Option<WatchdogLink>) -> anyhow::Result<Orchestrator> {
     let home = Home::open(super::home_path()?)?;
+    super::note_tightened(&home);
     let orch = Orchestrator::connect(home).await?;
-    Ok(Arc::new(match watchdog {
+    Ok(match watchdog {
         Some(link) => orch.with_watchdog(link),
         None => orch,
-    }))
+    })
 }
 
 pub(crate) async fn run(
@@ -102,19 +104,19 @@ pub(crate) async fn run_supervisor(
 /// exit code. The run is a task of its own so that a panic inside it comes
 /// back here, and this session's containers can still be swept.
 async fn supervise(
-    orch: Arc<Orchestrator>,
+    orch: Orchestrator,
     request: TaskRequest,
     shutdown: Shutdown,
     signals: &SignalWatch,
     observer: Box<dyn Observer>,
 ) -> anyhow::Result<ExitCode> {
     let reconcile = tokio::spawn({
-        let orch = Arc::clone(&orch);
+        let orch = orch.clone();
         async move {
             match orch.reconcile(RECONCILE_LIMIT).await {
                 Ok(report) => {
                     for item in &report.items {
-                        tracing::info!(task = ?item.task_id, reason = %item.reason, "reconciled");
+                        tracing::info!(task = ?item.task_id(), reason = %item.reason, "reconciled");
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "reconciliation failed"),
@@ -122,10 +124,15 @@ async fn supervise(
         }
     });
     let run = tokio::spawn({
-        let orch = Arc::clone(&orch);
+        let orch = orch.clone();
         async move { orch.run_task(request, shutdown, observer).await }
     });
     let result = run.await;
+    // Reconciliation stops between items; whatever it is in the middle of
+    // (a git call, a removal) finishes first.
+    if !orch.wind_down(WIND_DOWN).await {
+        tracing::warn!("background work did not finish in time");
+    }
     let _ = tokio::time::timeout(RECONCILE_WAIT, reconcile).await;
     match result {
         Ok(Ok(outcome)) => {
@@ -134,7 +141,9 @@ async fn supervise(
         }
         Ok(Err(orch_orchestrator::Error::Interrupted { reason })) => {
             exit_cleanly(&orch).await;
-            eprintln!("orch: interrupted ({reason}) before the task started; nothing was created");
+            crate::output::say(&format!(
+                "orch: interrupted ({reason}) before the task started; nothing was created"
+            ));
             Ok(exit::for_signal(signals.first()))
         }
         Ok(Err(error)) => {
@@ -168,12 +177,17 @@ async fn sweep(orch: &Orchestrator) {
         Ok(results) => {
             for (name, result) in &results {
                 match result {
-                    Ok(_) => eprintln!("orch: removed container {name}"),
-                    Err(e) => eprintln!("orch: failed to remove container {name}: {e:#}"),
+                    Ok(_) => crate::output::say(&format!("orch: removed container {name}")),
+                    Err(e) => crate::output::say(&format!(
+                        "orch: failed to remove container {name}: {}",
+                        crate::output::safe(&format!("{e:#}"))
+                    )),
                 }
             }
         }
-        Err(e) => eprintln!("orch: failed to sweep this session's containers: {e:#}"),
+        Err(e) => crate::output::say(&format!(
+            "orch: failed to sweep this session's containers: {e:#}"
+        )),
     }
 }
 
@@ -215,7 +229,7 @@ async fn detach(args: TaskArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     loop {
         if orch.task(&task_id).await?.is_some() {
-            println!("{task_id}");
+            crate::outln!("{task_id}")?;
             return Ok(ExitCode::SUCCESS);
         }
         if let Some(status) = child.try_wait()? {

@@ -1,0 +1,160 @@
+//! `orch serve`: the daemon. One process runs many tasks from the durable
+//! queue, behind the API on the home's socket (and on TCP with a token),
+//! with cleanup at start, on a schedule and after submissions.
+//!
+//! SIGTERM, SIGINT or SIGHUP: stop taking tasks, stop the running ones
+//! gracefully (recorded `cancelled (daemon shutdown)`, torn down by their
+//! policy), leave the queued ones queued, exit 0. A second such signal
+//! forces the running ones. SIGKILL: the watchdog reaps the running ones.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use orch_orchestrator::supervisor::{Supervisor, SupervisorConfig};
+use orch_orchestrator::{
+    GlobalConfig, Home, Orchestrator, Thresholds, WatchdogLink, parse_duration,
+};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tokio_util::sync::CancellationToken;
+
+use crate::args::ServeArgs;
+use crate::output::say;
+
+/// The cleanup schedule's default period.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+/// A task silent this long is stuck, by default.
+const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(1800);
+/// How long the process waits for its spawned work at exit.
+const WIND_DOWN: Duration = Duration::from_secs(30);
+
+/// A duration from the environment, else the config, else the default.
+fn setting(var: &str, configured: Option<Duration>, default: Duration) -> anyhow::Result<Duration> {
+    match std::env::var(var) {
+        Ok(text) => parse_duration(&text).map_err(|m| anyhow::anyhow!("invalid {var}: {m}")),
+        Err(_) => Ok(configured.unwrap_or(default)),
+    }
+}
+
+/// The TCP listener's token: `ORCH_TOKEN`, else `$ORCH_HOME/api-token`,
+/// made (0600) on first use.
+fn token(home: &Home) -> anyhow::Result<String> {
+    if let Ok(token) = std::env::var("ORCH_TOKEN") {
+        anyhow::ensure!(!token.trim().is_empty(), "ORCH_TOKEN is empty");
+        return Ok(token.trim().to_owned());
+    }
+    let path = home.path().join("api-token");
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
+    }
+    let fresh = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("failed to create {}", path.display()))?;
+    writeln!(file, "{fresh}").with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(fresh)
+}
+
+pub(crate) async fn run(
+    args: ServeArgs,
+    watchdog: Option<WatchdogLink>,
+) -> anyhow::Result<ExitCode> {
+    let config = GlobalConfig::load(GlobalConfig::default_path().as_deref())?;
+    let home = Home::open(super::home_path()?)?;
+    super::note_tightened(&home);
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| home.path().join("orch.sock"));
+    let tcp = match args.listen {
+        Some(addr) => Some((addr, token(&home)?)),
+        None => None,
+    };
+    let bound = orch_server::bind(orch_server::Listeners {
+        socket: socket.clone(),
+        tcp,
+    })
+    .await?;
+    let orch = Orchestrator::connect(home.clone()).await?;
+    let orch = match watchdog {
+        Some(link) => orch.with_watchdog(link),
+        None => orch,
+    };
+    let concurrency = args.concurrency.map_or_else(
+        || std::thread::available_parallelism().map_or(2, |n| n.get()),
+        |n| n as usize,
+    );
+    let supervisor = Supervisor::new(
+        &orch,
+        SupervisorConfig {
+            concurrency,
+            cleanup_interval: setting(
+                "ORCH_CLEANUP_INTERVAL",
+                config.cleanup.interval,
+                DEFAULT_INTERVAL,
+            )?,
+            thresholds: Thresholds::resolve(&config.cleanup)?,
+            config_path: GlobalConfig::default_path(),
+            stuck_after: setting("ORCH_STUCK_AFTER", config.stuck_after, DEFAULT_STUCK_AFTER)?,
+        },
+    );
+    let stop = CancellationToken::new();
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context("failed to install signal handlers")?;
+    let signal_handle = signals.handle();
+    {
+        let (stop, supervisor) = (stop.clone(), supervisor.clone());
+        tokio::spawn(async move {
+            let mut seen = false;
+            while let Some(signal) = signals.next().await {
+                if seen {
+                    tracing::warn!(signal, "second signal: forcing the running tasks");
+                    supervisor.force();
+                } else {
+                    seen = true;
+                    tracing::info!(
+                        signal,
+                        "stopping: no new tasks, running ones stopped gracefully"
+                    );
+                    stop.cancel();
+                }
+            }
+        });
+    }
+    say(&format!(
+        "orch: serving on {}{}; {concurrency} task(s) at once",
+        socket.display(),
+        bound
+            .tcp_addr()
+            .map(|a| format!(" and http://{a}"))
+            .unwrap_or_default()
+    ));
+    let server = tokio::spawn(bound.serve(supervisor.clone(), stop.clone()));
+    supervisor.run(stop.clone()).await;
+    stop.cancel();
+    let served = server.await;
+    signal_handle.close();
+    if !orch.wind_down(WIND_DOWN).await {
+        tracing::warn!("background work did not finish in time");
+    }
+    orch.watchdog_clean_exit();
+    match served {
+        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(anyhow::anyhow!("the API server failed: {e}")),
+    }
+}

@@ -1,0 +1,61 @@
+//! Disk use of workspaces (`orch du`, `GET /v1/du`): each workspace, per
+//! project, and in total, counted as `du -sb` counts.
+
+use std::collections::BTreeMap;
+
+use orch_workspace::{Layout, TaskDir, du};
+use serde_json::json;
+
+use crate::Error;
+
+/// What the workspaces of a home hold.
+#[derive(Debug, Clone, Default)]
+pub struct DuReport {
+    /// Each workspace and its size.
+    pub workspaces: Vec<(TaskDir, du::Size)>,
+    /// Per project: size and number of workspaces.
+    pub projects: BTreeMap<String, (du::Size, usize)>,
+    /// All of them.
+    pub total: du::Size,
+}
+
+impl DuReport {
+    /// Measures every workspace under `layout`. Walks trees: call it on the
+    /// blocking pool.
+    pub fn measure(layout: &Layout) -> Result<DuReport, Error> {
+        let mut report = DuReport::default();
+        for dir in layout.task_dirs()? {
+            let size = du::measure(&dir.path)?;
+            let entry = report.projects.entry(dir.project.clone()).or_default();
+            entry.0 += size;
+            entry.1 += 1;
+            report.total += size;
+            report.workspaces.push((dir, size));
+        }
+        Ok(report)
+    }
+
+    /// As `orch du --json` prints it and `GET /v1/du` answers it.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "workspaces": self.workspaces.iter().map(|(dir, size)| json!({
+                "project": dir.project,
+                "task_id": dir.task_id,
+                "path": dir.path,
+                "bytes": size.bytes,
+                "files": size.files,
+            })).collect::<Vec<_>>(),
+            "projects": self.projects.iter().map(|(name, (size, count))| json!({
+                "project": name,
+                "workspaces": count,
+                "bytes": size.bytes,
+                "files": size.files,
+            })).collect::<Vec<_>>(),
+            "total": {
+                "workspaces": self.workspaces.len(),
+                "bytes": self.total.bytes,
+                "files": self.total.files,
+            },
+        })
+    }
+}

@@ -1,0 +1,297 @@
+//! Carrying out a cleanup: take the snapshot, plan on the blocking pool
+//! (planning measures workspaces), then hand each item's plan to the one
+//! teardown executor, several at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use orch_registry::State;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Ctx;
+use crate::reconcile::snapshot::Snapshot;
+use crate::reconcile::{CleanupOptions, CleanupReport, Item, RepoItem, orphans, retention};
+use crate::teardown::{self, ExecOptions};
+use crate::{Error, workspace};
+
+/// How long `--all` waits for live tasks to end after cancelling them,
+/// beyond their grace; and for their owners to let go of workspaces.
+const CANCEL_WAIT: Duration = Duration::from_secs(15);
+/// How many plans run at once.
+const PARALLEL: usize = 16;
+
+/// Plans and (unless a dry run) carries out a cleanup.
+pub(crate) async fn cleanup(
+    ctx: &Arc<Ctx>,
+    options: &CleanupOptions,
+) -> Result<CleanupReport, Error> {
+    let snapshot = Snapshot::full(ctx).await?;
+    let logs = ctx.home.path().join("logs");
+    let session = ctx.session.id;
+    let planned_options = options.clone();
+    let (snapshot, items) = tokio::task::spawn_blocking(move || {
+        let options = planned_options;
+        if options.all {
+            let items = retention::everything(&snapshot, &logs, &options);
+            return (snapshot, items);
+        }
+        let mut items = Vec::new();
+        if options
+            .strategy
+            .includes(crate::reconcile::Strategy::Orphans)
+        {
+            items.extend(orphans::plan(&snapshot, session, options.status));
+        }
+        // A task the orphans strategy took is not planned twice.
+        let taken: std::collections::BTreeSet<uuid::Uuid> =
+            items.iter().filter_map(Item::task_id).collect();
+        for row in &snapshot.rows {
+            if options.status.is_some_and(|s| s != row.state) || taken.contains(&row.id) {
+                continue;
+            }
+            items.extend(retention::plan(row, &snapshot, &logs, &options));
+        }
+        (snapshot, items)
+    })
+    .await
+    .map_err(|e| Error::io("plan", "the cleanup", std::io::Error::other(e)))?;
+    let mut report = CleanupReport {
+        dry_run: options.dry_run,
+        items,
+        repos: plan_repos(ctx, options.branches).await?,
+    };
+    if options.dry_run {
+        return Ok(report);
+    }
+    let lock_wait = if options.all {
+        let stopped = cancel_live(ctx, &snapshot, options).await?;
+        for item in &mut report.items {
+            item.stopped_by_owner = item.plan.task.is_some_and(|t| stopped.contains(&t));
+        }
+        CANCEL_WAIT
+    } else {
+        Duration::ZERO
+    };
+    execute(ctx, &mut report.items, lock_wait, None).await;
+    execute_repos(ctx, &mut report.repos).await;
+    Ok(report)
+}
+
+/// Reconciliation alone (the orphans strategy), as every `orch task`
+/// start and every daemon start runs it: bounded, never touching this
+/// session's tasks, and stopping between items once `stop` fires.
+pub(crate) async fn reconcile(
+    ctx: &Arc<Ctx>,
+    limit: Duration,
+    stop: &CancellationToken,
+) -> Result<CleanupReport, Error> {
+    let work = async {
+        let snapshot = Snapshot::narrow(ctx).await?;
+        let session = ctx.session.id;
+        let items = tokio::task::spawn_blocking(move || orphans::plan(&snapshot, session, None))
+            .await
+            .map_err(|e| Error::io("plan", "reconciliation", std::io::Error::other(e)))?;
+        let mut report = CleanupReport {
+            dry_run: false,
+            items,
+            repos: plan_repos(ctx, false).await?,
+        };
+        execute(ctx, &mut report.items, Duration::ZERO, Some(stop)).await;
+        if !stop.is_cancelled() {
+            execute_repos(ctx, &mut report.repos).await;
+        }
+        Ok(report)
+    };
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(Error::Timeout {
+            action: "reconcile",
+            target: "the registry with the runtime".into(),
+            after: limit,
+        })
+    })
+}
+
+/// Carries out the items' plans, several at once, in order of the report.
+async fn execute(
+    ctx: &Ctx,
+    items: &mut Vec<Item>,
+    lock_wait: Duration,
+    stop: Option<&CancellationToken>,
+) {
+    let planned = std::mem::take(items);
+    *items = futures_util::stream::iter(planned)
+        .map(|mut item| async move {
+            if stop.is_some_and(CancellationToken::is_cancelled) {
+                return item;
+            }
+            let options = ExecOptions {
+                held_lock: None,
+                lock_wait,
+            };
+            let executed = teardown::execute(ctx, &item.plan, options, &mut |_| {}).await;
+            for error in &executed.errors {
+                tracing::warn!(task = ?item.plan.task, reason = %item.reason, error = %error, "cleanup step failed");
+            }
+            item.record(executed);
+            tracing::info!(task = ?item.plan.task, reason = %item.reason, steps = item.steps.len(), "cleaned");
+            item
+        })
+        .buffered(PARALLEL)
+        .collect()
+        .await;
+}
+
+/// `--all`: live tasks are stopped by their owners first (gracefully, their
+/// records ended as cancelled), within their grace and a bound.
+async fn cancel_live(
+    ctx: &Ctx,
+    snapshot: &Snapshot,
+    options: &CleanupOptions,
+) -> Result<Vec<uuid::Uuid>, Error> {
+    // Queued tasks own nothing yet: they are cancelled where they wait.
+    let queued: Vec<uuid::Uuid> = snapshot
+        .rows
+        .iter()
+        .filter(|r| r.state == State::Queued && options.status.is_none_or(|s| s == r.state))
+        .map(|r| r.id)
+        .collect();
+    ctx.store
+        .call(move |r| {
+            for id in &queued {
+                r.cancel_queued(id, "cancelled (cleanup --all)", orch_registry::now_ms())?;
+            }
+            Ok(())
+        })
+        .await?;
+    let live: Vec<uuid::Uuid> = snapshot
+        .rows
+        .iter()
+        .filter(|r| {
+            r.state != State::Queued
+                && orphans::is_live(r)
+                && options.status.is_none_or(|s| s == r.state)
+        })
+        .map(|r| r.id)
+        .collect();
+    if live.is_empty() {
+        return Ok(live);
+    }
+    let longest = snapshot
+        .rows
+        .iter()
+        .filter(|r| live.contains(&r.id))
+        .map(|r| r.stop_grace_ms)
+        .max()
+        .unwrap_or(0);
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(u64::try_from(longest).unwrap_or(0))
+        + CANCEL_WAIT;
+    let ids = live.clone();
+    ctx.store
+        .call(move |r| {
+            for id in &ids {
+                r.request_cancel(id)?;
+            }
+            Ok(())
+        })
+        .await?;
+    for id in &live {
+        let id = *id;
+        while tokio::time::Instant::now() < deadline {
+            let state = ctx.store.call(move |r| r.get(&id)).await?.map(|r| r.state);
+            if state.is_none_or(State::is_terminal) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(live)
+}
+
+/// Vanished worktree entries of older versions (always), and empty
+/// branches (on request).
+async fn plan_repos(ctx: &Ctx, branches: bool) -> Result<Vec<RepoItem>, Error> {
+    let tops = ctx.store.call(|r| r.repos()).await?;
+    let mut items = Vec::new();
+    for top in tops {
+        if !top.exists() {
+            continue;
+        }
+        let mut item = RepoItem {
+            repo: top.clone(),
+            pruned: 0,
+            branches: Vec::new(),
+            errors: Vec::new(),
+        };
+        if branches {
+            let key = top.clone();
+            let bases = ctx.store.call(move |r| r.branch_bases(&key)).await?;
+            let layout = ctx.home.layout();
+            let found = workspace::blocking(move || {
+                let repo = orch_workspace::Repo::discover(&top, &layout)?;
+                orch_workspace::empty_branches(&repo, &layout, &bases)
+            })
+            .await;
+            match found {
+                Ok(empty) => item.branches = empty.into_iter().map(|b| b.name).collect(),
+                Err(e) => item.errors.push(format!("{e:#}")),
+            }
+        }
+        items.push(item);
+    }
+    Ok(items)
+}
+
+/// Prunes vanished worktree entries and deletes the planned branches.
+async fn execute_repos(ctx: &Ctx, repos: &mut [RepoItem]) {
+    for item in repos {
+        let top = item.repo.clone();
+        let layout = ctx.home.layout();
+        let key = top.clone();
+        let bases = match ctx.store.call(move |r| r.branch_bases(&key)).await {
+            Ok(bases) => bases,
+            Err(e) => {
+                item.errors.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        let branches = item.branches.clone();
+        let done = workspace::blocking(move || {
+            let repo = orch_workspace::Repo::discover(&top, &layout)?;
+            let pruned = orch_workspace::prune_worktrees(&repo, &layout)?;
+            let mut deleted = Vec::new();
+            let mut errors = Vec::new();
+            for name in branches {
+                let Some(base) = bases.get(&name) else {
+                    continue;
+                };
+                match orch_workspace::delete_branch(&repo, &layout, &name, base) {
+                    Ok(()) => deleted.push(name),
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            Ok((pruned, deleted, errors))
+        })
+        .await;
+        match done {
+            Ok((pruned, deleted, errors)) => {
+                item.pruned = pruned;
+                item.errors.extend(errors);
+                let repo = item.repo.clone();
+                let forget = deleted.clone();
+                let _ = ctx
+                    .store
+                    .call(move |r| {
+                        for name in &forget {
+                            r.forget_branch(&repo, name)?;
+                        }
+                        Ok(())
+                    })
+                    .await;
+                item.branches = deleted;
+            }
+            Err(e) => item.errors.push(format!("{e:#}")),
+        }
+    }
+}

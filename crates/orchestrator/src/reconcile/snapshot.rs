@@ -1,0 +1,122 @@
+//! One look at everything: the registry, this instance's containers, and
+//! the task directories on disk.
+//!
+//! Read in this order (containers and directories first, records last), so
+//! that whatever a task created before the snapshot has its record in it:
+//! records are written first.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use orch_registry::{Listing, TaskRecord, now_ms};
+use orch_workspace::TaskDir;
+use uuid::Uuid;
+
+use crate::Error;
+use crate::context::Ctx;
+use crate::runtime::OwnedContainer;
+use crate::teardown::{Found, TaskFacts, WorkspaceTarget};
+
+/// The data a plan is made from.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) rows: Vec<TaskRecord>,
+    pub(crate) containers: Vec<OwnedContainer>,
+    pub(crate) dirs: Vec<TaskDir>,
+    pub(crate) now: i64,
+}
+
+impl Snapshot {
+    /// Everything: for retention, which may select any record.
+    pub(crate) async fn full(ctx: &Ctx) -> Result<Snapshot, Error> {
+        let containers = ctx.runtime.list(&ctx.selector(None)).await?;
+        let dirs = task_dirs(ctx).await?;
+        let rows = ctx.store.call(|r| r.list(Listing::All)).await?;
+        Ok(Snapshot {
+            rows,
+            containers,
+            dirs,
+            now: now_ms(),
+        })
+    }
+
+    /// What reconciliation needs and no more: the live records, and the
+    /// records of the containers and directories found. It stays small
+    /// however many finished tasks the registry holds.
+    pub(crate) async fn narrow(ctx: &Ctx) -> Result<Snapshot, Error> {
+        let containers = ctx.runtime.list(&ctx.selector(None)).await?;
+        let dirs = task_dirs(ctx).await?;
+        let wanted: BTreeSet<Uuid> = containers
+            .iter()
+            .filter_map(|c| c.task_id)
+            .chain(dirs.iter().filter_map(|d| d.task_id.parse().ok()))
+            .collect();
+        let rows = ctx
+            .store
+            .call(move |r| {
+                let mut rows = r.list(Listing::Live)?;
+                let live: BTreeSet<Uuid> = rows.iter().map(|row| row.id).collect();
+                for id in wanted.difference(&live) {
+                    rows.extend(r.get(id)?);
+                }
+                Ok(rows)
+            })
+            .await?;
+        Ok(Snapshot {
+            rows,
+            containers,
+            dirs,
+            now: now_ms(),
+        })
+    }
+}
+
+async fn task_dirs(ctx: &Ctx) -> Result<Vec<TaskDir>, Error> {
+    let layout = ctx.home.layout();
+    crate::workspace::blocking(move || layout.task_dirs()).await
+}
+
+/// What exists of one task: its containers, its directory (only under its
+/// own project), and its log.
+pub(crate) fn found_of(
+    facts: &TaskFacts,
+    containers: &[OwnedContainer],
+    dirs: &[TaskDir],
+    log: Option<(PathBuf, u64)>,
+) -> Found {
+    let id = facts.id.to_string();
+    Found {
+        containers: containers
+            .iter()
+            .filter(|c| c.task_id == Some(facts.id))
+            .map(|c| (c.name.clone(), c.state))
+            .collect(),
+        workspace: dirs
+            .iter()
+            .find(|d| d.task_id == id && d.project == facts.project)
+            .map(|dir| {
+                WorkspaceTarget::of_dir(
+                    dir,
+                    Some(facts.image.clone()),
+                    facts.workspace.as_ref().and_then(|w| w.repo.clone()),
+                )
+            })
+            .or_else(|| {
+                // No directory, but the record planned one: its branch may
+                // exist already (it is made first), to unwind or settle.
+                let planned = facts
+                    .workspace
+                    .as_ref()
+                    .filter(|_| !facts.workspace_settled)?;
+                Some(WorkspaceTarget {
+                    project: facts.project.clone(),
+                    dir_name: id.clone(),
+                    path: planned.path.clone(),
+                    bytes: 0,
+                    image: Some(facts.image.clone()),
+                    repo: Some(planned.repo.clone()?),
+                })
+            }),
+        log,
+    }
+}

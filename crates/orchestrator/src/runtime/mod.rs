@@ -1,0 +1,25 @@
+//! The seam between orch and a container engine.
+//!
+//! The run, teardown and reconciliation code ask a [`Runtime`] for what they
+//! need (an image, a container created, attached, started, stopped with a
+//! grace, waited for, removed, listed by owner) and never see the engine
+//! behind it. Docker is the one implementation; what only some engines can
+//! do (mounting host directories, carrying the owning process's identity)
+//! is a [`Capabilities`] flag, so another engine can come later without
+//! touching the callers.
+
+mod docker;
+mod error;
+#[cfg(test)]
+pub(crate) mod fake;
+mod reference;
+mod spec;
+
+pub use docker::DockerRuntime;
+pub(crate) use docker::display_chain;
+pub use error::RuntimeError;
+pub(crate) use reference::validate_reference;
+pub use spec::{
+    Capabilities, ContainerSpec, ContainerState, Gone, Mount, OutputChunk, OutputStream,
+    OwnedContainer, Ownership, Runtime, Selector,
+};

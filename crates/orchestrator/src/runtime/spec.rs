@@ -1,0 +1,205 @@
+//! What orch asks of a container engine, in the engine's absence: the
+//! [`Runtime`] trait and the plain data it speaks in.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use uuid::Uuid;
+
+use crate::events::Stream as OutStream;
+use crate::owner::Owner;
+use crate::runtime::RuntimeError;
+
+/// What an engine can do beyond the basics every engine has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// It can mount directories of this host into a container (needed for
+    /// workspaces).
+    pub host_mounts: bool,
+    /// It keeps the owning process's identity (pid, start time, boot id)
+    /// with each container, so a container's owner can be checked without
+    /// the registry.
+    pub owner_identity: bool,
+}
+
+/// Who a container belongs to. The engine stores this with the container
+/// when it is created (Docker: labels) and gives it back when listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ownership {
+    /// The orch home's instance id.
+    pub instance: String,
+    /// The creating orch process's session.
+    pub session: Uuid,
+    /// The task.
+    pub task: Uuid,
+    /// The task's project.
+    pub project: String,
+    /// The creating process.
+    pub owner: Owner,
+}
+
+/// A directory of this host inside a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The host directory.
+    pub source: PathBuf,
+    /// Where the container sees it.
+    pub target: PathBuf,
+    /// The container may not write it.
+    pub read_only: bool,
+}
+
+/// Everything a container is created with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// Image reference.
+    pub image: String,
+    /// Replaces the image's command.
+    pub command: Vec<String>,
+    /// Replaces the image's entrypoint, if set.
+    pub entrypoint: Option<Vec<String>>,
+    /// `UID:GID` the task runs as.
+    pub user: String,
+    /// Environment, in order.
+    pub env: Vec<(String, String)>,
+    /// Where the command starts.
+    pub workdir: Option<PathBuf>,
+    /// Host directories it sees (needs [`Capabilities::host_mounts`]).
+    pub mounts: Vec<Mount>,
+    /// Network mode or name.
+    pub network: String,
+    /// Memory limit in bytes.
+    pub memory: Option<i64>,
+    /// CPU limit.
+    pub cpus: Option<f64>,
+    /// SIGTERM-to-SIGKILL grace the engine uses if it stops it itself.
+    pub stop_grace: Duration,
+    /// Whose it is.
+    pub ownership: Ownership,
+}
+
+/// A container's state as the engine reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Created, never started.
+    Created,
+    /// Running (or paused).
+    Running,
+    /// Exited.
+    Exited,
+    /// Anything else: restarting, being removed, dead.
+    Other,
+}
+
+/// A container of this instance, as the engine lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedContainer {
+    /// Its name.
+    pub name: String,
+    /// Its task, if the engine kept it.
+    pub task_id: Option<Uuid>,
+    /// The session that created it.
+    pub session: Option<Uuid>,
+    /// The process that created it, if the engine keeps owners.
+    pub owner: Option<Owner>,
+    /// Its state.
+    pub state: ContainerState,
+}
+
+impl OwnedContainer {
+    /// True if the creating process still runs. Unknown owners count as
+    /// dead.
+    pub fn owner_alive(&self) -> bool {
+        self.owner.as_ref().is_some_and(Owner::is_alive)
+    }
+
+    /// True if it is running a task.
+    pub fn is_running(&self) -> bool {
+        self.state == ContainerState::Running
+    }
+}
+
+/// Which containers to list: always one instance's, optionally narrowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    /// The instance; nothing of another instance is ever listed.
+    pub instance: String,
+    /// Only this session's.
+    pub session: Option<Uuid>,
+    /// Only this task's.
+    pub task: Option<Uuid>,
+}
+
+/// What a removal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// It existed and was removed now.
+    Removed,
+    /// It did not exist (any more).
+    AlreadyGone,
+}
+
+/// Output of a container: which stream, and the bytes as written.
+pub type OutputChunk = (OutStream, Bytes);
+
+/// A container's output until its streams close.
+pub type OutputStream = Pin<Box<dyn Stream<Item = Result<OutputChunk, RuntimeError>> + Send>>;
+
+/// A container engine, as orch needs it. Every call is bounded by a
+/// deadline of its own and retries what the engine may get wrong for a
+/// moment (a refused or dropped connection, a 5xx) where repeating it is
+/// safe; removal is idempotent.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
+    /// What this engine can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Makes sure `image` is present, pulling it if not; `progress` hears
+    /// each new pull status.
+    async fn ensure_image(
+        &self,
+        image: &str,
+        progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<(), RuntimeError>;
+
+    /// Checks that the engine answers.
+    async fn ping(&self) -> Result<(), RuntimeError>;
+
+    /// Checks what the engine would refuse about `spec` only at create time
+    /// (an unknown network), before anything is made.
+    async fn preflight(&self, spec: &ContainerSpec) -> Result<(), RuntimeError>;
+
+    /// Creates a container named `name`.
+    async fn create(&self, name: &str, spec: &ContainerSpec) -> Result<(), RuntimeError>;
+
+    /// Attaches to a created container's output.
+    async fn attach(&self, name: &str) -> Result<OutputStream, RuntimeError>;
+
+    /// Starts it.
+    async fn start(&self, name: &str) -> Result<(), RuntimeError>;
+
+    /// SIGTERM now, SIGKILL after `grace`; returns once it is not running.
+    async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError>;
+
+    /// Freezes every process of it (Ctrl+Z of its owner).
+    async fn pause(&self, name: &str) -> Result<(), RuntimeError>;
+
+    /// Thaws it.
+    async fn unpause(&self, name: &str) -> Result<(), RuntimeError>;
+
+    /// Waits until it is not running; its exit code.
+    async fn wait(&self, name: &str) -> Result<i64, RuntimeError>;
+
+    /// The exit code of an exited container, if it has one.
+    async fn exit_code(&self, name: &str) -> Result<Option<i64>, RuntimeError>;
+
+    /// Removes it, killing it if it runs. Idempotent: a container that is
+    /// already gone is [`Gone::AlreadyGone`].
+    async fn remove(&self, name: &str) -> Result<Gone, RuntimeError>;
+
+    /// The containers `selector` picks.
+    async fn list(&self, selector: &Selector) -> Result<Vec<OwnedContainer>, RuntimeError>;
+}

@@ -1,0 +1,20 @@
+//! The daemon's core: one process that runs many tasks from a durable
+//! queue.
+//!
+//! A [`Supervisor`] owns the live tasks of its process (and nothing else:
+//! finished tasks live in the registry). Tasks are submitted as
+//! [`SubmitSpec`]s, checked as `orch task` would check them, and recorded
+//! `queued`; the scheduler claims them from the registry in one transaction
+//! each (so two daemons on one home never run one task), while fewer than
+//! its concurrency run and within each project's `max_parallel`, and runs
+//! each through the same run and teardown as `orch task`. Cleanup runs at
+//! start, on a schedule, and after submissions. Every state change,
+//! progress report and cleanup is a [`DaemonEvent`].
+
+mod events;
+mod scheduler;
+mod spec;
+
+pub use events::DaemonEvent;
+pub use scheduler::{Progress, Supervisor, SupervisorConfig};
+pub use spec::{DurationText, SubmitSpec};

@@ -1,0 +1,324 @@
+//! The routes of SPEC 9 and their handlers: each parses, calls one
+//! supervisor method, and answers JSON.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State as Extract};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use futures_util::Stream;
+use orch_orchestrator::supervisor::{SubmitSpec, Supervisor};
+use orch_orchestrator::{CleanupOptions, Strategy, Thresholds, parse_duration};
+use orch_registry::State;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::error::ApiError;
+
+/// The largest request body taken.
+const BODY_LIMIT: usize = 64 * 1024;
+/// How often a followed log is looked at.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) supervisor: Arc<Supervisor>,
+    /// Fires when the daemon stops: endless answers (events, followed
+    /// logs) end with it, so that shutting down never waits on a client.
+    pub(crate) stop: tokio_util::sync::CancellationToken,
+}
+
+/// The API's routes (no authentication: the listeners add it).
+pub(crate) fn routes(shared: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/tasks", post(submit).get(list))
+        .route("/v1/tasks/{id}", get(show).delete(cancel))
+        .route("/v1/tasks/{id}/progress", get(progress))
+        .route("/v1/tasks/{id}/logs", get(logs))
+        .route("/v1/cleanup", post(cleanup))
+        .route("/v1/du", get(du))
+        .route("/v1/events", get(events))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(shared)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn healthz(Extract(s): Extract<Shared>) -> Response {
+    if s.supervisor.accepting() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
+
+/// A JSON body, with a one-line 400 for anything malformed.
+fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    match parsed {
+        Ok(Json(value)) => Ok(value),
+        Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {BODY_LIMIT} bytes"),
+            ))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "invalid request body: {}",
+            e.body_text()
+        ))),
+    }
+}
+
+fn query<T>(parsed: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    parsed
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))
+}
+
+async fn submit(
+    Extract(s): Extract<Shared>,
+    spec: Result<Json<SubmitSpec>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let spec = body(spec)?;
+    let record = s.supervisor.submit(spec).await?;
+    let answer = serde_json::json!({ "id": record.id, "state": record.state });
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    all: Option<String>,
+    state: Option<String>,
+    project: Option<String>,
+}
+
+fn flag(value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("0" | "false" | "no") => Ok(false),
+        Some("" | "1" | "true" | "yes") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "invalid flag value {other:?}: expected 1 or 0"
+        ))),
+    }
+}
+
+async fn list(
+    Extract(s): Extract<Shared>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let state: Option<State> = q
+        .state
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: orch_registry::UnknownState| ApiError::bad_request(e.to_string()))?;
+    let tasks = s
+        .supervisor
+        .tasks(flag(q.all.as_deref())?, state, q.project)
+        .await?;
+    Ok(Json(tasks).into_response())
+}
+
+async fn show(Extract(s): Extract<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(s.supervisor.task(&id).await?).into_response())
+}
+
+async fn progress(
+    Extract(s): Extract<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(s.supervisor.progress(&id).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    wait: Option<String>,
+}
+
+async fn cancel(
+    Extract(s): Extract<Shared>,
+    Path(id): Path<String>,
+    q: Result<Query<WaitQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let wait = flag(query(q)?.wait.as_deref())?;
+    let record = s.supervisor.cancel(&id, wait).await?;
+    Ok((StatusCode::ACCEPTED, Json(record)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FollowQuery {
+    follow: Option<String>,
+}
+
+async fn logs(
+    Extract(s): Extract<Shared>,
+    Path(id): Path<String>,
+    q: Result<Query<FollowQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let follow = flag(query(q)?.follow.as_deref())?;
+    let task = s.supervisor.task(&id).await?;
+    let path = s.supervisor.log_path(&task.id);
+    let text = |body| {
+        Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(body)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    };
+    if !follow {
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("failed to read {}: {e}", path.display()),
+                ));
+            }
+        };
+        return text(Body::from(bytes));
+    }
+    let supervisor = s.supervisor.clone();
+    let id = task.id.to_string();
+    // Each step: whether the task had ended before the read, then whatever
+    // the log holds past `offset`; ends after a read that followed the end.
+    let stream = futures_util::stream::unfold((0u64, false), move |(offset, over)| {
+        let (supervisor, path, id) = (supervisor.clone(), path.clone(), id.clone());
+        async move {
+            if over {
+                return None;
+            }
+            loop {
+                let ended = supervisor
+                    .task(&id)
+                    .await
+                    .map_or(true, |t| t.state.is_terminal());
+                let chunk = read_from(&path, offset).await;
+                if !chunk.is_empty() {
+                    let next = offset + chunk.len() as u64;
+                    return Some((Ok::<_, Infallible>(Bytes::from(chunk)), (next, ended)));
+                }
+                if ended {
+                    return None;
+                }
+                tokio::time::sleep(FOLLOW_POLL).await;
+            }
+        }
+    });
+    let stop = s.stop.clone();
+    text(Body::from_stream(futures_util::StreamExt::take_until(
+        stream,
+        stop.cancelled_owned(),
+    )))
+}
+
+/// What `path` holds past `offset` (nothing if it does not exist yet).
+async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
+    let Ok(mut file) = tokio::fs::File::open(path).await else {
+        return Vec::new();
+    };
+    if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+        return Vec::new();
+    }
+    let mut buf = Vec::new();
+    let _ = (&mut file).take(1 << 20).read_to_end(&mut buf).await;
+    buf
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CleanupBody {
+    strategy: Option<String>,
+    older_than: Option<String>,
+    status: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn cleanup(
+    Extract(s): Extract<Shared>,
+    request: Result<Json<CleanupBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    // An empty body is an empty request.
+    let request = match request {
+        Err(JsonRejection::MissingJsonContentType(_)) => CleanupBody::default(),
+        other => body(other)?,
+    };
+    let unprocessable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m);
+    let strategy = match request.strategy.as_deref() {
+        None => Strategy::All,
+        Some(name) => Strategy::parse(name).ok_or_else(|| {
+            unprocessable(format!(
+                "unknown strategy {name:?}: expected all, orphans, completed, stale or old"
+            ))
+        })?,
+    };
+    let thresholds = match request.older_than.as_deref() {
+        Some(age) => Thresholds::all(parse_duration(age).map_err(unprocessable)?),
+        None => s.supervisor.thresholds(),
+    };
+    let status = request
+        .status
+        .as_deref()
+        .map(str::parse::<State>)
+        .transpose()
+        .map_err(|e| unprocessable(e.to_string()))?;
+    let options = CleanupOptions {
+        strategy,
+        thresholds,
+        status,
+        all: false,
+        dry_run: request.dry_run,
+        branches: false,
+    };
+    let report = s.supervisor.cleanup(&options).await?;
+    Ok(Json(report.to_json()).into_response())
+}
+
+async fn du(Extract(s): Extract<Shared>) -> Result<Response, ApiError> {
+    Ok(Json(s.supervisor.du().await?.to_json()).into_response())
+}
+
+async fn events(
+    Extract(s): Extract<Shared>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = s.supervisor.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let sse = match rx.recv().await {
+            Ok(event) => {
+                let data = serde_json::to_string(&event).unwrap_or_default();
+                SseEvent::default().event(event.kind()).data(data)
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => SseEvent::default()
+                .event("lagged")
+                .data(format!("{{\"missed\":{missed}}}")),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(sse), rx))
+    });
+    let stream = futures_util::StreamExt::take_until(stream, s.stop.clone().cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// The TCP listener's routes: the API plus the dashboard (`/`), which
+/// gets its token once as `?token=` and keeps it in a cookie.
+pub(crate) fn with_dashboard(api: Router, _shared: Shared, _token: crate::auth::Token) -> Router {
+    api
+}

@@ -1,0 +1,517 @@
+//! Workspaces against real git: the work comes home, the user's repository
+//! changes only by its task branch, and nothing a task writes runs.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::*;
+
+/// A user repository with one commit and an ignored pattern, a home, and a
+/// marker path outside everything that hostile tasks try to create.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    repo: Repo,
+    layout: Layout,
+    base: String,
+    marker: PathBuf,
+}
+
+/// git as the user (or the task) runs it, in `dir`.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let project = root.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    git(&project, &["init", "--quiet", "--initial-branch=main"]);
+    std::fs::write(project.join(".gitignore"), "*.log\n").unwrap();
+    std::fs::write(project.join("README"), "hello\n").unwrap();
+    git(&project, &["add", "."]);
+    git(&project, &["commit", "--quiet", "-m", "init"]);
+    let layout = Layout::new(root.join("home"));
+    let repo = Repo::discover(&project, &layout).unwrap();
+    let base = repo.resolve(&layout, "HEAD").unwrap();
+    Fixture {
+        marker: root.join("MARKER"),
+        tmp,
+        repo,
+        layout,
+        base,
+    }
+}
+
+impl Fixture {
+    fn workspace(&self, id: &str) -> (Workspace, TaskLock) {
+        let ws = Workspace::planned(&self.layout, &self.repo, "p", id, &self.base).unwrap();
+        let lock = TaskLock::acquire(&self.layout, "p", id).unwrap();
+        ws.create(&self.layout, &lock).unwrap();
+        (ws, lock)
+    }
+
+    /// Everything of the user's repository a task must not change: its
+    /// config, hooks, HEAD, index, every ref (but task branches, listed
+    /// apart) and the working tree.
+    fn user_state(&self) -> (BTreeMap<PathBuf, Vec<u8>>, String) {
+        let mut files = BTreeMap::new();
+        let top = &self.repo.top;
+        let mut stack = vec![top.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                let path = entry.path();
+                let rel = path.strip_prefix(top).unwrap().to_path_buf();
+                let s = rel.to_string_lossy();
+                // Objects only grow (by the task branch's); logs and
+                // FETCH_HEAD are git's own bookkeeping.
+                if s.starts_with(".git/objects") || s.starts_with(".git/logs") {
+                    continue;
+                }
+                if s.starts_with(".git/refs/heads/orch") {
+                    continue;
+                }
+                let meta = path.symlink_metadata().unwrap();
+                if meta.is_dir() {
+                    stack.push(path);
+                } else {
+                    files.insert(rel, std::fs::read(&path).unwrap_or_default());
+                }
+            }
+        }
+        let refs = git(top, &["for-each-ref", "--format=%(refname) %(objectname)"])
+            .lines()
+            .filter(|l| !l.starts_with("refs/heads/orch/"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        (files, refs)
+    }
+}
+
+/// Makes `path` an executable script that creates the marker.
+fn hostile_script(path: &Path, marker: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn the_tasks_commits_and_pending_work_land_on_its_branch_and_nothing_else_changes() {
+    let f = fixture();
+    let before = f.user_state();
+    let (ws, lock) = f.workspace("0123abcd");
+    // The user's repository gained the branch, at the base.
+    assert_eq!(git(&f.repo.top, &["rev-parse", "orch/0123abcd"]), f.base);
+    // Git works inside the task's own repository.
+    std::fs::write(ws.path.join("committed.txt"), "one\n").unwrap();
+    git(&ws.path, &["add", "committed.txt"]);
+    git(&ws.path, &["commit", "--quiet", "-m", "from the task"]);
+    git(&ws.path, &["branch", "side"]);
+    git(&ws.path, &["log", "--oneline"]);
+    std::fs::write(ws.path.join("pending.txt"), "two\n").unwrap();
+    std::fs::write(ws.path.join("README"), "changed\n").unwrap();
+    std::fs::write(ws.path.join("noise.log"), "ignored\n").unwrap();
+
+    let removed = ws.remove(&f.layout, &lock, false).unwrap();
+    assert!(removed.saved.imported, "{:?}", removed.saved);
+    assert!(removed.saved.pending_commit.is_some());
+    assert_eq!(removed.saved.warning, None);
+    assert!(!ws.path.exists());
+    let top = &f.repo.top;
+    let files = git(top, &["ls-tree", "-r", "--name-only", "orch/0123abcd"]);
+    assert!(
+        files.contains("committed.txt") && files.contains("pending.txt"),
+        "{files}"
+    );
+    assert!(
+        !files.contains("noise.log"),
+        "ignored files stay out: {files}"
+    );
+    assert_eq!(git(top, &["show", "orch/0123abcd:README"]), "changed");
+    assert_eq!(
+        git(top, &["log", "-1", "--format=%s", "orch/0123abcd~1"]),
+        "from the task"
+    );
+    assert_eq!(f.user_state(), before, "only the task branch changed");
+    assert!(!f.layout.shadow_dir("p", "0123abcd").unwrap().exists());
+}
+
+#[test]
+fn git_inside_the_task_can_rebase_and_reset() {
+    let f = fixture();
+    let (ws, lock) = f.workspace("0456");
+    std::fs::write(ws.path.join("a.txt"), "a\n").unwrap();
+    git(&ws.path, &["add", "."]);
+    git(&ws.path, &["commit", "--quiet", "-m", "a"]);
+    std::fs::write(ws.path.join("b.txt"), "b\n").unwrap();
+    git(&ws.path, &["add", "."]);
+    git(&ws.path, &["commit", "--quiet", "-m", "b"]);
+    git(&ws.path, &["rebase", "--quiet", "-X", "theirs", "HEAD~1"]);
+    git(&ws.path, &["status", "--short"]);
+    git(&ws.path, &["diff", "HEAD~1"]);
+    let saved = ws.save(&f.layout, &lock).unwrap();
+    assert!(
+        saved.imported && saved.pending_commit.is_none(),
+        "{saved:?}"
+    );
+    assert_eq!(
+        git(&f.repo.top, &["log", "-1", "--format=%s", "orch/0456"]),
+        "b"
+    );
+}
+
+#[test]
+fn the_container_gets_its_workspace_and_the_users_objects_read_only() {
+    let f = fixture();
+    let (ws, _lock) = f.workspace("0789");
+    let mounts = ws.mounts();
+    assert_eq!(mounts[0].source, ws.path);
+    assert!(!mounts[0].read_only);
+    let objects = f.repo.common_dir.join("objects").canonicalize().unwrap();
+    assert!(mounts.iter().any(|m| m.source == objects && m.read_only));
+    assert!(
+        !mounts
+            .iter()
+            .any(|m| m.source == f.repo.common_dir || m.source == f.repo.top),
+        "never the user's git directory or working tree: {mounts:?}"
+    );
+}
+
+#[test]
+fn hooks_and_config_the_task_writes_never_run_on_the_host() {
+    let f = fixture();
+    let before = f.user_state();
+    let (ws, lock) = f.workspace("0aaa");
+    let hooks = ws.path.join(".git/hooks");
+    for hook in [
+        "post-commit",
+        "pre-commit",
+        "post-checkout",
+        "reference-transaction",
+        "post-index-change",
+        "pre-auto-gc",
+        "post-rewrite",
+    ] {
+        hostile_script(&hooks.join(hook), &f.marker);
+    }
+    let script = ws.path.join("evil.sh");
+    hostile_script(&script, &f.marker);
+    let config = ws.path.join(".git/config");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[core]\n\tfsmonitor = {s}\n\thooksPath = {h}\n[filter \"evil\"]\n\tclean = {s}\n\tsmudge = {s}\n\trequired = true\n[diff \"evil\"]\n\ttextconv = {s}\n",
+        s = script.display(),
+        h = hooks.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    std::fs::write(ws.path.join(".gitattributes"), "* filter=evil diff=evil\n").unwrap();
+    std::fs::write(ws.path.join("work.txt"), "work\n").unwrap();
+    let removed = ws.remove(&f.layout, &lock, false).unwrap();
+    assert!(
+        !f.marker.exists(),
+        "a task-written hook or command ran on the host"
+    );
+    assert!(removed.saved.imported);
+    assert_eq!(git(&f.repo.top, &["show", "orch/0aaa:work.txt"]), "work");
+    assert_eq!(f.user_state(), before);
+}
+
+#[test]
+fn a_git_directory_the_task_points_elsewhere_is_never_followed() {
+    let f = fixture();
+    let before = f.user_state();
+    // An evil repository with hooks and config of its own.
+    let evil = f.tmp.path().join("evil");
+    std::fs::create_dir_all(&evil).unwrap();
+    git(&evil, &["init", "--quiet"]);
+    let script = evil.join("run.sh");
+    hostile_script(&script, &f.marker);
+    for hook in [
+        "post-commit",
+        "pre-commit",
+        "reference-transaction",
+        "post-checkout",
+    ] {
+        hostile_script(&evil.join(".git/hooks").join(hook), &f.marker);
+    }
+    std::fs::write(
+        evil.join(".git/config"),
+        format!("[core]\n\tfsmonitor = {}\n", script.display()),
+    )
+    .unwrap();
+    for (n, replace) in ["file", "symlink", "commondir", "deleted"]
+        .iter()
+        .enumerate()
+    {
+        let id = format!("0bb{n}");
+        let (ws, lock) = f.workspace(&id);
+        std::fs::write(ws.path.join("work.txt"), format!("{replace}\n")).unwrap();
+        let dotgit = ws.path.join(".git");
+        match *replace {
+            "file" => {
+                std::fs::remove_dir_all(&dotgit).unwrap();
+                std::fs::write(
+                    &dotgit,
+                    format!("gitdir: {}\n", evil.join(".git").display()),
+                )
+                .unwrap();
+            }
+            "symlink" => {
+                std::fs::remove_dir_all(&dotgit).unwrap();
+                std::os::unix::fs::symlink(evil.join(".git"), &dotgit).unwrap();
+            }
+            "commondir" => {
+                std::fs::write(
+                    dotgit.join("commondir"),
+                    evil.join(".git").display().to_string(),
+                )
+                .unwrap();
+            }
+            _ => std::fs::remove_dir_all(&dotgit).unwrap(),
+        }
+        let removed = ws.remove(&f.layout, &lock, false).unwrap();
+        assert!(
+            !f.marker.exists(),
+            "{replace}: something of the evil repository ran"
+        );
+        if *replace != "commondir" {
+            assert!(
+                removed
+                    .saved
+                    .warning
+                    .as_deref()
+                    .is_some_and(|w| w.contains("not used")),
+                "{replace}: {:?}",
+                removed.saved
+            );
+        }
+        assert_eq!(
+            git(&f.repo.top, &["show", &format!("orch/{id}:work.txt")]),
+            *replace,
+            "{replace}: the files were saved anyway"
+        );
+    }
+    assert_eq!(f.user_state(), before);
+}
+
+#[test]
+fn objects_the_task_links_or_borrows_from_elsewhere_are_refused() {
+    let f = fixture();
+    let (ws, lock) = f.workspace("0ccc");
+    let elsewhere = f.tmp.path().join("secret");
+    std::fs::write(&elsewhere, "private").unwrap();
+    std::fs::write(ws.path.join("work.txt"), "x\n").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, ws.path.join(".git/objects/ab")).unwrap();
+    let removed = ws.remove(&f.layout, &lock, false).unwrap();
+    assert!(
+        removed
+            .saved
+            .warning
+            .as_deref()
+            .is_some_and(|w| w.contains("symbolic link")),
+        "{:?}",
+        removed.saved
+    );
+    assert_eq!(git(&f.repo.top, &["show", "orch/0ccc:work.txt"]), "x");
+
+    let (ws, lock) = f.workspace("0ccd");
+    let other = f.tmp.path().join("other-objects");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(
+        ws.path.join(".git/objects/info/alternates"),
+        format!("{}\n", other.display()),
+    )
+    .unwrap();
+    let removed = ws.remove(&f.layout, &lock, false).unwrap();
+    assert!(
+        removed
+            .saved
+            .warning
+            .as_deref()
+            .is_some_and(|w| w.contains("alternates")),
+        "{:?}",
+        removed.saved
+    );
+}
+
+#[test]
+fn a_workspace_where_nothing_ran_is_unwound_with_its_branch() {
+    let f = fixture();
+    let before = f.user_state();
+    let ws = Workspace::planned(&f.layout, &f.repo, "p", "0ddd", &f.base).unwrap();
+    let lock = TaskLock::acquire(&f.layout, "p", "0ddd").unwrap();
+    ws.create(&f.layout, &lock).unwrap();
+    ws.unwind(&f.layout, &lock).unwrap();
+    assert!(!ws.path.exists());
+    assert_eq!(git(&f.repo.top, &["branch", "--list", "orch/*"]), "");
+    assert_eq!(f.user_state(), before);
+}
+
+#[test]
+fn a_bad_ref_and_a_non_repository_are_clear_errors() {
+    let f = fixture();
+    let err = f.repo.resolve(&f.layout, "no-such-ref").unwrap_err();
+    assert!(
+        err.to_string().contains("\"no-such-ref\" is not a commit"),
+        "{err}"
+    );
+    let plain = f.tmp.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    assert!(matches!(
+        Repo::discover(&plain, &f.layout),
+        Err(Error::NotARepository { .. })
+    ));
+    // A ref that looks like an option is not taken for one.
+    assert!(f.repo.resolve(&f.layout, "--output=/tmp/x").is_err());
+}
+
+#[test]
+fn empty_branches_are_found_by_the_recorded_base_and_deleted_only_there() {
+    let f = fixture();
+    let (empty, lock) = f.workspace("0eee");
+    empty.remove(&f.layout, &lock, false).unwrap();
+    let (full, lock) = f.workspace("0fff");
+    std::fs::write(full.path.join("out.txt"), "data").unwrap();
+    full.remove(&f.layout, &lock, false).unwrap();
+    let bases: BTreeMap<String, String> = [
+        ("orch/0eee".to_owned(), f.base.clone()),
+        ("orch/0fff".to_owned(), f.base.clone()),
+    ]
+    .into();
+    let found = empty_branches(&f.repo, &f.layout, &bases).unwrap();
+    assert_eq!(
+        found,
+        vec![EmptyBranch {
+            name: "orch/0eee".into()
+        }]
+    );
+    assert!(
+        empty_branches(&f.repo, &f.layout, &BTreeMap::new())
+            .unwrap()
+            .is_empty(),
+        "a branch whose base orch does not know is kept"
+    );
+    delete_branch(&f.repo, &f.layout, "orch/0eee", &f.base).unwrap();
+    assert!(
+        delete_branch(&f.repo, &f.layout, "orch/0fff", &f.base).is_err(),
+        "moved: kept"
+    );
+    assert_eq!(
+        git(&f.repo.top, &["branch", "--list", "orch/*"]).trim_start_matches(['*', ' ']),
+        "orch/0fff"
+    );
+}
+
+#[test]
+fn sixteen_tasks_on_one_repository_at_once_all_succeed() {
+    let f = fixture();
+    let ids: Vec<String> = (0..16).map(|i| format!("1{i:03x}")).collect();
+    std::thread::scope(|s| {
+        for id in &ids {
+            let f = &f;
+            s.spawn(move || {
+                let ws = Workspace::planned(&f.layout, &f.repo, "p", id, &f.base).unwrap();
+                let lock = TaskLock::acquire(&f.layout, "p", id).unwrap();
+                ws.create(&f.layout, &lock).unwrap();
+                std::fs::write(ws.path.join("mine.txt"), id).unwrap();
+                ws.remove(&f.layout, &lock, false).unwrap();
+            });
+        }
+    });
+    for id in &ids {
+        assert_eq!(
+            git(&f.repo.top, &["show", &format!("orch/{id}:mine.txt")]),
+            *id
+        );
+    }
+    assert!(f.layout.task_dirs().unwrap().is_empty());
+}
+
+#[test]
+fn files_and_directories_orch_makes_are_private_whatever_the_umask() {
+    let f = fixture();
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let lock = TaskLock::acquire(&f.layout, "p", "0abc").unwrap();
+    f.layout.prepare().unwrap();
+    rustix::process::umask(old);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&f.layout.locks_dir("p").unwrap()), 0o700);
+    assert_eq!(
+        mode(&f.layout.locks_dir("p").unwrap().join("0abc.lock")),
+        0o600
+    );
+    assert_eq!(mode(&f.layout.empty_dir()), 0o700);
+    drop(lock);
+}
+
+#[test]
+fn a_directory_deleted_behind_orchs_back_is_fine() {
+    let f = fixture();
+    let (ws, lock) = f.workspace("0aab");
+    std::fs::remove_dir_all(&ws.path).unwrap();
+    ws.remove(&f.layout, &lock, false).unwrap();
+    assert_eq!(git(&f.repo.top, &["rev-parse", "orch/0aab"]), f.base);
+}
+
+#[test]
+fn repositories_the_task_made_inside_its_workspace_are_saved_as_files() {
+    let f = fixture();
+    let (ws, lock) = f.workspace("0a01");
+    // One with no commit, one with a commit and a repository inside it.
+    let empty = ws.path.join("vendor/empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    git(&empty, &["init", "--quiet"]);
+    std::fs::write(empty.join("a.txt"), "a").unwrap();
+    let full = ws.path.join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    git(&full, &["init", "--quiet"]);
+    std::fs::write(full.join("b.txt"), "b").unwrap();
+    std::fs::write(full.join(".gitignore"), "*.tmp\n").unwrap();
+    std::fs::write(full.join("skip.tmp"), "ignored").unwrap();
+    git(&full, &["add", "."]);
+    git(&full, &["commit", "--quiet", "-m", "inner"]);
+    let deeper = full.join("deeper");
+    std::fs::create_dir_all(&deeper).unwrap();
+    git(&deeper, &["init", "--quiet"]);
+    std::fs::write(deeper.join("c.txt"), "c").unwrap();
+    std::fs::write(ws.path.join("top.txt"), "top").unwrap();
+    let removed = ws.remove(&f.layout, &lock, false).unwrap();
+    assert!(
+        removed
+            .saved
+            .warning
+            .as_deref()
+            .is_some_and(|w| w.contains("saved as plain files")),
+        "{:?}",
+        removed.saved
+    );
+    let files = git(&f.repo.top, &["ls-tree", "-r", "--name-only", "orch/0a01"]);
+    for wanted in [
+        "top.txt",
+        "vendor/empty/a.txt",
+        "full/b.txt",
+        "full/.gitignore",
+        "full/deeper/c.txt",
+    ] {
+        assert!(files.lines().any(|l| l == wanted), "{wanted} in {files}");
+    }
+    assert!(
+        !files.contains("skip.tmp"),
+        "its ignore rules hold: {files}"
+    );
+    assert!(!files.contains(".git/"), "no repository internals: {files}");
+}

@@ -1,0 +1,457 @@
+//! Ordinary faults must not lose anything: a terminal that hangs up, Ctrl+Z
+//! at a terminal, many tasks on one repository, a full disk, an engine
+//! that drops out for a moment, refusals the engine gives late, and kill -9
+//! between the record and the container.
+
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+
+use crate::helper::{self, IMAGE, OnPty, TestEnv, code, stderr};
+use crate::require_docker;
+
+/// The paused state of a container, as Docker reports it.
+fn paused(name: &str) -> bool {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "--format", "{{.State.Paused}}", name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "true"
+}
+
+#[test]
+fn a_terminal_that_hangs_up_stops_the_task_gracefully() {
+    require_docker!();
+    let env = TestEnv::new();
+    env.git_project(IMAGE, "");
+    let mut cmd = env.orch();
+    cmd.arg("task")
+        .arg(&env.project)
+        .arg("write started.txt yes; echo ready; progress 30 working; sleep 120");
+    let mut orch = OnPty::spawn(cmd);
+    env.wait_running();
+    helper::wait_for("the task's output", Duration::from_secs(10), || {
+        orch.text().contains("ready").then_some(())
+    });
+    let id = helper::task_id(&orch.text());
+    orch.hang_up();
+    let status = helper::wait_for("orch to exit", Duration::from_secs(30), || {
+        orch.child.try_wait().unwrap()
+    });
+    assert_eq!(
+        status.code(),
+        Some(129),
+        "exit 129 after SIGHUP: {status:?}"
+    );
+    let record = env.show(&id);
+    assert_eq!(record["state"], "cancelled");
+    assert_eq!(record["reason"], "cancelled (SIGHUP)");
+    assert!(env.containers().is_empty(), "{:?}", env.containers());
+    assert!(env.task_dirs().is_empty(), "cancelled: removed by policy");
+    assert_eq!(
+        env.git(&["show", &format!("orch/{id}:started.txt")]),
+        "yes",
+        "its work saved first"
+    );
+}
+
+#[test]
+fn ctrl_z_freezes_the_task_and_its_timeout_until_orch_continues() {
+    require_docker!();
+    let env = TestEnv::new();
+    let timeout = Duration::from_secs(4);
+    let mut cmd = env.orch();
+    cmd.arg("task")
+        .arg(&env.project)
+        .arg("echo ready; sleep 3; echo finished")
+        .args(["--timeout", "4s"]);
+    let orch = OnPty::spawn(cmd);
+    let name = env.wait_running();
+    helper::wait_for("the task's output", Duration::from_secs(10), || {
+        orch.text().contains("ready").then_some(())
+    });
+    let started = Instant::now();
+    orch.type_keys(b"\x1a");
+    helper::wait_for("orch to stop", Duration::from_secs(10), || {
+        (orch.process_state() == Some('T')).then_some(())
+    });
+    assert!(paused(&name), "the task is frozen with orch");
+    // Stay stopped past the task's whole timeout: a clock that kept
+    // counting would time the task out the moment orch continues.
+    helper::wait_for("the timeout to pass on the clock", timeout * 2, || {
+        (started.elapsed() > timeout + Duration::from_secs(1)).then_some(())
+    });
+    assert!(paused(&name), "still frozen while orch is stopped");
+    rustix::process::kill_process(orch.pid(), Signal::CONT).unwrap();
+    helper::wait_for("the task to be thawed", Duration::from_secs(10), || {
+        (!paused(&name)).then_some(())
+    });
+    let mut orch = orch;
+    let status = helper::wait_for("orch to exit", Duration::from_secs(30), || {
+        orch.child.try_wait().unwrap()
+    });
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the task ran its 3 s within its 4 s of running time: {}",
+        orch.text()
+    );
+    assert!(orch.text().contains("finished"), "{}", orch.text());
+    assert!(env.containers().is_empty());
+}
+
+#[test]
+fn cleanup_rides_out_an_engine_that_drops_out_for_two_seconds() {
+    require_docker!();
+    let env = TestEnv::new();
+    // Twenty tasks whose orch died, their containers still running.
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| s.spawn(|| crate::cleanup::orphan(&env, "sleep 300")))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(env.containers().len(), 20);
+
+    let proxy = helper::Proxy::start();
+    let mut cmd = env.orch();
+    cmd.env("DOCKER_HOST", proxy.host())
+        .args(["-v", "cleanup", "--all"]);
+    let cleanup = helper::Running::spawn(cmd);
+    helper::wait_for("the first removals", Duration::from_secs(60), || {
+        (env.containers().len() < 20).then_some(())
+    });
+    proxy.set(helper::Mode::Refuse);
+    proxy.drop_connections();
+    let outage = Instant::now();
+    helper::wait_for("two seconds of outage", Duration::from_secs(5), || {
+        (outage.elapsed() >= Duration::from_secs(2)).then_some(())
+    });
+    proxy.set(helper::Mode::Pass);
+    let finished = cleanup.wait(Duration::from_secs(120));
+    assert_eq!(
+        finished.code(),
+        Some(0),
+        "everything was removed in the end: {}\n{}",
+        finished.stdout,
+        finished.stderr
+    );
+    assert!(env.containers().is_empty(), "{:?}", env.containers());
+    for id in &ids {
+        assert!(
+            finished.stdout.contains(&format!("cleaned task {id}")),
+            "{id}: {}",
+            finished.stdout
+        );
+    }
+    assert!(
+        finished
+            .stdout
+            .contains("Cleaned up 20 task(s): 20 all; 20 containers"),
+        "{}",
+        finished.stdout
+    );
+}
+
+#[test]
+fn the_watchdog_keeps_trying_while_the_engine_is_gone() {
+    require_docker!();
+    let env = TestEnv::new();
+    let proxy = helper::Proxy::start();
+    let mut cmd = env.orch();
+    cmd.env("DOCKER_HOST", proxy.host())
+        .arg("task")
+        .arg(&env.project)
+        .arg("sleep 300");
+    let running = helper::Running::spawn(cmd);
+    env.wait_running();
+    running.wait_stderr("task ", Duration::from_secs(10));
+    let id = helper::task_id(&running.stderr_text());
+    proxy.set(helper::Mode::Refuse);
+    proxy.drop_connections();
+    running.signal(Signal::KILL);
+    let outage = Instant::now();
+    helper::wait_for("two seconds of outage", Duration::from_secs(5), || {
+        (outage.elapsed() >= Duration::from_secs(2)).then_some(())
+    });
+    assert_eq!(
+        env.containers().len(),
+        1,
+        "nothing could be removed meanwhile"
+    );
+    proxy.set(helper::Mode::Pass);
+    helper::wait_for("the watchdog to reap", Duration::from_secs(30), || {
+        env.containers().is_empty().then_some(())
+    });
+    helper::wait_for("the record to be lost", Duration::from_secs(10), || {
+        (env.show(&id)["state"] == "lost").then_some(())
+    });
+}
+
+/// A size-limited tmpfs, unmounted when dropped; `None` (with a loud
+/// note) when these tests do not run as root and cannot mount one.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("!!!!!!!! SKIPPING: mounting a size-limited ORCH_HOME needs root !!!!!!!!");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("orch-tmpfs-")
+            .tempdir()
+            .unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs");
+        Some(Tmpfs { dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_loses_the_logs_tail_never_the_tasks_result() {
+    require_docker!();
+    let Some(tmpfs) = Tmpfs::mount("3m") else {
+        return;
+    };
+    let mut env = TestEnv::new();
+    env.home = tmpfs.dir.path().join("home");
+    let out = env.task("flood 8000000; echo done; exit 0", &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = helper::task_id(&stderr(&out));
+    assert!(
+        stderr(&out).contains("the disk holding the task's log is full"),
+        "said on stderr: {}",
+        stderr(&out)
+    );
+    let record = env.show(&id);
+    assert_eq!(
+        record["state"], "succeeded",
+        "the result is recorded: {record}"
+    );
+    assert_eq!(record["exit_code"], 0);
+    let log = std::fs::read(env.home.join("logs").join(format!("{id}.log"))).unwrap();
+    let tail = String::from_utf8_lossy(&log[log.len().saturating_sub(200)..]).into_owned();
+    assert!(
+        tail.contains("the log stops here: the disk is full"),
+        "noted in the log: {tail}"
+    );
+    // Everything keeps working on that home.
+    let listed = env.tasks();
+    assert_eq!(listed.len(), 1);
+    let out = env.orch().args(["cleanup"]).output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(env.containers().is_empty());
+    drop(env);
+}
+
+#[test]
+fn an_engine_that_never_answers_is_a_clear_error_in_bounded_time() {
+    require_docker!();
+    let env = TestEnv::new();
+    let proxy = helper::Proxy::start();
+    proxy.set(helper::Mode::Stall);
+    let out = env
+        .orch()
+        .env("DOCKER_HOST", proxy.host())
+        .arg("task")
+        .arg(&env.project)
+        .arg("echo hi")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 125, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach the Docker engine")
+            && stderr(&out).contains("no answer"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn what_can_be_checked_is_refused_before_anything_is_made() {
+    require_docker!();
+    let env = TestEnv::new();
+    env.git_project(IMAGE, "network = \"orch-no-such-network\"");
+    let out = env.task("echo hi", &[]);
+    assert_eq!(code(&out), 125, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("no network \"orch-no-such-network\""), "{err}");
+    assert!(!err.contains("task "), "no task was recorded: {err}");
+    assert!(env.tasks().is_empty());
+    assert!(env.task_dirs().is_empty());
+    assert_eq!(env.git(&["branch", "--list", "orch/*"]), "");
+}
+
+#[test]
+fn a_refusal_the_engine_gives_late_unwinds_everything_made_for_the_task() {
+    require_docker!();
+    let env = TestEnv::new();
+    // Only the engine knows its minimum memory limit.
+    env.git_project(IMAGE, "memory = 1024");
+    let before = env.git(&["for-each-ref"]);
+    let out = env.task("echo hi", &[]);
+    assert_eq!(code(&out), 125, "{}", stderr(&out));
+    let err = stderr(&out);
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("orch: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains("Minimum memory limit"),
+        "the engine's reason in full: {err}"
+    );
+    let id = helper::task_id(&err);
+    let record = env.show(&id);
+    assert_eq!(record["state"], "failed");
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Minimum memory limit"),
+        "{record}"
+    );
+    assert!(env.containers().is_empty());
+    assert!(
+        env.task_dirs().is_empty(),
+        "no workspace: {:?}",
+        env.task_dirs()
+    );
+    assert_eq!(env.git(&["for-each-ref"]), before, "no empty branch left");
+}
+
+/// The `orch/*` branches of the project.
+fn task_branches(env: &TestEnv) -> Vec<String> {
+    env.git(&[
+        "for-each-ref",
+        "--format=%(refname:short)",
+        "refs/heads/orch/",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+#[test]
+fn kill_9_between_the_record_and_the_container_is_finished_by_reconciliation() {
+    require_docker!();
+    let env = TestEnv::new();
+    env.git_project(IMAGE, "");
+    // At the exact point: record and workspace made, no container.
+    let out = env
+        .orch()
+        .env("ORCH_FAIL_POINT", "after-workspace:sigkill")
+        .env("ORCH_NO_WATCHDOG", "1")
+        .arg("task")
+        .arg(&env.project)
+        .arg("echo never")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
+    let id = helper::task_id(&stderr(&out));
+    assert_eq!(env.task_dirs().len(), 1, "a half-made task");
+    // And at random instants 20 to 60 ms into the run.
+    let mut seed = std::process::id() as u64 | 1;
+    for _ in 0..12 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut cmd = env.orch();
+        cmd.env("ORCH_NO_WATCHDOG", "1")
+            .arg("task")
+            .arg(&env.project)
+            .arg("write out.txt x; sleep 30");
+        let running = helper::Running::spawn(cmd);
+        let at = Duration::from_millis(20 + seed % 41);
+        let started = Instant::now();
+        helper::wait_for("the moment", Duration::from_secs(1), || {
+            (started.elapsed() >= at).then_some(())
+        });
+        running.signal(Signal::KILL);
+        let _ = running.wait(Duration::from_secs(10));
+    }
+    // A create a killed orch sent may land after a cleanup has looked:
+    // the next one (every orch start runs one) takes it.
+    let mut out = env.orch().args(["cleanup"]).output().unwrap();
+    for _ in 0..3 {
+        assert_eq!(code(&out), 0, "{}\n{}", helper::stdout(&out), stderr(&out));
+        if env.containers().is_empty() {
+            break;
+        }
+        out = env.orch().args(["cleanup"]).output().unwrap();
+    }
+    assert!(env.containers().is_empty(), "{:?}", env.containers());
+    let tasks = env.tasks();
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t["state"] != "creating" && t["state"] != "running"),
+        "every half-made task was finished: {tasks:#?}"
+    );
+    assert_eq!(env.show(&id)["state"], "lost");
+    // A workspace in which no task ever ran is gone with its branch; the
+    // others follow the policy (lost: kept).
+    for dir in env.task_dirs() {
+        let dir_id = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let task = tasks.iter().find(|t| t["id"] == dir_id.as_str()).unwrap();
+        assert!(
+            !task["started_at"].is_null(),
+            "{dir:?} of a task that never ran: {task}"
+        );
+    }
+    for branch in task_branches(&env) {
+        let task = tasks
+            .iter()
+            .find(|t| format!("orch/{}", t["id"].as_str().unwrap()) == branch);
+        assert!(
+            task.is_some_and(|t| !t["started_at"].is_null()),
+            "branch {branch} of a task that never ran: state {} workspace_state {} reason {} started {}\n{}",
+            task.map(|t| t["state"].to_string()).unwrap_or_default(),
+            task.map(|t| t["workspace_state"].to_string())
+                .unwrap_or_default(),
+            task.map(|t| t["reason"].to_string()).unwrap_or_default(),
+            task.map(|t| t["started_at"].to_string())
+                .unwrap_or_default(),
+            helper::stdout(&out)
+        );
+    }
+    assert!(!task_branches(&env).contains(&format!("orch/{id}")));
+    assert_eq!(env.worktrees().len(), 1, "{:?}", env.worktrees());
+    // A create the last killed orch sent may still land: what reconciliation
+    // at the next start would remove, removed here before the test ends.
+    let mut empty_in_a_row = 0;
+    helper::wait_for("the engine to settle", Duration::from_secs(30), || {
+        if env.containers().is_empty() {
+            empty_in_a_row += 1;
+        } else {
+            empty_in_a_row = 0;
+            let out = env.orch().args(["cleanup"]).output().unwrap();
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+        }
+        // Empty at every look for half a second (looks are 25 ms apart).
+        (empty_in_a_row >= 20).then_some(())
+    });
+}
