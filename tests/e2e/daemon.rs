@@ -194,6 +194,45 @@ fn sigkill_of_the_daemon_reaps_its_tasks_and_keeps_the_queue() {
     );
 }
 
+/// As `systemctl stop` of a unit whose stop times out: SIGTERM to the
+/// daemon, SIGTERM, SIGHUP and SIGINT to the rest of its cgroup, then
+/// SIGKILL of the daemon mid-way through its graceful stop. The watchdog outlives the first
+/// signals and reaps what the daemon left.
+#[test]
+fn the_watchdog_survives_a_signal_to_the_whole_group_and_reaps() {
+    require_docker!();
+    let env = TestEnv::new();
+    let daemon = env.serve(&[]);
+    let mut body = spec(&env, "trap-term; sleep 300");
+    body["stop_grace"] = json!("5m");
+    let id = daemon.submit(body);
+    env.wait_running();
+    let watchdogs = env.watchdogs();
+    assert_eq!(watchdogs.len(), 1, "one watchdog for the daemon's session");
+
+    for signal in [Signal::TERM, Signal::HUP, Signal::INT] {
+        let pid = rustix::process::Pid::from_raw(watchdogs[0]).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+    daemon.signal(Signal::TERM);
+    // The daemon stops accepting work and stops its task gracefully (a
+    // grace of 5 minutes, which the task ignores); the stop timeout runs out.
+    helper::wait_for("the daemon to stop accepting", Duration::from_secs(30), || {
+        daemon
+            .try_request("GET", "/healthz", None)
+            .map_or(true, |a| a.status != 200)
+            .then_some(())
+    });
+    assert_eq!(env.watchdogs(), watchdogs, "the watchdog is still there");
+    daemon.signal(Signal::KILL);
+    helper::wait_for("the watchdog to reap", Duration::from_secs(30), || {
+        env.containers().is_empty().then_some(())
+    });
+    helper::wait_for("the record to be lost", Duration::from_secs(30), || {
+        (env.show(&id)["state"] == "lost").then_some(())
+    });
+}
+
 #[test]
 fn two_daemons_on_one_home_never_run_one_task_twice() {
     require_docker!();

@@ -7,26 +7,6 @@ use rustix::process::Signal;
 use crate::helper::{self, TestEnv};
 use crate::require_docker;
 
-/// Pids of this instance's watchdog processes (their environment names the
-/// home).
-fn watchdogs(env: &TestEnv) -> Vec<i32> {
-    let home = format!("ORCH_HOME={}", env.home.display());
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        let is_watchdog = cmdline.split(|b| *b == 0).any(|a| a == b"__watchdog");
-        let ours = environ.split(|b| *b == 0).any(|v| v == home.as_bytes());
-        if is_watchdog && ours {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 #[test]
 fn sigkill_of_orch_is_cleaned_up_by_the_watchdog_within_seconds() {
     require_docker!();
@@ -91,11 +71,11 @@ fn a_clean_exit_leaves_the_watchdog_nothing_to_do() {
     let env = TestEnv::new();
     let running = env.spawn_task("sleep 30", &[]);
     env.wait_running();
-    assert_eq!(watchdogs(&env).len(), 1, "one watchdog per orch task");
+    assert_eq!(env.watchdogs().len(), 1, "one watchdog per orch task");
     running.signal(Signal::INT);
     assert_eq!(running.wait(Duration::from_secs(30)).code(), Some(130));
     helper::wait_for("the watchdog to exit", Duration::from_secs(5), || {
-        watchdogs(&env).is_empty().then_some(())
+        env.watchdogs().is_empty().then_some(())
     });
     let logs: Vec<String> = std::fs::read_dir(env.home.join("logs"))
         .unwrap()
@@ -124,7 +104,7 @@ fn a_stopped_orch_loses_nothing() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(watchdogs(&env).len(), 1);
+    assert_eq!(env.watchdogs().len(), 1);
     running.signal(Signal::CONT);
     running.signal(Signal::INT);
     let finished = running.wait(Duration::from_secs(30));
@@ -143,7 +123,7 @@ fn orch_no_watchdog_disables_it() {
         .arg("sleep 30");
     let running = helper::Running::spawn(cmd);
     env.wait_running();
-    assert!(watchdogs(&env).is_empty());
+    assert!(env.watchdogs().is_empty());
     running.signal(Signal::INT);
     assert_eq!(running.wait(Duration::from_secs(30)).code(), Some(130));
 }

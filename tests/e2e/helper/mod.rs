@@ -320,6 +320,26 @@ impl TestEnv {
     }
 
     /// Waits until this instance has a running container; returns its name.
+    /// Pids of this instance's watchdog processes (their environment names the
+    /// home).
+    pub(crate) fn watchdogs(&self) -> Vec<i32> {
+        let home = format!("ORCH_HOME={}", self.home.display());
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            let is_watchdog = cmdline.split(|b| *b == 0).any(|a| a == b"__watchdog");
+            let ours = environ.split(|b| *b == 0).any(|v| v == home.as_bytes());
+            if is_watchdog && ours {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
     pub(crate) fn wait_running(&self) -> String {
         self.wait_running_count(1).remove(0)
     }
