@@ -204,7 +204,7 @@ fn the_watchdog_survives_a_signal_to_the_whole_group_and_reaps() {
     let env = TestEnv::new();
     let daemon = env.serve(&[]);
     let mut body = spec(&env, "trap-term; sleep 300");
-    body["stop_grace"] = json!("5m");
+    body["stop_grace"] = json!("20s");
     let id = daemon.submit(body);
     env.wait_running();
     let watchdogs = env.watchdogs();
@@ -216,16 +216,22 @@ fn the_watchdog_survives_a_signal_to_the_whole_group_and_reaps() {
     }
     daemon.signal(Signal::TERM);
     // The daemon stops accepting work and stops its task gracefully (a
-    // grace of 5 minutes, which the task ignores); the stop timeout runs out.
-    helper::wait_for("the daemon to stop accepting", Duration::from_secs(30), || {
-        daemon
-            .try_request("GET", "/healthz", None)
-            .map_or(true, |a| a.status != 200)
-            .then_some(())
-    });
+    // grace of 20 s, which the task ignores); the stop timeout runs out
+    // before that.
+    helper::wait_for(
+        "the daemon to stop accepting",
+        Duration::from_secs(30),
+        || {
+            daemon
+                .try_request("GET", "/healthz", None)
+                .map_or(true, |a| a.status != 200)
+                .then_some(())
+        },
+    );
     assert_eq!(env.watchdogs(), watchdogs, "the watchdog is still there");
     daemon.signal(Signal::KILL);
-    helper::wait_for("the watchdog to reap", Duration::from_secs(30), || {
+    // The watchdog gives the task its grace too.
+    helper::wait_for("the watchdog to reap", Duration::from_secs(90), || {
         env.containers().is_empty().then_some(())
     });
     helper::wait_for("the record to be lost", Duration::from_secs(30), || {

@@ -4,7 +4,7 @@
 //! BENCHMARKS.md.
 //!
 //! Run with `just bench` (or `cargo run --release -p orch-bench -- --quick`);
-//! name sections (`trivial worktree ctrl-c orphans registry memory`) to run
+//! name sections (`trivial worktree ctrl-c orphans registry memory daemon`) to run
 //! only those.
 //! Needs a Docker engine, the image `orch-agent:dev` and a release build of
 //! `orch` next to this binary.
@@ -23,12 +23,20 @@ use uuid::Uuid;
 
 const IMAGE: &str = "orch-agent:dev";
 
-struct Config {
+mod daemon;
+
+pub(crate) struct Config {
     rounds: usize,
     cleanup_ns: Vec<usize>,
     orphan_ns: Vec<usize>,
     registry_sizes: Vec<usize>,
     many: usize,
+    /// Tasks through the daemon for its throughput figure.
+    throughput: usize,
+    /// Tasks through the daemon in all, for its memory figure.
+    submissions: usize,
+    /// Submissions per client for the latency figure.
+    latency_rounds: usize,
 }
 
 fn main() {
@@ -50,6 +58,9 @@ fn main() {
             orphan_ns: vec![10],
             registry_sizes: vec![1_000, 10_000],
             many: 10,
+            throughput: 100,
+            submissions: 1_000,
+            latency_rounds: 5,
         }
     } else {
         Config {
@@ -58,6 +69,9 @@ fn main() {
             orphan_ns: vec![10, 100],
             registry_sizes: vec![1_000, 10_000, 100_000],
             many: 50,
+            throughput: 1_000,
+            submissions: 10_000,
+            latency_rounds: 20,
         }
     };
     let bench = match Bench::new() {
@@ -103,6 +117,9 @@ fn main() {
     if run("memory") {
         bench.memory(&config, &mut report);
     }
+    if run("daemon") {
+        bench.daemon(&config, &mut report);
+    }
 
     let text = report.text();
     print!("{text}");
@@ -114,7 +131,7 @@ fn main() {
 
 /// Markdown, accumulated.
 #[derive(Default)]
-struct Report {
+pub(crate) struct Report {
     lines: Vec<String>,
 }
 
@@ -188,7 +205,7 @@ fn ratio(ours: Duration, theirs: Duration) -> String {
     format!("{:.2}", ours.as_secs_f64() / theirs.as_secs_f64())
 }
 
-struct Bench {
+pub(crate) struct Bench {
     orch: PathBuf,
     root: PathBuf,
 }
