@@ -263,6 +263,8 @@ pub(crate) async fn reap(ctx: &Ctx, log: &WatchdogLog) -> Reaped {
     }))
     .await;
 
+    crate::reconcile::count_reaped(ctx, "watchdog", crate::reconcile::reaped(items.iter())).await;
+
     // Everything else labelled with the session, until none shows up.
     let mut stray = Vec::new();
     let mut empty_in_a_row = 0;

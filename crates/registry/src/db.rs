@@ -88,6 +88,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN max_parallel INTEGER;
     CREATE INDEX tasks_queue ON tasks (state, priority, id);
 ",
+    // Counters of the home that outlive records (metrics): how many tasks
+    // of a dead owner each reaper ended.
+    r"
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY NOT NULL,
+        value INTEGER NOT NULL
+    ) STRICT;
+",
 ];
 
 /// The schema of the first release, for tests that start from it.
@@ -901,6 +909,43 @@ impl Registry {
             .query_map(bound.as_slice(), record_from_row)
             .map_err(&err)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(&err)
+    }
+
+    /// Adds `n` to the home's counter `name` (it starts at 0).
+    pub fn bump(&self, name: &str, n: u64) -> Result<(), Error> {
+        if n == 0 {
+            return Ok(());
+        }
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.write("count", |tx| {
+            tx.execute(
+                "INSERT INTO counters (name, value) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                params![name, n],
+            )
+            .map_err(self.sql("count"))?;
+            Ok(())
+        })
+    }
+
+    /// The home's counters whose names start with `prefix`, without it.
+    pub fn counters(&self, prefix: &str) -> Result<Vec<(String, u64)>, Error> {
+        let err = self.sql("read the counters");
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT name, value FROM counters ORDER BY name")
+            .map_err(&err)?;
+        let rows = statement
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(&err)?;
+        let mut counters = Vec::new();
+        for row in rows {
+            let (name, value) = row.map_err(&err)?;
+            if let Some(rest) = name.strip_prefix(prefix) {
+                counters.push((rest.to_owned(), u64::try_from(value).unwrap_or(0)));
+            }
+        }
+        Ok(counters)
     }
 
     /// How many tasks are in each live state, and how many ended in each

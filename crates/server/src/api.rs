@@ -49,6 +49,7 @@ pub(crate) fn routes(shared: Shared) -> Router {
         .route("/v1/cleanup", post(cleanup))
         .route("/v1/du", get(du))
         .route("/v1/events", get(events))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(shared)
@@ -290,6 +291,30 @@ async fn cleanup(
     };
     let report = s.supervisor.cleanup(&options).await?;
     Ok(Json(report.to_json()).into_response())
+}
+
+/// OpenMetrics to whoever asks for it (Prometheus does), the classic
+/// text format to everyone else.
+async fn metrics(
+    Extract(s): Extract<Shared>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    use orch_orchestrator::supervisor::{classic_metrics, metrics_format};
+    let text = s.supervisor.metrics_text().await?;
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    Ok(if openmetrics {
+        ([(header::CONTENT_TYPE, metrics_format::OPENMETRICS)], text).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, metrics_format::CLASSIC)],
+            classic_metrics(&text),
+        )
+            .into_response()
+    })
 }
 
 async fn du(Extract(s): Extract<Shared>) -> Result<Response, ApiError> {

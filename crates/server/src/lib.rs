@@ -14,7 +14,9 @@ mod auth;
 mod client;
 mod error;
 mod listen;
+mod webhooks;
 
 pub use client::{Client, ClientError};
 pub use error::ApiError;
 pub use listen::{Bound, Listeners, ServeError, bind};
+pub use webhooks::{WebhookError, Webhooks, signature};

@@ -143,10 +143,15 @@ pub(crate) async fn run(
             .map(|a| format!(" and http://{a}"))
             .unwrap_or_default()
     ));
+    // Webhooks go out until every task has ended, then drain (bounded).
+    let tasks_over = CancellationToken::new();
+    let webhooks = orch_server::Webhooks::start(&config.webhooks, &supervisor, tasks_over.clone())?;
     let server = tokio::spawn(bound.serve(supervisor.clone(), stop.clone()));
     supervisor.run(stop.clone()).await;
     stop.cancel();
+    tasks_over.cancel();
     let served = server.await;
+    webhooks.finish().await;
     signal_handle.close();
     if !orch.wind_down(WIND_DOWN).await {
         tracing::warn!("background work did not finish in time");

@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::Ctx;
 use crate::reconcile::snapshot::Snapshot;
-use crate::reconcile::{CleanupOptions, CleanupReport, Item, RepoItem, orphans, retention};
+use crate::reconcile::{
+    CleanupOptions, CleanupReport, Item, RepoItem, Strategy, orphans, retention,
+};
 use crate::teardown::{self, ExecOptions};
 use crate::{Error, workspace};
 
@@ -140,6 +142,43 @@ async fn execute(
         .buffered(PARALLEL)
         .collect()
         .await;
+    let by_reconcile = reaped(items.iter().filter(|i| i.strategy == Strategy::Orphans));
+    let by_cleanup = reaped(items.iter().filter(|i| i.strategy == Strategy::Stale));
+    count_reaped(ctx, "reconcile", by_reconcile).await;
+    count_reaped(ctx, "cleanup", by_cleanup).await;
+}
+
+/// How many of `items` ended a live record as lost: tasks of a dead owner
+/// reaped.
+pub(crate) fn reaped<'a>(items: impl Iterator<Item = &'a Item>) -> u64 {
+    items
+        .filter(|i| {
+            i.steps.iter().any(|s| {
+                matches!(
+                    s,
+                    crate::teardown::Step::RecordEnded {
+                        state: State::Lost,
+                        ..
+                    }
+                )
+            })
+        })
+        .count() as u64
+}
+
+/// Adds to the home's `reaped.<by>` counter (metrics); a failure to count
+/// is only logged.
+pub(crate) async fn count_reaped(ctx: &Ctx, by: &'static str, n: u64) {
+    if n == 0 {
+        return;
+    }
+    if let Err(e) = ctx
+        .store
+        .call(move |r| r.bump(&format!("reaped.{by}"), n))
+        .await
+    {
+        tracing::warn!(error = %e, by, n, "failed to count reaped tasks");
+    }
 }
 
 /// `--all`: live tasks are stopped by their owners first (gracefully, their

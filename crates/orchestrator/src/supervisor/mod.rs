@@ -12,9 +12,15 @@
 //! progress report and cleanup is a [`DaemonEvent`].
 
 mod events;
+mod metrics;
 mod scheduler;
 mod spec;
 
 pub use events::DaemonEvent;
+pub use metrics::{Metrics, classic as classic_metrics};
+/// Content types of the metrics texts.
+pub mod metrics_format {
+    pub use super::metrics::{CLASSIC, OPENMETRICS};
+}
 pub use scheduler::{Progress, Supervisor, SupervisorConfig};
 pub use spec::{DurationText, SubmitSpec};

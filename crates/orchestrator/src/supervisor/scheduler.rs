@@ -17,7 +17,7 @@ use crate::context::Ctx;
 use crate::events::{Event, EventSink};
 use crate::reconcile::{CleanupOptions, CleanupReport, Strategy, Thresholds};
 use crate::run;
-use crate::supervisor::{DaemonEvent, SubmitSpec};
+use crate::supervisor::{DaemonEvent, Metrics, SubmitSpec};
 use crate::{ConfigError, DuReport, Error, Orchestrator, Shutdown, leases, session};
 
 /// How often the scheduler looks at the registry even when nothing woke it
@@ -83,6 +83,7 @@ pub struct Supervisor {
     accepting: AtomicBool,
     /// Held while a cleanup runs; when the last one ended.
     cleaning: tokio::sync::Mutex<Option<Instant>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Supervisor {
@@ -98,6 +99,7 @@ impl Supervisor {
             tasks: Shutdown::new(),
             accepting: AtomicBool::new(true),
             cleaning: tokio::sync::Mutex::new(None),
+            metrics: Arc::new(Metrics::new()),
         })
     }
 
@@ -111,6 +113,38 @@ impl Supervisor {
 
     fn emit(&self, event: DaemonEvent) {
         let _ = self.events.send(event);
+    }
+
+    /// A task of this daemon reached its end: counted and told.
+    fn ended(&self, record: TaskRecord) {
+        let ran = record
+            .started_at
+            .zip(record.finished_at)
+            .map(|(start, end)| Duration::from_millis(u64::try_from(end - start).unwrap_or(0)));
+        self.metrics.finished(record.state, ran);
+        self.emit(DaemonEvent::TaskFinished {
+            task: Box::new(record),
+        });
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The metrics in the Prometheus text format, with live tasks per
+    /// state and the home's reaped counts read now.
+    pub async fn metrics_text(&self) -> Result<String, Error> {
+        let (live, reaped) = self
+            .ctx()
+            .store
+            .call(|r| Ok::<_, orch_registry::Error>((r.count_by_state()?, r.counters("reaped.")?)))
+            .await?;
+        let live: Vec<(State, u64)> = live
+            .into_iter()
+            .map(|(s, n)| (s, u64::try_from(n).unwrap_or(0)))
+            .collect();
+        Ok(self.metrics.encode(&live, self.stuck(), &reaped))
     }
 
     /// Every event from now on.
@@ -215,6 +249,9 @@ impl Supervisor {
     /// Runs a claimed task in the background.
     fn start(self: &Arc<Self>, record: TaskRecord) {
         let id = record.id;
+        self.metrics.claimed(Duration::from_millis(
+            u64::try_from(now_ms() - record.created_at).unwrap_or(0),
+        ));
         let shutdown = self.tasks.child();
         let last_sign = Arc::new(Mutex::new(Instant::now()));
         self.live().insert(
@@ -340,9 +377,7 @@ impl Supervisor {
                 state: record.state,
             });
             if record.state.is_terminal() {
-                self.emit(DaemonEvent::TaskFinished {
-                    task: Box::new(record),
-                });
+                self.ended(record);
             }
         } else if let Some(live) = live {
             tracing::warn!(task = %id, project = %live.project, "a finished task's record is gone");
@@ -438,6 +473,7 @@ impl Supervisor {
         };
         let inserted = record.clone();
         self.ctx().store.call(move |r| r.insert(&inserted)).await?;
+        self.metrics.submitted();
         self.emit(DaemonEvent::TaskState {
             id,
             project: record.project.clone(),
@@ -464,7 +500,7 @@ impl Supervisor {
             *last = Some(Instant::now());
             drop(last);
             match report {
-                Ok(Ok(report)) => me.cleaned("submission", &report),
+                Ok(Ok(report)) => me.cleaned("submission", Strategy::All, &report),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %format!("{e:#}"), "cleanup after a submission failed")
                 }
@@ -481,16 +517,16 @@ impl Supervisor {
         }
     }
 
-    async fn reconcile_at_start(&self) {
+    async fn reconcile_at_start(self: &Arc<Self>) {
         let mut last = self.cleaning.lock().await;
         match self.orch.reconcile(Duration::from_secs(60)).await {
-            Ok(report) => self.cleaned("start", &report),
+            Ok(report) => self.cleaned("start", Strategy::Orphans, &report),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "reconciliation at start failed"),
         }
         *last = Some(Instant::now());
     }
 
-    async fn cleanup_schedule(&self, stop: CancellationToken) {
+    async fn cleanup_schedule(self: &Arc<Self>, stop: CancellationToken) {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -498,17 +534,27 @@ impl Supervisor {
             }
             let mut last = self.cleaning.lock().await;
             match self.orch.cleanup(&self.scheduled_options()).await {
-                Ok(report) => self.cleaned("schedule", &report),
+                Ok(report) => self.cleaned("schedule", Strategy::All, &report),
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "scheduled cleanup failed"),
             }
             *last = Some(Instant::now());
         }
     }
 
-    fn cleaned(&self, trigger: &str, report: &CleanupReport) {
+    fn cleaned(self: &Arc<Self>, trigger: &str, strategy: Strategy, report: &CleanupReport) {
         for (item, error) in report.failures() {
             tracing::warn!(task = ?item.task_id(), error, "cleanup step failed");
         }
+        self.metrics.cleaned(strategy, report);
+        // What the workspaces hold now, for the gauge: measured in the
+        // background (it walks trees).
+        let me = self.clone();
+        self.ctx().tracker.spawn(async move {
+            match me.du().await {
+                Ok(du) => me.metrics.set_workspace_bytes(du.total.bytes),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "failed to measure workspaces"),
+            }
+        });
         tracing::info!(trigger, summary = %report.summary(), "cleanup done");
         self.emit(DaemonEvent::CleanupDone {
             trigger: trigger.to_owned(),
@@ -518,12 +564,16 @@ impl Supervisor {
 
     /// A cleanup asked for (`POST /v1/cleanup`); waits its turn behind one
     /// that runs.
-    pub async fn cleanup(&self, options: &CleanupOptions) -> Result<CleanupReport, Error> {
+    pub async fn cleanup(
+        self: &Arc<Self>,
+        options: &CleanupOptions,
+    ) -> Result<CleanupReport, Error> {
         let mut last = self.cleaning.lock().await;
         let report = self.orch.cleanup(options).await?;
         if !options.dry_run {
             *last = Some(Instant::now());
-            self.cleaned("request", &report);
+            let strategy = if options.all { Strategy::All } else { options.strategy };
+            self.cleaned("request", strategy, &report);
         }
         Ok(report)
     }
@@ -603,9 +653,7 @@ impl Supervisor {
                 project: record.project.clone(),
                 state: State::Cancelled,
             });
-            self.emit(DaemonEvent::TaskFinished {
-                task: Box::new(record.clone()),
-            });
+            self.ended(record.clone());
             return Ok(record);
         }
         let record = self.task(&id.to_string()).await?;
