@@ -14,6 +14,7 @@ mod daemon;
 mod faults;
 mod helper;
 mod hostile;
+mod observe;
 mod policy;
 mod registry;
 mod task;

@@ -49,6 +49,8 @@ pub(crate) fn routes(shared: Shared) -> Router {
         .route("/v1/cleanup", post(cleanup))
         .route("/v1/du", get(du))
         .route("/v1/events", get(events))
+        .route("/v1/cleanups", get(recent_cleanups))
+        .route("/v1/alerts", get(alerts))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -317,6 +319,14 @@ async fn metrics(
     })
 }
 
+async fn recent_cleanups(Extract(s): Extract<Shared>) -> Response {
+    Json(s.supervisor.recent_cleanups()).into_response()
+}
+
+async fn alerts(Extract(s): Extract<Shared>) -> Response {
+    Json(s.supervisor.alerts()).into_response()
+}
+
 async fn du(Extract(s): Extract<Shared>) -> Result<Response, ApiError> {
     Ok(Json(s.supervisor.du().await?.to_json()).into_response())
 }
@@ -344,6 +354,6 @@ async fn events(
 
 /// The TCP listener's routes: the API plus the dashboard (`/`), which
 /// gets its token once as `?token=` and keeps it in a cookie.
-pub(crate) fn with_dashboard(api: Router, _shared: Shared, _token: crate::auth::Token) -> Router {
-    api
+pub(crate) fn with_dashboard(api: Router, token: crate::auth::Token) -> Router {
+    crate::dashboard::routes(api, token)
 }

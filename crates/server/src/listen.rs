@@ -177,9 +177,8 @@ impl Bound {
         };
         let tcp = self.tcp.map(|(listener, token)| {
             let token = Token(Arc::from(token.as_str()));
-            let router =
-                crate::api::with_dashboard(routes(shared.clone()), shared.clone(), token.clone())
-                    .layer(middleware::from_fn_with_state(token, require));
+            let router = crate::api::with_dashboard(routes(shared.clone()), token.clone())
+                .layer(middleware::from_fn_with_state(token, require));
             (listener, router)
         });
         let on_socket = {

@@ -134,7 +134,10 @@ async fn listen(
         let event = match event {
             Ok(event) => event,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "webhooks fell behind the events; some were not sent");
+                tracing::warn!(
+                    missed,
+                    "webhooks fell behind the events; some were not sent"
+                );
                 for _ in 0..missed {
                     supervisor.metrics().webhook_failed("lagged");
                 }
@@ -143,7 +146,10 @@ async fn listen(
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
         let kind = event.kind();
-        if !queues.iter().any(|(r, _)| r.events.iter().any(|e| e == kind)) {
+        if !queues
+            .iter()
+            .any(|(r, _)| r.events.iter().any(|e| e == kind))
+        {
             continue;
         }
         let body = match body_of(&event, &supervisor).await {
@@ -198,10 +204,9 @@ async fn send_all(
                     continue;
                 }
             },
-            Some(at) => match tokio::time::timeout_at(at, queue.recv()).await {
-                Ok(next) => next,
-                Err(_) => None,
-            },
+            Some(at) => tokio::time::timeout_at(at, queue.recv())
+                .await
+                .unwrap_or_default(),
         };
         let Some(delivery) = next else {
             // Closed, or draining and out of time: count what is left.
@@ -291,7 +296,10 @@ async fn post(
         .uri(path)
         .header(hyper::header::HOST, authority)
         .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(hyper::header::USER_AGENT, concat!("orch/", env!("CARGO_PKG_VERSION")))
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("orch/", env!("CARGO_PKG_VERSION")),
+        )
         .header("X-Orch-Event", delivery.kind)
         .header("X-Orch-Delivery", delivery.id.to_string());
     if let Some(signature) = signature {

@@ -19,6 +19,7 @@ pub(crate) struct Daemon {
 #[derive(Debug)]
 pub(crate) struct Answer {
     pub(crate) status: u16,
+    pub(crate) head: String,
     pub(crate) body: String,
 }
 
@@ -116,6 +117,16 @@ impl Daemon {
     pub(crate) fn signal(&self, signal: rustix::process::Signal) {
         self.running.signal(signal);
     }
+
+    /// The TCP address it said it serves on (`--listen`).
+    pub(crate) fn tcp_addr(&self) -> String {
+        let said = self.running.stderr_text();
+        said.split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| c == ';' || c.is_whitespace()).next())
+            .unwrap_or_else(|| panic!("no address in {said}"))
+            .to_owned()
+    }
 }
 
 /// Writes `raw` to the socket, closes our side (so a truncated request
@@ -162,7 +173,11 @@ pub(crate) fn parse_answer(raw: &[u8]) -> Answer {
     } else {
         body.to_owned()
     };
-    Answer { status, body }
+    Answer {
+        status,
+        head: head.to_owned(),
+        body,
+    }
 }
 
 fn dechunk(mut body: &str) -> String {

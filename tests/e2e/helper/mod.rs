@@ -9,8 +9,9 @@
 mod daemon;
 mod proxy;
 mod pty;
+pub(crate) mod web;
 
-pub(crate) use daemon::{parse_answer, send_raw};
+pub(crate) use daemon::{Answer, parse_answer, send_raw};
 pub(crate) use proxy::{Mode, Proxy};
 pub(crate) use pty::OnPty;
 use std::io::Read;

@@ -42,13 +42,26 @@ fn setting(var: &str, configured: Option<Duration>, default: Duration) -> anyhow
 /// The TCP listener's token: `ORCH_TOKEN`, else `$ORCH_HOME/api-token`,
 /// made (0600) on first use.
 fn token(home: &Home) -> anyhow::Result<String> {
+    // It travels in a header, a cookie and a URL: no character that any of
+    // them would need to escape, and long enough not to be guessed.
+    let check = |token: &str, from: &str| {
+        anyhow::ensure!(
+            token.len() >= 16
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b)),
+            "{from} must be at least 16 characters of A-Z, a-z, 0-9, '.', '_', '~' and '-'"
+        );
+        Ok(token.to_owned())
+    };
     if let Ok(token) = std::env::var("ORCH_TOKEN") {
-        anyhow::ensure!(!token.trim().is_empty(), "ORCH_TOKEN is empty");
-        return Ok(token.trim().to_owned());
+        return check(token.trim(), "ORCH_TOKEN");
     }
     let path = home.path().join("api-token");
     match std::fs::read_to_string(&path) {
-        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+        Ok(token) if !token.trim().is_empty() => {
+            return check(token.trim(), &format!("the token in {}", path.display()));
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),

@@ -171,6 +171,11 @@ impl Metrics {
                 resource: resource.into(),
             }));
         }
+        for event in crate::config::WEBHOOK_EVENTS {
+            drop(webhook_failures.get_or_create(&EventLabel {
+                event: event.into(),
+            }));
+        }
         for by in ["watchdog", "reconcile", "cleanup"] {
             drop(reaped.get_or_create(&ByLabel { by: by.into() }));
         }
@@ -280,6 +285,12 @@ impl Metrics {
     }
 }
 
+fn label(state: &str) -> StateLabel {
+    StateLabel {
+        state: state.into(),
+    }
+}
+
 /// OpenMetrics text as the classic Prometheus format has it: a counter's
 /// family is named with its `_total`, and there are no `# UNIT` or `# EOF`
 /// lines.
@@ -318,7 +329,10 @@ mod tests {
     fn the_classic_text_names_counters_with_their_total_and_drops_openmetrics_lines() {
         let metrics = Metrics::new();
         metrics.submitted();
-        metrics.finished(orch_registry::State::Failed, Some(std::time::Duration::from_secs(2)));
+        metrics.finished(
+            orch_registry::State::Failed,
+            Some(std::time::Duration::from_secs(2)),
+        );
         let open = metrics.encode(&[(orch_registry::State::Queued, 3)], 1, &[]);
         assert!(open.contains("# TYPE orch_tasks_submitted counter"));
         assert!(open.ends_with("# EOF\n"));
@@ -331,11 +345,5 @@ mod tests {
         assert!(text.contains("orch_stuck_tasks 1"));
         assert!(text.contains("# TYPE orch_task_duration_seconds histogram"));
         assert!(!text.contains("# UNIT") && !text.contains("# EOF"));
-    }
-}
-
-fn label(state: &str) -> StateLabel {
-    StateLabel {
-        state: state.into(),
     }
 }

@@ -29,6 +29,8 @@ const PIGGYBACK_LIMIT: Duration = Duration::from_secs(30);
 const PIGGYBACK_EVERY: Duration = Duration::from_secs(60);
 /// How long a waited-for cancel waits beyond the task's grace.
 const CANCEL_SLACK: Duration = Duration::from_secs(30);
+/// Cleanups remembered for the dashboard.
+const RECENT_CLEANUPS: usize = 20;
 /// Events a slow listener may fall behind by before it misses some.
 const EVENT_BUFFER: usize = 1024;
 
@@ -84,6 +86,8 @@ pub struct Supervisor {
     /// Held while a cleanup runs; when the last one ended.
     cleaning: tokio::sync::Mutex<Option<Instant>>,
     metrics: Arc<Metrics>,
+    /// The last cleanups, newest last (bounded).
+    recent_cleanups: Mutex<std::collections::VecDeque<serde_json::Value>>,
 }
 
 impl Supervisor {
@@ -100,6 +104,7 @@ impl Supervisor {
             accepting: AtomicBool::new(true),
             cleaning: tokio::sync::Mutex::new(None),
             metrics: Arc::new(Metrics::new()),
+            recent_cleanups: Mutex::default(),
         })
     }
 
@@ -175,6 +180,39 @@ impl Supervisor {
     /// How many tasks it runs now.
     pub fn running(&self) -> usize {
         self.live().len()
+    }
+
+    /// Its last cleanups (at most 20), oldest first: each the report of
+    /// `orch cleanup --json` without its items, with its `trigger`,
+    /// `strategy` and `at` (Unix milliseconds).
+    pub fn recent_cleanups(&self) -> Vec<serde_json::Value> {
+        self.recent_cleanups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Its stuck tasks now: id, project and seconds of silence.
+    pub fn alerts(&self) -> Vec<serde_json::Value> {
+        self.live()
+            .iter()
+            .filter(|(_, l)| l.stuck)
+            .map(|(id, l)| {
+                let silent = l
+                    .last_sign
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .elapsed();
+                serde_json::json!({
+                    "type": "task.stuck",
+                    "id": id,
+                    "project": l.project,
+                    "silent_secs": silent.as_secs(),
+                })
+            })
+            .collect()
     }
 
     /// How many of its running tasks are stuck.
@@ -546,6 +584,25 @@ impl Supervisor {
             tracing::warn!(task = ?item.task_id(), error, "cleanup step failed");
         }
         self.metrics.cleaned(strategy, report);
+        {
+            let mut recent = self
+                .recent_cleanups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if recent.len() == RECENT_CLEANUPS {
+                recent.pop_front();
+            }
+            // The counts, not the items: a cleanup may take thousands.
+            let mut entry = report.to_json();
+            if let Some(entry) = entry.as_object_mut() {
+                entry.remove("items");
+                entry.remove("repos");
+            }
+            entry["trigger"] = trigger.into();
+            entry["strategy"] = strategy.name().into();
+            entry["at"] = now_ms().into();
+            recent.push_back(entry);
+        }
         // What the workspaces hold now, for the gauge: measured in the
         // background (it walks trees).
         let me = self.clone();
@@ -572,7 +629,11 @@ impl Supervisor {
         let report = self.orch.cleanup(options).await?;
         if !options.dry_run {
             *last = Some(Instant::now());
-            let strategy = if options.all { Strategy::All } else { options.strategy };
+            let strategy = if options.all {
+                Strategy::All
+            } else {
+                options.strategy
+            };
             self.cleaned("request", strategy, &report);
         }
         Ok(report)
