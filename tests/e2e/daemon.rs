@@ -192,12 +192,18 @@ fn sigkill_of_the_daemon_reaps_its_tasks_and_keeps_the_queue() {
         again.wait_ended(&queued, Duration::from_secs(60))["state"],
         "succeeded"
     );
+    // The next daemon's metrics count what the watchdog reaped.
+    let metrics = again.request("GET", "/metrics", None).body;
+    assert!(
+        metrics.contains("orch_reaped_total{by=\"watchdog\"} 2"),
+        "{metrics}"
+    );
 }
 
 /// As `systemctl stop` of a unit whose stop times out: SIGTERM to the
 /// daemon, SIGTERM, SIGHUP and SIGINT to the rest of its cgroup, then
-/// SIGKILL of the daemon mid-way through its graceful stop. The watchdog outlives the first
-/// signals and reaps what the daemon left.
+/// SIGKILL of the daemon mid-way through its graceful stop. The watchdog
+/// outlives the first signals and reaps what the daemon left.
 #[test]
 fn the_watchdog_survives_a_signal_to_the_whole_group_and_reaps() {
     require_docker!();

@@ -152,6 +152,13 @@ async fn listen(
         {
             continue;
         }
+        // A cleanup that found nothing to do is no news: one every few
+        // minutes would drown the ones that did something.
+        if let DaemonEvent::CleanupDone { report, .. } = &event {
+            if report["total"]["tasks"] == 0 && report["total"]["containers"] == 0 {
+                continue;
+            }
+        }
         let body = match body_of(&event, &supervisor).await {
             Ok(body) => Bytes::from(body),
             Err(e) => {
