@@ -63,6 +63,7 @@ pub use reconcile::{
     human_bytes,
 };
 pub use run::{Outcome, PreparedTask, Status, TaskRequest};
+pub use runtime::display_chain;
 pub use session::{Session, container_name};
 pub use shutdown::{Shutdown, Suspension};
 pub use watchdog::{Reaped, Registered, WatchdogLink, WatchdogLog};

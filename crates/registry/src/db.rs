@@ -98,6 +98,21 @@ const MIGRATIONS: &[&str] = &[
 ",
 ];
 
+/// Records a task's repository and its branch's base (for `cleanup
+/// --branches`, which outlives the task's record).
+fn note_repo(tx: &rusqlite::Transaction<'_>, task: &TaskRecord) -> rusqlite::Result<()> {
+    if let Some(repo) = &task.repo {
+        tx.execute("INSERT OR IGNORE INTO repos (path) VALUES (?1)", [repo])?;
+        if let (Some(branch), Some(base)) = (&task.branch, &task.base) {
+            tx.execute(
+                "INSERT OR REPLACE INTO branches (repo, name, base) VALUES (?1, ?2, ?3)",
+                [repo, branch, base],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// The schema of the first release, for tests that start from it.
 #[cfg(test)]
 pub(crate) fn first_migration() -> &'static str {
@@ -450,18 +465,7 @@ impl Registry {
                 ],
             )
             .map_err(&err)?;
-            if let Some(repo) = &task.repo {
-                tx.execute("INSERT OR IGNORE INTO repos (path) VALUES (?1)", [repo])
-                    .map_err(&err)?;
-                if let (Some(branch), Some(base)) = (&task.branch, &task.base) {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO branches (repo, name, base) VALUES (?1, ?2, ?3)",
-                        [repo, branch, base],
-                    )
-                    .map_err(&err)?;
-                }
-            }
-            Ok(())
+            note_repo(tx, task).map_err(&err)
         })
     }
 
@@ -861,18 +865,7 @@ impl Registry {
                 ],
             )
             .map_err(&err)?;
-            if let Some(repo) = &task.repo {
-                tx.execute("INSERT OR IGNORE INTO repos (path) VALUES (?1)", [repo])
-                    .map_err(&err)?;
-                if let (Some(branch), Some(base)) = (&task.branch, &task.base) {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO branches (repo, name, base) VALUES (?1, ?2, ?3)",
-                        [repo, branch, base],
-                    )
-                    .map_err(&err)?;
-                }
-            }
-            Ok(())
+            note_repo(tx, task).map_err(&err)
         })
     }
 

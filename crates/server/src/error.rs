@@ -4,6 +4,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use orch_orchestrator::display_chain;
 use orch_orchestrator::{Error, ErrorKind};
 
 /// An error answer.
@@ -56,19 +57,4 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": self.message });
         (self.status, axum::Json(body)).into_response()
     }
-}
-
-/// An error and its causes, `: `-separated, on one line.
-fn display_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

@@ -796,7 +796,7 @@ fn one_line(error: &DockerError) -> String {
 }
 
 /// An error and its causes, `: `-separated.
-pub(crate) fn display_chain(error: &dyn std::error::Error) -> String {
+pub fn display_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

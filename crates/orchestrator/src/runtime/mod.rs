@@ -16,7 +16,7 @@ mod reference;
 mod spec;
 
 pub use docker::DockerRuntime;
-pub(crate) use docker::display_chain;
+pub use docker::display_chain;
 pub use error::RuntimeError;
 pub(crate) use reference::validate_reference;
 pub use spec::{
