@@ -55,6 +55,37 @@ fn a_terminal_that_hangs_up_stops_the_task_gracefully() {
     );
 }
 
+/// A stderr nobody reads (a stopped pager, a terminal on scroll lock): the
+/// pipe fills, and orch must still run the task and clean up, whatever
+/// it logs.
+#[test]
+fn a_stderr_that_stops_taking_writes_blocks_nothing() {
+    require_docker!();
+    let env = TestEnv::new();
+    env.git_project(IMAGE, "");
+    let (read_end, write_end) = rustix::pipe::pipe().unwrap();
+    // Full before orch starts: its first write to stderr would block.
+    rustix::fs::fcntl_setfl(&write_end, rustix::fs::OFlags::NONBLOCK).unwrap();
+    while rustix::io::write(&write_end, &[b'.'; 4096]).is_ok() {}
+    rustix::fs::fcntl_setfl(&write_end, rustix::fs::OFlags::empty()).unwrap();
+    let mut cmd = env.orch();
+    cmd.arg("task")
+        .arg(&env.project)
+        .arg("flood 200000; write done.txt yes")
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(write_end));
+    let mut child = cmd.spawn().unwrap();
+    let status = helper::wait_for("orch to end", Duration::from_secs(60), || {
+        child.try_wait().unwrap()
+    });
+    drop(read_end);
+    assert_eq!(status.code(), Some(0));
+    let task = env.tasks().into_iter().next().unwrap();
+    assert_eq!(task["state"], "succeeded");
+    assert!(env.containers().is_empty());
+}
+
 #[test]
 fn ctrl_z_freezes_the_task_and_its_timeout_until_orch_continues() {
     require_docker!();

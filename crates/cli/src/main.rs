@@ -18,6 +18,7 @@ macro_rules! outln {
 mod args;
 mod commands;
 mod exit;
+mod logging;
 mod output;
 mod signals;
 mod watchdog;
@@ -71,6 +72,7 @@ fn main() -> ExitCode {
     // Output pumps of removed containers may still be winding down; they hold
     // nothing that needs cleaning.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    logging::flush(std::time::Duration::from_secs(1));
     code
 }
 
@@ -90,7 +92,7 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
-        .with_writer(std::io::stderr)
+        .with_writer(logging::Writer::default)
         .with_target(false)
         .compact()
         .init();
