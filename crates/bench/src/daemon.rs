@@ -102,12 +102,20 @@ impl Bench {
             let (status, body) = request(&daemon.socket, "POST", "/v1/tasks", Some(&spec(desc)));
             assert_eq!(status, 201, "submit: {body}");
         };
+        // Idle: no task queued, creating or running, read from the
+        // metrics (a listing of thousands of queued tasks would load the
+        // daemon it measures).
         let wait_idle = |daemon: &Daemon| loop {
-            let (_, body) = request(&daemon.socket, "GET", "/v1/tasks", None);
-            if body.trim() == "[]" {
+            let (_, text) = request(&daemon.socket, "GET", "/metrics", None);
+            let live: u64 = text
+                .lines()
+                .filter(|l| l.starts_with("orch_tasks{"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .sum();
+            if live == 0 {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(50));
         };
         let mut rows = Vec::new();
 
@@ -170,12 +178,15 @@ impl Bench {
         ]);
         rows.push(vec!["ratio daemon/xargs".into(), ratio(ours, theirs)]);
 
-        // Memory after many more tasks, run the same way.
+        // Memory after many more tasks, run the same way: in batches of the
+        // same size, so that both readings are taken with the queue empty.
         let more = config.submissions.saturating_sub(n);
-        for _ in 0..more {
-            submit(&daemon, "exit 0");
+        for batch in (0..more).step_by(n.max(1)) {
+            for _ in batch..(batch + n).min(more) {
+                submit(&daemon, "exit 0");
+            }
+            wait_idle(&daemon);
         }
-        wait_idle(&daemon);
         let (after_all, _) = memory(daemon.child.id());
         rows.push(vec![
             format!("daemon's RSS after {n} tasks"),
