@@ -641,6 +641,30 @@ impl Registry {
         rows.collect::<Result<Vec<_>, _>>().map_err(&err)
     }
 
+    /// The records a retention cleanup may select, oldest first: the live
+    /// ones, those that finished before `finished_before` and those created
+    /// before `created_before` (Unix milliseconds). A cleanup reads these,
+    /// never the whole registry: however many finished tasks it holds, a
+    /// cleanup's memory follows what it may remove.
+    pub fn list_retention(
+        &self,
+        finished_before: i64,
+        created_before: i64,
+    ) -> Result<Vec<TaskRecord>, Error> {
+        let err = self.sql("list tasks for retention");
+        let mut statement = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM tasks WHERE state IN ('queued', 'creating', 'running') \
+                 OR finished_at <= ?1 OR created_at <= ?2 ORDER BY id"
+            ))
+            .map_err(&err)?;
+        let rows = statement
+            .query_map([finished_before, created_before], record_from_row)
+            .map_err(&err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(&err)
+    }
+
     /// The tasks of one session (one orch process), oldest first.
     pub fn list_session(&self, session: &str) -> Result<Vec<TaskRecord>, Error> {
         let err = self.sql("list a session's tasks");

@@ -199,6 +199,30 @@ fn listing_live_and_all() {
 }
 
 #[test]
+fn retention_reads_only_what_it_may_select() {
+    let (_tmp, _path, reg) = fresh();
+    let at = |state: State, created_at: i64, finished_at: Option<i64>| {
+        let mut r = record(state);
+        r.created_at = created_at;
+        r.finished_at = finished_at;
+        reg.insert(&r).unwrap();
+        r.id
+    };
+    let live = at(State::Running, 0, None);
+    let finished_long_ago = at(State::Succeeded, 900, Some(1_000));
+    let created_long_ago = at(State::Failed, 100, Some(5_000));
+    let recent = at(State::Succeeded, 4_000, Some(5_000));
+    let listed: Vec<Uuid> = reg
+        .list_retention(2_000, 200)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, vec![live, finished_long_ago, created_long_ago]);
+    assert!(!listed.contains(&recent));
+}
+
+#[test]
 fn a_session_lists_its_own_tasks() {
     let (_tmp, _path, reg) = fresh();
     let mut mine = record(State::Running);

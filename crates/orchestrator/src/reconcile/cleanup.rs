@@ -28,7 +28,11 @@ pub(crate) async fn cleanup(
     ctx: &Arc<Ctx>,
     options: &CleanupOptions,
 ) -> Result<CleanupReport, Error> {
-    let snapshot = Snapshot::full(ctx).await?;
+    let snapshot = if options.all {
+        Snapshot::full(ctx).await?
+    } else {
+        Snapshot::retention(ctx, &options.thresholds).await?
+    };
     let logs = ctx.home.path().join("logs");
     let session = ctx.session.id;
     let planned_options = options.clone();

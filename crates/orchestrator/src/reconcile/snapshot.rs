@@ -7,13 +7,15 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use orch_registry::{Listing, TaskRecord, now_ms};
+use orch_registry::{Listing, Registry, TaskRecord, now_ms};
 use orch_workspace::TaskDir;
 use uuid::Uuid;
 
 use crate::Error;
 use crate::context::Ctx;
+use crate::reconcile::Thresholds;
 use crate::runtime::OwnedContainer;
 use crate::teardown::{Found, TaskFacts, WorkspaceTarget};
 
@@ -27,23 +29,40 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// Everything: for retention, which may select any record.
+    /// Everything: for `--all`, which takes every record.
     pub(crate) async fn full(ctx: &Ctx) -> Result<Snapshot, Error> {
-        let containers = ctx.runtime.list(&ctx.selector(None)).await?;
-        let dirs = task_dirs(ctx).await?;
-        let rows = ctx.store.call(|r| r.list(Listing::All)).await?;
-        Ok(Snapshot {
-            rows,
-            containers,
-            dirs,
-            now: now_ms(),
+        Snapshot::take(ctx, |r| r.list(Listing::All)).await
+    }
+
+    /// For retention: the records `thresholds` may select (finished or
+    /// created long enough ago, and the live ones) and those of the
+    /// containers and directories found, never the whole registry.
+    /// Planning checks each against its strategy.
+    pub(crate) async fn retention(ctx: &Ctx, thresholds: &Thresholds) -> Result<Snapshot, Error> {
+        let now = now_ms();
+        let before =
+            |d: Duration| now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let finished_before = before(thresholds.completed.min(thresholds.failed));
+        let created_before = before(thresholds.old);
+        Snapshot::take(ctx, move |r| {
+            r.list_retention(finished_before, created_before)
         })
+        .await
     }
 
     /// What reconciliation needs and no more: the live records, and the
     /// records of the containers and directories found. It stays small
     /// however many finished tasks the registry holds.
     pub(crate) async fn narrow(ctx: &Ctx) -> Result<Snapshot, Error> {
+        Snapshot::take(ctx, |r| r.list(Listing::Live)).await
+    }
+
+    /// The containers, the directories, then the records `listed` gives
+    /// and those of every container and directory found, oldest first.
+    async fn take(
+        ctx: &Ctx,
+        listed: impl FnOnce(&Registry) -> Result<Vec<TaskRecord>, orch_registry::Error> + Send + 'static,
+    ) -> Result<Snapshot, Error> {
         let containers = ctx.runtime.list(&ctx.selector(None)).await?;
         let dirs = task_dirs(ctx).await?;
         let wanted: BTreeSet<Uuid> = containers
@@ -54,11 +73,12 @@ impl Snapshot {
         let rows = ctx
             .store
             .call(move |r| {
-                let mut rows = r.list(Listing::Live)?;
-                let live: BTreeSet<Uuid> = rows.iter().map(|row| row.id).collect();
-                for id in wanted.difference(&live) {
+                let mut rows = listed(r)?;
+                let have: BTreeSet<Uuid> = rows.iter().map(|row| row.id).collect();
+                for id in wanted.difference(&have) {
                     rows.extend(r.get(id)?);
                 }
+                rows.sort_by_key(|row| row.id);
                 Ok(rows)
             })
             .await?;
