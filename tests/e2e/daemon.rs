@@ -391,6 +391,16 @@ fn bad_requests_get_clear_errors_and_never_hurt_the_daemon() {
     let refused = error(
         "POST",
         "/v1/tasks",
+        Some(&json!({"project": env.project, "desc": "x", "env": {"A=B": "c"}}).to_string()),
+        422,
+    );
+    assert!(
+        refused.contains("invalid variable name \"A=B\""),
+        "{refused}"
+    );
+    let refused = error(
+        "POST",
+        "/v1/tasks",
         Some(&json!({"project": "/nonexistent/dir", "desc": "x"}).to_string()),
         422,
     );
@@ -420,6 +430,30 @@ fn bad_requests_get_clear_errors_and_never_hurt_the_daemon() {
         let message = error("GET", &format!("/v1/tasks/{common}"), None, 409);
         assert!(message.contains(&a) && message.contains(&b), "{message}");
     }
+    // JSON sent as `curl -d` sends it (as a form) is read as JSON: a dry
+    // run stays dry, a bad strategy is refused, a task is queued.
+    let form = |path: &str, body: &str| {
+        daemon
+            .try_request_typed(
+                "POST",
+                path,
+                Some(body),
+                "application/x-www-form-urlencoded",
+            )
+            .unwrap()
+    };
+    let dry = form("/v1/cleanup", r#"{"dry_run":true}"#);
+    assert_eq!(
+        (dry.status, &dry.json()["dry_run"]),
+        (200, &json!(true)),
+        "{}",
+        dry.body
+    );
+    assert_eq!(form("/v1/cleanup", r#"{"strategy":"bogus"}"#).status, 422);
+    assert_eq!(
+        form("/v1/tasks", &spec(&env, "exit 0").to_string()).status,
+        201
+    );
     assert_eq!(daemon.request("GET", "/healthz", None).status, 200);
 }
 
@@ -434,6 +468,9 @@ fn an_engine_that_is_down_is_a_503() {
     proxy.set(helper::Mode::Refuse);
     let answer = daemon.request("POST", "/v1/tasks", Some(&spec(&env, "exit 0").to_string()));
     assert_eq!(answer.status, 503, "{}", answer.body);
+    // It does not accept work, and says so to health checks.
+    let health = daemon.request("GET", "/healthz", None);
+    assert_eq!(health.status, 503, "{}", health.body);
     assert!(
         answer.json()["error"]
             .as_str()
@@ -443,6 +480,7 @@ fn an_engine_that_is_down_is_a_503() {
         answer.body
     );
     proxy.set(helper::Mode::Pass);
+    assert_eq!(daemon.request("GET", "/healthz", None).status, 200);
     let id = daemon.submit(spec(&env, "exit 0"));
     assert_eq!(
         daemon.wait_ended(&id, Duration::from_secs(60))["state"],

@@ -132,6 +132,92 @@ fn ctrl_z_freezes_the_task_and_its_timeout_until_orch_continues() {
 }
 
 #[test]
+fn diagnostics_to_a_pipe_carry_no_colour_codes() {
+    require_docker!();
+    let env = TestEnv::new();
+    // A workspace, so that there are git steps to log.
+    env.git_project(IMAGE, "");
+    let out = env
+        .orch()
+        .env_remove("NO_COLOR")
+        .args(["-vv", "task"])
+        .arg(&env.project)
+        .arg("echo hi")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(text.contains("DEBUG"), "diagnostics were written: {text}");
+    assert!(!text.contains('\u{1b}'), "no escape codes: {text:?}");
+}
+
+#[test]
+fn twenty_tasks_on_one_repository_at_once_all_run() {
+    require_docker!();
+    let env = TestEnv::new();
+    env.git_project(IMAGE, "");
+    let git_dir = env.project.join(".git");
+    let config = std::fs::read(git_dir.join("config")).unwrap();
+    let runs: Vec<(usize, helper::Running)> = (0..20)
+        .map(|i| (i, env.spawn_task(&format!("write mine.txt {i}"), &[])))
+        .collect();
+    for (i, run) in runs {
+        let finished = run.wait(Duration::from_secs(180));
+        assert_eq!(finished.code(), Some(0), "task {i}: {}", finished.stderr);
+        let id = helper::task_id(&finished.stderr);
+        assert_eq!(
+            env.git(&["show", &format!("orch/{id}:mine.txt")]),
+            i.to_string(),
+            "task {i}'s work on its branch"
+        );
+    }
+    let tasks = env.tasks();
+    assert_eq!(tasks.len(), 20);
+    assert!(tasks.iter().all(|t| t["state"] == "succeeded"), "{tasks:?}");
+    assert!(env.task_dirs().is_empty(), "{:?}", env.task_dirs());
+    assert_eq!(env.worktrees().len(), 1, "{:?}", env.worktrees());
+    assert_eq!(env.git(&["branch", "--list", "orch/*"]).lines().count(), 20);
+    assert_eq!(
+        std::fs::read(git_dir.join("config")).unwrap(),
+        config,
+        "the user's config is never written"
+    );
+    assert!(env.containers().is_empty());
+}
+
+#[test]
+fn an_engine_connection_dropped_mid_task_loses_none_of_its_output() {
+    require_docker!();
+    let env = TestEnv::new();
+    let proxy = helper::Proxy::start();
+    let mut cmd = env.orch();
+    cmd.env("DOCKER_HOST", proxy.host())
+        .arg("task")
+        .arg(&env.project)
+        .arg("echo one; sleep 3; echo two; exit 0");
+    let running = helper::Running::spawn(cmd);
+    helper::wait_for("the first line", Duration::from_secs(30), || {
+        running.stdout_text().contains("one").then_some(())
+    });
+    // Every connection to the engine drops, the output stream's included,
+    // and new ones are refused for a second.
+    proxy.set(helper::Mode::Refuse);
+    proxy.drop_connections();
+    let outage = Instant::now();
+    helper::wait_for("a second of outage", Duration::from_secs(5), || {
+        (outage.elapsed() >= Duration::from_secs(1)).then_some(())
+    });
+    proxy.set(helper::Mode::Pass);
+    let finished = running.wait(Duration::from_secs(60));
+    assert_eq!(finished.code(), Some(0), "{}", finished.stderr);
+    let id = helper::task_id(&finished.stderr);
+    let log = std::fs::read_to_string(env.home.join("logs").join(format!("{id}.log"))).unwrap();
+    assert_eq!(log, "one\ntwo\n", "the whole output, once");
+    assert_eq!(finished.stdout, "one\ntwo\n", "and on the terminal");
+    assert!(env.containers().is_empty());
+}
+
+#[test]
 fn cleanup_rides_out_an_engine_that_drops_out_for_two_seconds() {
     require_docker!();
     let env = TestEnv::new();
@@ -294,6 +380,23 @@ fn a_full_disk_loses_the_logs_tail_never_the_tasks_result() {
     let out = env.orch().args(["cleanup"]).output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(env.containers().is_empty());
+    // Filled to the last byte by someone else: a command that cannot open
+    // the registry says why, and all is well once there is room again.
+    let filler = tmpfs.dir.path().join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while std::io::Write::write_all(&mut file, &block).is_ok() {}
+    drop(file);
+    let out = env.orch().args(["ps", "-a"]).output().unwrap();
+    if code(&out) != 0 {
+        assert!(
+            stderr(&out).contains("no space left on the device holding it"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(env.tasks().len(), 1, "the registry is intact");
     drop(env);
 }
 

@@ -254,6 +254,27 @@ fn the_task_cannot_write_the_users_repository() {
 }
 
 #[test]
+fn a_sparse_file_cannot_make_orch_read_without_end() {
+    require_docker!();
+    if !helper::shell_image_ready() {
+        return;
+    }
+    for user in USERS {
+        // 100 GiB that cost the task nothing: git would read every byte.
+        // The task's end keeps the workspace for it (attack's cleanup then
+        // removes it, as retention does).
+        let (env, id) = attack(user, |_| {
+            "truncate -s 100G huge.bin; echo small > small.txt; echo tried".to_owned()
+        });
+        let files = env.git(&["ls-tree", "-r", "--name-only", &format!("orch/{id}")]);
+        assert!(
+            files.contains("small.txt") && !files.contains("huge.bin"),
+            "{user}: the rest is saved, the huge file left out: {files}"
+        );
+    }
+}
+
+#[test]
 fn git_works_inside_the_task_and_its_commits_and_pending_work_land_on_its_branch() {
     require_docker!();
     if !helper::shell_image_ready() {

@@ -100,7 +100,21 @@ fn timeout_stops_the_task_and_exits_124() {
 /// Sends `signal` to a foreground `orch task` whose task is running, and
 /// returns the exit code and the time from the signal to orch's exit.
 fn interrupt(env: &TestEnv, desc: &str, signals: &[Signal]) -> (i32, Duration, String) {
-    let running = env.spawn_task(&format!("echo ready; {desc}"), &[]);
+    interrupt_with(env, desc, signals, &[])
+}
+
+/// A grace long enough that a stop well inside it was graceful, however
+/// slow the engine is today.
+const LONG_GRACE: Duration = Duration::from_secs(20);
+
+/// [`interrupt`] of a task given `args`.
+fn interrupt_with(
+    env: &TestEnv,
+    desc: &str,
+    signals: &[Signal],
+    args: &[&str],
+) -> (i32, Duration, String) {
+    let running = env.spawn_task(&format!("echo ready; {desc}"), args);
     env.wait_running();
     helper::wait_for("the task's first output", Duration::from_secs(10), || {
         (running.stdout_text() == "ready\n").then_some(())
@@ -131,9 +145,13 @@ fn interrupt(env: &TestEnv, desc: &str, signals: &[Signal]) -> (i32, Duration, S
 fn sigint_stops_gracefully_and_exits_130() {
     require_docker!();
     let env = TestEnv::new();
-    let (code, elapsed, err) = interrupt(&env, "sleep 60", &[Signal::INT]);
+    let (code, elapsed, err) =
+        interrupt_with(&env, "sleep 60", &[Signal::INT], &["--stop-grace", "20s"]);
     assert_eq!(code, 130, "{err}");
-    assert!(elapsed < GRACE + Duration::from_secs(1), "{elapsed:?}");
+    assert!(
+        elapsed < LONG_GRACE,
+        "stopped by SIGTERM, not killed: {elapsed:?}"
+    );
     assert!(err.contains("press Ctrl+C again to force"), "{err}");
     assert!(
         err.contains("removed container orch-"),
@@ -145,9 +163,13 @@ fn sigint_stops_gracefully_and_exits_130() {
 fn sigterm_exits_143_and_sighup_129() {
     require_docker!();
     let env = TestEnv::new();
-    let (code, elapsed, err) = interrupt(&env, "sleep 60", &[Signal::TERM]);
+    let (code, elapsed, err) =
+        interrupt_with(&env, "sleep 60", &[Signal::TERM], &["--stop-grace", "20s"]);
     assert_eq!(code, 143, "{err}");
-    assert!(elapsed < GRACE + Duration::from_secs(1), "{elapsed:?}");
+    assert!(
+        elapsed < LONG_GRACE,
+        "stopped by SIGTERM, not killed: {elapsed:?}"
+    );
     let (code, _, err) = interrupt(&env, "sleep 60", &[Signal::HUP]);
     assert_eq!(code, 129, "{err}");
 }
@@ -162,7 +184,9 @@ fn a_task_that_traps_sigterm_is_killed_after_the_grace() {
         elapsed >= GRACE - Duration::from_millis(200),
         "waited for the grace: {elapsed:?}"
     );
-    assert!(elapsed < GRACE + Duration::from_secs(1), "{elapsed:?}");
+    // Killed once the grace ran out, not left to sleep its 60 s (how soon
+    // after is the engine's business, and a benchmark's).
+    assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
 }
 
 #[test]
@@ -202,9 +226,17 @@ fn children_of_the_task_die_with_it() {
     let out = env.task("spawn 3; echo spawned", &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out), "spawned\n");
-    let (code, elapsed, err) = interrupt(&env, "spawn 3; sleep 60", &[Signal::INT]);
+    let (code, elapsed, err) = interrupt_with(
+        &env,
+        "spawn 3; sleep 60",
+        &[Signal::INT],
+        &["--stop-grace", "20s"],
+    );
     assert_eq!(code, 130, "{err}");
-    assert!(elapsed < GRACE + Duration::from_secs(1), "{elapsed:?}");
+    assert!(
+        elapsed < LONG_GRACE,
+        "stopped by SIGTERM, not killed: {elapsed:?}"
+    );
 }
 
 #[test]

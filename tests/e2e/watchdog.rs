@@ -57,9 +57,12 @@ fn sigkill_of_orch_is_cleaned_up_by_the_watchdog_within_seconds() {
             .flatten()
             .find(|e| e.file_name().to_string_lossy().starts_with("watchdog-"))?;
         let text = std::fs::read_to_string(log.path()).unwrap();
-        text.contains("reaping done").then_some(text)
+        let mode = std::os::unix::fs::PermissionsExt::mode(&log.metadata().unwrap().permissions());
+        text.contains("reaping done").then_some((text, mode))
     });
+    let (text, mode) = text;
     assert!(text.contains(&id) && text.contains("clean=true"), "{text}");
+    assert_eq!(mode & 0o777, 0o600, "the watchdog's log is private too");
 
     other.signal(Signal::INT);
     assert_eq!(other.wait(Duration::from_secs(30)).code(), Some(130));

@@ -331,7 +331,7 @@ fn workspace_input_errors_are_clear_and_create_nothing() {
     let out = env.task("echo hi", &["--ref", "no-such-branch"]);
     assert_eq!(code(&out), 125);
     assert!(
-        stderr(&out).contains("\"no-such-branch\" is not a commit"),
+        stderr(&out).contains("\"no-such-branch\" names no commit"),
         "{}",
         stderr(&out)
     );

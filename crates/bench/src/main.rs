@@ -470,15 +470,23 @@ impl Bench {
         );
         let (home, project) = self.home("real-tree", true);
         let toml = std::fs::read(project.join("orch.toml")).expect("read orch.toml");
+        // This repository, wherever the benchmark is run from.
+        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
         sh(
             "sh",
             &[
                 "-c",
-                &format!("git archive HEAD | tar -x -C '{}'", project.display()),
+                &format!(
+                    "git -C '{source}' archive HEAD | tar -x -C '{}'",
+                    project.display()
+                ),
             ],
         );
         std::fs::write(project.join("orch.toml"), toml).expect("write orch.toml");
-        let files = sh("sh", &["-c", "git ls-files | wc -l"]);
+        let files = sh(
+            "sh",
+            &["-c", &format!("git -C '{source}' ls-files | wc -l")],
+        );
         self.workspace_rounds(
             config,
             report,

@@ -70,10 +70,12 @@ pub(crate) fn run() -> ExitCode {
         .path()
         .join("logs")
         .join(format!("watchdog-{session}.log"));
-    if let Ok(file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&file)
+    // Private, as every file orch makes: whatever the umask.
+    if let Ok(file) = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().create(true).append(true),
+        0o600,
+    )
+    .open(&file)
     {
         let _ = tracing_subscriber::fmt()
             .with_writer(std::sync::Mutex::new(file))

@@ -335,7 +335,7 @@ pub fn parse_env_pair(text: &str) -> Result<(String, String), String> {
     }
 }
 
-fn valid_env_key(key: &str) -> bool {
+pub(crate) fn valid_env_key(key: &str) -> bool {
     !key.is_empty() && !key.contains(['=', '\0']) && !key.chars().any(char::is_whitespace)
 }
 

@@ -67,6 +67,9 @@ pub enum Event {
         /// Text after the percentage.
         message: String,
     },
+    /// The task's run is over (it exited, failed or never started): its
+    /// output is drained and its teardown begins.
+    Ended,
     /// Graceful stop begun: SIGTERM now, SIGKILL after `grace`.
     Stopping {
         /// Why.

@@ -7,6 +7,11 @@
 //! pump stops writing it (leaving room for the registry to record the
 //! task's end, which matters more than the log's tail), notes that in the
 //! log and tells the observer; the output still reaches the terminal.
+//!
+//! So is a dropped engine connection: if the stream breaks before the
+//! container's output ends, the pump reads it again from the engine's log of
+//! the container, skipping what it already has, so the log stays whole.
+//! If that cannot be done, the log says where its output stops.
 
 use std::os::fd::AsFd;
 use std::time::Duration;
@@ -19,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::events::{Event, EventSink, ProgressParser, Stream as OutStream};
 use crate::leases::Progress;
-use crate::runtime::OutputStream;
+use crate::runtime::{OutputStream, Runtime};
 
 /// Free space the log never eats into: the registry needs it to record the
 /// task's end.
@@ -27,15 +32,42 @@ const RESERVE: u64 = 512 * 1024;
 /// Free space is looked at again after this many bytes are written.
 const CHECK_EVERY: u64 = 64 * 1024;
 
+/// How many times a broken output stream is read again.
+const REOPEN_ATTEMPTS: u32 = 20;
+
+/// How long after its stream ends the run is expected to be over, if the
+/// end was the container's.
+const END_AGREES: Duration = Duration::from_millis(500);
+
+/// Where the output comes from again if its stream breaks: the container's
+/// log in the engine.
+pub(crate) struct Source {
+    pub(crate) runtime: std::sync::Arc<dyn Runtime>,
+    pub(crate) container: String,
+    /// True once the run is over.
+    pub(crate) over: watch::Receiver<bool>,
+}
+
+impl Source {
+    /// Whether a stream that ended was cut short: the run did not end
+    /// with it (an engine connection that drops may end the stream as
+    /// cleanly as the container's exit does).
+    async fn cut_short(&mut self) -> bool {
+        let over = tokio::time::timeout(END_AGREES, self.over.wait_for(|over| *over)).await;
+        !matches!(over, Ok(Ok(_)))
+    }
+}
+
 /// Starts copying `output` until it ends.
 pub(crate) fn spawn_pump(
     tracker: &TaskTracker,
     output: OutputStream,
+    source: Source,
     sink: EventSink,
     log: Option<tokio::fs::File>,
     progress: watch::Sender<Progress>,
 ) -> JoinHandle<()> {
-    tracker.spawn(pump(output, sink, log, progress))
+    tracker.spawn(pump(output, source, sink, log, progress))
 }
 
 /// The task's log, as the pump writes it.
@@ -102,6 +134,7 @@ fn free_space(file: &tokio::fs::File) -> Option<u64> {
 
 async fn pump(
     mut output: OutputStream,
+    mut source: Source,
     sink: EventSink,
     log: Option<tokio::fs::File>,
     progress: watch::Sender<Progress>,
@@ -112,24 +145,83 @@ async fn pump(
         since_check: CHECK_EVERY,
         dropped: 0,
     };
-    while let Some(item) = output.next().await {
-        let (stream, data) = match item {
-            Ok(chunk) => chunk,
-            Err(e) => {
-                tracing::debug!(error = %e, "output stream ended with an error");
-                break;
+    // Bytes had of stdout and stderr, and bytes of each to pass over (what
+    // a reopened stream delivers again).
+    let mut had = [0u64; 2];
+    let mut skip = [0u64; 2];
+    let mut reopened = 0;
+    loop {
+        let broken = loop {
+            let Some(item) = output.next().await else {
+                break None;
+            };
+            let (stream, mut data) = match item {
+                Ok(chunk) => chunk,
+                Err(e) => break Some(e),
+            };
+            let which = usize::from(stream == OutStream::Stderr);
+            if skip[which] > 0 {
+                let over = usize::try_from(skip[which])
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                skip[which] -= over as u64;
+                data = data.slice(over..);
+                if data.is_empty() {
+                    continue;
+                }
+            }
+            had[which] += data.len() as u64;
+            log.write(&data, &sink).await;
+            let found = if stream == OutStream::Stdout {
+                parser.feed(&data)
+            } else {
+                Vec::new()
+            };
+            sink.output(stream, data).await;
+            for (percent, message) in found {
+                progress.send_replace(Some((percent, message.clone())));
+                sink.send(Event::Progress { percent, message });
             }
         };
-        log.write(&data, &sink).await;
-        let found = if stream == OutStream::Stdout {
-            parser.feed(&data)
-        } else {
-            Vec::new()
+        let error = match broken {
+            Some(error) => crate::runtime::display_chain(&error),
+            None if source.cut_short().await => "it ended while the task ran".to_owned(),
+            None => break,
         };
-        sink.output(stream, data).await;
-        for (percent, message) in found {
-            progress.send_replace(Some((percent, message.clone())));
-            sink.send(Event::Progress { percent, message });
+        tracing::warn!(container = %source.container, error = %error, "the task's output stream broke; reading it again from the engine");
+        let mut again = None;
+        while again.is_none() && reopened < REOPEN_ATTEMPTS {
+            reopened += 1;
+            match source.runtime.logs(&source.container).await {
+                Ok(stream) => again = Some(stream),
+                // The engine answered: it has no log of it (gone, or a
+                // log driver it cannot read back). Asking again won't help.
+                Err(e @ crate::runtime::RuntimeError::Refused { .. }) => {
+                    tracing::debug!(error = %crate::runtime::display_chain(&e), "the engine has no log of the task");
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %crate::runtime::display_chain(&e), "reading the output again failed");
+                    tokio::time::sleep(Duration::from_millis(250) * reopened.min(4)).await;
+                }
+            }
+        }
+        match again {
+            Some(stream) => {
+                output = stream;
+                skip = had;
+            }
+            None => {
+                if let Some(file) = &mut log.file {
+                    let _ = file
+                        .write_all(b"\n[orch: the log stops here: the engine's connection broke and its log of the task could not be read]\n")
+                        .await;
+                }
+                sink.send(Event::Notice(format!(
+                    "the task's output stream broke ({error}) and could not be read again: the rest of its output is not in its log"
+                )));
+                break;
+            }
         }
     }
     if let Some(mut file) = log.file {

@@ -250,6 +250,7 @@ pub(crate) async fn run(
         sink,
         guard: None,
         pump: None,
+        over: watch::channel(false).0,
         held: None,
         started: false,
     };
@@ -265,6 +266,9 @@ struct TaskRun<'a> {
     sink: EventSink,
     guard: Option<ContainerGuard>,
     pump: Option<JoinHandle<()>>,
+    /// True once the run is over (the container exited, or was stopped):
+    /// the pump's stream may end for good.
+    over: watch::Sender<bool>,
     held: Option<HeldWorkspace>,
     started: bool,
 }
@@ -387,6 +391,37 @@ impl TaskRun<'_> {
         }
     }
 
+    /// Creates the task's container under its guard, taking the long name
+    /// if another task took the short one in the same millisecond.
+    async fn create_container(&mut self, spec: &ContainerSpec) -> Result<(), Error> {
+        let ctx = self.ctx;
+        let task_id = self.prepared.task_id;
+        self.guard = Some(ContainerGuard::arm(
+            &ctx.active,
+            &ctx.runtime,
+            &ctx.tracker,
+            &self.name,
+            task_id,
+        ));
+        match ctx.runtime.create(&self.name, spec).await {
+            Err(e) if e.is_conflict() => {
+                // Another task started in the same millisecond (on this
+                // engine, maybe in another instance) took the short name.
+                self.name = format!("orch-{}", task_id.simple());
+                if let Some(guard) = &mut self.guard {
+                    guard.rename(&self.name);
+                }
+                ctx.runtime.create(&self.name, spec).await?;
+                let name = self.name.clone();
+                ctx.store
+                    .call(move |r| r.set_container(&task_id, &name))
+                    .await?;
+            }
+            other => other?,
+        }
+        Ok(())
+    }
+
     /// Creates the workspace and the container, starts it, and waits for its
     /// end.
     async fn supervise(
@@ -400,7 +435,7 @@ impl TaskRun<'_> {
             return Ok(Ending::Cancelled(stopped_by(&self.shutdown)));
         }
         if let Some((repo, base)) = &self.prepared.repo {
-            let held = workspace::create(
+            let held = workspace::begin(
                 ctx,
                 repo,
                 &self.prepared.request.project.name,
@@ -409,9 +444,6 @@ impl TaskRun<'_> {
             )
             .await?;
             self.held = Some(held);
-            ctx.store
-                .call(move |r| r.set_workspace_state(&task_id, WorkspaceState::Present))
-                .await?;
         }
         failpoint::hit("after-workspace");
 
@@ -424,29 +456,29 @@ impl TaskRun<'_> {
             self.held.as_ref().map(|h| &h.workspace),
         );
         crate::watchdog::register(ctx, &self.facts(), &self.name);
-        self.guard = Some(ContainerGuard::arm(
-            &ctx.active,
-            &ctx.runtime,
-            &ctx.tracker,
-            &self.name,
-            task_id,
-        ));
-        match ctx.runtime.create(&self.name, &spec).await {
-            Err(e) if e.is_conflict() => {
-                // Another task started in the same millisecond (on this
-                // engine, maybe in another instance) took the short name.
-                self.name = format!("orch-{}", task_id.simple());
-                if let Some(guard) = &mut self.guard {
-                    guard.rename(&self.name);
-                }
-                ctx.runtime.create(&self.name, &spec).await?;
-                let name = self.name.clone();
-                ctx.store
-                    .call(move |r| r.set_container(&task_id, &name))
-                    .await?;
+        // The engine creates the container (it needs only the workspace's
+        // directory to exist) while git fills the workspace; both are done
+        // before the container starts.
+        let begun = self.held.take();
+        let filling = async {
+            match begun {
+                Some(held) => workspace::populate(ctx, held).await,
+                None => (Ok(()), None),
             }
-            other => other?,
+        };
+        let ((filled, held), created) = tokio::join!(filling, self.create_container(&spec));
+        self.held = held;
+        if let Err(e) = filled {
+            // Unwound already: nothing of the workspace is left to settle.
+            self.held = None;
+            return Err(e);
         }
+        if self.held.is_some() {
+            ctx.store
+                .call(move |r| r.set_workspace_state(&task_id, WorkspaceState::Present))
+                .await?;
+        }
+        created?;
         failpoint::hit("after-create");
 
         let attached = ctx.runtime.attach(&self.name).await?;
@@ -465,6 +497,11 @@ impl TaskRun<'_> {
         self.pump = Some(spawn_pump(
             &ctx.tracker,
             attached,
+            crate::output::Source {
+                runtime: ctx.runtime.clone(),
+                container: self.name.clone(),
+                over: self.over.subscribe(),
+            },
             self.sink.clone(),
             log,
             progress,
@@ -570,6 +607,8 @@ impl TaskRun<'_> {
         let ctx = self.ctx;
         let task_id = self.prepared.task_id;
         let ended = Instant::now();
+        self.over.send_replace(true);
+        self.sink.send(Event::Ended);
 
         // Output first (unless forced), so the log is whole.
         if let Some(running) = &mut self.pump {

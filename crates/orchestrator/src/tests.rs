@@ -129,6 +129,38 @@ fn finished_with(plan: &Teardown, ending: &Ending) {
     assert!(!plan.delete_record && plan.log.is_none());
 }
 
+/// An engine connection that drops mid-task: the output the broken stream
+/// did not deliver is read again from the engine's log, and the task's log
+/// holds all of it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_a_broken_stream_lost_is_read_again_from_the_engine() {
+    let h = harness(Behaviour {
+        exits: Some((Duration::from_millis(50), 0)),
+        output: vec!["one\n", "two\n", "::progress::70 three\n", "four\n"],
+        attach_breaks_after: Some(2),
+        ..Behaviour::default()
+    })
+    .await;
+    let outcome = h
+        .orch
+        .run_task(
+            request(None, Duration::from_secs(1)),
+            Shutdown::new(),
+            Box::new(Seen::default()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, Status::Succeeded);
+    let log = std::fs::read_to_string(h.orch.home().log_path(&outcome.task_id)).unwrap();
+    assert_eq!(log, "one\ntwo\n::progress::70 three\nfour\n");
+    assert!(
+        h.fake.calls().iter().any(|c| c.starts_with("logs")),
+        "{:?}",
+        h.fake.calls()
+    );
+    assert_eq!(h.record(outcome.task_id).await.progress, Some(70));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_exits_ends_with_its_code_and_its_container_goes() {
     for code in [0, 3] {
@@ -545,6 +577,74 @@ async fn retention_removes_a_finished_task_whole() {
     assert!(h.orch.task(&id).await.unwrap().is_none());
     assert!(!h.orch.home().log_path(&id).exists());
     assert!(h.fake.names().is_empty());
+}
+
+/// Only a task whose container exited on its own, and whose workspace
+/// goes, has its work saved while its container is being removed: a task
+/// that may still run (stopped, cancelled, its owner gone) is saved only
+/// once its containers are gone.
+#[test]
+fn work_is_saved_alongside_container_removal_only_after_a_plain_exit() {
+    let facts = TaskFacts {
+        id: Uuid::now_v7(),
+        project: "p".into(),
+        state: Some(State::Running),
+        started: true,
+        image: "img".into(),
+        stop_grace: Duration::from_secs(2),
+        policy: WorkspacePolicy {
+            keep_workspace: None,
+            keep_failed_workspace: true,
+        },
+        workspace: None,
+        workspace_settled: false,
+    };
+    let found = |state, repo: bool| Found {
+        containers: vec![("c".into(), state)],
+        workspace: Some(WorkspaceTarget {
+            project: "p".into(),
+            dir_name: "d".into(),
+            path: "/h/workspaces/p/tasks/d".into(),
+            bytes: 0,
+            image: None,
+            repo: repo.then(|| crate::teardown::RepoFacts {
+                top: "/r".into(),
+                git_dir: "/r/.git".into(),
+                base: "0".repeat(40),
+            }),
+        }),
+        log: None,
+    };
+    let exited = || Cause::Ended(Ending::Exited(0));
+    let ahead = plan(&facts, exited(), found(ContainerState::Exited, true));
+    assert!(ahead.saves_ahead().is_some(), "{ahead:#?}");
+    // Not a repository's workspace: nothing to save.
+    let plain = plan(&facts, exited(), found(ContainerState::Exited, false));
+    assert!(plain.saves_ahead().is_none());
+    // Kept (a failure, by the default policy): nothing to save.
+    let failed = plan(
+        &facts,
+        Cause::Ended(Ending::Exited(1)),
+        found(ContainerState::Exited, true),
+    );
+    assert!(failed.keeps_workspace() && failed.saves_ahead().is_none());
+    let mut removing = facts.clone();
+    removing.policy.keep_workspace = Some(false);
+    for cause in [
+        Cause::Ended(Ending::TimedOut(Duration::from_secs(1))),
+        Cause::Ended(Ending::Cancelled("SIGINT".into())),
+        Cause::Cancel("orch cancel".into()),
+        Cause::OwnerGone("killed".into()),
+        Cause::Retention,
+        Cause::Everything,
+    ] {
+        let p = plan(
+            &removing,
+            cause.clone(),
+            found(ContainerState::Running, true),
+        );
+        assert!(p.saves_ahead().is_none(), "{cause:?}: {p:#?}");
+    }
 }
 
 /// The keep/remove choice of a task, as the one policy applies it on every

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use orch_workspace::{Layout, Repo, TaskLock, Workspace};
+use orch_workspace::{Layout, Repo, Saved, TaskLock, Unsaved, Workspace};
 use uuid::Uuid;
 
 use crate::Error;
@@ -93,8 +93,9 @@ pub(crate) async fn find_repo(
     .await
 }
 
-/// Takes the task's lock and creates its workspace.
-pub(crate) async fn create(
+/// Takes the task's lock and begins its workspace: the directory and the
+/// branch ([`populate`] fills it).
+pub(crate) async fn begin(
     ctx: &Ctx,
     repo: &Repo,
     project: &str,
@@ -105,10 +106,35 @@ pub(crate) async fn create(
     let workspace = Workspace::planned(&layout, repo, project, &task_id.to_string(), base)?;
     blocking(move || {
         let lock = TaskLock::acquire(&layout, &workspace.project, &workspace.task_id)?;
-        workspace.create(&layout, &lock)?;
+        workspace.begin(&layout, &lock)?;
         Ok(HeldWorkspace { workspace, lock })
     })
     .await
+}
+
+/// Clones and checks out the task's repository into a begun workspace,
+/// handing it back; on failure what was made is unwound (and the lock
+/// still handed back, unless the thread panicked).
+pub(crate) async fn populate(
+    ctx: &Ctx,
+    held: HeldWorkspace,
+) -> (Result<(), Error>, Option<HeldWorkspace>) {
+    let layout = ctx.home.layout();
+    let filling = tokio::task::spawn_blocking(move || {
+        let made = held.workspace.populate(&layout, &held.lock);
+        (made, held)
+    });
+    match filling.await {
+        Ok((made, held)) => (made.map_err(Error::from), Some(held)),
+        Err(e) => (
+            Err(Error::io(
+                "run workspace work for",
+                "the task",
+                std::io::Error::other(e),
+            )),
+            None,
+        ),
+    }
 }
 
 /// Takes a workspace's lock, waiting up to `wait` for a holder (an owner
@@ -136,16 +162,52 @@ pub(crate) async fn lock(
     }
 }
 
+/// Brings a started workspace's work home ahead of its removal (see
+/// [`crate::teardown::Teardown::saves_ahead`]), handing its lock back.
+/// `None` if that failed: [`remove`] then saves, and reports, as usual. No
+/// lock back only if the saving thread panicked (which released it).
+pub(crate) async fn save_ahead(
+    ctx: &Ctx,
+    target: &WorkspaceTarget,
+    lock: TaskLock,
+    unsaved: Unsaved,
+) -> (Option<Saved>, Option<TaskLock>) {
+    let Some(repo) = &target.repo else {
+        return (None, Some(lock));
+    };
+    let layout = ctx.home.layout();
+    let stored = Repo::stored(&repo.top, &repo.git_dir);
+    let workspace = match Workspace::planned(
+        &layout,
+        &stored,
+        &target.project,
+        &target.dir_name,
+        &repo.base,
+    ) {
+        Ok(workspace) => workspace,
+        Err(_) => return (None, Some(lock)),
+    };
+    let saving = tokio::task::spawn_blocking(move || {
+        let saved = workspace.save_for_removal(&layout, &lock, unsaved);
+        (saved, lock)
+    });
+    match saving.await {
+        Ok((saved, lock)) => (saved.ok(), Some(lock)),
+        Err(_) => (None, None),
+    }
+}
+
 /// Removes a workspace whose lock is held: its work brought home to its
 /// branch first (unless nothing ever ran in it: then it is unwound, its
-/// untouched branch deleted). If saving fails the workspace stays, unless
-/// `discard`.
+/// untouched branch deleted), or taken as `saved` if [`save_ahead`] did.
+/// What becomes of work it cannot save: `unsaved`.
 pub(crate) async fn remove(
     ctx: &Ctx,
     target: &WorkspaceTarget,
     lock: TaskLock,
-    discard: bool,
+    unsaved: Unsaved,
     started: bool,
+    saved: Option<Saved>,
 ) -> Result<WorkspaceFate, Error> {
     let layout = ctx.home.layout();
     let Some(repo) = &target.repo else {
@@ -199,7 +261,7 @@ pub(crate) async fn remove(
     let attempt = {
         let (layout, workspace) = (layout.clone(), workspace.clone());
         tokio::task::spawn_blocking(move || {
-            let result = workspace.remove(&layout, &lock, discard);
+            let result = workspace.remove(&layout, &lock, unsaved, saved);
             (result, lock)
         })
     };

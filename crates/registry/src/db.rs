@@ -1082,14 +1082,25 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
     })
 }
 
+/// True if the filesystem holding `path` has no room left for this user.
+fn disk_full(path: &Path) -> bool {
+    let dir = path.parent().unwrap_or(path);
+    rustix::fs::statvfs(dir).is_ok_and(|s| s.f_bavail.saturating_mul(s.f_frsize) < 64 * 1024)
+}
+
 /// Opens a connection with the settings every orch process uses.
 fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, Error> {
     let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(|e| classify(path, "open", e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| classify(path, "configure", e))?;
-    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
-        .map_err(|e| classify(path, "configure", e))?;
+    // SQLite's own page cache (2 MiB by default) would fill as the
+    // registry grows and stay full in a long-running daemon; the kernel
+    // caches the file anyway, so it is kept small.
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -512;",
+    )
+    .map_err(|e| classify(path, "configure", e))?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .map_err(|e| classify(path, "read the journal mode of", e))?;
@@ -1219,6 +1230,18 @@ fn classify(path: &Path, action: &'static str, source: rusqlite::Error) -> Error
             return Error::Corrupt {
                 path: path.to_path_buf(),
                 reason: source.to_string(),
+            };
+        }
+        // SQLite says "disk I/O error" when it cannot grow its shared
+        // memory file: say what is wrong.
+        if matches!(
+            failure.code,
+            ErrorCode::DiskFull | ErrorCode::SystemIoFailure
+        ) && disk_full(path)
+        {
+            return Error::DiskFull {
+                action,
+                path: path.to_path_buf(),
             };
         }
     }

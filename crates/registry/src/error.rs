@@ -68,6 +68,17 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    /// The disk holding the registry is full.
+    #[error(
+        "failed to {action} in the registry {}: no space left on the device holding it (free some space there)",
+        path.display()
+    )]
+    DiskFull {
+        /// What was being done.
+        action: &'static str,
+        /// The database file.
+        path: PathBuf,
+    },
     /// An I/O error on the database file.
     #[error("failed to {action} {}", path.display())]
     Io {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State as Extract};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -20,6 +20,7 @@ use orch_orchestrator::supervisor::{SubmitSpec, Supervisor};
 use orch_orchestrator::{CleanupOptions, Strategy, Thresholds, parse_duration};
 use orch_registry::State;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::error::ApiError;
@@ -61,29 +62,36 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
+/// `200 ok` while the daemon accepts work: not shutting down, and its
+/// engine within reach (else submissions are refused with a 503 too).
 async fn healthz(Extract(s): Extract<Shared>) -> Response {
-    if s.supervisor.accepting() {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    match s.supervisor.refusing(Duration::from_secs(2)).await {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
-/// A JSON body, with a one-line 400 for anything malformed.
-fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    match parsed {
-        Ok(Json(value)) => Ok(value),
-        Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Err(ApiError::new(
+/// A JSON body, with a one-line 400 for anything malformed. Whatever its
+/// `Content-Type` says: `curl -d` sends JSON as a form, and an API that
+/// takes only JSON has nothing else to read it as.
+fn body<T: DeserializeOwned>(raw: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let raw = match raw {
+        Ok(raw) => raw,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body larger than {BODY_LIMIT} bytes"),
-            ))
+            ));
         }
-        Err(e) => Err(ApiError::bad_request(format!(
-            "invalid request body: {}",
-            e.body_text()
-        ))),
-    }
+        Err(e) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid request body: {}",
+                e.body_text()
+            )));
+        }
+    };
+    serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
 fn query<T>(parsed: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -94,9 +102,9 @@ fn query<T>(parsed: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 
 async fn submit(
     Extract(s): Extract<Shared>,
-    spec: Result<Json<SubmitSpec>, JsonRejection>,
+    spec: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let spec = body(spec)?;
+    let spec: SubmitSpec = body(spec)?;
     let record = s.supervisor.submit(spec).await?;
     let answer = serde_json::json!({ "id": record.id, "state": record.state });
     Ok((StatusCode::CREATED, Json(answer)).into_response())
@@ -257,11 +265,11 @@ struct CleanupBody {
 
 async fn cleanup(
     Extract(s): Extract<Shared>,
-    request: Result<Json<CleanupBody>, JsonRejection>,
+    request: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     // An empty body is an empty request.
-    let request = match request {
-        Err(JsonRejection::MissingJsonContentType(_)) => CleanupBody::default(),
+    let request: CleanupBody = match request {
+        Ok(raw) if raw.iter().all(u8::is_ascii_whitespace) => CleanupBody::default(),
         other => body(other)?,
     };
     let unprocessable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m);

@@ -68,6 +68,21 @@ pub enum Error {
         /// The project directory.
         path: PathBuf,
     },
+    /// Some of the task's files were too large to save to its branch; the
+    /// rest was saved, and the workspace is kept so that nothing is lost.
+    #[error(
+        "{} too large to save to its branch (over {} MiB each or {} MiB in all; the rest was saved)",
+        crate::workspace::listed(first, *left_out), crate::workspace::MAX_SAVED_FILE >> 20,
+        crate::workspace::MAX_SAVED_BYTES >> 20
+    )]
+    TooLargeToSave {
+        /// The workspace (named by whoever reports it kept).
+        path: PathBuf,
+        /// How many files were left out.
+        left_out: usize,
+        /// The first of them, relative to it.
+        first: Vec<PathBuf>,
+    },
     /// Files in the workspace cannot be removed by this user (a task running
     /// as root left them); removal needs a privileged helper.
     #[error("failed to remove {}: some files belong to another user", path.display())]

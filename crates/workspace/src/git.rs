@@ -241,6 +241,13 @@ impl Git {
     /// Runs git; returns its stdout, trimmed, or an error carrying git's
     /// stderr on one line. Lock-file conflicts are retried.
     pub(crate) fn run(&self, action: &'static str, args: &[&str]) -> Result<String, Error> {
+        let out = self.run_bytes(action, args)?;
+        Ok(String::from_utf8_lossy(&out).trim().to_owned())
+    }
+
+    /// As [`Git::run`], with stdout as git wrote it (paths need not be
+    /// UTF-8).
+    pub(crate) fn run_bytes(&self, action: &'static str, args: &[&str]) -> Result<Vec<u8>, Error> {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
@@ -256,7 +263,7 @@ impl Git {
         }
     }
 
-    fn run_once(&self, action: &'static str, args: &[&str]) -> Result<String, Error> {
+    fn run_once(&self, action: &'static str, args: &[&str]) -> Result<Vec<u8>, Error> {
         let started = Instant::now();
         let result = self.run_once_untimed(action, args);
         tracing::debug!(
@@ -268,7 +275,7 @@ impl Git {
         result
     }
 
-    fn run_once_untimed(&self, action: &'static str, args: &[&str]) -> Result<String, Error> {
+    fn run_once_untimed(&self, action: &'static str, args: &[&str]) -> Result<Vec<u8>, Error> {
         let place = self.place();
         let mut cmd = self.command(args);
         if let Some(path) = &self.stdin_file {
@@ -292,7 +299,7 @@ impl Git {
             });
         };
         if status.success() {
-            Ok(String::from_utf8_lossy(&out).trim().to_owned())
+            Ok(out)
         } else {
             let stderr = String::from_utf8_lossy(&err);
             let lines: Vec<&str> = stderr
@@ -323,18 +330,23 @@ fn reader(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<V
 }
 
 /// Waits for `child` at most `limit`; kills it if it takes longer
-/// (`Ok(None)`).
+/// (`Ok(None)`). The wait is woken by the child's exit (a pidfd), so a git
+/// call costs what git takes, not the next tick of a poll loop; where
+/// pidfds are missing (kernels before 5.3) it falls back to polling.
 fn wait_with_deadline(
     child: &mut Child,
     limit: Duration,
 ) -> std::io::Result<Option<std::process::ExitStatus>> {
     let end = Instant::now() + limit;
+    let pidfd = rustix::process::Pid::from_child(child);
+    let pidfd = rustix::process::pidfd_open(pidfd, rustix::process::PidfdFlags::empty()).ok();
     let mut pause = Duration::from_millis(1);
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(Some(status));
         }
-        if Instant::now() >= end {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             if let Some(group) = rustix::process::Pid::from_raw(child.id() as i32) {
                 let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
             }
@@ -342,8 +354,18 @@ fn wait_with_deadline(
             let _ = child.wait();
             return Ok(None);
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(25));
+        match &pidfd {
+            Some(fd) => {
+                // Readable once the child has exited; EINTR just loops.
+                let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+                let timeout = rustix::event::Timespec::try_from(left).ok();
+                let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+            }
+            None => {
+                std::thread::sleep(pause.min(left));
+                pause = (pause * 2).min(Duration::from_millis(25));
+            }
+        }
     }
 }
 
@@ -443,9 +465,11 @@ impl Repo {
                 action: "resolve the start of the workspace",
                 dir: self.top.clone(),
                 args: vec!["rev-parse".into(), git_ref.into()],
-                stderr: format!(
-                    "{git_ref:?} is not a commit (a repository needs one commit first)"
-                ),
+                stderr: if git_ref == "HEAD" {
+                    "HEAD is not a commit (a repository needs one commit first)".to_owned()
+                } else {
+                    format!("{git_ref:?} names no commit of this repository")
+                },
             })
     }
 

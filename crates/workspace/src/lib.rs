@@ -30,7 +30,7 @@ pub use git::Repo;
 pub use layout::{Layout, TaskDir, validate_project_name};
 pub use lock::TaskLock;
 pub use remove::Removal;
-pub use workspace::{Mount, RemovedWorkspace, Saved, Workspace};
+pub use workspace::{Mount, RemovedWorkspace, Saved, Unsaved, Workspace};
 
 #[cfg(test)]
 mod tests;

@@ -126,7 +126,14 @@ fn the_tasks_commits_and_pending_work_land_on_its_branch_and_nothing_else_change
     std::fs::write(ws.path.join("README"), "changed\n").unwrap();
     std::fs::write(ws.path.join("noise.log"), "ignored\n").unwrap();
 
-    let removed = ws.remove(&f.layout, &lock, false).unwrap();
+    // In two halves, as at the end of a run: saved (only read), then gone.
+    let saved = ws
+        .save_for_removal(&f.layout, &lock, Unsaved::Keep)
+        .unwrap();
+    assert!(ws.path.join("pending.txt").exists());
+    let removed = ws
+        .remove(&f.layout, &lock, Unsaved::Keep, Some(saved))
+        .unwrap();
     assert!(removed.saved.imported, "{:?}", removed.saved);
     assert!(removed.saved.pending_commit.is_some());
     assert_eq!(removed.saved.warning, None);
@@ -220,7 +227,7 @@ fn hooks_and_config_the_task_writes_never_run_on_the_host() {
     std::fs::write(&config, text).unwrap();
     std::fs::write(ws.path.join(".gitattributes"), "* filter=evil diff=evil\n").unwrap();
     std::fs::write(ws.path.join("work.txt"), "work\n").unwrap();
-    let removed = ws.remove(&f.layout, &lock, false).unwrap();
+    let removed = ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
     assert!(
         !f.marker.exists(),
         "a task-written hook or command ran on the host"
@@ -283,7 +290,7 @@ fn a_git_directory_the_task_points_elsewhere_is_never_followed() {
             }
             _ => std::fs::remove_dir_all(&dotgit).unwrap(),
         }
-        let removed = ws.remove(&f.layout, &lock, false).unwrap();
+        let removed = ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
         assert!(
             !f.marker.exists(),
             "{replace}: something of the evil repository ran"
@@ -316,7 +323,7 @@ fn objects_the_task_links_or_borrows_from_elsewhere_are_refused() {
     std::fs::write(&elsewhere, "private").unwrap();
     std::fs::write(ws.path.join("work.txt"), "x\n").unwrap();
     std::os::unix::fs::symlink(&elsewhere, ws.path.join(".git/objects/ab")).unwrap();
-    let removed = ws.remove(&f.layout, &lock, false).unwrap();
+    let removed = ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
     assert!(
         removed
             .saved
@@ -336,7 +343,7 @@ fn objects_the_task_links_or_borrows_from_elsewhere_are_refused() {
         format!("{}\n", other.display()),
     )
     .unwrap();
-    let removed = ws.remove(&f.layout, &lock, false).unwrap();
+    let removed = ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
     assert!(
         removed
             .saved
@@ -366,7 +373,7 @@ fn a_bad_ref_and_a_non_repository_are_clear_errors() {
     let f = fixture();
     let err = f.repo.resolve(&f.layout, "no-such-ref").unwrap_err();
     assert!(
-        err.to_string().contains("\"no-such-ref\" is not a commit"),
+        err.to_string().contains("\"no-such-ref\" names no commit"),
         "{err}"
     );
     let plain = f.tmp.path().join("plain");
@@ -383,10 +390,10 @@ fn a_bad_ref_and_a_non_repository_are_clear_errors() {
 fn empty_branches_are_found_by_the_recorded_base_and_deleted_only_there() {
     let f = fixture();
     let (empty, lock) = f.workspace("0eee");
-    empty.remove(&f.layout, &lock, false).unwrap();
+    empty.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
     let (full, lock) = f.workspace("0fff");
     std::fs::write(full.path.join("out.txt"), "data").unwrap();
-    full.remove(&f.layout, &lock, false).unwrap();
+    full.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
     let bases: BTreeMap<String, String> = [
         ("orch/0eee".to_owned(), f.base.clone()),
         ("orch/0fff".to_owned(), f.base.clone()),
@@ -428,7 +435,7 @@ fn sixteen_tasks_on_one_repository_at_once_all_succeed() {
                 let lock = TaskLock::acquire(&f.layout, "p", id).unwrap();
                 ws.create(&f.layout, &lock).unwrap();
                 std::fs::write(ws.path.join("mine.txt"), id).unwrap();
-                ws.remove(&f.layout, &lock, false).unwrap();
+                ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
             });
         }
     });
@@ -463,7 +470,7 @@ fn a_directory_deleted_behind_orchs_back_is_fine() {
     let f = fixture();
     let (ws, lock) = f.workspace("0aab");
     std::fs::remove_dir_all(&ws.path).unwrap();
-    ws.remove(&f.layout, &lock, false).unwrap();
+    ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
     assert_eq!(git(&f.repo.top, &["rev-parse", "orch/0aab"]), f.base);
 }
 
@@ -489,7 +496,7 @@ fn repositories_the_task_made_inside_its_workspace_are_saved_as_files() {
     git(&deeper, &["init", "--quiet"]);
     std::fs::write(deeper.join("c.txt"), "c").unwrap();
     std::fs::write(ws.path.join("top.txt"), "top").unwrap();
-    let removed = ws.remove(&f.layout, &lock, false).unwrap();
+    let removed = ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
     assert!(
         removed
             .saved
@@ -514,4 +521,190 @@ fn repositories_the_task_made_inside_its_workspace_are_saved_as_files() {
         "its ignore rules hold: {files}"
     );
     assert!(!files.contains(".git/"), "no repository internals: {files}");
+}
+
+/// A file that costs the task nothing (sparse) but would make orch read
+/// and compress its whole length is left out of the saved work: the rest
+/// lands on the branch, and the workspace is kept, not removed, so nothing
+/// is lost. Cleanup's discard removes it anyway.
+#[test]
+fn a_huge_sparse_file_is_left_out_and_its_workspace_kept() {
+    let f = fixture();
+    let (ws, lock) = f.workspace("5a5a5a5a");
+    std::fs::write(ws.path.join("small.txt"), "kept\n").unwrap();
+    let huge = std::fs::File::create(ws.path.join("huge.bin")).unwrap();
+    // A tracked file grown past the limit is left at its committed content.
+    huge.set_len(64 << 30).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(ws.path.join("README"))
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let err = ws
+        .remove(&f.layout, &lock, Unsaved::Keep, None)
+        .unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "64 GiB were not read"
+    );
+    let text = err.to_string();
+    assert!(
+        matches!(err, crate::Error::TooLargeToSave { left_out: 2, .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains("huge.bin") && text.contains("README"),
+        "{text}"
+    );
+    assert!(ws.path.join("huge.bin").exists(), "the workspace is kept");
+    let top = &f.repo.top;
+    let files = git(top, &["ls-tree", "-r", "--name-only", "orch/5a5a5a5a"]);
+    assert!(files.contains("small.txt"), "{files}");
+    assert!(!files.contains("huge.bin"), "{files}");
+    let readme = git(top, &["cat-file", "-s", "orch/5a5a5a5a:README"]);
+    assert!(readme.parse::<u64>().unwrap() < 1 << 20, "{readme}");
+
+    // Retention removes it, saying what was left out.
+    let removed = ws
+        .remove(&f.layout, &lock, Unsaved::KeepOnFailure, None)
+        .unwrap();
+    assert_eq!(removed.saved.left_out, 2);
+    let warning = removed.saved.warning.unwrap_or_default();
+    assert!(warning.contains("huge.bin"), "{warning}");
+    assert!(!ws.path.exists());
+}
+
+/// A file the task turned into a directory, and a directory it turned into
+/// a file, are saved as they are now.
+#[test]
+fn files_and_directories_that_swapped_places_are_saved() {
+    let f = fixture();
+    let (ws, lock) = f.workspace("d1d1d1d1");
+    std::fs::create_dir(ws.path.join("dir")).unwrap();
+    std::fs::write(ws.path.join("dir/inside"), "x\n").unwrap();
+    git(&ws.path, &["add", "dir"]);
+    git(&ws.path, &["commit", "--quiet", "-m", "a directory"]);
+    std::fs::remove_dir_all(ws.path.join("dir")).unwrap();
+    std::fs::write(ws.path.join("dir"), "now a file\n").unwrap();
+    std::fs::remove_file(ws.path.join("README")).unwrap();
+    std::fs::create_dir(ws.path.join("README")).unwrap();
+    std::fs::write(ws.path.join("README/inside"), "now a directory\n").unwrap();
+
+    let removed = ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
+    assert!(removed.saved.pending_commit.is_some());
+    let files = git(
+        &f.repo.top,
+        &["ls-tree", "-r", "--name-only", "orch/d1d1d1d1"],
+    );
+    let files: Vec<&str> = files.lines().collect();
+    assert!(
+        files.contains(&"dir") && files.contains(&"README/inside"),
+        "{files:?}"
+    );
+    assert!(
+        !files.contains(&"dir/inside") && !files.contains(&"README"),
+        "{files:?}"
+    );
+}
+
+/// A large file of the tree the work goes on, left as it was, is saved
+/// whatever its size: it costs what the user's own tree costs.
+#[test]
+fn a_large_file_the_tree_already_holds_is_not_left_out() {
+    let f = fixture();
+    let (ws, lock) = f.workspace("b1b1b1b1");
+    let big = std::fs::File::create(ws.path.join("big.bin")).unwrap();
+    big.set_len((100 << 20) + 1).unwrap();
+    git(&ws.path, &["add", "big.bin"]);
+    git(&ws.path, &["commit", "--quiet", "-m", "a big file"]);
+    std::fs::write(ws.path.join("new.txt"), "new\n").unwrap();
+
+    let removed = ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
+    assert_eq!(removed.saved.left_out, 0, "{:?}", removed.saved);
+    let files = git(
+        &f.repo.top,
+        &["ls-tree", "-r", "--name-only", "orch/b1b1b1b1"],
+    );
+    assert!(
+        files.contains("big.bin") && files.contains("new.txt"),
+        "{files}"
+    );
+}
+
+/// A directory of the tree replaced by a symbolic link (out of the
+/// workspace, inside it, or dangling) is saved as that link, and the rest
+/// of the work with it.
+#[test]
+fn a_directory_replaced_by_a_link_is_saved_with_the_rest() {
+    for (n, target) in ["/etc", "other", "/nonexistent"].into_iter().enumerate() {
+        let f = fixture();
+        let id = format!("c{n}c{n}c{n}c{n}");
+        let (ws, lock) = f.workspace(&id);
+        for dir in ["dir", "other"] {
+            std::fs::create_dir(ws.path.join(dir)).unwrap();
+            std::fs::write(ws.path.join(dir).join("inside"), "x\n").unwrap();
+        }
+        git(&ws.path, &["add", "dir", "other"]);
+        git(&ws.path, &["commit", "--quiet", "-m", "directories"]);
+        std::fs::remove_dir_all(ws.path.join("dir")).unwrap();
+        std::os::unix::fs::symlink(target, ws.path.join("dir")).unwrap();
+        std::fs::write(ws.path.join("unrelated"), "new\n").unwrap();
+
+        let removed = ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
+        assert!(removed.saved.pending_commit.is_some(), "{target}");
+        let branch = format!("orch/{id}");
+        let files = git(&f.repo.top, &["ls-tree", "-r", &branch]);
+        assert!(
+            files
+                .lines()
+                .any(|l| l.starts_with("120000") && l.ends_with("\tdir")),
+            "{target}: {files}"
+        );
+        assert!(!files.contains("dir/inside"), "{target}: {files}");
+        assert!(files.contains("\tunrelated"), "{target}: {files}");
+        assert!(files.contains("\tother/inside"), "{target}: {files}");
+    }
+}
+
+/// A large file of the tree, renamed by the task, is saved under its new
+/// name: its blob is already the user's. Each blob covers one file.
+#[test]
+fn a_renamed_large_file_is_saved_and_each_blob_covers_one_file() {
+    let f = fixture();
+    let (ws, lock) = f.workspace("e1e1e1e1");
+    let size = (100 << 20) + 1;
+    std::fs::File::create(ws.path.join("big.bin"))
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    git(&ws.path, &["add", "big.bin"]);
+    git(&ws.path, &["commit", "--quiet", "-m", "a big file"]);
+    std::fs::rename(ws.path.join("big.bin"), ws.path.join("renamed.bin")).unwrap();
+    // A second file of the same length has no blob left to cover it.
+    std::fs::File::create(ws.path.join("copy.bin"))
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+
+    let removed = ws
+        .remove(&f.layout, &lock, Unsaved::KeepOnFailure, None)
+        .unwrap();
+    let files = git(
+        &f.repo.top,
+        &["ls-tree", "-r", "--name-only", "orch/e1e1e1e1"],
+    );
+    let files: Vec<&str> = files.lines().collect();
+    assert_eq!(removed.saved.left_out, 1, "{:?}", removed.saved);
+    assert!(
+        files.contains(&"renamed.bin") || files.contains(&"copy.bin"),
+        "{files:?}"
+    );
+    assert!(!files.contains(&"big.bin"), "{files:?}");
+    assert!(
+        !(files.contains(&"renamed.bin") && files.contains(&"copy.bin")),
+        "{files:?}"
+    );
 }

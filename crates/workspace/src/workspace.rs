@@ -18,6 +18,8 @@
 //! `orch/<id>`. Then the directory is removed (path-validated). Nothing is
 //! lost: if saving fails, the workspace stays.
 
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -50,6 +52,24 @@ pub struct Saved {
     /// Something the user should know, e.g. why the task's commits could
     /// not be brought in.
     pub warning: Option<String>,
+    /// Files of the task's uncommitted work too large to save: how many;
+    /// the workspace that holds them is not removed.
+    pub left_out: usize,
+    /// The first of them, relative to the workspace.
+    pub left_out_first: Vec<PathBuf>,
+}
+
+/// What removing a workspace does with work it could not save.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsaved {
+    /// Keeps the workspace, and fails: at the end of the task's own run.
+    Keep,
+    /// Keeps it if saving failed, but removes it if only files too large to
+    /// save were left out (the task's end kept it once and said so): for
+    /// retention.
+    KeepOnFailure,
+    /// Removes it anyway, with a warning: for `cleanup --all`.
+    Discard,
 }
 
 /// What removing a workspace did.
@@ -118,6 +138,14 @@ impl Workspace {
     /// caller holds the task's lock. If any step fails, what was made is
     /// unwound.
     pub fn create(&self, layout: &Layout, lock: &TaskLock) -> Result<(), Error> {
+        self.begin(layout, lock)?;
+        self.populate(layout, lock)
+    }
+
+    /// The first half of [`Workspace::create`]: the (empty) directory and
+    /// the task's branch. A container may be created on it from here on
+    /// while [`Workspace::populate`] fills it.
+    pub fn begin(&self, layout: &Layout, _lock: &TaskLock) -> Result<(), Error> {
         layout.prepare()?;
         let root = self.path.parent().ok_or_else(|| {
             Error::io(
@@ -127,13 +155,27 @@ impl Workspace {
             )
         })?;
         std::fs::create_dir_all(root).map_err(|e| Error::io("create", root, e))?;
-        {
-            let repo = RepoLock::acquire(layout, &self.repo.common_dir)?;
+        // The directory first (git clones into an empty one): whoever finds
+        // it after a crash unwinds the task, its branch included, so no
+        // instant leaves a branch without a directory to find it by.
+        std::fs::create_dir(&self.path).map_err(|e| Error::io("create", &self.path, e))?;
+        let branched = RepoLock::acquire(layout, &self.repo.common_dir).and_then(|repo| {
             self.user_git(layout).holding(&repo).run(
                 "create the task's branch",
                 &["update-ref", &self.branch_ref(), &self.base, ""],
-            )?;
+            )
+        });
+        if let Err(e) = branched {
+            let _ = std::fs::remove_dir(&self.path);
+            return Err(e);
         }
+        Ok(())
+    }
+
+    /// The second half of [`Workspace::create`]: the task's own repository,
+    /// cloned and checked out into the directory. If that fails, everything
+    /// made for the workspace is unwound.
+    pub fn populate(&self, layout: &Layout, lock: &TaskLock) -> Result<(), Error> {
         let made = self.clone_and_check_out(layout);
         if let Err(e) = made {
             if let Err(unwound) = self.unwind(layout, lock) {
@@ -277,7 +319,31 @@ impl Workspace {
             }
         };
         let mut nested = Vec::new();
-        let tree = stage(&git, shadow, &self.path, Some(&parent), &mut nested, 0)?;
+        let mut budget = Budget::default();
+        let tree = stage(
+            &git,
+            shadow,
+            &self.path,
+            Some(&parent),
+            &mut nested,
+            &mut budget,
+            0,
+        )?;
+        let left_out_first: Vec<PathBuf> = budget
+            .left_out
+            .iter()
+            .map(|p| p.strip_prefix(&self.path).unwrap_or(p).to_path_buf())
+            .collect();
+        if budget.left_out_count > 0 {
+            let note = format!(
+                "{} too large to save were left out of its branch",
+                listed(&left_out_first, budget.left_out_count)
+            );
+            warning = Some(match warning {
+                Some(w) => format!("{w}; {note}"),
+                None => note,
+            });
+        }
         if !nested.is_empty() {
             let shown: Vec<String> = nested.iter().map(|p| format!("{}/", p.display())).collect();
             let note = format!(
@@ -313,6 +379,8 @@ impl Workspace {
             tip: Some(tip),
             imported,
             warning,
+            left_out: budget.left_out_count,
+            left_out_first,
         })
     }
 
@@ -391,37 +459,33 @@ impl Workspace {
             .map(drop)
     }
 
-    /// Brings the work home (unless that fails and `discard`: for `cleanup
-    /// --all`), then removes the workspace: path-validated, symbolic links
+    /// Brings the work home (what becomes of work it cannot save:
+    /// `unsaved`), then removes the workspace: path-validated, symbolic links
     /// inside never followed.
     ///
     /// If saving fails the workspace is kept and the error returned. If
     /// files belong to another user (a root task's), returns
     /// [`Error::NeedsPrivilege`] with the work saved; remove them by other
-    /// means, then call [`Workspace::finish_removal`].
+    /// means, then call [`Workspace::finish_removal`]. `saved`: what
+    /// [`Workspace::save_for_removal`] already brought home, if called first.
     pub fn remove(
         &self,
         layout: &Layout,
         lock: &TaskLock,
-        discard: bool,
+        unsaved: Unsaved,
+        saved: Option<Saved>,
     ) -> Result<RemovedWorkspace, Error> {
-        let saved = if self.exists() {
-            match self.save(layout, lock) {
-                Ok(saved) => saved,
-                Err(e) if discard => {
-                    tracing::warn!(workspace = %self.path.display(), error = %e, "discarding unsaved work");
-                    Saved {
-                        warning: Some(format!(
-                            "its work could not be saved and was discarded: {e}"
-                        )),
-                        ..Saved::default()
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        } else {
-            Saved::default()
+        let saved = match saved {
+            Some(saved) => saved,
+            None => self.save_for_removal(layout, lock, unsaved)?,
         };
+        if saved.left_out > 0 && unsaved == Unsaved::Keep {
+            return Err(Error::TooLargeToSave {
+                path: self.path.clone(),
+                left_out: saved.left_out,
+                first: saved.left_out_first,
+            });
+        }
         let size = du::measure(&self.path).unwrap_or_default();
         let started = Instant::now();
         match layout.remove_task_dir(&self.project, &self.path) {
@@ -445,6 +509,35 @@ impl Workspace {
         })
     }
 
+    /// The first half of [`Workspace::remove`]: brings the task's work home
+    /// (if the directory is there); with [`Unsaved::Discard`], work that cannot be
+    /// saved is given up with a warning instead of failing. It only reads
+    /// the workspace, so it may run while the task's exited container is
+    /// still being removed.
+    pub fn save_for_removal(
+        &self,
+        layout: &Layout,
+        lock: &TaskLock,
+        unsaved: Unsaved,
+    ) -> Result<Saved, Error> {
+        if !self.exists() {
+            return Ok(Saved::default());
+        }
+        match self.save(layout, lock) {
+            Ok(saved) => Ok(saved),
+            Err(e) if unsaved == Unsaved::Discard => {
+                tracing::warn!(workspace = %self.path.display(), error = %e, "discarding unsaved work");
+                Ok(Saved {
+                    warning: Some(format!(
+                        "its work could not be saved and was discarded: {e}"
+                    )),
+                    ..Saved::default()
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes what is left of the directory (empty after a privileged
     /// helper ran), orch's own git directory for it, and the user's
     /// repository's entry for it if an older orch made it a worktree.
@@ -463,17 +556,21 @@ impl Workspace {
     /// Removes a workspace in which no task ever ran, and its branch if it
     /// is still where orch made it: nothing of the task is left.
     pub fn unwind(&self, layout: &Layout, _lock: &TaskLock) -> Result<(), Error> {
-        layout.remove_task_dir(&self.project, &self.path)?;
-        remove_dir_if_present(&layout.shadow_dir(&self.project, &self.task_id)?)?;
+        // The branch before the directory, as they were made the other way
+        // round: at no instant is there a branch without a directory to
+        // find it by.
         let repo = RepoLock::acquire(layout, &self.repo.common_dir)?;
         let deleted = self.user_git(layout).holding(&repo).run(
             "delete the unused branch",
             &["update-ref", "-d", &self.branch_ref(), &self.base],
         );
+        drop(repo);
         if let Err(e) = deleted {
             // Gone already, or moved by someone: not ours to delete.
             tracing::debug!(branch = %self.branch, error = %e, "branch left as it is");
         }
+        remove_dir_if_present(&layout.shadow_dir(&self.project, &self.task_id)?)?;
+        layout.remove_task_dir(&self.project, &self.path)?;
         Ok(())
     }
 }
@@ -500,6 +597,123 @@ fn make_bare_repo(dir: &Path) -> Result<(), Error> {
 /// How deep repositories inside repositories are followed.
 const MAX_NESTING: usize = 8;
 
+/// The largest file of a task's uncommitted work that is saved to its
+/// branch (by its length: a sparse file costs the task nothing to make,
+/// and git reads every byte of it).
+pub(crate) const MAX_SAVED_FILE: u64 = 100 << 20;
+/// All files of a task's uncommitted work saved, in bytes.
+pub(crate) const MAX_SAVED_BYTES: u64 = 1 << 30;
+/// All files of a task's uncommitted work saved, in number.
+const MAX_SAVED_FILES: usize = 200_000;
+
+/// What saving a task's uncommitted work may still take; what it could
+/// not take is left out.
+#[derive(Debug, Default)]
+struct Budget {
+    files: usize,
+    bytes: u64,
+    /// The first files left out (absolute paths).
+    left_out: Vec<PathBuf>,
+    /// How many were left out.
+    left_out_count: usize,
+}
+
+impl Budget {
+    /// Takes the file at `path` (its metadata not followed through links)
+    /// if it fits, or if `as_in_tree` says the parent's tree holds a blob
+    /// of its length not yet claimed; else leaves it out.
+    fn take(&mut self, path: &Path, as_in_tree: impl FnOnce(u64) -> bool) -> bool {
+        let Ok(meta) = path.symlink_metadata() else {
+            // Deleted: nothing to read.
+            return true;
+        };
+        // A link is stored as the name it holds.
+        let len = if meta.is_file() { meta.len() } else { 0 };
+        let fits = len <= MAX_SAVED_FILE
+            && self.bytes + len <= MAX_SAVED_BYTES
+            && self.files < MAX_SAVED_FILES;
+        if fits {
+            self.files += 1;
+            self.bytes += len;
+        } else if as_in_tree(len) {
+            return true;
+        } else {
+            if self.left_out.len() < SHOWN_LEFT_OUT {
+                self.left_out.push(path.to_path_buf());
+            }
+            self.left_out_count += 1;
+        }
+        fits
+    }
+}
+
+/// How many left-out files are named.
+const SHOWN_LEFT_OUT: usize = 3;
+
+/// `count` files, the first of them named, for a message on one line.
+pub(crate) fn listed(first: &[PathBuf], count: usize) -> String {
+    let mut text: Vec<String> = first
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    if count > first.len() {
+        text.push(format!("and {} more", count - first.len()));
+    }
+    let files = if count == 1 { "file" } else { "files" };
+    format!("{count} {files} ({})", text.join(", "))
+}
+
+/// How many blobs of each size `tree`'s commit holds; empty if git cannot
+/// say.
+fn blob_sizes(git: &Git, tree: &str) -> HashMap<u64, usize> {
+    let Ok(out) = git.clone().timeout(HEAVY_TIMEOUT).run_bytes(
+        "read the sizes in the task's tree",
+        &["ls-tree", "-r", "-z", "-l", "--end-of-options", tree],
+    ) else {
+        return HashMap::new();
+    };
+    // "<mode> <type> <object> <size, padded>\t<path>"
+    let mut sizes = HashMap::new();
+    for record in out.split(|b| *b == 0) {
+        let Some(tab) = record.iter().position(|b| *b == b'\t') else {
+            continue;
+        };
+        let Ok(head) = std::str::from_utf8(&record[..tab]) else {
+            continue;
+        };
+        let fields: Vec<&str> = head.split_whitespace().collect();
+        if let [_, "blob", _, size] = fields.as_slice() {
+            if let Ok(size) = size.parse::<u64>() {
+                *sizes.entry(size).or_insert(0) += 1;
+            }
+        }
+    }
+    sizes
+}
+
+/// True if `dir` (relative to `work_tree`, empty for the top) and every
+/// directory above it are real directories, not links or files; answers
+/// kept in `known`.
+fn real_dir(work_tree: &Path, dir: &[u8], known: &mut HashMap<Vec<u8>, bool>) -> bool {
+    if dir.is_empty() {
+        return true;
+    }
+    if let Some(&answer) = known.get(dir) {
+        return answer;
+    }
+    let parent = dir
+        .iter()
+        .rposition(|b| *b == b'/')
+        .map_or(&dir[..0], |i| &dir[..i]);
+    let answer = real_dir(work_tree, parent, known)
+        && work_tree
+            .join(std::ffi::OsStr::from_bytes(dir))
+            .symlink_metadata()
+            .is_ok_and(|m| m.is_dir());
+    known.insert(dir.to_vec(), answer);
+    answer
+}
+
 /// Stages everything under `work_tree` (tracked and untracked, not
 /// ignored) on top of `parent` (or nothing) through orch's own git
 /// directory, and returns the tree. Repositories the task made inside it
@@ -512,6 +726,7 @@ fn stage(
     work_tree: &Path,
     parent: Option<&str>,
     nested: &mut Vec<PathBuf>,
+    budget: &mut Budget,
     depth: usize,
 ) -> Result<String, Error> {
     let inner = nested_repos(work_tree);
@@ -534,10 +749,92 @@ fn stage(
         Some(parent) => indexed.run("read the task's tree", &["read-tree", parent])?,
         None => indexed.run("start an empty tree", &["read-tree", "--empty"])?,
     };
+    // What `add --all` would take (tracked and untracked files, not
+    // ignored), weighed first by length only; files over the budget are
+    // left out, so a task cannot make orch read without end. A file as
+    // long as its blob in the parent's tree is taken whatever its size:
+    // it costs what the user's own tree costs. Staged one by one from a
+    // list: linear, however many are left out.
+    let listed = indexed.clone().timeout(HEAVY_TIMEOUT).run_bytes(
+        "list the task's files",
+        &[
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ],
+    )?;
+    let mut taken = Vec::with_capacity(listed.len());
+    // Files of the tree that cannot be where they were: the path is a
+    // directory now (its files come as new ones), or a directory above it
+    // is a link or a file now. They leave the index first.
+    let mut dropped = Vec::new();
+    let mut directories = HashMap::new();
+    // Blobs of the parent's tree by size: each lets one file of its length
+    // in whatever its size (a file left as it was, or renamed, costs what
+    // the user's own tree costs, and no more).
+    let mut sizes: Option<HashMap<u64, usize>> = None;
+    for rel in listed.split(|b| *b == 0) {
+        // Empty, or a directory git would not enter (a nested repository).
+        if rel.is_empty() || rel.ends_with(b"/") {
+            continue;
+        }
+        let parent_dir = rel
+            .iter()
+            .rposition(|b| *b == b'/')
+            .map_or(&rel[..0], |i| &rel[..i]);
+        let path = work_tree.join(std::ffi::OsStr::from_bytes(rel));
+        if !real_dir(work_tree, parent_dir, &mut directories)
+            || path.symlink_metadata().is_ok_and(|m| m.is_dir())
+        {
+            dropped.extend_from_slice(rel);
+            dropped.push(0);
+            continue;
+        }
+        let as_in_tree = |len: u64| {
+            let Some(parent) = parent else {
+                return false;
+            };
+            let sizes = sizes.get_or_insert_with(|| blob_sizes(&indexed, parent));
+            match sizes.get_mut(&len) {
+                Some(left) if *left > 0 => {
+                    *left -= 1;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if budget.take(&path, as_in_tree) {
+            taken.extend_from_slice(rel);
+            taken.push(0);
+        }
+    }
+    let list = shadow.join("staged");
+    if !dropped.is_empty() {
+        std::fs::write(&list, &dropped).map_err(|e| Error::io("write", &list, e))?;
+        indexed.clone().stdin_file(&list).run(
+            "unstage files that cannot be where they were",
+            &["update-index", "--force-remove", "-z", "--stdin"],
+        )?;
+    }
+    std::fs::write(&list, &taken).map_err(|e| Error::io("write", &list, e))?;
     indexed
         .clone()
+        .stdin_file(&list)
         .timeout(HEAVY_TIMEOUT)
-        .run("stage the task's uncommitted work", &["add", "--all"])?;
+        .run(
+            "stage the task's uncommitted work",
+            &[
+                "update-index",
+                "--add",
+                "--remove",
+                "--replace",
+                "-z",
+                "--stdin",
+            ],
+        )?;
+    let _ = std::fs::remove_file(&list);
     let _ = std::fs::remove_file(&exclude);
     for path in &inner {
         let shown = path.to_string_lossy().into_owned();
@@ -548,6 +845,7 @@ fn stage(
                 &work_tree.join(path),
                 None,
                 nested,
+                budget,
                 depth + 1,
             )?)
         } else {

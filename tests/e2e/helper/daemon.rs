@@ -73,10 +73,22 @@ impl Daemon {
         path: &str,
         body: Option<&str>,
     ) -> std::io::Result<Answer> {
+        self.try_request_typed(method, path, body, "application/json")
+    }
+
+    /// A request whose body says it is of `content_type` (`curl -d` says
+    /// `application/x-www-form-urlencoded`).
+    pub(crate) fn try_request_typed(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        content_type: &str,
+    ) -> std::io::Result<Answer> {
         let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: orch\r\nConnection: close\r\n");
         if let Some(body) = body {
             raw.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
                 body.len()
             ));
         }
@@ -119,13 +131,19 @@ impl Daemon {
     }
 
     /// The TCP address it said it serves on (`--listen`).
+    /// (Its log goes through a thread of its own, so the line may come a
+    /// moment after the daemon answers.)
     pub(crate) fn tcp_addr(&self) -> String {
-        let said = self.running.stderr_text();
-        said.split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split(|c: char| c == ';' || c.is_whitespace()).next())
-            .unwrap_or_else(|| panic!("no address in {said}"))
-            .to_owned()
+        wait_for(
+            "the daemon to say its address",
+            Duration::from_secs(10),
+            || {
+                let said = self.running.stderr_text();
+                let rest = said.split("http://").nth(1)?;
+                let addr = rest.split(|c: char| c == ';' || c.is_whitespace()).next()?;
+                (!addr.is_empty() && rest.len() > addr.len()).then(|| addr.to_owned())
+            },
+        )
     }
 }
 

@@ -437,11 +437,23 @@ pub fn describe(step: &crate::teardown::Step) -> String {
             crate::runtime::Gone::Removed => format!("removed container {name}"),
             crate::runtime::Gone::AlreadyGone => format!("container {name} already gone"),
         },
-        Step::Workspace(crate::WorkspaceFate::Removed { path, size, .. }) => format!(
-            "removed workspace {} ({})",
-            path.display(),
-            human_bytes(size.bytes)
-        ),
+        Step::Workspace(crate::WorkspaceFate::Removed {
+            path,
+            size,
+            warning,
+            ..
+        }) => {
+            let removed = format!(
+                "removed workspace {} ({})",
+                path.display(),
+                human_bytes(size.bytes)
+            );
+            match warning {
+                // What its branch lacks, e.g. files too large to save.
+                Some(warning) => format!("{removed}; {warning}"),
+                None => removed,
+            }
+        }
         Step::Workspace(crate::WorkspaceFate::Unwound { path }) => {
             format!("removed unused workspace {}", path.display())
         }

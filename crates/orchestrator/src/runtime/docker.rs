@@ -17,7 +17,8 @@ use bollard::models::{ContainerCreateBody, ContainerSummary, HostConfig, MountTy
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     InspectContainerOptions, InspectNetworkOptions, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::time::Instant;
@@ -390,20 +391,31 @@ impl Runtime for DockerRuntime {
             self.docker.attach_container(name, Some(options)),
         )
         .await?;
-        let target = name.to_owned();
-        let output = attached
-            .output
-            .try_filter_map(|item| async move {
-                Ok(match item {
-                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                        Some((OutStream::Stdout, message))
-                    }
-                    LogOutput::StdErr { message } => Some((OutStream::Stderr, message)),
-                    LogOutput::StdIn { .. } => None,
-                })
-            })
-            .map_err(move |e| classify("read the output of", &target, e));
-        Ok(Box::pin(output))
+        Ok(output_stream(attached.output, name))
+    }
+
+    async fn logs(&self, name: &str) -> Result<OutputStream, RuntimeError> {
+        let options = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut logs = self.docker.logs(name, Some(options)).peekable();
+        // The first item (or the end) says whether the engine can read its
+        // log of the container at all.
+        let first = tokio::time::timeout(CALL_DEADLINE, std::pin::Pin::new(&mut logs).peek()).await;
+        match first {
+            Err(_) => Err(RuntimeError::Timeout {
+                action: "read the output of",
+                target: name.to_owned(),
+                after: CALL_DEADLINE,
+            }),
+            Ok(Some(Err(_))) => match logs.next().await {
+                Some(Err(e)) => Err(classify("read the output of", name, e)),
+                _ => Ok(output_stream(logs, name)),
+            },
+            Ok(_) => Ok(output_stream(logs, name)),
+        }
     }
 
     async fn start(&self, name: &str) -> Result<(), RuntimeError> {
@@ -709,6 +721,26 @@ fn owned_container(summary: &ContainerSummary) -> Option<OwnedContainer> {
         owner,
         state: container_state(&status),
     })
+}
+
+/// A container's output as the engine sends it, stdin echoes left out.
+fn output_stream(
+    output: impl futures_util::Stream<Item = Result<LogOutput, DockerError>> + Send + 'static,
+    name: &str,
+) -> OutputStream {
+    let target = name.to_owned();
+    let output = output
+        .try_filter_map(|item| async move {
+            Ok(match item {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    Some((OutStream::Stdout, message))
+                }
+                LogOutput::StdErr { message } => Some((OutStream::Stderr, message)),
+                LogOutput::StdIn { .. } => None,
+            })
+        })
+        .map_err(move |e| classify("read the output of", &target, e));
+    Box::pin(output)
 }
 
 /// A bollard error as a runtime error: the engine's refusals keep their

@@ -30,6 +30,9 @@ pub(crate) struct Behaviour {
     pub(crate) failures: HashMap<&'static str, usize>,
     /// `wait` panics: a bug in orch while the task runs.
     pub(crate) panics_on_wait: bool,
+    /// The attached stream breaks (an engine connection dropped) after
+    /// this many chunks; the engine's log still has them all.
+    pub(crate) attach_breaks_after: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -175,10 +178,41 @@ impl Runtime for FakeRuntime {
                 .ok_or_else(|| Self::missing("attach to container", name))?;
             (inner.behaviour.output.clone(), container.exit.subscribe())
         };
+        if let Some(after) = self.lock().behaviour.attach_breaks_after {
+            let delivered = futures_util::stream::iter(
+                output
+                    .into_iter()
+                    .take(after)
+                    .map(|text| Ok((OutStream::Stdout, Bytes::from(text)))),
+            );
+            let broken = futures_util::stream::once(async {
+                Err(RuntimeError::Engine {
+                    action: "read the output of",
+                    target: "the container".into(),
+                    source: "connection reset by peer".into(),
+                })
+            });
+            return Ok(Box::pin(delivered.chain(broken)));
+        }
         let stream = async_stream(output, async move {
             let _ = exit.wait_for(Option::is_some).await;
         });
         Ok(stream)
+    }
+
+    async fn logs(&self, name: &str) -> Result<OutputStream, RuntimeError> {
+        self.call("logs", name)?;
+        let (output, mut exit) = {
+            let inner = self.lock();
+            let container = inner
+                .containers
+                .get(name)
+                .ok_or_else(|| Self::missing("read the output of", name))?;
+            (inner.behaviour.output.clone(), container.exit.subscribe())
+        };
+        Ok(async_stream(output, async move {
+            let _ = exit.wait_for(Option::is_some).await;
+        }))
     }
 
     async fn start(&self, name: &str) -> Result<(), RuntimeError> {

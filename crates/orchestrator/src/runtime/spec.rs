@@ -178,6 +178,11 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// Attaches to a created container's output.
     async fn attach(&self, name: &str) -> Result<OutputStream, RuntimeError>;
 
+    /// Its output from its start, following it until its streams close:
+    /// what an attached stream that broke did not deliver. Errs if the
+    /// engine keeps no such log of it.
+    async fn logs(&self, name: &str) -> Result<OutputStream, RuntimeError>;
+
     /// Starts it.
     async fn start(&self, name: &str) -> Result<(), RuntimeError>;
 

@@ -61,14 +61,30 @@ pub struct Progress {
     pub updated_at: Option<i64>,
 }
 
+/// When a live task last showed a sign of life, if its silence counts.
+type Sign = Arc<Mutex<Option<Instant>>>;
+
+/// Sets a task's last sign of life (`None`: stop counting its silence).
+fn mark(sign: &Sign, at: Option<Instant>) {
+    *sign.lock().unwrap_or_else(|p| p.into_inner()) = at;
+}
+
+/// How long a task has been silent, if its silence counts.
+fn silence(sign: &Sign) -> Option<Duration> {
+    sign.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .map(|at| at.elapsed())
+}
+
 /// A task this daemon runs.
 #[derive(Debug)]
 struct Live {
     shutdown: Shutdown,
     project: String,
     stuck_after: Duration,
-    /// Its last progress or output.
-    last_sign: Arc<Mutex<Instant>>,
+    /// Its last sign of life: claimed, started, progress or output; `None`
+    /// once it is stopping or its run is over, when silence means nothing.
+    last_sign: Sign,
     stuck: bool,
 }
 
@@ -162,6 +178,21 @@ impl Supervisor {
         self.accepting.load(Ordering::SeqCst)
     }
 
+    /// Why it would refuse a task now, if it would: shutting down, or its
+    /// container engine out of reach (asked within `within`).
+    pub async fn refusing(&self, within: Duration) -> Option<String> {
+        if !self.accepting() {
+            return Some("shutting down".into());
+        }
+        match tokio::time::timeout(within, self.ctx().runtime.ping()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(crate::runtime::display_chain(&e)),
+            Err(_) => Some(format!(
+                "the container engine did not answer within {within:?}"
+            )),
+        }
+    }
+
     /// The orchestrator it runs on.
     pub fn orchestrator(&self) -> &Orchestrator {
         &self.orch
@@ -200,11 +231,7 @@ impl Supervisor {
             .iter()
             .filter(|(_, l)| l.stuck)
             .map(|(id, l)| {
-                let silent = l
-                    .last_sign
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .elapsed();
+                let silent = silence(&l.last_sign).unwrap_or_default();
                 serde_json::json!({
                     "type": "task.stuck",
                     "id": id,
@@ -291,7 +318,7 @@ impl Supervisor {
             u64::try_from(now_ms() - record.created_at).unwrap_or(0),
         ));
         let shutdown = self.tasks.child();
-        let last_sign = Arc::new(Mutex::new(Instant::now()));
+        let last_sign: Sign = Arc::new(Mutex::new(Some(Instant::now())));
         self.live().insert(
             id,
             Live {
@@ -321,7 +348,7 @@ impl Supervisor {
         self: &Arc<Self>,
         record: TaskRecord,
         shutdown: Shutdown,
-        last_sign: Arc<Mutex<Instant>>,
+        last_sign: Sign,
     ) -> Result<(), Error> {
         let id = record.id;
         let project = record.project.clone();
@@ -344,6 +371,7 @@ impl Supervisor {
         let events = self.events.clone();
         let sink = EventSink::direct(Arc::new(move |event: Event| match event {
             Event::Started => {
+                mark(&last_sign, Some(Instant::now()));
                 let _ = events.send(DaemonEvent::TaskState {
                     id,
                     project: project.clone(),
@@ -351,16 +379,15 @@ impl Supervisor {
                 });
             }
             Event::Progress { percent, message } => {
-                *last_sign.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                mark(&last_sign, Some(Instant::now()));
                 let _ = events.send(DaemonEvent::TaskProgress {
                     id,
                     percent,
                     message,
                 });
             }
-            Event::Output { .. } => {
-                *last_sign.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-            }
+            Event::Output { .. } => mark(&last_sign, Some(Instant::now())),
+            Event::Stopping { .. } | Event::Forcing | Event::Ended => mark(&last_sign, None),
             _ => {}
         }));
         let prepared = match request {
@@ -429,11 +456,9 @@ impl Supervisor {
         let mut raised = Vec::new();
         let mut cleared = Vec::new();
         for (id, live) in self.live().iter_mut() {
-            let silent = live
-                .last_sign
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .elapsed();
+            let Some(silent) = silence(&live.last_sign) else {
+                continue;
+            };
             if !live.stuck && silent >= live.stuck_after {
                 live.stuck = true;
                 raised.push((*id, live.project.clone(), silent));

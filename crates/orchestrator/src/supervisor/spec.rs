@@ -7,9 +7,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::config::valid_env_key;
 use crate::config::{GlobalConfig, Overrides};
 use crate::run::TaskRequest;
-use crate::{ConfigError, parse_duration, parse_env_pair};
+use crate::{ConfigError, parse_duration};
 
 /// A task submitted to a daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,8 +95,12 @@ impl SubmitSpec {
         }
         let mut env = Vec::new();
         for (key, value) in &self.env {
-            let pair = parse_env_pair(&format!("{key}={value}")).map_err(|m| flag("env", m))?;
-            env.push(pair);
+            // As orch.toml's env table: the name alone must be valid (an
+            // "A=B" name would pass as A with the value "B=...").
+            if !valid_env_key(key) {
+                return Err(flag("env", format!("invalid variable name {key:?}")));
+            }
+            env.push((key.clone(), value.clone()));
         }
         let overrides = Overrides {
             image: self.image.clone(),

@@ -6,7 +6,10 @@
 //! ended record, a missing container, directory or log mean done), so a
 //! plan can be carried out again after a crash, or by two processes at
 //! once. A failed container removal stops the plan there: nothing is
-//! deleted while a resource it owned is still around.
+//! deleted while a resource it owned is still around. One step overlaps
+//! another: the work of a task that exited is brought home while its
+//! container is removed (see [`Teardown::saves_ahead`]); its directory
+//! goes after.
 
 use std::time::Duration;
 
@@ -107,34 +110,58 @@ pub(crate) async fn execute(
     }
 
     // 2. Containers: stopped gracefully if they still run a task, then
-    //    removed.
-    let mut containers_left = false;
-    for step in &plan.containers {
-        if let Some(grace) = step.stop_grace {
-            if let Err(e) = ctx.runtime.stop(&step.name, grace).await {
-                tracing::warn!(container = %step.name, error = %format!("{e:#}"), "graceful stop failed; removing it");
+    //    removed. A workspace that will go, of a task that exited, has its
+    //    work saved meanwhile (saving only reads it).
+    let mut held_lock = options.held_lock;
+    let ahead = match (plan.saves_ahead(), held_lock.take()) {
+        (Some(step), Some(lock)) => Some((step, lock)),
+        (_, lock) => {
+            held_lock = lock;
+            None
+        }
+    };
+    let saving = async {
+        match ahead {
+            Some((step, lock)) => {
+                workspace::save_ahead(ctx, &step.target, lock, step.fate.unsaved()).await
+            }
+            None => (None, None),
+        }
+    };
+    let removing = async {
+        let mut containers_left = false;
+        for step in &plan.containers {
+            if let Some(grace) = step.stop_grace {
+                if let Err(e) = ctx.runtime.stop(&step.name, grace).await {
+                    tracing::warn!(container = %step.name, error = %format!("{e:#}"), "graceful stop failed; removing it");
+                }
+            }
+            match ctx.runtime.remove(&step.name).await {
+                Ok(gone) => {
+                    ctx.active.remove(&step.name);
+                    report(
+                        &mut done,
+                        Step::ContainerRemoved {
+                            name: step.name.clone(),
+                            gone,
+                        },
+                    );
+                }
+                Err(e) => {
+                    containers_left = true;
+                    done.errors.push(format!(
+                        "failed to remove container {}: {}",
+                        step.name,
+                        chain(&e)
+                    ));
+                }
             }
         }
-        match ctx.runtime.remove(&step.name).await {
-            Ok(gone) => {
-                ctx.active.remove(&step.name);
-                report(
-                    &mut done,
-                    Step::ContainerRemoved {
-                        name: step.name.clone(),
-                        gone,
-                    },
-                );
-            }
-            Err(e) => {
-                containers_left = true;
-                done.errors.push(format!(
-                    "failed to remove container {}: {}",
-                    step.name,
-                    chain(&e)
-                ));
-            }
-        }
+        containers_left
+    };
+    let ((saved, lock_back), containers_left) = tokio::join!(saving, removing);
+    if lock_back.is_some() {
+        held_lock = lock_back;
     }
     if containers_left {
         return done;
@@ -149,21 +176,20 @@ pub(crate) async fn execute(
             Fate::Remove | Fate::Discard => false,
         };
         let settled = if keep {
-            let lock = options.held_lock;
-            drop(lock);
+            drop(held_lock);
             Ok(WorkspaceFate::Kept {
                 path: step.target.path.clone(),
                 branch: step.target.repo.as_ref().map(|_| branch_of(plan)),
             })
         } else {
-            let lock = match options.held_lock {
+            let lock = match held_lock {
                 Some(lock) => Ok(lock),
                 None => workspace::lock(ctx, &step.target, options.lock_wait).await,
             };
             match lock {
                 Ok(lock) => {
-                    let discard = step.fate == Fate::Discard;
-                    workspace::remove(ctx, &step.target, lock, discard, step.started).await
+                    let unsaved = step.fate.unsaved();
+                    workspace::remove(ctx, &step.target, lock, unsaved, step.started, saved).await
                 }
                 Err(e) => Err(e),
             }

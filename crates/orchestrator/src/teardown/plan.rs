@@ -256,6 +256,20 @@ pub enum Fate {
     Discard,
 }
 
+impl Fate {
+    /// What becomes of work that cannot be saved: the task's own end keeps
+    /// its workspace for it; retention keeps it only if saving failed (not
+    /// for files too large to save, which the task's end already kept it
+    /// for once); `--all` removes it anyway.
+    pub fn unsaved(self) -> orch_workspace::Unsaved {
+        match self {
+            Fate::ByPolicy => orch_workspace::Unsaved::Keep,
+            Fate::Remove => orch_workspace::Unsaved::KeepOnFailure,
+            Fate::Discard => orch_workspace::Unsaved::Discard,
+        }
+    }
+}
+
 /// The workspace part of a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkspaceStep {
@@ -330,6 +344,25 @@ impl Teardown {
             Fate::Remove | Fate::Discard => Some(&step.target),
             Fate::ByPolicy => (!self.keeps_workspace()).then_some(&step.target),
         }
+    }
+
+    /// The workspace whose work may be saved while the containers are still
+    /// being removed: one that will be removed, of a task whose container
+    /// exited on its own. Nothing of the task runs any more (its init is
+    /// gone, and every process of its container with it), and saving only
+    /// reads the workspace; the directory itself still goes only after the
+    /// containers.
+    pub fn saves_ahead(&self) -> Option<&WorkspaceStep> {
+        let step = self.workspace.as_ref()?;
+        let exited = matches!(self.record, RecordEnd::Finish(Ending::Exited(_)));
+        let overlaps =
+            !self.containers.is_empty() && self.containers.iter().all(|c| c.stop_grace.is_none());
+        (exited
+            && overlaps
+            && step.started
+            && step.target.repo.is_some()
+            && self.removed_workspace().is_some())
+        .then_some(step)
     }
 
     /// True if the workspace is expected to be kept: by policy, given the
