@@ -126,9 +126,8 @@ fn killing_orch_at_random_leaves_nothing_behind() {
             let kind = *rng.pick(&KINDS);
             let method = *rng.pick(&METHODS);
             let point = *rng.pick(&["after-create", "after-start"]);
-            let mut cmd = env.orch();
-            cmd.env("DOCKER_HOST", proxy.host())
-                .arg("task")
+            let mut cmd = env.orch_via(&proxy);
+            cmd.arg("task")
                 .arg(&env.project)
                 .arg(kind)
                 .stdin(Stdio::null());

@@ -3,6 +3,7 @@
 //! that drops out for a moment, refusals the engine gives late, and kill -9
 //! between the record and the container.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
@@ -190,9 +191,8 @@ fn an_engine_connection_dropped_mid_task_loses_none_of_its_output() {
     require_docker!();
     let env = TestEnv::new();
     let proxy = helper::Proxy::start();
-    let mut cmd = env.orch();
-    cmd.env("DOCKER_HOST", proxy.host())
-        .arg("task")
+    let mut cmd = env.orch_via(&proxy);
+    cmd.arg("task")
         .arg(&env.project)
         .arg("echo one; sleep 3; echo two; exit 0");
     let running = helper::Running::spawn(cmd);
@@ -231,9 +231,8 @@ fn cleanup_rides_out_an_engine_that_drops_out_for_two_seconds() {
     assert_eq!(env.containers().len(), 20);
 
     let proxy = helper::Proxy::start();
-    let mut cmd = env.orch();
-    cmd.env("DOCKER_HOST", proxy.host())
-        .args(["-v", "cleanup", "--all"]);
+    let mut cmd = env.orch_via(&proxy);
+    cmd.args(["-v", "cleanup", "--all"]);
     let cleanup = helper::Running::spawn(cmd);
     helper::wait_for("the first removals", Duration::from_secs(60), || {
         (env.containers().len() < 20).then_some(())
@@ -275,11 +274,8 @@ fn the_watchdog_keeps_trying_while_the_engine_is_gone() {
     require_docker!();
     let env = TestEnv::new();
     let proxy = helper::Proxy::start();
-    let mut cmd = env.orch();
-    cmd.env("DOCKER_HOST", proxy.host())
-        .arg("task")
-        .arg(&env.project)
-        .arg("sleep 300");
+    let mut cmd = env.orch_via(&proxy);
+    cmd.arg("task").arg(&env.project).arg("sleep 300");
     let running = helper::Running::spawn(cmd);
     env.wait_running();
     running.wait_stderr("task ", Duration::from_secs(10));
@@ -407,8 +403,7 @@ fn an_engine_that_never_answers_is_a_clear_error_in_bounded_time() {
     let proxy = helper::Proxy::start();
     proxy.set(helper::Mode::Stall);
     let out = env
-        .orch()
-        .env("DOCKER_HOST", proxy.host())
+        .orch_via(&proxy)
         .arg("task")
         .arg(&env.project)
         .arg("echo hi")
@@ -475,6 +470,93 @@ fn a_refusal_the_engine_gives_late_unwinds_everything_made_for_the_task() {
         env.task_dirs()
     );
     assert_eq!(env.git(&["for-each-ref"]), before, "no empty branch left");
+}
+
+/// The processes that name `path` in their arguments: pid and command line.
+fn processes_naming(path: &std::path::Path) -> Vec<(i32, String)> {
+    let wanted = path.to_string_lossy().into_owned();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    procs
+        .filter_map(|p| {
+            let p = p.ok()?;
+            let pid = p.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&wanted).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_during_the_clone_leaves_no_git_writing_into_the_workspace() {
+    require_docker!();
+    let env = TestEnv::new();
+    env.git_project(IMAGE, "");
+    // Tens of thousands of refs: the task's clone takes a while to copy them.
+    let refs: String = (0..20_000)
+        .map(|i| format!("create refs/tags/t{i} HEAD\n"))
+        .collect();
+    let mut update = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&env.project)
+        .args(["update-ref", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    update
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(refs.as_bytes())
+        .unwrap();
+    assert!(update.wait().unwrap().success());
+
+    let mut cmd = env.orch();
+    cmd.env("ORCH_NO_WATCHDOG", "1")
+        .arg("task")
+        .arg(&env.project)
+        .arg("echo never");
+    let running = helper::Running::spawn(cmd);
+    let (dir, clone) = helper::wait_for(
+        "the clone into the workspace",
+        Duration::from_secs(30),
+        || {
+            let dir = env.task_dirs().into_iter().next()?;
+            let (pid, _) = processes_naming(&dir)
+                .into_iter()
+                .find(|(_, cmdline)| cmdline.contains("clone"))?;
+            Some((dir, pid))
+        },
+    );
+    running.signal(Signal::KILL);
+    let _ = running.wait(Duration::from_secs(10));
+    // A clone that outlived orch would go on writing into the directory the
+    // next orch's reconciliation removes: held still here so that it cannot
+    // finish first. (Stopped before orch died, the kernel would hang it up
+    // with its orphaned process group.)
+    let clone = rustix::process::Pid::from_raw(clone).unwrap();
+    let _ = rustix::process::kill_process(clone, Signal::STOP);
+    let died = helper::wait_for_opt(Duration::from_secs(10), || {
+        processes_naming(&dir).is_empty()
+    });
+    let left = processes_naming(&dir);
+    for (pid, _) in &left {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(*pid).unwrap(),
+            Signal::KILL,
+        );
+    }
+    assert!(died, "git outlived the orch that ran it: {left:?}");
+    let out = env.orch().args(["cleanup"]).output().unwrap();
+    assert_eq!(code(&out), 0, "{}\n{}", helper::stdout(&out), stderr(&out));
+    assert!(env.task_dirs().is_empty(), "{:?}", env.task_dirs());
+    assert!(task_branches(&env).is_empty(), "{:?}", task_branches(&env));
+    let task = &env.tasks()[0];
+    assert_eq!(task["state"], "lost", "{task}");
+    assert_eq!(task["workspace_state"], "removed", "{task}");
+    assert!(env.containers().is_empty(), "{:?}", env.containers());
 }
 
 /// The `orch/*` branches of the project.

@@ -91,6 +91,13 @@ impl Harness {
         tokio::spawn(async move { orch.run_task(request, shutdown, Box::new(seen)).await })
     }
 
+    /// Runs a task to its end, with no shutdown requested.
+    async fn run(&self, request: TaskRequest, seen: &Seen) -> Result<crate::Outcome, crate::Error> {
+        self.orch
+            .run_task(request, Shutdown::new(), Box::new(seen.clone()))
+            .await
+    }
+
     fn executed(&self) -> Vec<Teardown> {
         self.orch.ctx_for_tests().executed.lock().unwrap().clone()
     }
@@ -142,12 +149,7 @@ async fn output_a_broken_stream_lost_is_read_again_from_the_engine() {
     })
     .await;
     let outcome = h
-        .orch
-        .run_task(
-            request(None, Duration::from_secs(1)),
-            Shutdown::new(),
-            Box::new(Seen::default()),
-        )
+        .run(request(None, Duration::from_secs(1)), &Seen::default())
         .await
         .unwrap();
     assert_eq!(outcome.status, Status::Succeeded);
@@ -171,12 +173,7 @@ async fn a_task_that_exits_ends_with_its_code_and_its_container_goes() {
         })
         .await;
         let outcome = h
-            .orch
-            .run_task(
-                request(None, Duration::from_secs(1)),
-                Shutdown::new(),
-                Box::new(Seen::default()),
-            )
+            .run(request(None, Duration::from_secs(1)), &Seen::default())
             .await
             .unwrap();
         let expected = if code == 0 {
@@ -200,11 +197,9 @@ async fn a_timeout_stops_the_task_gracefully_and_ends_it_timed_out() {
     let h = harness(Behaviour::default()).await;
     let timeout = Duration::from_millis(100);
     let outcome = h
-        .orch
-        .run_task(
+        .run(
             request(Some(timeout), Duration::from_secs(1)),
-            Shutdown::new(),
-            Box::new(Seen::default()),
+            &Seen::default(),
         )
         .await
         .unwrap();
@@ -303,12 +298,7 @@ async fn an_engine_refusal_at_create_unwinds_and_ends_the_record_failed() {
     })
     .await;
     let err = h
-        .orch
-        .run_task(
-            request(None, Duration::from_secs(1)),
-            Shutdown::new(),
-            Box::new(Seen::default()),
-        )
+        .run(request(None, Duration::from_secs(1)), &Seen::default())
         .await
         .unwrap_err();
     let err = crate::runtime::display_chain(&err);
@@ -343,12 +333,7 @@ async fn a_failed_removal_is_reported_and_the_guard_finishes_it() {
     .await;
     let seen = Seen::default();
     let outcome = h
-        .orch
-        .run_task(
-            request(None, Duration::from_secs(1)),
-            Shutdown::new(),
-            Box::new(seen.clone()),
-        )
+        .run(request(None, Duration::from_secs(1)), &seen)
         .await
         .unwrap();
     assert_eq!(outcome.status, Status::Succeeded);

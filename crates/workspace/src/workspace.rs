@@ -190,19 +190,23 @@ impl Workspace {
         let template = format!("--template={}", layout.empty_dir().display());
         let source = self.repo.common_dir.to_string_lossy();
         let target = self.path.to_string_lossy();
-        Git::bare(layout).isolated().timeout(HEAVY_TIMEOUT).run(
-            "give the task a repository of its own",
-            &[
-                "clone",
-                "--quiet",
-                "--shared",
-                "--no-checkout",
-                &template,
-                "--",
-                &source,
-                &target,
-            ],
-        )?;
+        Git::bare(layout)
+            .isolated()
+            .dies_with_orch()
+            .timeout(HEAVY_TIMEOUT)
+            .run(
+                "give the task a repository of its own",
+                &[
+                    "clone",
+                    "--quiet",
+                    "--shared",
+                    "--no-checkout",
+                    &template,
+                    "--",
+                    &source,
+                    &target,
+                ],
+            )?;
         Git::at(layout, &self.path.join(".git"))
             .work_tree(&self.path)
             .isolated()

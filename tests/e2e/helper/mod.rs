@@ -287,6 +287,13 @@ impl TestEnv {
         cmd
     }
 
+    /// `orch` that reaches the engine through `proxy`.
+    pub(crate) fn orch_via(&self, proxy: &Proxy) -> Command {
+        let mut cmd = self.orch();
+        cmd.env("DOCKER_HOST", proxy.host());
+        cmd
+    }
+
     /// Runs `orch task <project> <desc> [args]` to its end.
     pub(crate) fn task(&self, desc: &str, args: &[&str]) -> Output {
         self.orch()
