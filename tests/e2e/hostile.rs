@@ -254,6 +254,51 @@ fn the_task_cannot_write_the_users_repository() {
 }
 
 #[test]
+fn a_directory_the_task_swaps_for_a_link_is_saved_as_the_link() {
+    require_docker!();
+    if !helper::shell_image_ready() {
+        return;
+    }
+    for user in USERS {
+        // Committed as directories, then left swapped for links to the
+        // user's repository and to `/`, and a committed file swapped for a
+        // directory: the save must record the links, never read through them.
+        let (env, id) = attack(user, |_| {
+            "origin=$(git remote get-url origin); \
+             mkdir -p src etc && echo a > src/a.txt && echo b > etc/b.txt && echo f > was-file && \
+             git add -A && git commit -q -m dirs && \
+             rm -rf src etc was-file && ln -s \"$origin\" src && ln -s / etc && \
+             mkdir was-file && echo inside > was-file/inner.txt && echo swapped"
+                .to_owned()
+        });
+        let branch = format!("orch/{id}");
+        let files = env.git(&["ls-tree", "-r", &branch]);
+        for link in ["src", "etc"] {
+            assert!(
+                files
+                    .lines()
+                    .any(|l| l.starts_with("120000") && l.ends_with(&format!("\t{link}"))),
+                "{user}: {link} saved as a link: {files}"
+            );
+            assert!(
+                !files.contains(&format!("\t{link}/")),
+                "{user}: nothing read through {link}: {files}"
+            );
+        }
+        assert_eq!(
+            env.git(&["show", &format!("{branch}:was-file/inner.txt")]),
+            "inside",
+            "{user}: a file swapped for a directory"
+        );
+        assert_eq!(
+            env.git(&["show", &format!("{branch}~1:src/a.txt")]),
+            "a",
+            "{user}: the task's own commit is there below its pending work"
+        );
+    }
+}
+
+#[test]
 fn a_sparse_file_cannot_make_orch_read_without_end() {
     require_docker!();
     if !helper::shell_image_ready() {
