@@ -472,6 +472,49 @@ fn a_refusal_the_engine_gives_late_unwinds_everything_made_for_the_task() {
     assert_eq!(env.git(&["for-each-ref"]), before, "no empty branch left");
 }
 
+#[test]
+fn kill_9_while_unwinding_between_the_branch_and_the_directory_is_finished_by_reconciliation() {
+    require_docker!();
+    let env = TestEnv::new();
+    // The engine refuses the task late: the run unwinds its workspace, and
+    // dies once the branch is gone and the directory is not yet.
+    env.git_project(IMAGE, "memory = 1024");
+    let before = env.git(&["for-each-ref"]);
+    let out = env
+        .orch()
+        .env("ORCH_FAIL_POINT", "unwind-after-branch:sigkill")
+        .env("ORCH_NO_WATCHDOG", "1")
+        .arg("task")
+        .arg(&env.project)
+        .arg("echo never")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
+    let id = helper::task_id(&stderr(&out));
+    assert_eq!(
+        env.task_dirs().len(),
+        1,
+        "the directory outlived its branch"
+    );
+    assert_eq!(env.git(&["for-each-ref"]), before, "the branch is gone");
+
+    let out = env.orch().args(["cleanup"]).output().unwrap();
+    assert_eq!(code(&out), 0, "{}\n{}", helper::stdout(&out), stderr(&out));
+    assert!(env.task_dirs().is_empty(), "{:?}", env.task_dirs());
+    assert_eq!(env.git(&["for-each-ref"]), before);
+    let task = env.show(&id);
+    assert_eq!(task["state"], "failed", "{task}");
+    assert!(
+        task["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Minimum memory limit"),
+        "{task}"
+    );
+    assert_eq!(task["workspace_state"], "removed", "{task}");
+    assert!(env.containers().is_empty(), "{:?}", env.containers());
+}
+
 /// The processes that name `path` in their arguments: pid and command line.
 fn processes_naming(path: &std::path::Path) -> Vec<(i32, String)> {
     let wanted = path.to_string_lossy().into_owned();

@@ -29,7 +29,6 @@ mod context;
 mod disk;
 mod error;
 mod events;
-mod failpoint;
 mod guard;
 mod home;
 mod leases;

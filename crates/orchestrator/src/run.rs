@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use orch_registry::{State, TaskRecord, WorkspaceState, now_ms};
-use orch_workspace::Repo;
+use orch_workspace::{Repo, failpoint};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -30,7 +30,7 @@ use crate::teardown::{
     WorkspacePolicy, WorkspaceTarget,
 };
 use crate::workspace::{self, HeldWorkspace, WorkspaceFate};
-use crate::{ConfigError, Error, Shutdown, failpoint, leases, session};
+use crate::{ConfigError, Error, Shutdown, leases, session};
 
 /// How long output may keep arriving after the container ended.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);

@@ -17,6 +17,7 @@
 mod branches;
 pub mod du;
 mod error;
+pub mod failpoint;
 mod git;
 mod layout;
 mod lock;

@@ -573,6 +573,7 @@ impl Workspace {
             // Gone already, or moved by someone: not ours to delete.
             tracing::debug!(branch = %self.branch, error = %e, "branch left as it is");
         }
+        crate::failpoint::hit("unwind-after-branch");
         remove_dir_if_present(&layout.shadow_dir(&self.project, &self.task_id)?)?;
         layout.remove_task_dir(&self.project, &self.path)?;
         Ok(())

@@ -2,7 +2,9 @@
 //! process fail at a named point, the way a bug or a kill would.
 //!
 //! Points: `after-workspace` (record and workspace made, no container),
-//! `after-create` (container created, not started), `after-start`.
+//! `after-create` (container created, not started), `after-start`,
+//! `unwind-after-branch` (a workspace being unwound: its branch deleted,
+//! its directory not yet removed).
 //! Actions: `panic`, `abort`, `sigkill` (of this very process), `pause` (sleep
 //! 30 s, so a test can kill the process at that exact point).
 //! Unset, it costs one environment lookup per process. Only debug builds
@@ -17,7 +19,7 @@ static POINT: OnceLock<Option<(String, String)>> = OnceLock::new();
 
 /// Fails here if `ORCH_FAIL_POINT` names this point.
 #[cfg(debug_assertions)]
-pub(crate) fn hit(point: &str) {
+pub fn hit(point: &str) {
     let configured = POINT.get_or_init(|| {
         let spec = std::env::var("ORCH_FAIL_POINT").ok()?;
         let (point, action) = spec.split_once(':')?;
@@ -45,4 +47,4 @@ pub(crate) fn hit(point: &str) {
 
 /// Release builds have no fail points.
 #[cfg(not(debug_assertions))]
-pub(crate) fn hit(_point: &str) {}
+pub fn hit(_point: &str) {}
