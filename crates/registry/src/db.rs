@@ -326,6 +326,24 @@ impl Registry {
         Ok(registry)
     }
 
+    /// Bytes of SQLite's page cache this connection holds.
+    #[cfg(test)]
+    pub(crate) fn cache_used(&self) -> i64 {
+        let (mut current, mut highest) = (0, 0);
+        // SAFETY: the handle is this live connection's, used on its thread;
+        // the status call only reads counters into the two integers.
+        unsafe {
+            rusqlite::ffi::sqlite3_db_status(
+                self.conn.handle(),
+                rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED,
+                &mut current,
+                &mut highest,
+                0,
+            );
+        }
+        i64::from(current)
+    }
+
     /// Opens an existing registry; `None` if there is none at `path`.
     pub fn open_existing(path: &Path) -> Result<Option<Registry>, Error> {
         if path.exists() {

@@ -537,3 +537,29 @@ fn a_queued_task_is_cancelled_only_while_queued() {
             .is_empty()
     );
 }
+
+/// SQLite's page cache stays at its cap however large the registry grows:
+/// a long-running daemon reading a registry of many finished tasks keeps
+/// its memory.
+#[test]
+fn the_page_cache_stays_small_whatever_the_registry_holds() {
+    let (_tmp, path, registry) = fresh();
+    let padding = "x".repeat(1000);
+    for _ in 0..6000 {
+        let mut task = record(State::Succeeded);
+        task.description = padding.clone();
+        registry.insert(&task).unwrap();
+    }
+    assert_eq!(registry.list(Listing::All).unwrap().len(), 6000);
+    let size = std::fs::metadata(&path).unwrap().len()
+        + std::fs::metadata(path.with_extension("db-wal")).map_or(0, |m| m.len());
+    assert!(
+        size > 4 << 20,
+        "a registry larger than the default cache: {size}"
+    );
+    let used = registry.cache_used();
+    assert!(
+        (1..1 << 20).contains(&used),
+        "{used} bytes of page cache for a {size}-byte registry"
+    );
+}
