@@ -456,7 +456,10 @@ fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigErr
 
 fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
     let located = |message: &str, span: Option<std::ops::Range<usize>>| {
-        let line = span.map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let line = span.map(|s| {
+            let before = text.get(..s.start).unwrap_or(text);
+            before.bytes().filter(|b| *b == b'\n').count() + 1
+        });
         match line {
             Some(line) => format!("{message} (line {line})"),
             None => message.to_owned(),
@@ -809,6 +812,8 @@ mod tests {
             ("user = \"bob\"", "user", "invalid user"),
             ("workspace = \"copy\"", "workspace", "unknown variant"),
             ("image = ", "", "line 1"),
+            ("image = \"x\"\nbogus = 1", "bogus", "(line 2)"),
+            ("image = \"x\"\n\n[env]\nA = 1", "env.A", "(line 4)"),
         ];
         for (text, key, needle) in cases {
             let result = parse_project(text)

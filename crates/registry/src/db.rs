@@ -96,6 +96,11 @@ const MIGRATIONS: &[&str] = &[
         value INTEGER NOT NULL
     ) STRICT;
 ",
+    // `cleanup --branches` leaves the branches of tasks still using them:
+    // found by branch name.
+    r"
+    CREATE INDEX tasks_by_branch ON tasks (branch);
+",
 ];
 
 /// Records a task's repository and its branch's base (for `cleanup
@@ -756,12 +761,19 @@ impl Registry {
     }
 
     /// The base commit of every branch orch made in `repo` that it still
-    /// knows of, by branch name.
+    /// knows of, by branch name; not those of tasks still using theirs (a
+    /// live task, or one whose workspace is kept or not yet settled: its
+    /// work may still come home to it).
     pub fn branch_bases(&self, repo: &Path) -> Result<BTreeMap<String, String>, Error> {
         let err = self.sql("list branch bases");
         let mut statement = self
             .conn
-            .prepare_cached("SELECT name, base FROM branches WHERE repo = ?1")
+            .prepare_cached(
+                "SELECT b.name, b.base FROM branches b WHERE b.repo = ?1 AND NOT EXISTS \
+                 (SELECT 1 FROM tasks t WHERE t.repo = b.repo AND t.branch = b.name \
+                  AND (t.state IN ('queued', 'creating', 'running') \
+                       OR t.workspace_state IS NULL OR t.workspace_state = 'kept'))",
+            )
             .map_err(&err)?;
         let rows = statement
             .query_map([repo.to_string_lossy()], |r| Ok((r.get(0)?, r.get(1)?)))

@@ -1,5 +1,6 @@
 //! Registry tests against real SQLite files.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use uuid::Uuid;
@@ -562,4 +563,39 @@ fn the_page_cache_stays_small_whatever_the_registry_holds() {
         (1..1 << 20).contains(&used),
         "{used} bytes of page cache for a {size}-byte registry"
     );
+}
+
+/// `cleanup --branches` is offered only the branches no task still uses:
+/// not a live task's, nor one whose workspace is kept or not yet settled
+/// (its work may still come home to it).
+#[test]
+fn branch_bases_leave_out_branches_still_in_use() {
+    let (_tmp, _path, registry) = fresh();
+    let mut names = BTreeMap::new();
+    for (label, state, workspace) in [
+        ("live", State::Running, None),
+        ("kept", State::Succeeded, Some(WorkspaceState::Kept)),
+        ("unsettled", State::Failed, None),
+        ("removed", State::Succeeded, Some(WorkspaceState::Removed)),
+        ("deleted", State::Succeeded, Some(WorkspaceState::Removed)),
+    ] {
+        let mut task = record(state);
+        task.branch = Some(format!("orch/{}", task.id));
+        task.base = Some("base".into());
+        task.workspace_state = workspace;
+        registry.insert(&task).unwrap();
+        if label == "deleted" {
+            registry.delete(&task.id).unwrap();
+        }
+        names.insert(label, task.branch.unwrap());
+    }
+    let bases = registry
+        .branch_bases(std::path::Path::new("/repo"))
+        .unwrap();
+    let offered: Vec<&str> = names
+        .iter()
+        .filter(|(_, branch)| bases.contains_key(*branch))
+        .map(|(label, _)| *label)
+        .collect();
+    assert_eq!(offered, ["deleted", "removed"]);
 }

@@ -415,7 +415,12 @@ impl Repo {
                     "--show-prefix",
                 ],
             )
-            .map_err(|_| not_a_repo())?;
+            .map_err(|e| match e {
+                // git's own words when it is something else (a bare
+                // repository, one it may not use, an unknown extension).
+                Error::Git { ref stderr, .. } if !stderr.contains("not a git repository") => e,
+                _ => not_a_repo(),
+            })?;
         let mut lines = out.lines();
         let (Some(top), Some(git_dir), Some(common)) = (lines.next(), lines.next(), lines.next())
         else {

@@ -11,6 +11,8 @@
 //! without ever reaching outside their root: the target is canonicalised,
 //! must lie strictly inside its project's `tasks/` directory and must not
 //! itself be a symlink, and symlinks inside it are never followed.
+//! [`failpoint`] holds the failure injection of debug builds, for this
+//! crate's steps and the orchestrator's.
 
 #![warn(missing_docs)]
 

@@ -36,11 +36,18 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(&[])
+}
+
+/// A fixture whose repository is made by `git init` with `init` added.
+fn fixture_with(init: &[&str]) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().canonicalize().unwrap();
     let project = root.join("project");
     std::fs::create_dir_all(&project).unwrap();
-    git(&project, &["init", "--quiet", "--initial-branch=main"]);
+    let mut args = vec!["init", "--quiet", "--initial-branch=main"];
+    args.extend_from_slice(init);
+    git(&project, &args);
     std::fs::write(project.join(".gitignore"), "*.log\n").unwrap();
     std::fs::write(project.join("README"), "hello\n").unwrap();
     git(&project, &["add", "."]);
@@ -667,6 +674,77 @@ fn a_directory_replaced_by_a_link_is_saved_with_the_rest() {
         assert!(files.contains("\tunrelated"), "{target}: {files}");
         assert!(files.contains("\tother/inside"), "{target}: {files}");
     }
+}
+
+/// A repository of SHA-256 objects: the task's commits and pending work
+/// come home as in any other.
+#[test]
+fn work_in_a_sha256_repository_is_saved() {
+    let f = fixture_with(&["--object-format=sha256"]);
+    let (ws, lock) = f.workspace("a256a256");
+    std::fs::write(ws.path.join("committed.txt"), "c\n").unwrap();
+    git(&ws.path, &["add", "committed.txt"]);
+    git(
+        &ws.path,
+        &["commit", "--quiet", "-m", "committed by the task"],
+    );
+    std::fs::write(ws.path.join("pending.txt"), "p\n").unwrap();
+
+    let removed = ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
+    let tip = removed.saved.tip.unwrap();
+    assert_eq!(tip.len(), 64, "{tip}");
+    let branch = "orch/a256a256";
+    let files = git(&f.repo.top, &["ls-tree", "-r", "--name-only", branch]);
+    assert!(
+        files.contains("committed.txt") && files.contains("pending.txt"),
+        "{files}"
+    );
+    let log = git(&f.repo.top, &["log", "--format=%s", branch]);
+    assert!(log.contains("committed by the task"), "{log}");
+    git(&f.repo.top, &["fsck", "--strict"]);
+}
+
+/// A FIFO or a socket where a tracked file was (or new ones) holds nothing
+/// git can store: it is absent from the branch and named, and neither the
+/// task's commit nor the rest of its work is lost for it.
+#[test]
+fn fifos_and_sockets_do_not_stop_the_save() {
+    let f = fixture();
+    let (ws, lock) = f.workspace("f1f1f1f1");
+    std::fs::write(ws.path.join("tracked.txt"), "x\n").unwrap();
+    git(&ws.path, &["add", "tracked.txt"]);
+    git(
+        &ws.path,
+        &["commit", "--quiet", "-m", "committed by the task"],
+    );
+    std::fs::remove_file(ws.path.join("tracked.txt")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        ws.path.join("tracked.txt").as_path(),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(ws.path.join("new.sock")).unwrap();
+    std::fs::write(ws.path.join("keep.txt"), "keep\n").unwrap();
+
+    let removed = ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
+    assert!(!ws.path.exists());
+    let warning = removed.saved.warning.clone().unwrap_or_default();
+    assert!(
+        warning.contains("tracked.txt") && warning.contains("git cannot store"),
+        "{warning}"
+    );
+    let branch = "orch/f1f1f1f1";
+    let files = git(&f.repo.top, &["ls-tree", "-r", "--name-only", branch]);
+    assert!(files.contains("keep.txt"), "{files}");
+    assert!(
+        !files.contains("tracked.txt") && !files.contains("new.sock"),
+        "{files}"
+    );
+    let log = git(&f.repo.top, &["log", "--format=%s", branch]);
+    assert!(log.contains("committed by the task"), "{log}");
 }
 
 /// A large file of the tree, renamed by the task, is saved under its new

@@ -258,7 +258,11 @@ impl Workspace {
     }
 
     fn save_through(&self, layout: &Layout, shadow: &Path) -> Result<Saved, Error> {
-        make_bare_repo(shadow)?;
+        let object_format = self.user_git(layout).run(
+            "read the repository's object format",
+            &["rev-parse", "--show-object-format"],
+        )?;
+        make_bare_repo(shadow, &object_format)?;
         let allowed = self.repo.object_dirs();
         let mut warning = None;
         let mut borrowed = allowed.clone();
@@ -287,6 +291,7 @@ impl Workspace {
         // The commit the work goes on top of: the task's HEAD if it names a
         // commit there is, else the branch as the user's repository has it.
         // A HEAD naming no commit the shadow can see is no HEAD at all.
+        let named = head.is_some();
         let head = head.and_then(|h| {
             let tree = git
                 .run(
@@ -296,6 +301,12 @@ impl Workspace {
                 .ok()?;
             Some((h, tree))
         });
+        if named && head.is_none() {
+            warning = Some(
+                "the task's HEAD names no commit there is: its commits were not brought in; its files were saved on its branch"
+                    .to_owned(),
+            );
+        }
         let imported = head.is_some();
         let (parent, parent_tree) = match head {
             Some(found) => found,
@@ -342,6 +353,21 @@ impl Workspace {
             let note = format!(
                 "{} too large to save were left out of its branch",
                 listed(&left_out_first, budget.left_out_count)
+            );
+            warning = Some(match warning {
+                Some(w) => format!("{w}; {note}"),
+                None => note,
+            });
+        }
+        if budget.special_count > 0 {
+            let first: Vec<PathBuf> = budget
+                .special
+                .iter()
+                .map(|p| p.strip_prefix(&self.path).unwrap_or(p).to_path_buf())
+                .collect();
+            let note = format!(
+                "{} that git cannot store (FIFOs, sockets or devices) are absent from its branch",
+                listed(&first, budget.special_count)
             );
             warning = Some(match warning {
                 Some(w) => format!("{w}; {note}"),
@@ -582,16 +608,28 @@ impl Workspace {
 
 /// Makes an empty bare repository at `dir` without running git: nothing of
 /// a template, and one process fewer per saved task.
-fn make_bare_repo(dir: &Path) -> Result<(), Error> {
+/// `object_format` is the user's repository's (`sha1` or `sha256`), whose
+/// objects it borrows and takes back.
+fn make_bare_repo(dir: &Path, object_format: &str) -> Result<(), Error> {
     for sub in ["objects/info", "refs/heads", "refs/tags"] {
         crate::layout::private_dir(&dir.join(sub))?;
     }
+    let config = match object_format {
+        "sha1" => "[core]\n\trepositoryformatversion = 0\n\tbare = true\n".to_owned(),
+        other if !other.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+            return Err(Error::io(
+                "use the object format of",
+                dir,
+                std::io::ErrorKind::InvalidData.into(),
+            ));
+        }
+        other => format!(
+            "[core]\n\trepositoryformatversion = 1\n\tbare = true\n[extensions]\n\tobjectformat = {other}\n"
+        ),
+    };
     for (file, text) in [
         ("HEAD", "ref: refs/heads/result\n"),
-        (
-            "config",
-            "[core]\n\trepositoryformatversion = 0\n\tbare = true\n",
-        ),
+        ("config", config.as_str()),
     ] {
         let path = dir.join(file);
         std::fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
@@ -621,6 +659,11 @@ struct Budget {
     left_out: Vec<PathBuf>,
     /// How many were left out.
     left_out_count: usize,
+    /// The first files that hold no data git can store (FIFOs, sockets,
+    /// devices), absolute paths; staged as deleted.
+    special: Vec<PathBuf>,
+    /// How many there were.
+    special_count: usize,
 }
 
 impl Budget {
@@ -790,8 +833,21 @@ fn stage(
             .rposition(|b| *b == b'/')
             .map_or(&rel[..0], |i| &rel[..i]);
         let path = work_tree.join(std::ffi::OsStr::from_bytes(rel));
-        if !real_dir(work_tree, parent_dir, &mut directories)
-            || path.symlink_metadata().is_ok_and(|m| m.is_dir())
+        let kind = path.symlink_metadata().map(|m| m.file_type());
+        let special = kind
+            .as_ref()
+            .is_ok_and(|k| !k.is_file() && !k.is_dir() && !k.is_symlink());
+        if special {
+            // A FIFO, socket or device where a file was: nothing to store,
+            // and `update-index` would refuse the whole list for it.
+            if budget.special.len() < SHOWN_LEFT_OUT {
+                budget.special.push(path.clone());
+            }
+            budget.special_count += 1;
+        }
+        if special
+            || !real_dir(work_tree, parent_dir, &mut directories)
+            || kind.is_ok_and(|k| k.is_dir())
         {
             dropped.extend_from_slice(rel);
             dropped.push(0);
