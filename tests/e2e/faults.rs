@@ -480,17 +480,7 @@ fn kill_9_while_unwinding_between_the_branch_and_the_directory_is_finished_by_re
     // dies once the branch is gone and the directory is not yet.
     env.git_project(IMAGE, "memory = 1024");
     let before = env.git(&["for-each-ref"]);
-    let out = env
-        .orch()
-        .env("ORCH_FAIL_POINT", "unwind-after-branch:sigkill")
-        .env("ORCH_NO_WATCHDOG", "1")
-        .arg("task")
-        .arg(&env.project)
-        .arg("echo never")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
-    let id = helper::task_id(&stderr(&out));
+    let id = killed_at(&env, "unwind-after-branch");
     assert_eq!(
         env.task_dirs().len(),
         1,
@@ -621,17 +611,7 @@ fn kill_9_between_the_record_and_the_container_is_finished_by_reconciliation() {
     let env = TestEnv::new();
     env.git_project(IMAGE, "");
     // At the exact point: record and workspace made, no container.
-    let out = env
-        .orch()
-        .env("ORCH_FAIL_POINT", "after-workspace:sigkill")
-        .env("ORCH_NO_WATCHDOG", "1")
-        .arg("task")
-        .arg(&env.project)
-        .arg("echo never")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
-    let id = helper::task_id(&stderr(&out));
+    let id = killed_at(&env, "after-workspace");
     assert_eq!(env.task_dirs().len(), 1, "a half-made task");
     // And at random instants 20 to 60 ms into the run.
     let mut seed = std::process::id() as u64 | 1;
@@ -701,6 +681,22 @@ fn kill_9_between_the_record_and_the_container_is_finished_by_reconciliation() {
     assert!(!task_branches(&env).contains(&format!("orch/{id}")));
     assert_eq!(env.worktrees().len(), 1, "{:?}", env.worktrees());
     settle(&env);
+}
+
+/// Runs `orch task` (no watchdog) that SIGKILLs itself at fail point
+/// `point`; the task's id.
+fn killed_at(env: &TestEnv, point: &str) -> String {
+    let out = env
+        .orch()
+        .env("ORCH_FAIL_POINT", format!("{point}:sigkill"))
+        .env("ORCH_NO_WATCHDOG", "1")
+        .arg("task")
+        .arg(&env.project)
+        .arg("echo never")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
+    helper::task_id(&stderr(&out))
 }
 
 /// A create a killed orch sent may still land after the cleanups a test

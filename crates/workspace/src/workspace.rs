@@ -264,7 +264,8 @@ impl Workspace {
         )?;
         make_bare_repo(shadow, &object_format)?;
         let allowed = self.repo.object_dirs();
-        let mut warning = None;
+        // What the save could not do as asked, for one warning.
+        let mut notes: Vec<String> = Vec::new();
         let mut borrowed = allowed.clone();
         let mut head = None;
         match taskrepo::inspect(&self.path, &allowed) {
@@ -273,7 +274,7 @@ impl Workspace {
                 head = h;
             }
             TaskRepo::Unusable(why) => {
-                warning = Some(format!(
+                notes.push(format!(
                     "the task's git directory was not used ({why}): its commits were not brought in; its files were saved"
                 ));
             }
@@ -302,7 +303,7 @@ impl Workspace {
             Some((h, tree))
         });
         if named && head.is_none() {
-            warning = Some(
+            notes.push(
                 "the task's HEAD names no commit there is: its commits were not brought in; its files were saved on its branch"
                     .to_owned(),
             );
@@ -311,7 +312,7 @@ impl Workspace {
         let (parent, parent_tree) = match head {
             Some(found) => found,
             None => {
-                if warning.is_none() && self.path.join(".git").exists() {
+                if notes.is_empty() && self.path.join(".git").exists() {
                     tracing::debug!(workspace = %self.path.display(), "the task's HEAD names no commit; saving on the branch");
                 }
                 let tip = self
@@ -344,46 +345,31 @@ impl Workspace {
             &mut budget,
             0,
         )?;
-        let left_out_first: Vec<PathBuf> = budget
-            .left_out
-            .iter()
-            .map(|p| p.strip_prefix(&self.path).unwrap_or(p).to_path_buf())
-            .collect();
-        if budget.left_out_count > 0 {
-            let note = format!(
-                "{} too large to save were left out of its branch",
-                listed(&left_out_first, budget.left_out_count)
-            );
-            warning = Some(match warning {
-                Some(w) => format!("{w}; {note}"),
-                None => note,
-            });
-        }
-        if budget.special_count > 0 {
-            let first: Vec<PathBuf> = budget
-                .special
+        let relative = |paths: &[PathBuf]| -> Vec<PathBuf> {
+            paths
                 .iter()
                 .map(|p| p.strip_prefix(&self.path).unwrap_or(p).to_path_buf())
-                .collect();
-            let note = format!(
+                .collect()
+        };
+        let left_out_first = relative(&budget.left_out);
+        if budget.left_out_count > 0 {
+            notes.push(format!(
+                "{} too large to save were left out of its branch",
+                listed(&left_out_first, budget.left_out_count)
+            ));
+        }
+        if budget.special_count > 0 {
+            notes.push(format!(
                 "{} that git cannot store (FIFOs, sockets or devices) are absent from its branch",
-                listed(&first, budget.special_count)
-            );
-            warning = Some(match warning {
-                Some(w) => format!("{w}; {note}"),
-                None => note,
-            });
+                listed(&relative(&budget.special), budget.special_count)
+            ));
         }
         if !nested.is_empty() {
             let shown: Vec<String> = nested.iter().map(|p| format!("{}/", p.display())).collect();
-            let note = format!(
+            notes.push(format!(
                 "repositories inside the workspace ({}) were saved as plain files",
                 shown.join(", ")
-            );
-            warning = Some(match warning {
-                Some(w) => format!("{w}; {note}"),
-                None => note,
-            });
+            ));
         }
         let (name, email) = self.repo.identity(layout);
         let tip = if tree == parent_tree {
@@ -408,7 +394,7 @@ impl Workspace {
             pending_commit: (tip != parent).then(|| tip.clone()),
             tip: Some(tip),
             imported,
-            warning,
+            warning: (!notes.is_empty()).then(|| notes.join("; ")),
             left_out: budget.left_out_count,
             left_out_first,
         })
