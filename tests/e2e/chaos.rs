@@ -203,14 +203,7 @@ fn killing_orch_at_random_leaves_nothing_behind() {
         // Sometimes the engine drops out just as the reaping begins.
         if rng.below(4) == 0 {
             outages += 1;
-            proxy.set(helper::Mode::Refuse);
-            proxy.drop_connections();
-            let cut = Instant::now();
-            let length = Duration::from_millis(300 + rng.below(1200));
-            helper::wait_for("the outage to end", length * 2, || {
-                (cut.elapsed() >= length).then_some(())
-            });
-            proxy.set(helper::Mode::Pass);
+            proxy.outage(Duration::from_millis(300 + rng.below(1200)));
         }
         let methods: Vec<Method> = victims.iter().map(|v| v.method).collect();
         let last_kill = victims

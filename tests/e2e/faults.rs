@@ -201,13 +201,7 @@ fn an_engine_connection_dropped_mid_task_loses_none_of_its_output() {
     });
     // Every connection to the engine drops, the output stream's included,
     // and new ones are refused for a second.
-    proxy.set(helper::Mode::Refuse);
-    proxy.drop_connections();
-    let outage = Instant::now();
-    helper::wait_for("a second of outage", Duration::from_secs(5), || {
-        (outage.elapsed() >= Duration::from_secs(1)).then_some(())
-    });
-    proxy.set(helper::Mode::Pass);
+    proxy.outage(Duration::from_secs(1));
     let finished = running.wait(Duration::from_secs(60));
     assert_eq!(finished.code(), Some(0), "{}", finished.stderr);
     let id = helper::task_id(&finished.stderr);
@@ -237,13 +231,7 @@ fn cleanup_rides_out_an_engine_that_drops_out_for_two_seconds() {
     helper::wait_for("the first removals", Duration::from_secs(60), || {
         (env.containers().len() < 20).then_some(())
     });
-    proxy.set(helper::Mode::Refuse);
-    proxy.drop_connections();
-    let outage = Instant::now();
-    helper::wait_for("two seconds of outage", Duration::from_secs(5), || {
-        (outage.elapsed() >= Duration::from_secs(2)).then_some(())
-    });
-    proxy.set(helper::Mode::Pass);
+    proxy.outage(Duration::from_secs(2));
     let finished = cleanup.wait(Duration::from_secs(120));
     assert_eq!(
         finished.code(),
@@ -280,8 +268,7 @@ fn the_watchdog_keeps_trying_while_the_engine_is_gone() {
     env.wait_running();
     running.wait_stderr("task ", Duration::from_secs(10));
     let id = helper::task_id(&running.stderr_text());
-    proxy.set(helper::Mode::Refuse);
-    proxy.drop_connections();
+    proxy.cut();
     running.signal(Signal::KILL);
     let outage = Instant::now();
     helper::wait_for("two seconds of outage", Duration::from_secs(5), || {

@@ -261,13 +261,14 @@ fn a_directory_the_task_swaps_for_a_link_is_saved_as_the_link() {
     }
     for user in USERS {
         // Committed as directories, then left swapped for links to the
-        // user's repository and to `/`, and a committed file swapped for a
-        // directory: the save must record the links, never read through them.
+        // user's repository and to `/`, a committed file swapped for a
+        // directory and another for a FIFO: the save must record the links,
+        // never read through them, and lose nothing for the FIFO.
         let (env, id) = attack(user, |_| {
             "origin=$(git remote get-url origin); \
-             mkdir -p src etc && echo a > src/a.txt && echo b > etc/b.txt && echo f > was-file && \
+             mkdir -p src etc && echo a > src/a.txt && echo b > etc/b.txt && echo f > was-file && echo p > pipe && \
              git add -A && git commit -q -m dirs && \
-             rm -rf src etc was-file && ln -s \"$origin\" src && ln -s / etc && \
+             rm -rf src etc was-file pipe && ln -s \"$origin\" src && ln -s / etc && mkfifo pipe && \
              mkdir was-file && echo inside > was-file/inner.txt && echo swapped"
                 .to_owned()
         });
@@ -289,6 +290,10 @@ fn a_directory_the_task_swaps_for_a_link_is_saved_as_the_link() {
             env.git(&["show", &format!("{branch}:was-file/inner.txt")]),
             "inside",
             "{user}: a file swapped for a directory"
+        );
+        assert!(
+            !files.contains("\tpipe"),
+            "{user}: a FIFO holds nothing to save: {files}"
         );
         assert_eq!(
             env.git(&["show", &format!("{branch}~1:src/a.txt")]),

@@ -303,6 +303,30 @@ fn cleanup_branches_deletes_only_empty_ones() {
 }
 
 #[test]
+fn cleanup_branches_leaves_the_branch_of_a_running_task() {
+    require_docker!();
+    let env = TestEnv::new();
+    env.git_project(IMAGE, "");
+    // Its branch is still at its base while it runs: empty, but in use.
+    let running = env.spawn_task("write out.txt data; sleep 300", &[]);
+    env.wait_running();
+    running.wait_stderr("task ", Duration::from_secs(10));
+    let id = helper::task_id(&running.stderr_text());
+    let dry = env.ok(&["cleanup", "--branches", "--dry-run"]);
+    assert!(!dry.contains(&format!("orch/{id}")), "{dry}");
+    env.ok(&["cleanup", "--branches"]);
+    assert_eq!(
+        env.git(&["branch", "--list", "orch/*"]).trim(),
+        format!("orch/{id}"),
+        "the running task's branch is still there"
+    );
+    env.ok(&["cancel", &id]);
+    let finished = running.wait(Duration::from_secs(60));
+    assert_eq!(finished.code(), Some(130), "{}", finished.stderr);
+    assert!(env.containers().is_empty());
+}
+
+#[test]
 fn workspace_input_errors_are_clear_and_create_nothing() {
     require_docker!();
     let env = TestEnv::new();

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::Error;
 use crate::context::Ctx;
 use crate::runtime::{ContainerSpec, Mount, Ownership};
-use crate::teardown::WorkspaceTarget;
+use crate::teardown::{RepoFacts, WorkspaceTarget};
 
 /// How long the privileged removal container may run.
 const HELPER_DEADLINE: Duration = Duration::from_secs(120);
@@ -162,6 +162,19 @@ pub(crate) async fn lock(
     }
 }
 
+/// The workspace a teardown target names, in the repository its record
+/// holds.
+fn known(layout: &Layout, target: &WorkspaceTarget, repo: &RepoFacts) -> Result<Workspace, Error> {
+    let stored = Repo::stored(&repo.top, &repo.git_dir);
+    Ok(Workspace::planned(
+        layout,
+        &stored,
+        &target.project,
+        &target.dir_name,
+        &repo.base,
+    )?)
+}
+
 /// Brings a started workspace's work home ahead of its removal (see
 /// [`crate::teardown::Teardown::saves_ahead`]), handing its lock back.
 /// `None` if that failed: [`remove`] then saves, and reports, as usual. No
@@ -176,16 +189,8 @@ pub(crate) async fn save_ahead(
         return (None, Some(lock));
     };
     let layout = ctx.home.layout();
-    let stored = Repo::stored(&repo.top, &repo.git_dir);
-    let workspace = match Workspace::planned(
-        &layout,
-        &stored,
-        &target.project,
-        &target.dir_name,
-        &repo.base,
-    ) {
-        Ok(workspace) => workspace,
-        Err(_) => return (None, Some(lock)),
+    let Ok(workspace) = known(&layout, target, repo) else {
+        return (None, Some(lock));
     };
     let saving = tokio::task::spawn_blocking(move || {
         let saved = workspace.save_for_removal(&layout, &lock, unsaved);
@@ -240,14 +245,7 @@ pub(crate) async fn remove(
             took: Duration::ZERO,
         });
     };
-    let stored = Repo::stored(&repo.top, &repo.git_dir);
-    let workspace = Workspace::planned(
-        &layout,
-        &stored,
-        &target.project,
-        &target.dir_name,
-        &repo.base,
-    )?;
+    let workspace = known(&layout, target, repo)?;
     if !started {
         let path = workspace.path.clone();
         blocking(move || {

@@ -258,11 +258,7 @@ impl Workspace {
     }
 
     fn save_through(&self, layout: &Layout, shadow: &Path) -> Result<Saved, Error> {
-        let object_format = self.user_git(layout).run(
-            "read the repository's object format",
-            &["rev-parse", "--show-object-format"],
-        )?;
-        make_bare_repo(shadow, &object_format)?;
+        make_bare_repo(shadow, self.object_format())?;
         let allowed = self.repo.object_dirs();
         // What the save could not do as asked, for one warning.
         let mut notes: Vec<String> = Vec::new();
@@ -351,17 +347,17 @@ impl Workspace {
                 .map(|p| p.strip_prefix(&self.path).unwrap_or(p).to_path_buf())
                 .collect()
         };
-        let left_out_first = relative(&budget.left_out);
-        if budget.left_out_count > 0 {
+        let left_out_first = relative(&budget.left_out.first);
+        if budget.left_out.count > 0 {
             notes.push(format!(
                 "{} too large to save were left out of its branch",
-                listed(&left_out_first, budget.left_out_count)
+                listed(&left_out_first, budget.left_out.count)
             ));
         }
-        if budget.special_count > 0 {
+        if budget.special.count > 0 {
             notes.push(format!(
                 "{} that git cannot store (FIFOs, sockets or devices) are absent from its branch",
-                listed(&relative(&budget.special), budget.special_count)
+                listed(&relative(&budget.special.first), budget.special.count)
             ));
         }
         if !nested.is_empty() {
@@ -395,7 +391,7 @@ impl Workspace {
             tip: Some(tip),
             imported,
             warning: (!notes.is_empty()).then(|| notes.join("; ")),
-            left_out: budget.left_out_count,
+            left_out: budget.left_out.count,
             left_out_first,
         })
     }
@@ -569,6 +565,16 @@ impl Workspace {
         Ok(())
     }
 
+    /// The object format of the user's repository, as the length of the
+    /// base commit's id (which git gave orch) says.
+    fn object_format(&self) -> &'static str {
+        if self.base.len() == 64 {
+            "sha256"
+        } else {
+            "sha1"
+        }
+    }
+
     /// Removes a workspace in which no task ever ran, and its branch if it
     /// is still where orch made it: nothing of the task is left.
     pub fn unwind(&self, layout: &Layout, _lock: &TaskLock) -> Result<(), Error> {
@@ -602,13 +608,6 @@ fn make_bare_repo(dir: &Path, object_format: &str) -> Result<(), Error> {
     }
     let config = match object_format {
         "sha1" => "[core]\n\trepositoryformatversion = 0\n\tbare = true\n".to_owned(),
-        other if !other.bytes().all(|b| b.is_ascii_alphanumeric()) => {
-            return Err(Error::io(
-                "use the object format of",
-                dir,
-                std::io::ErrorKind::InvalidData.into(),
-            ));
-        }
         other => format!(
             "[core]\n\trepositoryformatversion = 1\n\tbare = true\n[extensions]\n\tobjectformat = {other}\n"
         ),
@@ -635,29 +634,49 @@ pub(crate) const MAX_SAVED_BYTES: u64 = 1 << 30;
 /// All files of a task's uncommitted work saved, in number.
 const MAX_SAVED_FILES: usize = 200_000;
 
+/// Files a save could not take: how many, the first of them named.
+#[derive(Debug, Default)]
+struct Named {
+    /// The first of them (absolute paths).
+    first: Vec<PathBuf>,
+    /// How many.
+    count: usize,
+}
+
+impl Named {
+    fn add(&mut self, path: &Path) {
+        if self.first.len() < SHOWN_LEFT_OUT {
+            self.first.push(path.to_path_buf());
+        }
+        self.count += 1;
+    }
+}
+
 /// What saving a task's uncommitted work may still take; what it could
 /// not take is left out.
 #[derive(Debug, Default)]
 struct Budget {
     files: usize,
     bytes: u64,
-    /// The first files left out (absolute paths).
-    left_out: Vec<PathBuf>,
-    /// How many were left out.
-    left_out_count: usize,
-    /// The first files that hold no data git can store (FIFOs, sockets,
-    /// devices), absolute paths; staged as deleted.
-    special: Vec<PathBuf>,
-    /// How many there were.
-    special_count: usize,
+    /// Files too large to take.
+    left_out: Named,
+    /// Files that hold no data git can store (FIFOs, sockets, devices);
+    /// staged as deleted.
+    special: Named,
 }
 
 impl Budget {
-    /// Takes the file at `path` (its metadata not followed through links)
-    /// if it fits, or if `as_in_tree` says the parent's tree holds a blob
-    /// of its length not yet claimed; else leaves it out.
-    fn take(&mut self, path: &Path, as_in_tree: impl FnOnce(u64) -> bool) -> bool {
-        let Ok(meta) = path.symlink_metadata() else {
+    /// Takes the file at `path` (`meta`: its metadata, not followed through
+    /// links; `None` if it is gone) if it fits, or if `as_in_tree` says the
+    /// parent's tree holds a blob of its length not yet claimed; else
+    /// leaves it out.
+    fn take(
+        &mut self,
+        path: &Path,
+        meta: Option<&std::fs::Metadata>,
+        as_in_tree: impl FnOnce(u64) -> bool,
+    ) -> bool {
+        let Some(meta) = meta else {
             // Deleted: nothing to read.
             return true;
         };
@@ -672,10 +691,7 @@ impl Budget {
         } else if as_in_tree(len) {
             return true;
         } else {
-            if self.left_out.len() < SHOWN_LEFT_OUT {
-                self.left_out.push(path.to_path_buf());
-            }
-            self.left_out_count += 1;
+            self.left_out.add(path);
         }
         fits
     }
@@ -819,21 +835,17 @@ fn stage(
             .rposition(|b| *b == b'/')
             .map_or(&rel[..0], |i| &rel[..i]);
         let path = work_tree.join(std::ffi::OsStr::from_bytes(rel));
-        let kind = path.symlink_metadata().map(|m| m.file_type());
-        let special = kind
-            .as_ref()
-            .is_ok_and(|k| !k.is_file() && !k.is_dir() && !k.is_symlink());
+        let meta = path.symlink_metadata().ok();
+        let kind = meta.as_ref().map(std::fs::Metadata::file_type);
+        let special = kind.is_some_and(|k| !k.is_file() && !k.is_dir() && !k.is_symlink());
         if special {
             // A FIFO, socket or device where a file was: nothing to store,
             // and `update-index` would refuse the whole list for it.
-            if budget.special.len() < SHOWN_LEFT_OUT {
-                budget.special.push(path.clone());
-            }
-            budget.special_count += 1;
+            budget.special.add(&path);
         }
         if special
             || !real_dir(work_tree, parent_dir, &mut directories)
-            || kind.is_ok_and(|k| k.is_dir())
+            || kind.is_some_and(|k| k.is_dir())
         {
             dropped.extend_from_slice(rel);
             dropped.push(0);
@@ -852,7 +864,7 @@ fn stage(
                 _ => false,
             }
         };
-        if budget.take(&path, as_in_tree) {
+        if budget.take(&path, meta.as_ref(), as_in_tree) {
             taken.extend_from_slice(rel);
             taken.push(0);
         }

@@ -84,6 +84,20 @@ impl Proxy {
         self.shared.mode.store(mode as u8, Ordering::SeqCst);
     }
 
+    /// The engine out of reach: every connection open now cut, new ones
+    /// refused until the mode is set back.
+    pub(crate) fn cut(&self) {
+        self.set(Mode::Refuse);
+        self.drop_connections();
+    }
+
+    /// The engine out of reach for `length`, then back.
+    pub(crate) fn outage(&self, length: std::time::Duration) {
+        self.cut();
+        std::thread::sleep(length);
+        self.set(Mode::Pass);
+    }
+
     /// Cuts every connection open now, mid-request or not.
     pub(crate) fn drop_connections(&self) {
         for stream in self.shared.open.lock().unwrap().drain(..) {

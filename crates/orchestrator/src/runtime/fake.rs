@@ -110,6 +110,20 @@ impl FakeRuntime {
         Ok(())
     }
 
+    /// The scripted output and the exit of container `name`.
+    fn output_of(
+        &self,
+        action: &'static str,
+        name: &str,
+    ) -> Result<(Vec<&'static str>, watch::Receiver<Option<i64>>), RuntimeError> {
+        let inner = self.lock();
+        let container = inner
+            .containers
+            .get(name)
+            .ok_or_else(|| Self::missing(action, name))?;
+        Ok((inner.behaviour.output.clone(), container.exit.subscribe()))
+    }
+
     fn missing(action: &'static str, name: &str) -> RuntimeError {
         RuntimeError::Refused {
             action,
@@ -170,14 +184,7 @@ impl Runtime for FakeRuntime {
 
     async fn attach(&self, name: &str) -> Result<OutputStream, RuntimeError> {
         self.call("attach", name)?;
-        let (output, mut exit) = {
-            let inner = self.lock();
-            let container = inner
-                .containers
-                .get(name)
-                .ok_or_else(|| Self::missing("attach to container", name))?;
-            (inner.behaviour.output.clone(), container.exit.subscribe())
-        };
+        let (output, exit) = self.output_of("attach to container", name)?;
         if let Some(after) = self.lock().behaviour.attach_breaks_after {
             let delivered = futures_util::stream::iter(
                 output
@@ -194,25 +201,13 @@ impl Runtime for FakeRuntime {
             });
             return Ok(Box::pin(delivered.chain(broken)));
         }
-        let stream = async_stream(output, async move {
-            let _ = exit.wait_for(Option::is_some).await;
-        });
-        Ok(stream)
+        Ok(until_exit(output, exit))
     }
 
     async fn logs(&self, name: &str) -> Result<OutputStream, RuntimeError> {
         self.call("logs", name)?;
-        let (output, mut exit) = {
-            let inner = self.lock();
-            let container = inner
-                .containers
-                .get(name)
-                .ok_or_else(|| Self::missing("read the output of", name))?;
-            (inner.behaviour.output.clone(), container.exit.subscribe())
-        };
-        Ok(async_stream(output, async move {
-            let _ = exit.wait_for(Option::is_some).await;
-        }))
+        let (output, exit) = self.output_of("read the output of", name)?;
+        Ok(until_exit(output, exit))
     }
 
     async fn start(&self, name: &str) -> Result<(), RuntimeError> {
@@ -334,11 +329,12 @@ impl Runtime for FakeRuntime {
     }
 }
 
-/// The scripted output, then the end of the stream once `ended` resolves.
-fn async_stream(
-    output: Vec<&'static str>,
-    ended: impl Future<Output = ()> + Send + 'static,
-) -> OutputStream {
+/// The scripted output, then the end of the stream once the container
+/// has exited.
+fn until_exit(output: Vec<&'static str>, mut exit: watch::Receiver<Option<i64>>) -> OutputStream {
+    let ended = async move {
+        let _ = exit.wait_for(Option::is_some).await;
+    };
     let chunks = futures_util::stream::iter(
         output
             .into_iter()

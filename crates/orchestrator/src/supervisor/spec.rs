@@ -7,8 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::config::valid_env_key;
-use crate::config::{GlobalConfig, Overrides};
+use crate::config::{GlobalConfig, Overrides, valid_env_key};
 use crate::run::TaskRequest;
 use crate::{ConfigError, parse_duration};
 
