@@ -93,7 +93,21 @@ impl Observer for Terminal {
                 self.note("orch: forcing: killing and removing the container now");
             }
             Event::Notice(message) => self.note(&format!("orch: {}", safe(&message))),
-            Event::Workspace(WorkspaceFate::Kept { path, branch }) => {
+            Event::Workspace(WorkspaceFate::Kept {
+                path,
+                branch,
+                saved_commit,
+                warning,
+            }) => {
+                if let Some(warning) = warning {
+                    self.note(&format!("orch: warning: {}", safe(&warning)));
+                }
+                if let (Some(commit), Some(branch)) = (saved_commit, &branch) {
+                    let short = commit.get(..12).unwrap_or(&commit);
+                    self.note(&format!(
+                        "orch: uncommitted work saved to {branch} ({short})"
+                    ));
+                }
                 let branch = branch.map(|b| format!(" (branch {b})")).unwrap_or_default();
                 self.note(&format!(
                     "orch: workspace kept at {}{branch}",

@@ -48,12 +48,18 @@ pub enum WorkspaceFate {
         /// Time the removal took.
         took: Duration,
     },
-    /// Kept for debugging (or on request).
+    /// Kept for debugging (or on request): its work brought to its branch
+    /// first, and its git directory replaced by one of orch's making, so
+    /// that plain git there runs nothing the task wrote.
     Kept {
         /// The workspace's path.
         path: PathBuf,
         /// The branch.
         branch: Option<String>,
+        /// The commit made of uncommitted work, if any.
+        saved_commit: Option<String>,
+        /// Something the user should know about the saving, if anything.
+        warning: Option<String>,
     },
     /// No task ever ran in it: removed with its untouched branch.
     Unwound {
@@ -199,6 +205,67 @@ pub(crate) async fn save_ahead(
     match saving.await {
         Ok((saved, lock)) => (saved.ok(), Some(lock)),
         Err(_) => (None, None),
+    }
+}
+
+/// Keeps a started task's workspace whose lock is held: its work brought
+/// home to its branch (what cannot be saved stays in it), then handed back
+/// with a git directory of orch's making ([`Workspace::hand_back`]). A
+/// failure of either is said in the fate's warning: the workspace is kept
+/// all the same.
+pub(crate) async fn keep(ctx: &Ctx, target: &WorkspaceTarget, lock: TaskLock) -> WorkspaceFate {
+    let kept = |saved_commit, warning| WorkspaceFate::Kept {
+        path: target.path.clone(),
+        branch: target
+            .repo
+            .as_ref()
+            .map(|_| format!("orch/{}", target.dir_name)),
+        saved_commit,
+        warning,
+    };
+    let Some(repo) = &target.repo else {
+        return kept(None, None);
+    };
+    let layout = ctx.home.layout();
+    let workspace = match known(&layout, target, repo) {
+        Ok(workspace) => workspace,
+        Err(e) => return kept(None, Some(format!("{e:#}"))),
+    };
+    let settled = tokio::task::spawn_blocking(move || {
+        let mut notes = Vec::new();
+        let saved = match workspace.save(&layout, &lock) {
+            Ok(saved) => {
+                notes.extend(saved.warning.clone());
+                Some(saved)
+            }
+            Err(e) => {
+                notes.push(format!(
+                    "its work could not be saved ({}); it stays in the workspace",
+                    crate::runtime::display_chain(&e)
+                ));
+                None
+            }
+        };
+        let tip = saved
+            .as_ref()
+            .and_then(|s| s.tip.clone())
+            .unwrap_or_else(|| workspace.branch_tip(&layout));
+        if let Err(e) = workspace.hand_back(&layout, &lock, &tip) {
+            notes.push(format!(
+                "its git directory could not be replaced ({}): git there may run what the task wrote",
+                crate::runtime::display_chain(&e)
+            ));
+        }
+        drop(lock);
+        (
+            saved.and_then(|s| s.pending_commit),
+            (!notes.is_empty()).then(|| notes.join("; ")),
+        )
+    })
+    .await;
+    match settled {
+        Ok((commit, warning)) => kept(commit, warning),
+        Err(e) => kept(None, Some(format!("failed to settle the workspace: {e}"))),
     }
 }
 

@@ -58,6 +58,15 @@ pub enum Error {
         /// Its deadline.
         after: std::time::Duration,
     },
+    /// Bringing a task's work home did not finish within its deadline; the
+    /// workspace is kept.
+    #[error("saving the task's work did not finish within {after:?} (it was at: {action}); the workspace is kept")]
+    SaveDeadline {
+        /// The step it was at.
+        action: &'static str,
+        /// The deadline of the whole save.
+        after: std::time::Duration,
+    },
     /// The project is not a git repository, so it cannot have worktrees.
     #[error(
         "project directory {} is not in a git repository: run `git init` there, \
@@ -72,8 +81,8 @@ pub enum Error {
     /// rest was saved, and the workspace is kept so that nothing is lost.
     #[error(
         "{} too large to save to its branch (over {} MiB each or {} MiB in all; the rest was saved)",
-        crate::workspace::listed(first, *left_out), crate::workspace::MAX_SAVED_FILE >> 20,
-        crate::workspace::MAX_SAVED_BYTES >> 20
+        crate::workspace::listed(first, *left_out), crate::save::MAX_SAVED_FILE >> 20,
+        crate::save::MAX_SAVED_BYTES >> 20
     )]
     TooLargeToSave {
         /// The workspace (named by whoever reports it kept).
@@ -82,6 +91,16 @@ pub enum Error {
         left_out: usize,
         /// The first of them, relative to it.
         first: Vec<PathBuf>,
+    },
+    /// None of the task's uncommitted files could be handed to git (the
+    /// reason names the file); its commits were saved, and the workspace is
+    /// kept so that nothing is lost.
+    #[error("its uncommitted files were not saved ({why}); the rest was saved")]
+    NotSaved {
+        /// The workspace (named by whoever reports it kept).
+        path: PathBuf,
+        /// Why.
+        why: String,
     },
     /// Files in the workspace cannot be removed by this user (a task running
     /// as root left them); removal needs a privileged helper.
@@ -123,4 +142,16 @@ impl Error {
             source,
         }
     }
+}
+
+/// An error and its causes on one line.
+pub(crate) fn one_line(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text.replace(['\n', '\r'], " ")
 }

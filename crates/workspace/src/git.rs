@@ -15,8 +15,14 @@
 //!   so no filter, textconv or diff driver is defined anywhere: an
 //!   attribute that names one does nothing;
 //! - no inherited `GIT_*` variable, no prompt, no pager, stdin closed;
-//! - a timeout, after which the child is killed; work inside orch's own
+//! - a timeout, after which the child is killed, and for a series of
+//!   calls (a save) one deadline for them all; work inside orch's own
 //!   directories also dies with orch;
+//! - an address-space limit (`RLIMIT_AS`, [`GIT_MEMORY`]) and small pack
+//!   windows, so data a task made (a tree that expands without end, a
+//!   delta chain) cannot make a host git grow until the machine swaps;
+//! - no global excludes or attributes file of the user's: what a task's
+//!   save holds does not depend on the host's `~/.config/git`;
 //! - git's own lock files ("Unable to create '…lock'") retried with a
 //!   bounded, jittered backoff, since another process may hold them for a
 //!   moment.
@@ -34,6 +40,63 @@ pub(crate) const META_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const HEAVY_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long git's lock files are waited for in all.
 const LOCK_RETRY: Duration = Duration::from_secs(10);
+/// The address space one host git may take: far more than any step orch
+/// asks of git needs (pack windows are kept small below), far less than a
+/// machine's memory. `ORCH_GIT_MEMORY` (bytes, or with a k/m/g suffix)
+/// changes it.
+pub(crate) const GIT_MEMORY: u64 = 4 << 30;
+
+/// The address-space limit of host git: [`GIT_MEMORY`] unless
+/// `ORCH_GIT_MEMORY` says otherwise (read once).
+fn git_memory() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("ORCH_GIT_MEMORY")
+            .ok()
+            .and_then(|text| parse_size(&text))
+            .unwrap_or(GIT_MEMORY)
+    })
+}
+
+/// `123`, `512k`, `64m`, `4g` as bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim().to_ascii_lowercase();
+    let (digits, shift) = match text.chars().last()? {
+        'k' => (&text[..text.len() - 1], 10),
+        'm' => (&text[..text.len() - 1], 20),
+        'g' => (&text[..text.len() - 1], 30),
+        _ => (text.as_str(), 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| *n >= 64 << 20)
+}
+
+/// One deadline shared by a series of git calls (a save): each call gets
+/// what is left of it, at most its own timeout.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    /// When the series must be over.
+    pub(crate) at: Instant,
+    /// Its whole length, for messages.
+    pub(crate) length: Duration,
+}
+
+impl Deadline {
+    pub(crate) fn after(length: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now() + length,
+            length,
+        }
+    }
+
+    /// True once it has passed.
+    pub(crate) fn passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+}
 
 /// One git invocation, built up and then run.
 #[derive(Debug, Clone)]
@@ -49,6 +112,8 @@ pub(crate) struct Git {
     dies_with_orch: bool,
     holding: Option<std::os::fd::RawFd>,
     stdin_file: Option<PathBuf>,
+    deadline: Option<Deadline>,
+    memory: u64,
 }
 
 impl Git {
@@ -75,6 +140,8 @@ impl Git {
             dies_with_orch: false,
             holding: None,
             stdin_file: None,
+            deadline: None,
+            memory: git_memory(),
         }
     }
 
@@ -144,7 +211,38 @@ impl Git {
         self
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// The address space git may take (default [`GIT_MEMORY`]).
+    #[cfg(test)]
+    pub(crate) fn memory(mut self, bytes: u64) -> Git {
+        self.memory = bytes;
+        self
+    }
+
+    /// The call is one of a series that must be over by `deadline`: it gets
+    /// what is left of it (at most its own timeout), and fails with
+    /// [`Error::SaveDeadline`] once it has passed.
+    pub(crate) fn deadline(mut self, deadline: Deadline) -> Git {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// How long this call may take now, and whether that is the series'
+    /// deadline rather than its own timeout.
+    fn time_left(&self) -> (Duration, bool) {
+        match &self.deadline {
+            Some(d) => {
+                let left = d.at.saturating_duration_since(Instant::now());
+                if left < self.timeout {
+                    (left, true)
+                } else {
+                    (self.timeout, false)
+                }
+            }
+            None => (self.timeout, false),
+        }
+    }
+
+    fn command<A: AsRef<std::ffi::OsStr>>(&self, args: &[A]) -> Command {
         let mut cmd = Command::new("git");
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("GIT_") {
@@ -177,6 +275,18 @@ impl Git {
             "maintenance.auto=false",
             "protocol.file.allow=always",
             "advice.detachedHead=false",
+            // Pack windows small and few: a host git's memory stays well
+            // under its address-space limit whatever the packs hold.
+            "core.packedGitWindowSize=32m",
+            "core.packedGitLimit=256m",
+            "pack.threads=2",
+            // A reverse index next to a task's pack is the task's data.
+            "pack.readReverseIndex=false",
+            // The user's own ~/.config/git/{ignore,attributes} would make a
+            // save hold less (or convert more) than git inside the task
+            // would.
+            "core.excludesFile=/dev/null",
+            "core.attributesFile=/dev/null",
         ] {
             cmd.arg("-c").arg(setting);
         }
@@ -185,11 +295,28 @@ impl Git {
             .env("GIT_OPTIONAL_LOCKS", "0")
             .env("GIT_PAGER", "cat")
             .env("LC_ALL", "C")
+            // One malloc arena per thread would count against the address
+            // space limit for nothing.
+            .env("MALLOC_ARENA_MAX", "2")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // Its own process group: a timeout kills git and whatever it ran.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let memory = self.memory;
+        // SAFETY: setrlimit is async-signal-safe and touches no memory of
+        // ours.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                let limit = rustix::process::Rlimit {
+                    current: Some(memory),
+                    maximum: Some(memory),
+                };
+                rustix::process::setrlimit(rustix::process::Resource::As, limit)
+                    .map_err(Into::into)
+            });
+        }
         if self.isolated {
             cmd.env("GIT_CONFIG_NOSYSTEM", "1")
                 .env("GIT_CONFIG_GLOBAL", "/dev/null");
@@ -240,14 +367,22 @@ impl Git {
 
     /// Runs git; returns its stdout, trimmed, or an error carrying git's
     /// stderr on one line. Lock-file conflicts are retried.
-    pub(crate) fn run(&self, action: &'static str, args: &[&str]) -> Result<String, Error> {
+    pub(crate) fn run<A: AsRef<std::ffi::OsStr>>(
+        &self,
+        action: &'static str,
+        args: &[A],
+    ) -> Result<String, Error> {
         let out = self.run_bytes(action, args)?;
         Ok(String::from_utf8_lossy(&out).trim().to_owned())
     }
 
     /// As [`Git::run`], with stdout as git wrote it (paths need not be
     /// UTF-8).
-    pub(crate) fn run_bytes(&self, action: &'static str, args: &[&str]) -> Result<Vec<u8>, Error> {
+    pub(crate) fn run_bytes<A: AsRef<std::ffi::OsStr>>(
+        &self,
+        action: &'static str,
+        args: &[A],
+    ) -> Result<Vec<u8>, Error> {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
@@ -263,7 +398,11 @@ impl Git {
         }
     }
 
-    fn run_once(&self, action: &'static str, args: &[&str]) -> Result<Vec<u8>, Error> {
+    fn run_once<A: AsRef<std::ffi::OsStr>>(
+        &self,
+        action: &'static str,
+        args: &[A],
+    ) -> Result<Vec<u8>, Error> {
         let started = Instant::now();
         let result = self.run_once_untimed(action, args);
         tracing::debug!(
@@ -275,8 +414,18 @@ impl Git {
         result
     }
 
-    fn run_once_untimed(&self, action: &'static str, args: &[&str]) -> Result<Vec<u8>, Error> {
+    fn run_once_untimed<A: AsRef<std::ffi::OsStr>>(
+        &self,
+        action: &'static str,
+        args: &[A],
+    ) -> Result<Vec<u8>, Error> {
         let place = self.place();
+        if let Some(deadline) = self.deadline.filter(Deadline::passed) {
+            return Err(Error::SaveDeadline {
+                action,
+                after: deadline.length,
+            });
+        }
         let mut cmd = self.command(args);
         if let Some(path) = &self.stdin_file {
             let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
@@ -287,14 +436,21 @@ impl Git {
             .map_err(|e| Error::io("run git in", &place, e))?;
         let stdout = reader(child.stdout.take());
         let stderr = reader(child.stderr.take());
-        let status = wait_with_deadline(&mut child, self.timeout);
+        let (limit, series) = self.time_left();
+        let status = wait_with_deadline(&mut child, limit);
         let out = stdout.join().unwrap_or_default();
         let err = stderr.join().unwrap_or_default();
         let Some(status) = status.map_err(|e| Error::io("wait for git in", &place, e))? else {
+            if let (true, Some(deadline)) = (series, &self.deadline) {
+                return Err(Error::SaveDeadline {
+                    action,
+                    after: deadline.length,
+                });
+            }
             return Err(Error::GitTimeout {
                 action,
                 dir: place,
-                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                args: shown_args(args),
                 after: self.timeout,
             });
         };
@@ -310,11 +466,127 @@ impl Git {
             Err(Error::Git {
                 action,
                 dir: place,
-                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                args: shown_args(args),
                 stderr: lines.join("; "),
             })
         }
     }
+}
+
+/// A `git cat-file --batch` reading objects one at a time, as long as it
+/// is wanted, killed (its whole process group) when its call's time is up.
+pub(crate) struct Batch {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// Dropped to tell the killer thread the batch ended in time.
+    ended: Option<std::sync::mpsc::Sender<()>>,
+    killer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Git {
+    /// Starts `cat-file --batch` with this call's settings; its time limit
+    /// (or what is left of the series' deadline) covers the whole batch.
+    pub(crate) fn batch(&self) -> Result<Batch, Error> {
+        let place = self.place();
+        let mut cmd = self.command(&["cat-file", "--batch"]);
+        cmd.stdin(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::io("run git in", &place, e))?;
+        let (stdin, stdout) = match (child.stdin.take(), child.stdout.take()) {
+            (Some(stdin), Some(stdout)) => (stdin, stdout),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::io(
+                    "talk to git in",
+                    &place,
+                    std::io::ErrorKind::BrokenPipe.into(),
+                ));
+            }
+        };
+        let (limit, _) = self.time_left();
+        let pid = child.id() as i32;
+        let (ended, wait) = std::sync::mpsc::channel::<()>();
+        let killer = std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+                if let Some(group) = rustix::process::Pid::from_raw(pid) {
+                    let _ =
+                        rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+                }
+            }
+        });
+        Ok(Batch {
+            child,
+            stdin: Some(stdin),
+            stdout: std::io::BufReader::new(stdout),
+            ended: Some(ended),
+            killer: Some(killer),
+        })
+    }
+}
+
+impl Batch {
+    /// The object `id`: its type and contents, `None` if it is missing.
+    /// Objects over `max` bytes are refused (`InvalidData`) without being
+    /// read. A batch killed at its deadline answers `TimedOut`.
+    pub(crate) fn read(
+        &mut self,
+        id: &str,
+        max: u64,
+    ) -> std::io::Result<Option<(String, Vec<u8>)>> {
+        use std::io::{BufRead, Write};
+        let broken = || std::io::Error::new(std::io::ErrorKind::TimedOut, "git stopped answering");
+        let stdin = self.stdin.as_mut().ok_or_else(broken)?;
+        stdin.write_all(format!("{id}\n").as_bytes())?;
+        stdin.flush()?;
+        let mut header = Vec::new();
+        (&mut self.stdout)
+            .take(1024)
+            .read_until(b'\n', &mut header)?;
+        if header.last() != Some(&b'\n') {
+            return Err(broken());
+        }
+        let header = String::from_utf8_lossy(&header);
+        let fields: Vec<&str> = header.split_whitespace().collect();
+        match fields.as_slice() {
+            [_, "missing"] | [_, "ambiguous"] => Ok(None),
+            [_, kind, size] => {
+                let size: u64 = size.parse().map_err(|_| broken())?;
+                if size > max {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("object {id} is {size} bytes, over {max}"),
+                    ));
+                }
+                let mut body = vec![0; usize::try_from(size).map_err(|_| broken())? + 1];
+                self.stdout.read_exact(&mut body)?;
+                body.pop();
+                Ok(Some(((*kind).to_owned(), body)))
+            }
+            _ => Err(broken()),
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        drop(self.ended.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(killer) = self.killer.take() {
+            let _ = killer.join();
+        }
+    }
+}
+
+/// Arguments as text, for messages.
+fn shown_args<A: AsRef<std::ffi::OsStr>>(args: &[A]) -> Vec<String> {
+    args.iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Collects a pipe on a thread of its own, so a chatty git never blocks on

@@ -49,6 +49,21 @@ impl Layout {
             .join(format!("{id}.git")))
     }
 
+    /// `<home>/workspaces/<project>/kept/<task_id>.git`: where the git
+    /// directory of a kept workspace's task goes, so that the workspace
+    /// handed back to the user holds a git directory of orch's making (one
+    /// the task never wrote) and is safe to use with plain git. Its saves
+    /// still read the task's repository here.
+    pub fn kept_git_dir(&self, project: &str, task_id: &str) -> Result<PathBuf, Error> {
+        let dir = self.task_dir(project, task_id)?;
+        let id = dir.file_name().unwrap_or_default().to_string_lossy();
+        Ok(self
+            .workspaces_root()
+            .join(project)
+            .join("kept")
+            .join(format!("{id}.git")))
+    }
+
     /// `<home>/workspaces`: every project's workspaces.
     pub fn workspaces_root(&self) -> PathBuf {
         self.home.join("workspaces")

@@ -21,11 +21,16 @@ pub mod du;
 mod error;
 pub mod failpoint;
 mod git;
+mod kept;
 mod layout;
 mod lock;
 mod remove;
+mod save;
+mod taskindex;
 mod taskrepo;
+mod treecheck;
 mod workspace;
+mod worktree;
 
 pub use branches::{EmptyBranch, delete_branch, empty_branches, prune_worktrees};
 pub use error::Error;
@@ -37,3 +42,5 @@ pub use workspace::{Mount, RemovedWorkspace, Saved, Unsaved, Workspace};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_save;

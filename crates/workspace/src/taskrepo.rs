@@ -2,29 +2,36 @@
 //!
 //! The task could write anything in its workspace, `.git` included, so
 //! nothing there is ever handed to git as a repository: git never reads its
-//! config, hooks, index, `commondir` or `gitdir` pointers. orch reads two
-//! things itself, without following a single symbolic link:
+//! config, hooks, index, `commondir`, `gitdir` pointers or alternates. orch
+//! reads these things itself, without following a single symbolic link:
 //!
 //! - which commit HEAD names: `.git/HEAD`, then the branch file it points at
 //!   or its line in `packed-refs` (regular files, size-bounded, names
 //!   checked);
-//! - where its objects are: `.git/objects`, a real directory with no
-//!   symbolic link anywhere below it and no alternates but the ones orch's
-//!   clone wrote. orch's own git directory then borrows those objects; the
-//!   receiving side re-hashes everything it takes, so an object can never
-//!   land under a false name.
+//! - where its objects are: the loose-object directories (`.git/objects/xx`)
+//!   and `.git/objects/pack`, real directories of regular files only, within
+//!   bounds of count and size. orch's own git directory reaches them through
+//!   links orch makes to exactly those directories ([`link_objects`]), never
+//!   through `.git/objects` itself: git would read the task's
+//!   `objects/info/alternates` there (and follow it to any repository on the
+//!   host), so that file is never seen by any git orch runs. The receiving
+//!   side re-hashes everything it takes, so an object can never land under
+//!   a false name.
 //!
 //! If any of that does not hold, the task's git directory is not used at
 //! all; its files are still saved, on top of its branch as orch last knew
 //! it.
 
+use std::ffi::OsString;
 use std::fs::Metadata;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// How many entries under `.git/objects` are looked at before giving up on
-/// the task's objects (its own ones only: the user's are borrowed).
+/// How many entries of the task's object directories are looked at before
+/// giving up on its objects (its own ones only: the user's are borrowed).
 const MAX_OBJECT_ENTRIES: usize = 2_000_000;
+/// How many bytes of objects of its own a task's repository may hold.
+const MAX_OBJECT_BYTES: u64 = 4 << 30;
 /// The largest `HEAD` or branch file read.
 const MAX_REF_FILE: u64 = 4096;
 /// The largest `packed-refs` read.
@@ -36,8 +43,10 @@ pub(crate) enum TaskRepo {
     /// Its objects can be borrowed, and its HEAD names this commit (or is
     /// unborn: `None`).
     Usable {
-        /// The object directory.
+        /// Its object directory.
         objects: PathBuf,
+        /// The directories of it that hold objects (`xx` and `pack`).
+        parts: Vec<OsString>,
         /// The commit HEAD names, as a hex object id.
         head: Option<String>,
     },
@@ -45,46 +54,105 @@ pub(crate) enum TaskRepo {
     Unusable(String),
 }
 
-/// Reads the repository of the workspace at `workspace` as data.
-/// `allowed_alternates` are the object directories its alternates file may
-/// name (canonical).
-pub(crate) fn inspect(workspace: &Path, allowed_alternates: &[PathBuf]) -> TaskRepo {
-    match inspect_inner(workspace, allowed_alternates) {
+/// Reads the task's git directory `git` (normally `<workspace>/.git`) as
+/// data.
+pub(crate) fn inspect(git: &Path) -> TaskRepo {
+    match inspect_inner(git) {
         Ok(repo) => repo,
         Err(why) => TaskRepo::Unusable(why),
     }
 }
 
-fn inspect_inner(workspace: &Path, allowed: &[PathBuf]) -> Result<TaskRepo, String> {
-    let git = workspace.join(".git");
-    real_dir(&git, ".git")?;
+fn inspect_inner(git: &Path) -> Result<TaskRepo, String> {
+    real_dir(git, ".git")?;
     let objects = git.join("objects");
     real_dir(&objects, ".git/objects")?;
-    no_links_below(&objects)?;
-    if lstat(&objects.join("info/http-alternates")).is_some() {
-        return Err(".git/objects/info/http-alternates exists".into());
-    }
-    let alternates = objects.join("info/alternates");
-    if let Some(meta) = lstat(&alternates) {
-        if !meta.is_file() || meta.len() > MAX_REF_FILE {
-            return Err(".git/objects/info/alternates is not a small regular file".into());
+    let parts = object_parts(&objects)?;
+    Ok(TaskRepo::Usable {
+        head: head(git)?,
+        objects,
+        parts,
+    })
+}
+
+/// The directories under `objects` that hold objects, each checked: real
+/// directories of regular files, within the bounds. Nothing else there is
+/// looked at (in particular not `info/`).
+fn object_parts(objects: &Path) -> Result<Vec<OsString>, String> {
+    let entries =
+        std::fs::read_dir(objects).map_err(|e| format!("cannot list .git/objects: {e}"))?;
+    let mut parts = Vec::new();
+    let mut seen = 0usize;
+    let mut bytes = 0u64;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot list .git/objects: {e}"))?;
+        let name = entry.file_name();
+        let text = name.to_string_lossy();
+        let holds_objects = text == "pack"
+            || (text.len() == 2 && text.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        if !holds_objects {
+            continue;
         }
-        let text = read_bounded(&alternates, MAX_REF_FILE)?;
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let named = objects.join(line).canonicalize().map_err(|_| {
-                format!(".git/objects/info/alternates names {line:?}, which does not exist")
-            })?;
-            if !allowed.contains(&named) {
+        let kind = entry
+            .file_type()
+            .map_err(|e| format!("cannot inspect .git/objects/{text}: {e}"))?;
+        if !kind.is_dir() {
+            return Err(format!(".git/objects/{text} is not a directory"));
+        }
+        let dir = entry.path();
+        let files =
+            std::fs::read_dir(&dir).map_err(|e| format!("cannot list .git/objects/{text}: {e}"))?;
+        for file in files {
+            let file = file.map_err(|e| format!("cannot list .git/objects/{text}: {e}"))?;
+            seen += 1;
+            if seen > MAX_OBJECT_ENTRIES {
+                return Err(".git/objects holds too many entries".into());
+            }
+            let meta = file
+                .metadata()
+                .map_err(|e| format!("cannot inspect {}: {e}", file.path().display()))?;
+            let shown = || {
+                format!(
+                    ".git/objects/{text}/{}",
+                    file.file_name().to_string_lossy()
+                )
+            };
+            if meta.file_type().is_symlink() {
+                return Err(format!("{} is a symbolic link", shown()));
+            }
+            if !meta.is_file() {
+                return Err(format!("{} is not a plain file", shown()));
+            }
+            bytes += meta.len();
+            if bytes > MAX_OBJECT_BYTES {
                 return Err(format!(
-                    ".git/objects/info/alternates names {line:?}, not the project's objects"
+                    ".git/objects holds more than {} MiB",
+                    MAX_OBJECT_BYTES >> 20
                 ));
             }
         }
+        parts.push(name);
     }
-    Ok(TaskRepo::Usable {
-        head: head(&git)?,
-        objects,
-    })
+    parts.sort();
+    Ok(parts)
+}
+
+/// Makes `view` an object directory of orch's own whose object-holding
+/// directories are links to the task's (`parts` of `objects`, as
+/// [`inspect`] checked them). `view` has no `info/` (no alternates, nothing
+/// else) for git to read.
+pub(crate) fn link_objects(
+    objects: &Path,
+    parts: &[OsString],
+    view: &Path,
+) -> Result<(), crate::Error> {
+    crate::layout::private_dir(view)?;
+    for part in parts {
+        let link = view.join(part);
+        std::os::unix::fs::symlink(objects.join(part), &link)
+            .map_err(|e| crate::Error::io("link", &link, e))?;
+    }
+    Ok(())
 }
 
 /// The commit HEAD names: `None` if HEAD names a branch with no commit yet.
@@ -212,42 +280,6 @@ fn read_bounded(path: &Path, limit: u64) -> Result<String, String> {
     Ok(text)
 }
 
-/// No symbolic link anywhere under `dir` (bounded walk).
-fn no_links_below(dir: &Path) -> Result<(), String> {
-    let mut stack = vec![dir.to_path_buf()];
-    let mut seen = 0usize;
-    while let Some(dir) = stack.pop() {
-        let entries =
-            std::fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-            seen += 1;
-            if seen > MAX_OBJECT_ENTRIES {
-                return Err(".git/objects holds too many entries".into());
-            }
-            let kind = entry
-                .file_type()
-                .map_err(|e| format!("cannot inspect {}: {e}", entry.path().display()))?;
-            if kind.is_symlink() {
-                return Err(format!(
-                    "{} is a symbolic link",
-                    entry
-                        .path()
-                        .strip_prefix(dir.parent().unwrap_or(&dir))
-                        .unwrap_or(&entry.path())
-                        .display()
-                ));
-            }
-            if kind.is_dir() {
-                stack.push(entry.path());
-            } else if !kind.is_file() {
-                return Err(format!("{} is not a plain file", entry.path().display()));
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,12 +297,12 @@ mod tests {
     #[test]
     fn reads_head_through_a_loose_or_packed_branch() {
         let (_tmp, git) = repo_dir();
-        let ws = git.parent().unwrap();
         std::fs::write(git.join("HEAD"), "ref: refs/heads/orch/x\n").unwrap();
         assert_eq!(
-            inspect(ws, &[]),
+            inspect(&git),
             TaskRepo::Usable {
                 objects: git.join("objects"),
+                parts: Vec::new(),
                 head: None
             },
             "unborn"
@@ -280,23 +312,22 @@ mod tests {
             format!("# pack\n{ID} refs/heads/orch/x\n"),
         )
         .unwrap();
-        assert!(matches!(inspect(ws, &[]), TaskRepo::Usable { head: Some(h), .. } if h == ID));
+        assert!(matches!(inspect(&git), TaskRepo::Usable { head: Some(h), .. } if h == ID));
         let other = ID.replace('0', "f");
         std::fs::write(git.join("refs/heads/orch/x"), format!("{other}\n")).unwrap();
-        assert!(matches!(inspect(ws, &[]), TaskRepo::Usable { head: Some(h), .. } if h == other));
+        assert!(matches!(inspect(&git), TaskRepo::Usable { head: Some(h), .. } if h == other));
         std::fs::write(git.join("HEAD"), format!("{ID}\n")).unwrap();
-        assert!(matches!(inspect(ws, &[]), TaskRepo::Usable { head: Some(h), .. } if h == ID));
+        assert!(matches!(inspect(&git), TaskRepo::Usable { head: Some(h), .. } if h == ID));
     }
 
     #[test]
     fn refuses_what_could_steer_a_reader() {
         let (tmp, git) = repo_dir();
-        let ws = git.parent().unwrap().to_path_buf();
         let elsewhere = tmp.path().join("elsewhere");
         std::fs::create_dir_all(&elsewhere).unwrap();
         std::fs::write(elsewhere.join("secret"), ID).unwrap();
         let unusable = |why: &str| {
-            let got = inspect(&ws, &[]);
+            let got = inspect(&git);
             assert!(
                 matches!(&got, TaskRepo::Unusable(w) if w.contains(why)),
                 "{why}: {got:?}"
@@ -318,23 +349,30 @@ mod tests {
         unusable("not a plain file");
         std::fs::remove_file(git.join("refs/heads/sub")).unwrap();
         std::fs::write(git.join("HEAD"), "ref: refs/heads/main").unwrap();
-        std::os::unix::fs::symlink(elsewhere.join("secret"), git.join("objects/ab")).unwrap();
-        unusable("symbolic link");
+        // An object directory that is a link, or holds one.
+        std::os::unix::fs::symlink(&elsewhere, git.join("objects/ab")).unwrap();
+        unusable("not a directory");
         std::fs::remove_file(git.join("objects/ab")).unwrap();
+        std::fs::create_dir(git.join("objects/ab")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("secret"), git.join("objects/ab/cd")).unwrap();
+        unusable("symbolic link");
+        std::fs::remove_file(git.join("objects/ab/cd")).unwrap();
+        // Alternates, http-alternates and anything else under info/ are
+        // never read: the view orch links holds no info/ at all.
         std::fs::write(
             git.join("objects/info/alternates"),
-            elsewhere.display().to_string(),
+            format!("{}\n", elsewhere.display()),
         )
         .unwrap();
-        unusable("not the project's objects");
-        assert!(matches!(
-            inspect(&ws, &[elsewhere.canonicalize().unwrap()]),
-            TaskRepo::Usable { .. }
-        ));
-        std::fs::remove_file(git.join("objects/info/alternates")).unwrap();
         std::fs::write(git.join("objects/info/http-alternates"), "http://x").unwrap();
-        unusable("http-alternates");
-        std::fs::remove_file(git.join("objects/info/http-alternates")).unwrap();
+        let TaskRepo::Usable { objects, parts, .. } = inspect(&git) else {
+            panic!("usable");
+        };
+        assert_eq!(parts, vec![OsString::from("ab")]);
+        let view = tmp.path().join("view");
+        link_objects(&objects, &parts, &view).unwrap();
+        assert!(view.join("ab").is_dir());
+        assert!(!view.join("info").exists());
         // .git itself replaced by a pointer file, or a link.
         std::fs::rename(&git, tmp.path().join("moved")).unwrap();
         std::fs::write(&git, "gitdir: /elsewhere").unwrap();

@@ -10,16 +10,16 @@ use crate::*;
 
 /// A user repository with one commit and an ignored pattern, a home, and a
 /// marker path outside everything that hostile tasks try to create.
-struct Fixture {
-    tmp: tempfile::TempDir,
-    repo: Repo,
-    layout: Layout,
-    base: String,
-    marker: PathBuf,
+pub(crate) struct Fixture {
+    pub(crate) tmp: tempfile::TempDir,
+    pub(crate) repo: Repo,
+    pub(crate) layout: Layout,
+    pub(crate) base: String,
+    pub(crate) marker: PathBuf,
 }
 
 /// git as the user (or the task) runs it, in `dir`.
-fn git(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -35,12 +35,12 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn fixture() -> Fixture {
+pub(crate) fn fixture() -> Fixture {
     fixture_with(&[])
 }
 
 /// A fixture whose repository is made by `git init` with `init` added.
-fn fixture_with(init: &[&str]) -> Fixture {
+pub(crate) fn fixture_with(init: &[&str]) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().canonicalize().unwrap();
     let project = root.join("project");
@@ -65,7 +65,7 @@ fn fixture_with(init: &[&str]) -> Fixture {
 }
 
 impl Fixture {
-    fn workspace(&self, id: &str) -> (Workspace, TaskLock) {
+    pub(crate) fn workspace(&self, id: &str) -> (Workspace, TaskLock) {
         let ws = Workspace::planned(&self.layout, &self.repo, "p", id, &self.base).unwrap();
         let lock = TaskLock::acquire(&self.layout, "p", id).unwrap();
         ws.create(&self.layout, &lock).unwrap();
@@ -75,7 +75,7 @@ impl Fixture {
     /// Everything of the user's repository a task must not change: its
     /// config, hooks, HEAD, index, every ref (but task branches, listed
     /// apart) and the working tree.
-    fn user_state(&self) -> (BTreeMap<PathBuf, Vec<u8>>, String) {
+    pub(crate) fn user_state(&self) -> (BTreeMap<PathBuf, Vec<u8>>, String) {
         let mut files = BTreeMap::new();
         let top = &self.repo.top;
         let mut stack = vec![top.clone()];
@@ -110,7 +110,7 @@ impl Fixture {
 }
 
 /// Makes `path` an executable script that creates the marker.
-fn hostile_script(path: &Path, marker: &Path) {
+pub(crate) fn hostile_script(path: &Path, marker: &Path) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -320,46 +320,6 @@ fn a_git_directory_the_task_points_elsewhere_is_never_followed() {
         );
     }
     assert_eq!(f.user_state(), before);
-}
-
-#[test]
-fn objects_the_task_links_or_borrows_from_elsewhere_are_refused() {
-    let f = fixture();
-    let (ws, lock) = f.workspace("0ccc");
-    let elsewhere = f.tmp.path().join("secret");
-    std::fs::write(&elsewhere, "private").unwrap();
-    std::fs::write(ws.path.join("work.txt"), "x\n").unwrap();
-    std::os::unix::fs::symlink(&elsewhere, ws.path.join(".git/objects/ab")).unwrap();
-    let removed = ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
-    assert!(
-        removed
-            .saved
-            .warning
-            .as_deref()
-            .is_some_and(|w| w.contains("symbolic link")),
-        "{:?}",
-        removed.saved
-    );
-    assert_eq!(git(&f.repo.top, &["show", "orch/0ccc:work.txt"]), "x");
-
-    let (ws, lock) = f.workspace("0ccd");
-    let other = f.tmp.path().join("other-objects");
-    std::fs::create_dir_all(&other).unwrap();
-    std::fs::write(
-        ws.path.join(".git/objects/info/alternates"),
-        format!("{}\n", other.display()),
-    )
-    .unwrap();
-    let removed = ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
-    assert!(
-        removed
-            .saved
-            .warning
-            .as_deref()
-            .is_some_and(|w| w.contains("alternates")),
-        "{:?}",
-        removed.saved
-    );
 }
 
 #[test]

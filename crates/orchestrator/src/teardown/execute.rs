@@ -176,11 +176,21 @@ pub(crate) async fn execute(
             Fate::Remove | Fate::Discard => false,
         };
         let settled = if keep {
-            drop(held_lock);
-            Ok(WorkspaceFate::Kept {
-                path: step.target.path.clone(),
-                branch: step.target.repo.as_ref().map(|_| branch_of(plan)),
-            })
+            let lock = match held_lock {
+                Some(lock) => Ok(lock),
+                None => workspace::lock(ctx, &step.target, options.lock_wait).await,
+            };
+            match lock {
+                // Saved and handed back safe to use; already so if kept
+                // before.
+                Ok(lock) if step.started => Ok(workspace::keep(ctx, &step.target, lock).await),
+                _ => Ok(WorkspaceFate::Kept {
+                    path: step.target.path.clone(),
+                    branch: step.target.repo.as_ref().map(|_| branch_of(plan)),
+                    saved_commit: None,
+                    warning: None,
+                }),
+            }
         } else {
             let lock = match held_lock {
                 Some(lock) => Ok(lock),

@@ -1,0 +1,854 @@
+//! Bringing a task's work home: its commits, and what it left uncommitted,
+//! onto `orch/<id>` in the user's repository, without running or obeying
+//! anything the task wrote.
+//!
+//! The save goes through a git directory orch makes for the occasion and
+//! the task never saw (a "shadow"). In order:
+//!
+//! 1. the task's git directory is read as data ([`crate::taskrepo`]): which
+//!    commit its HEAD names, and where its objects are; the shadow borrows
+//!    those objects through links orch makes to the object directories
+//!    themselves, so git never reads the task's alternates;
+//! 2. the tree of a HEAD the task made is measured before anything expands
+//!    it ([`crate::treecheck`]): one that would expand past millions of
+//!    paths is not used;
+//! 3. the work tree is walked by orch first ([`crate::worktree`]): a name
+//!    git would open that is not a regular file (a FIFO `.gitignore`), or a
+//!    nested repository no exclude pattern can name, means git is handed
+//!    none of the work tree;
+//! 4. the files are staged as `git add --all` inside the task would stage
+//!    them, read only where the task's own index ([`crate::taskindex`])
+//!    says they changed: an unchanged file, a submodule, a file outside a
+//!    sparse checkout or marked assume-unchanged keeps the blob the tree
+//!    holds; what is read counts against a budget of size and number;
+//! 5. the result becomes a commit (none if nothing changed), packed and
+//!    taken in by the user's repository with `index-pack --strict`, and the
+//!    branch moves with a compare-and-swap.
+//!
+//! The whole save has one deadline ([`save_deadline`]); every host git in it
+//! has an address-space limit. Whatever the save could not take, it says,
+//! and the workspace holding it is kept.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::git::{Deadline, Git, HEAVY_TIMEOUT};
+use crate::lock::RepoLock;
+use crate::taskindex::{self, TaskIndex};
+use crate::taskrepo::{self, TaskRepo};
+use crate::treecheck::{self, TREE_LIMITS};
+use crate::workspace::listed;
+use crate::{Error, Layout, Saved, TaskLock, Workspace, worktree};
+
+/// How long a whole save may take: `ORCH_SAVE_TIMEOUT` (seconds, or with
+/// an `s`/`m` suffix), else this.
+pub(crate) const SAVE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The deadline of one save.
+pub(crate) fn save_deadline() -> Duration {
+    std::env::var("ORCH_SAVE_TIMEOUT")
+        .ok()
+        .and_then(|text| {
+            let text = text.trim();
+            let (digits, unit) = match text.strip_suffix('m') {
+                Some(d) => (d, 60),
+                None => (text.strip_suffix('s').unwrap_or(text), 1),
+            };
+            digits.parse::<u64>().ok().map(|n| n * unit)
+        })
+        .filter(|secs| *secs > 0)
+        .map_or(SAVE_DEADLINE, Duration::from_secs)
+}
+
+/// How deep repositories inside repositories are followed.
+const MAX_NESTING: usize = 8;
+
+/// The largest file of a task's uncommitted work that is saved to its
+/// branch (by its length: a sparse file costs the task nothing to make,
+/// and git reads every byte of it).
+pub(crate) const MAX_SAVED_FILE: u64 = 100 << 20;
+/// All files of a task's uncommitted work read, in bytes.
+pub(crate) const MAX_SAVED_BYTES: u64 = 1 << 30;
+/// All files of a task's uncommitted work read, in number.
+const MAX_SAVED_FILES: usize = 200_000;
+/// How many left-out files are named.
+const SHOWN_LEFT_OUT: usize = 3;
+
+/// Files a save could not take: how many, the first of them named.
+#[derive(Debug, Default)]
+struct Named {
+    /// The first of them (absolute paths).
+    first: Vec<PathBuf>,
+    /// How many.
+    count: usize,
+}
+
+impl Named {
+    fn add(&mut self, path: &Path) {
+        if self.first.len() < SHOWN_LEFT_OUT {
+            self.first.push(path.to_path_buf());
+        }
+        self.count += 1;
+    }
+}
+
+/// What saving a task's uncommitted work may still read; what it cannot is
+/// left out. Only files the save reads count: a file the task's index
+/// shows unchanged is never read, whatever its size, and whatever the tree
+/// says of it.
+#[derive(Debug, Default)]
+struct Budget {
+    files: usize,
+    bytes: u64,
+    /// Files too large to take.
+    left_out: Named,
+    /// Files that hold no data git can store (FIFOs, sockets, devices).
+    special: Named,
+}
+
+impl Budget {
+    /// Takes a file of `len` bytes (0 for a link: stored as the name it
+    /// holds) if it fits; else leaves it out.
+    fn take(&mut self, path: &Path, len: u64) -> bool {
+        let fits = len <= MAX_SAVED_FILE
+            && self.bytes + len <= MAX_SAVED_BYTES
+            && self.files < MAX_SAVED_FILES;
+        if fits {
+            self.files += 1;
+            self.bytes += len;
+        } else {
+            self.left_out.add(path);
+        }
+        fits
+    }
+}
+
+impl Workspace {
+    /// Brings the task's work home: its commits (if its git directory is
+    /// usable) and whatever it left uncommitted become the tip of
+    /// `orch/<id>` in the user's repository. The caller holds the task's
+    /// lock, and the task is no longer running.
+    pub fn save(&self, layout: &Layout, _lock: &TaskLock) -> Result<Saved, Error> {
+        layout.prepare()?;
+        let shadow = layout.shadow_dir(&self.project, &self.task_id)?;
+        remove_dir_if_present(&shadow)?;
+        let saved = Save {
+            ws: self,
+            layout,
+            shadow: shadow.clone(),
+            deadline: Deadline::after(save_deadline()),
+            budget: Budget::default(),
+            nested: Vec::new(),
+            hazard: None,
+        }
+        .run();
+        let cleaned = remove_dir_if_present(&shadow);
+        let saved = saved?;
+        cleaned?;
+        Ok(saved)
+    }
+
+    /// The task's git directory: where orch moved it when it kept the
+    /// workspace, else the workspace's `.git`.
+    pub(crate) fn task_git_dir(&self, layout: &Layout) -> PathBuf {
+        match layout.kept_git_dir(&self.project, &self.task_id) {
+            Ok(kept) if kept.symlink_metadata().is_ok() => kept,
+            _ => self.path.join(".git"),
+        }
+    }
+}
+
+/// One save in progress.
+struct Save<'a> {
+    ws: &'a Workspace,
+    layout: &'a Layout,
+    shadow: PathBuf,
+    deadline: Deadline,
+    budget: Budget,
+    /// Repositories found inside the workspace, saved as plain files.
+    nested: Vec<PathBuf>,
+    /// Why none of the work tree was handed to git, if it was not.
+    hazard: Option<String>,
+}
+
+/// The tree entries of the commit the work goes on: mode and id by path.
+type Tracked = HashMap<Vec<u8>, (u32, String)>;
+
+impl Save<'_> {
+    fn run(mut self) -> Result<Saved, Error> {
+        let ws = self.ws;
+        let shadow = self.shadow.clone();
+        make_bare_repo(&shadow, object_format(&ws.base))?;
+        let id_len = ws.base.len() / 2;
+        let mut notes: Vec<String> = Vec::new();
+        let mut alternates = ws.repo.object_dirs();
+        let task_git = ws.task_git_dir(self.layout);
+        let mut head = None;
+        let mut hints = None;
+        match taskrepo::inspect(&task_git) {
+            TaskRepo::Usable {
+                objects,
+                parts,
+                head: h,
+            } => {
+                let view = shadow.join("task-objects");
+                taskrepo::link_objects(&objects, &parts, &view)?;
+                alternates.push(view);
+                head = h;
+                hints = taskindex::read(&task_git.join("index"), id_len);
+            }
+            TaskRepo::Unusable(why) => notes.push(format!(
+                "the task's git directory was not used ({why}): its commits were not brought in; its files were saved"
+            )),
+        }
+        let list: String = alternates
+            .iter()
+            .map(|d| format!("{}\n", d.display()))
+            .collect();
+        let alternates_file = shadow.join("objects/info/alternates");
+        std::fs::write(&alternates_file, list)
+            .map_err(|e| Error::io("write", &alternates_file, e))?;
+
+        let git = Git::at(self.layout, &shadow)
+            .isolated()
+            .dies_with_orch()
+            .deadline(self.deadline);
+        // The commit the work goes on top of: the task's HEAD if it names a
+        // commit there is (and one that can be checked out), else the
+        // branch as the user's repository has it.
+        let named = head.is_some();
+        let mut head = head.and_then(|h| {
+            let tree = git
+                .run(
+                    "check the task's HEAD",
+                    &["rev-parse", "--verify", "--quiet", &format!("{h}^{{tree}}")],
+                )
+                .ok()?;
+            Some((h, tree))
+        });
+        if named && head.is_none() {
+            if self.deadline.passed() {
+                return Err(Error::SaveDeadline {
+                    action: "check the task's HEAD",
+                    after: self.deadline.length,
+                });
+            }
+            notes.push(
+                "the task's HEAD names no commit there is: its commits were not brought in; its files were saved on its branch"
+                    .to_owned(),
+            );
+        }
+        if let Some((commit, tree)) = &head {
+            if *commit != ws.base {
+                if let Err(why) = treecheck::check(&git, tree, TREE_LIMITS) {
+                    if self.deadline.passed() {
+                        return Err(Error::SaveDeadline {
+                            action: "measure the task's tree",
+                            after: self.deadline.length,
+                        });
+                    }
+                    notes.push(format!(
+                        "the task's HEAD was not used ({why}): its commits were not brought in; its files were saved on its branch"
+                    ));
+                    head = None;
+                }
+            }
+        }
+        let mut imported = head.is_some();
+        let mut outcome = self.commit(&git, head, hints.as_ref());
+        if imported {
+            if let Err(e) = &outcome {
+                if matches!(e, Error::SaveDeadline { .. }) {
+                    return outcome.map(|_| Saved::default());
+                }
+                // Its HEAD names objects that are nowhere to be found (in
+                // another repository the task could name but not reach,
+                // say): its commits stay out, its files come home.
+                notes.push(format!(
+                    "the task's commits could not be brought in ({}): its files were saved on its branch",
+                    crate::error::one_line(e)
+                ));
+                self.budget = Budget::default();
+                self.nested.clear();
+                self.hazard = None;
+                imported = false;
+                outcome = self.commit(&git, None, hints.as_ref());
+            }
+        }
+        let (parent, tip) = outcome?;
+
+        let relative = |paths: &[PathBuf]| -> Vec<PathBuf> {
+            paths
+                .iter()
+                .map(|p| p.strip_prefix(&ws.path).unwrap_or(p).to_path_buf())
+                .collect()
+        };
+        let left_out_first = relative(&self.budget.left_out.first);
+        if let Some(why) = &self.hazard {
+            notes.push(format!(
+                "its uncommitted files were not saved ({why}); they stay in the workspace"
+            ));
+        }
+        if self.budget.left_out.count > 0 {
+            notes.push(format!(
+                "{} too large to save were left out of its branch",
+                listed(&left_out_first, self.budget.left_out.count)
+            ));
+        }
+        if self.budget.special.count > 0 {
+            notes.push(format!(
+                "{} that git cannot store (FIFOs, sockets or devices) are absent from its branch",
+                listed(
+                    &relative(&self.budget.special.first),
+                    self.budget.special.count
+                )
+            ));
+        }
+        if !self.nested.is_empty() {
+            let shown: Vec<String> = self
+                .nested
+                .iter()
+                .map(|p| format!("{}/", p.display()))
+                .collect();
+            notes.push(format!(
+                "repositories inside the workspace ({}) were saved as plain files",
+                shown.join(", ")
+            ));
+        }
+        Ok(Saved {
+            pending_commit: (tip != parent).then(|| tip.clone()),
+            tip: Some(tip),
+            imported,
+            warning: (!notes.is_empty()).then(|| notes.join("; ")),
+            left_out: self.budget.left_out.count,
+            left_out_first,
+            not_staged: self.hazard.clone(),
+        })
+    }
+
+    /// Stages the work tree on `head` (the task's commit and its tree), or
+    /// on the branch as the user's repository has it; commits it if it
+    /// changed anything, and brings the result into the user's repository.
+    /// Returns the commit the work went on and the new tip.
+    fn commit(
+        &mut self,
+        git: &Git,
+        head: Option<(String, String)>,
+        hints: Option<&TaskIndex>,
+    ) -> Result<(String, String), Error> {
+        let ws = self.ws;
+        let (parent, parent_tree) = match head {
+            Some(found) => found,
+            None => {
+                let tip = ws
+                    .user_git(self.layout)
+                    .run(
+                        "read the task's branch",
+                        &[
+                            "rev-parse",
+                            "--verify",
+                            "--quiet",
+                            &format!("{}^{{commit}}", ws.branch_ref()),
+                        ],
+                    )
+                    .unwrap_or_else(|_| ws.base.clone());
+                let tree = git.run(
+                    "read the tree of the task's branch",
+                    &["rev-parse", &format!("{tip}^{{tree}}")],
+                )?;
+                (tip, tree)
+            }
+        };
+        let tree = self
+            .stage(git, &ws.path, Some(&parent), hints, 0)?
+            .unwrap_or_else(|| parent_tree.clone());
+        let tip = if tree == parent_tree {
+            parent.clone()
+        } else {
+            let (name, email) = ws.repo.identity(self.layout);
+            let message = format!(
+                "orch: uncommitted work of task {}\n\nSaved by orch before removing the task's workspace.",
+                ws.task_id
+            );
+            git.clone()
+                .env("GIT_AUTHOR_NAME", &name)
+                .env("GIT_AUTHOR_EMAIL", &email)
+                .env("GIT_COMMITTER_NAME", &name)
+                .env("GIT_COMMITTER_EMAIL", &email)
+                .run(
+                    "commit the task's uncommitted work",
+                    &["commit-tree", &tree, "-p", &parent, "-m", &message],
+                )?
+        };
+        self.import(git, &tip)?;
+        Ok((parent, tip))
+    }
+
+    /// Brings the commits up to `tip` from the shadow into the user's
+    /// repository and moves the task's branch there. No transport and no
+    /// config of either side is involved: the shadow packs what the branch
+    /// lacks, the user's repository takes the pack with `index-pack
+    /// --strict` (every object re-hashed and checked, so nothing lands under
+    /// a false name), and the branch moves with `update-ref` from the value
+    /// it had, so a branch someone else moved meanwhile is not overwritten.
+    fn import(&self, shadow_git: &Git, tip: &str) -> Result<(), Error> {
+        let ws = self.ws;
+        let layout = self.layout;
+        let before = ws
+            .user_git(layout)
+            .run(
+                "read the task's branch",
+                &["rev-parse", "--verify", "--quiet", &ws.branch_ref()],
+            )
+            .ok();
+        if before.as_deref() == Some(tip) {
+            return Ok(());
+        }
+        let transfer = self.shadow.join("transfer");
+        std::fs::create_dir_all(&transfer).map_err(|e| Error::io("create", &transfer, e))?;
+        let mut revs = format!("{tip}\n^{}\n", ws.base);
+        if let Some(before) = &before {
+            revs.push_str(&format!("^{before}\n"));
+        }
+        let revs_file = transfer.join("revs");
+        std::fs::write(&revs_file, revs).map_err(|e| Error::io("write", &revs_file, e))?;
+        let prefix = transfer.join("pack");
+        let hash = shadow_git
+            .clone()
+            .stdin_file(&revs_file)
+            .timeout(HEAVY_TIMEOUT)
+            .run(
+                "pack the task's work",
+                &[
+                    OsStr::new("pack-objects"),
+                    OsStr::new("--revs"),
+                    OsStr::new("--quiet"),
+                    OsStr::new("--delta-base-offset"),
+                    prefix.as_os_str(),
+                ],
+            )?;
+        if !hash.is_empty() {
+            let pack = transfer.join(format!("pack-{hash}.pack"));
+            ws.user_git(layout)
+                .stdin_file(&pack)
+                .timeout(HEAVY_TIMEOUT)
+                .deadline(self.deadline)
+                .run(
+                    "bring the task's work into the repository",
+                    &["index-pack", "--stdin", "--strict"],
+                )?;
+        }
+        let repo = RepoLock::acquire(layout, &ws.repo.common_dir)?;
+        let message = format!("orch: work of task {}", ws.task_id);
+        ws.user_git(layout)
+            .holding(&repo)
+            .run(
+                "move the task's branch",
+                &[
+                    "update-ref",
+                    "-m",
+                    &message,
+                    &ws.branch_ref(),
+                    tip,
+                    before.as_deref().unwrap_or(""),
+                ],
+            )
+            .map(drop)
+    }
+
+    /// Stages everything under `work_tree` (tracked and untracked, not
+    /// ignored) on top of `parent` (or nothing), as `git add --all` inside
+    /// the task would, through orch's own git directory, and returns the
+    /// tree; `None` if git must not be handed this work tree (the reason is
+    /// in `self.hazard`). Repositories the task made inside it would stop
+    /// git at their border and lose their files: each is staged the same
+    /// way on its own, without its `.git`, and grafted in as plain files.
+    fn stage(
+        &mut self,
+        git: &Git,
+        work_tree: &Path,
+        parent: Option<&str>,
+        hints: Option<&TaskIndex>,
+        depth: usize,
+    ) -> Result<Option<String>, Error> {
+        let index = self
+            .shadow
+            .join(format!("index-{depth}-{}", self.nested.len()));
+        let indexed = git
+            .clone()
+            .index(&index)
+            .work_tree(work_tree)
+            .in_dir(work_tree);
+        let tracked = match parent {
+            Some(parent) => {
+                indexed.run("read the task's tree", &["read-tree", parent])?;
+                tracked_entries(&indexed)?
+            }
+            None => {
+                indexed.run("start an empty tree", &["read-tree", "--empty"])?;
+                Tracked::new()
+            }
+        };
+        // Submodules stay as the tree records them: git never enters them,
+        // and neither does the save.
+        let gitlinks: HashSet<Vec<u8>> = tracked
+            .iter()
+            .filter(|(_, (mode, _))| *mode == 0o160000)
+            .map(|(path, _)| path.clone())
+            .collect();
+        let scan = worktree::scan(work_tree, &gitlinks);
+        if let Some(why) = scan.hazard {
+            self.hazard = Some(why);
+            return Ok(None);
+        }
+        let exclude = self.shadow.join("info/exclude");
+        if let Some(dir) = exclude.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+        }
+        // The git directories of nested repositories orch disabled in a kept
+        // workspace are theirs, not files of the work.
+        let mut patterns = format!("{}/\n", crate::kept::DISABLED).into_bytes();
+        for nested in &scan.nested {
+            patterns.extend(worktree::pattern(nested.as_os_str().as_bytes()).unwrap_or_default());
+        }
+        std::fs::write(&exclude, patterns).map_err(|e| Error::io("write", &exclude, e))?;
+        let untracked = indexed.clone().timeout(HEAVY_TIMEOUT).run_bytes(
+            "list the task's new files",
+            &["ls-files", "-z", "--others", "--exclude-standard"],
+        )?;
+        let _ = std::fs::remove_file(&exclude);
+
+        let mut plan = Plan::default();
+        let mut directories = HashMap::new();
+        // Tracked files, in the tree the work goes on.
+        let mut missing: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+        for (rel, (mode, id)) in &tracked {
+            if *mode == 0o160000 {
+                continue;
+            }
+            let path = work_tree.join(OsStr::from_bytes(rel));
+            if !real_dir(work_tree, parent_of(rel), &mut directories) {
+                // Under what is now a link or a file: never looked through.
+                plan.drop(rel);
+                continue;
+            }
+            let meta = path.symlink_metadata().ok();
+            let hint = hints.and_then(|h| h.entries.get(rel)).filter(|e| e.id == *id);
+            let Some(meta) = meta else {
+                // Gone: deleted, unless a sparse checkout left it out.
+                let sparse = hint.is_some_and(|e| e.skip_worktree)
+                    || hints.is_some_and(|h| h.in_sparse_dir(rel));
+                if !sparse {
+                    if let Some(entry) = hint {
+                        missing.insert((u64::from(entry.stat.ino), u64::from(entry.stat.size)), rel.clone());
+                    }
+                    plan.take(rel);
+                }
+                continue;
+            };
+            if self.unstageable(&path, &meta, rel, work_tree, &mut directories) {
+                plan.drop(rel);
+                continue;
+            }
+            let unchanged = hint.is_some_and(|e| {
+                e.assume_valid
+                    || e.skip_worktree
+                    || (e.mode == *mode
+                        && disk_mode(&meta) == *mode
+                        && hints.is_some_and(|h| h.unchanged(e, &meta)))
+            });
+            if unchanged {
+                continue;
+            }
+            if self.budget.take(&path, staged_len(&meta)) {
+                plan.take(rel);
+            }
+        }
+        // New files.
+        for rel in untracked.split(|b| *b == 0) {
+            // Empty, or a directory git would not enter.
+            if rel.is_empty() || rel.ends_with(b"/") {
+                continue;
+            }
+            let path = work_tree.join(OsStr::from_bytes(rel));
+            let Ok(meta) = path.symlink_metadata() else {
+                continue;
+            };
+            if self.unstageable(&path, &meta, rel, work_tree, &mut directories) {
+                continue;
+            }
+            // A tracked file the task moved here: the same inode, length
+            // and time as the index recorded for a path that is gone. Its
+            // blob is the tree's already; it is not read.
+            let moved = missing
+                .get(&(meta.ino() & 0xffff_ffff, meta.size() & 0xffff_ffff))
+                .and_then(|from| {
+                    let entry = hints?.entries.get(from)?;
+                    let mtime = (meta.mtime() as u32, meta.mtime_nsec() as u32);
+                    let same_time = entry.stat.mtime.0 == mtime.0
+                        && (entry.stat.mtime.1 == 0 || entry.stat.mtime.1 == mtime.1);
+                    (same_time && entry.mode == disk_mode(&meta) && meta.is_file())
+                        .then(|| (entry.mode, entry.id.clone()))
+                });
+            if let Some((mode, id)) = moved {
+                plan.moved(mode, &id, rel);
+                continue;
+            }
+            if self.budget.take(&path, staged_len(&meta)) {
+                plan.take(rel);
+            }
+        }
+        plan.apply(&indexed, &self.shadow.join("staged"))?;
+
+        for path in &scan.nested {
+            let shown = path.as_os_str();
+            let sub = if depth < MAX_NESTING {
+                self.stage(git, &work_tree.join(path), None, None, depth + 1)?
+            } else {
+                None
+            };
+            if self.hazard.is_some() {
+                return Ok(None);
+            }
+            let mut literal = OsStr::new(":(literal)").to_os_string();
+            literal.push(shown);
+            indexed.run(
+                "make room for a repository's files",
+                &[
+                    OsStr::new("rm"),
+                    OsStr::new("--cached"),
+                    OsStr::new("-r"),
+                    OsStr::new("-q"),
+                    OsStr::new("--ignore-unmatch"),
+                    OsStr::new("--"),
+                    &literal,
+                ],
+            )?;
+            if let Some(sub) = sub {
+                let mut prefix = OsStr::new("--prefix=").to_os_string();
+                prefix.push(shown);
+                prefix.push("/");
+                indexed.run(
+                    "graft a repository's files",
+                    &[OsStr::new("read-tree"), &prefix, OsStr::new(&sub)],
+                )?;
+            }
+            self.nested.push(
+                work_tree
+                    .join(path)
+                    .strip_prefix(&self.ws.path)
+                    .unwrap_or(path)
+                    .to_path_buf(),
+            );
+        }
+        let tree = indexed.run("write the task's tree", &["write-tree"])?;
+        let _ = std::fs::remove_file(&index);
+        Ok(Some(tree))
+    }
+
+    /// True if the file at `path` cannot be staged where it is: a FIFO,
+    /// socket or device (nothing git can store; named), a directory now
+    /// (its files come as new ones), or under what is now a link or a file.
+    fn unstageable(
+        &mut self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        rel: &[u8],
+        work_tree: &Path,
+        directories: &mut HashMap<Vec<u8>, bool>,
+    ) -> bool {
+        let kind = meta.file_type();
+        if !kind.is_file() && !kind.is_dir() && !kind.is_symlink() {
+            self.budget.special.add(path);
+            return true;
+        }
+        kind.is_dir() || !real_dir(work_tree, parent_of(rel), directories)
+    }
+}
+
+/// What one level of staging changes in its index.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Paths to read from the work tree (or remove, if gone): NUL-separated.
+    taken: Vec<u8>,
+    /// Paths that cannot be where they were: NUL-separated.
+    dropped: Vec<u8>,
+    /// Index lines for moved files: `<mode> <id>\t<path>`, NUL-separated.
+    moved: Vec<u8>,
+}
+
+impl Plan {
+    fn take(&mut self, rel: &[u8]) {
+        self.taken.extend_from_slice(rel);
+        self.taken.push(0);
+    }
+
+    fn drop(&mut self, rel: &[u8]) {
+        self.dropped.extend_from_slice(rel);
+        self.dropped.push(0);
+    }
+
+    fn moved(&mut self, mode: u32, id: &str, rel: &[u8]) {
+        self.moved
+            .extend_from_slice(format!("{mode:o} {id}\t").as_bytes());
+        self.moved.extend_from_slice(rel);
+        self.moved.push(0);
+    }
+
+    /// Dropped paths leave the index, moved ones enter it as the blobs
+    /// they were, taken ones are read from the work tree.
+    fn apply(&self, indexed: &Git, list: &Path) -> Result<(), Error> {
+        let steps: [(&[u8], &'static str, &[&str]); 3] = [
+            (
+                &self.dropped,
+                "unstage files that cannot be where they were",
+                &["update-index", "--force-remove", "-z", "--stdin"],
+            ),
+            (
+                &self.moved,
+                "stage the files the task moved",
+                &["update-index", "-z", "--index-info"],
+            ),
+            (
+                &self.taken,
+                "stage the task's uncommitted work",
+                &[
+                    "update-index",
+                    "--add",
+                    "--remove",
+                    "--replace",
+                    "-z",
+                    "--stdin",
+                ],
+            ),
+        ];
+        for (input, action, args) in steps {
+            if input.is_empty() {
+                continue;
+            }
+            std::fs::write(list, input).map_err(|e| Error::io("write", list, e))?;
+            indexed
+                .clone()
+                .stdin_file(list)
+                .timeout(HEAVY_TIMEOUT)
+                .run(action, args)?;
+        }
+        let _ = std::fs::remove_file(list);
+        Ok(())
+    }
+}
+
+/// The entries of the index (as `read-tree` left it): mode and id by path.
+fn tracked_entries(indexed: &Git) -> Result<Tracked, Error> {
+    let listed = indexed
+        .clone()
+        .timeout(HEAVY_TIMEOUT)
+        .run_bytes("list the tree's files", &["ls-files", "-z", "--stage"])?;
+    // "<mode> <id> <stage>\t<path>"
+    let mut tracked = Tracked::new();
+    for record in listed.split(|b| *b == 0) {
+        let Some(tab) = record.iter().position(|b| *b == b'\t') else {
+            continue;
+        };
+        let Ok(head) = std::str::from_utf8(&record[..tab]) else {
+            continue;
+        };
+        let mut fields = head.split(' ');
+        let (Some(mode), Some(id)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let Ok(mode) = u32::from_str_radix(mode, 8) else {
+            continue;
+        };
+        tracked.insert(record[tab + 1..].to_vec(), (mode, id.to_owned()));
+    }
+    Ok(tracked)
+}
+
+/// The mode git would record for this file: a link, or a regular file
+/// executable or not.
+fn disk_mode(meta: &std::fs::Metadata) -> u32 {
+    if meta.file_type().is_symlink() {
+        0o120000
+    } else if meta.mode() & 0o100 != 0 {
+        0o100755
+    } else {
+        0o100644
+    }
+}
+
+/// What staging this file reads: its length; a link's is its target's
+/// name, never what it points at.
+fn staged_len(meta: &std::fs::Metadata) -> u64 {
+    if meta.is_file() { meta.len() } else { 0 }
+}
+
+/// The directory `rel` is in (empty at the top).
+fn parent_of(rel: &[u8]) -> &[u8] {
+    rel.iter()
+        .rposition(|b| *b == b'/')
+        .map_or(&rel[..0], |i| &rel[..i])
+}
+
+/// True if `dir` (relative to `work_tree`, empty for the top) and every
+/// directory above it are real directories, not links or files; answers
+/// kept in `known`.
+fn real_dir(work_tree: &Path, dir: &[u8], known: &mut HashMap<Vec<u8>, bool>) -> bool {
+    if dir.is_empty() {
+        return true;
+    }
+    if let Some(&answer) = known.get(dir) {
+        return answer;
+    }
+    let answer = real_dir(work_tree, parent_of(dir), known)
+        && work_tree
+            .join(OsStr::from_bytes(dir))
+            .symlink_metadata()
+            .is_ok_and(|m| m.is_dir());
+    known.insert(dir.to_vec(), answer);
+    answer
+}
+
+/// The object format of the user's repository, as the length of the base
+/// commit's id (which git gave orch) says.
+pub(crate) fn object_format(base: &str) -> &'static str {
+    if base.len() == 64 { "sha256" } else { "sha1" }
+}
+
+/// Makes an empty bare repository at `dir` without running git: nothing of
+/// a template, and one process fewer per saved task.
+/// `object_format` is the user's repository's (`sha1` or `sha256`), whose
+/// objects it borrows and takes back.
+pub(crate) fn make_bare_repo(dir: &Path, object_format: &str) -> Result<(), Error> {
+    for sub in ["objects/info", "refs/heads", "refs/tags"] {
+        crate::layout::private_dir(&dir.join(sub))?;
+    }
+    let config = match object_format {
+        "sha1" => "[core]\n\trepositoryformatversion = 0\n\tbare = true\n".to_owned(),
+        other => format!(
+            "[core]\n\trepositoryformatversion = 1\n\tbare = true\n[extensions]\n\tobjectformat = {other}\n"
+        ),
+    };
+    for (file, text) in [
+        ("HEAD", "ref: refs/heads/result\n"),
+        ("config", config.as_str()),
+    ] {
+        let path = dir.join(file);
+        std::fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
+    }
+    Ok(())
+}
+
+/// Removes a directory orch made for itself (a shadow git directory), if
+/// it is there.
+pub(crate) fn remove_dir_if_present(dir: &Path) -> Result<(), Error> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", dir, e)),
+    }
+}

@@ -1,0 +1,193 @@
+//! A walk of the task's work tree by orch itself, before any host git
+//! looks at it.
+//!
+//! git opens some files of a work tree by their names: `.gitignore` in
+//! every directory it lists, `.gitattributes` along every path it stages,
+//! and the `.git` of a directory that looks like a repository. A task may
+//! have made any of them a FIFO (git's `open` would block for ever), a
+//! device, or a link. So orch walks the tree first (never following a
+//! link, bounded), notes every such name that is not a regular file, finds
+//! the repositories nested inside (which git must not enter; they are
+//! staged on their own), and checks that each of those can be named in an
+//! exclude pattern. If anything is off, the save hands git nothing of the
+//! work tree: the task's commits still come home, its uncommitted files do
+//! not, and the workspace is kept.
+
+use std::collections::HashSet;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// The most entries walked before giving up on the work tree.
+const MAX_ENTRIES: usize = 2_000_000;
+
+/// What the walk found.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// Directories holding a `.git` of their own (outermost only), relative.
+    pub(crate) nested: Vec<PathBuf>,
+    /// Why git must not be handed this work tree, if it must not.
+    pub(crate) hazard: Option<String>,
+}
+
+/// Names git opens as files when it meets them in a directory it lists or
+/// stages in.
+const OPENED_BY_GIT: [&str; 2] = [".gitignore", ".gitattributes"];
+
+/// Walks `root` (the top `.git` never entered, directories in `skip` (its
+/// submodules, relative, as bytes) neither entered nor taken for nested
+/// repositories).
+pub(crate) fn scan(root: &Path, skip: &HashSet<Vec<u8>>) -> Scan {
+    let mut scan = Scan::default();
+    let mut seen = 0usize;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(root.join(&rel)) else {
+            // git cannot list it either.
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > MAX_ENTRIES {
+                scan.hazard = Some(format!(
+                    "the workspace holds more than {MAX_ENTRIES} files"
+                ));
+                return scan;
+            }
+            let name = entry.file_name();
+            if rel.as_os_str().is_empty() && name == ".git" {
+                continue;
+            }
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let path = rel.join(&name);
+            if OPENED_BY_GIT.iter().any(|n| name == *n) && !kind.is_file() {
+                if kind.is_dir() {
+                    // git reads nothing from a directory of that name.
+                    stack.push(path);
+                    continue;
+                }
+                scan.hazard = Some(format!(
+                    "{:?} is {}, which git would open",
+                    path.display().to_string(),
+                    describe(&kind)
+                ));
+                return scan;
+            }
+            if !kind.is_dir() {
+                continue;
+            }
+            if skip.contains(path.as_os_str().as_bytes()) {
+                continue;
+            }
+            let dir = root.join(&path);
+            let repository = [".git", crate::kept::DISABLED]
+                .iter()
+                .any(|git| dir.join(git).symlink_metadata().is_ok());
+            if repository {
+                if pattern(path.as_os_str().as_bytes()).is_none() {
+                    scan.hazard = Some(format!(
+                        "the repository at {:?} has a name no exclude pattern can hold",
+                        path.display().to_string()
+                    ));
+                    return scan;
+                }
+                scan.nested.push(path);
+            } else {
+                stack.push(path);
+            }
+        }
+    }
+    scan.nested.sort();
+    scan
+}
+
+fn describe(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// An exclude pattern that matches the directory `path` (relative to the
+/// top, `/`-separated bytes) and nothing else: anchored, every byte git's
+/// patterns treat specially escaped. `None` if no pattern can: a newline
+/// ends a pattern and cannot be escaped.
+pub(crate) fn pattern(path: &[u8]) -> Option<Vec<u8>> {
+    if path.is_empty() || path.contains(&b'\n') {
+        return None;
+    }
+    let mut out = Vec::with_capacity(path.len() + 4);
+    out.push(b'/');
+    for &byte in path {
+        // Wildcards and escapes anywhere; `!` and `#` only matter first and
+        // trailing spaces only last, but escaping them anywhere is harmless.
+        if matches!(byte, b'*' | b'?' | b'[' | b']' | b'\\' | b'!' | b'#' | b' ' | b'\r') {
+            out.push(b'\\');
+        }
+        out.push(byte);
+    }
+    // A trailing slash: the directory only. The line ends in `/`, so git's
+    // stripping of a trailing `\r` and of trailing spaces never applies.
+    out.extend_from_slice(b"/\n");
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_escape_what_git_reads_specially_and_refuse_newlines() {
+        assert_eq!(pattern(b"a/b").unwrap(), b"/a/b/\n");
+        assert_eq!(pattern(b"!x*y").unwrap(), b"/\\!x\\*y/\n");
+        assert_eq!(pattern(b"t ").unwrap(), b"/t\\ /\n");
+        assert_eq!(pattern(b"\xff\xfe").unwrap(), b"/\xff\xfe/\n");
+        assert!(pattern(b"a\nb").is_none());
+        assert!(pattern(b"").is_none());
+    }
+
+    #[test]
+    fn special_files_git_would_open_are_hazards() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join("a/inner/.git")).unwrap();
+        std::fs::create_dir_all(root.join("sub/.git")).unwrap();
+        std::fs::write(root.join("a/.gitignore"), "x\n").unwrap();
+        let skip: HashSet<Vec<u8>> = [b"sub".to_vec()].into();
+        let scan = scan(root, &skip);
+        assert_eq!(scan.nested, vec![PathBuf::from("a/inner")]);
+        assert!(scan.hazard.is_none());
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &root.join("a/deeper/.gitattributes"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap_err();
+        std::fs::create_dir_all(root.join("a/deeper")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &root.join("a/deeper/.gitattributes"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let found = super::scan(root, &skip).hazard.unwrap();
+        assert!(found.contains("a FIFO"), "{found}");
+        std::fs::remove_file(root.join("a/deeper/.gitattributes")).unwrap();
+        std::fs::create_dir_all(root.join("b\nc/.git")).unwrap();
+        let found = super::scan(root, &skip).hazard.unwrap();
+        assert!(found.contains("no exclude pattern"), "{found}");
+    }
+}
