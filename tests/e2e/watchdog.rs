@@ -38,9 +38,10 @@ fn sigkill_of_orch_is_cleaned_up_by_the_watchdog_within_seconds() {
         "another session's task is untouched"
     );
 
+    // Lost, then its workspace settled (its work saved first).
     let record = helper::wait_for("the record to be lost", Duration::from_secs(10), || {
         let record = env.show(&id);
-        (record["state"] == "lost").then_some(record)
+        (record["state"] == "lost" && record["workspace_state"] != "present").then_some(record)
     });
     assert_eq!(
         record["workspace_state"], "kept",

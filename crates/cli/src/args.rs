@@ -21,7 +21,7 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run one task in the foreground, streaming its output (or in the
     /// background with -d).
-    Task(TaskArgs),
+    Task(TaskCommand),
     /// List live tasks (all with -a).
     Ps(PsArgs),
     /// Show one task in full.
@@ -146,9 +146,16 @@ pub(crate) struct TaskArgs {
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub(crate) stop_grace: Option<Duration>,
 
-    /// Set an environment variable in the task (repeatable).
-    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = env_pair)]
-    pub(crate) env: Vec<(String, String)>,
+    /// Set an environment variable in the task (repeatable); KEY alone
+    /// takes its value from orch's own environment, as `docker run -e`.
+    /// Values are never shown or logged.
+    #[arg(short, long = "env", value_name = "KEY[=VALUE]", value_parser = env_arg)]
+    pub(crate) env: Vec<EnvArg>,
+
+    /// Read environment variables from a file: KEY=VALUE or KEY lines, `#`
+    /// comments (repeatable; --env wins over it).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) env_file: Vec<std::path::PathBuf>,
 
     /// Who the task runs as: host (your uid:gid), root, or UID[:GID].
     #[arg(long)]
@@ -171,11 +178,60 @@ pub(crate) struct TaskArgs {
     /// committed to its branch first).
     #[arg(long)]
     pub(crate) rm_workspace: bool,
+}
 
+#[derive(Debug, Args)]
+pub(crate) struct TaskCommand {
     /// Run in the background under a supervising orch process; print the
     /// task id and return.
     #[arg(short, long)]
     pub(crate) detach: bool,
+    #[command(flatten)]
+    pub(crate) task: TaskArgs,
+}
+
+/// One `--env`: a value given, or one to take from orch's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EnvArg {
+    /// `KEY=VALUE`
+    Set(String, String),
+    /// `KEY`
+    Inherit(String),
+}
+
+impl TaskArgs {
+    /// The task's environment from `--env-file` and `--env`, in that order
+    /// (a later key wins); `KEY` alone is taken from this process's
+    /// environment, and left out if it has none there (as `docker run`).
+    pub(crate) fn environment(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut pairs = Vec::new();
+        for file in &self.env_file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                anyhow::anyhow!("failed to read the env file {}: {e}", file.display())
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim_start();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let arg = env_arg(line).map_err(|e| {
+                    anyhow::anyhow!("{}, line {}: {e}", file.display(), n + 1)
+                })?;
+                pairs.extend(resolve(arg));
+            }
+        }
+        for arg in &self.env {
+            pairs.extend(resolve(arg.clone()));
+        }
+        Ok(pairs)
+    }
+}
+
+fn resolve(arg: EnvArg) -> Option<(String, String)> {
+    match arg {
+        EnvArg::Set(key, value) => Some((key, value)),
+        EnvArg::Inherit(key) => std::env::var(&key).ok().map(|value| (key, value)),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -241,8 +297,16 @@ fn duration(text: &str) -> Result<Duration, String> {
     orch_orchestrator::parse_duration(text)
 }
 
-fn env_pair(text: &str) -> Result<(String, String), String> {
-    orch_orchestrator::parse_env_pair(text)
+fn env_arg(text: &str) -> Result<EnvArg, String> {
+    if text.contains('=') {
+        return orch_orchestrator::parse_env_pair(text).map(|(k, v)| EnvArg::Set(k, v));
+    }
+    let key = text.trim_end();
+    if orch_orchestrator::valid_env_key(key) {
+        Ok(EnvArg::Inherit(key.to_owned()))
+    } else {
+        Err(format!("invalid environment variable name {key:?}"))
+    }
 }
 
 #[cfg(test)]

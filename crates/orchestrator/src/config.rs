@@ -329,13 +329,18 @@ pub fn parse_memory(text: &str) -> Result<i64, String> {
 pub fn parse_env_pair(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if valid_env_key(key) => Ok((key.to_owned(), value.to_owned())),
-        _ => Err(format!(
+        // The name alone: the value is never repeated in a message.
+        Some((key, _)) => Err(format!(
+            "invalid environment variable name {key:?}: expected KEY=VALUE"
+        )),
+        None => Err(format!(
             "invalid environment variable {text:?}: expected KEY=VALUE"
         )),
     }
 }
 
-pub(crate) fn valid_env_key(key: &str) -> bool {
+/// A name `--env` and `env` accept: not empty, no `=`, NUL or whitespace.
+pub fn valid_env_key(key: &str) -> bool {
     !key.is_empty() && !key.contains(['=', '\0']) && !key.chars().any(char::is_whitespace)
 }
 

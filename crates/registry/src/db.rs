@@ -101,7 +101,41 @@ const MIGRATIONS: &[&str] = &[
     r"
     CREATE INDEX tasks_by_branch ON tasks (branch);
 ",
+    // Values given to a task (`--env`) are kept only while it can still
+    // start: those of tasks that ended before this rule are wiped now.
+    r"
+    UPDATE tasks SET spec = json_remove(spec, '$.env')
+    WHERE spec IS NOT NULL AND json_valid(spec)
+      AND state NOT IN ('queued', 'creating', 'running');
+",
 ];
+
+/// The SQL that wipes the values of a record's submitted environment, for
+/// a task that can no longer start: its keys go with them.
+const WIPE_ENV: &str = "spec = CASE WHEN json_valid(spec) THEN json_remove(spec, '$.env') END";
+
+/// Serialises a submitted task (JSON text) with the values of its
+/// environment left out: every output of a record (`show --json`, the API,
+/// events, webhooks) goes through this, and names only the keys.
+fn redacted_spec<S: serde::Serializer>(spec: &Option<String>, out: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    let Some(text) = spec else {
+        return out.serialize_none();
+    };
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(mut value) => {
+            if let Some(env) = value.get_mut("env") {
+                let keys: Vec<serde_json::Value> = env
+                    .as_object()
+                    .map(|o| o.keys().cloned().map(serde_json::Value::String).collect())
+                    .unwrap_or_default();
+                *env = serde_json::Value::Array(keys);
+            }
+            value.serialize(out)
+        }
+        Err(_) => out.serialize_none(),
+    }
+}
 
 /// Records a task's repository and its branch's base (for `cleanup
 /// --branches`, which outlives the task's record).
@@ -197,7 +231,10 @@ pub struct TaskRecord {
     pub base: Option<String>,
     /// The repository's common git directory.
     pub git_dir: Option<String>,
-    /// What was submitted, for a task that waits in the queue (JSON).
+    /// What was submitted, for a task that waits in the queue (JSON). The
+    /// values of its environment are kept only while the task can still
+    /// start, and never shown: serialised, `env` lists the keys alone.
+    #[serde(serialize_with = "redacted_spec")]
     pub spec: Option<String>,
     /// Higher runs first; ties in submission order.
     pub priority: i64,
@@ -559,7 +596,7 @@ impl Registry {
         self.transition(
             id,
             finish.state,
-            "finished_at = ?3, exit_code = ?4, reason = ?5, lease_until = NULL",
+            &format!("finished_at = ?3, exit_code = ?4, reason = ?5, lease_until = NULL, {WIPE_ENV}"),
             &[&finish.at, &finish.exit_code, &finish.reason],
         )
     }
@@ -885,8 +922,10 @@ impl Registry {
     pub fn cancel_queued(&self, id: &Uuid, reason: &str, at: i64) -> Result<bool, Error> {
         self.write("cancel a queued task", |tx| {
             tx.execute(
-                "UPDATE tasks SET state = 'cancelled', finished_at = ?1, reason = ?2, \
-                 lease_until = NULL WHERE id = ?3 AND state = 'queued'",
+                &format!(
+                    "UPDATE tasks SET state = 'cancelled', finished_at = ?1, reason = ?2, \
+                     lease_until = NULL, {WIPE_ENV} WHERE id = ?3 AND state = 'queued'"
+                ),
                 params![at, reason, id.to_string()],
             )
             .map_err(self.sql("cancel a queued task"))
@@ -1128,7 +1167,8 @@ fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, Error> {
     // registry grows and stay full in a long-running daemon; the kernel
     // caches the file anyway, so it is kept small.
     conn.execute_batch(
-        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -512;",
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -512; \
+         PRAGMA secure_delete = ON;",
     )
     .map_err(|e| classify(path, "configure", e))?;
     let mode: String = conn

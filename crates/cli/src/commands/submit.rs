@@ -12,11 +12,6 @@ use crate::args::SubmitArgs;
 
 pub(crate) async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let task = &args.task;
-    if task.detach {
-        anyhow::bail!(
-            "--detach means nothing to `orch submit`: the daemon runs every task in the background"
-        );
-    }
     let socket = match args.socket {
         Some(socket) => socket,
         None => super::home_path()?.join("orch.sock"),
@@ -39,7 +34,7 @@ pub(crate) async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         image: task.image.clone(),
         timeout: duration(task.timeout),
         stop_grace: duration(task.stop_grace),
-        env: task.env.iter().cloned().collect(),
+        env: task.environment()?.into_iter().collect(),
         git_ref: task.git_ref.clone(),
         keep_workspace: match (task.keep_workspace, task.rm_workspace) {
             (true, _) => Some(true),

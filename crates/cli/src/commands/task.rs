@@ -12,7 +12,7 @@ use orch_orchestrator::{
 };
 use uuid::Uuid;
 
-use crate::args::{SuperviseArgs, TaskArgs};
+use crate::args::{SuperviseArgs, TaskArgs, TaskCommand};
 use crate::exit;
 use crate::output::Terminal;
 use crate::signals::SignalWatch;
@@ -26,15 +26,20 @@ const WIND_DOWN: Duration = Duration::from_secs(30);
 /// How long `-d` waits for the supervisor to record the task.
 const DETACH_WAIT: Duration = Duration::from_secs(30);
 
-/// Resolves the project and settings of `args`; nothing is created.
-fn request(args: &TaskArgs, task_id: Option<Uuid>) -> anyhow::Result<TaskRequest> {
+/// Resolves the project and settings of `args` (its environment: `env`);
+/// nothing is created.
+fn request(
+    args: &TaskArgs,
+    env: Vec<(String, String)>,
+    task_id: Option<Uuid>,
+) -> anyhow::Result<TaskRequest> {
     let config = GlobalConfig::load(GlobalConfig::default_path().as_deref())?;
     let overrides = Overrides {
         image: args.image.clone(),
         timeout: args.timeout,
         stop_grace: args.stop_grace,
         user: args.user.clone(),
-        env: args.env.clone(),
+        env,
         no_workspace: args.no_workspace,
     };
     let project = config.resolve_project(&args.project, &overrides)?;
@@ -64,18 +69,19 @@ async fn connect(watchdog: Option<WatchdogLink>) -> anyhow::Result<Orchestrator>
 }
 
 pub(crate) async fn run(
-    args: TaskArgs,
+    command: TaskCommand,
     verbose: bool,
     watchdog: Option<WatchdogLink>,
 ) -> anyhow::Result<ExitCode> {
-    if args.detach {
+    let args = command.task;
+    if command.detach {
         return detach(args).await;
     }
     // Signals are ours from the first moment: nothing can be created before
     // a Ctrl+C would reach the cleanup path.
     let shutdown = Shutdown::new();
     let signals = SignalWatch::start(&shutdown).context("failed to install signal handlers")?;
-    let request = request(&args, None)?;
+    let request = request(&args, args.environment()?, None)?;
     let orch = connect(watchdog).await?;
     supervise(
         orch,
@@ -95,7 +101,10 @@ pub(crate) async fn run_supervisor(
 ) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::new();
     let signals = SignalWatch::start(&shutdown).context("failed to install signal handlers")?;
-    let request = request(&args.task, Some(args.task_id))?;
+    // The environment comes on stdin, never on the command line (which
+    // anyone on the machine can read).
+    let env = read_env_from_stdin().context("failed to read the task's environment")?;
+    let request = request(&args.task, env, Some(args.task_id))?;
     let orch = connect(watchdog).await?;
     supervise(orch, request, shutdown, &signals, Box::new(Discard)).await
 }
@@ -195,7 +204,8 @@ async fn sweep(orch: &Orchestrator) {
 /// nothing created), then starts a supervisor in its own session, waits
 /// until it has recorded the task, prints the id and returns.
 async fn detach(args: TaskArgs) -> anyhow::Result<ExitCode> {
-    let request = request(&args, None)?;
+    let env = args.environment()?;
+    let request = request(&args, env.clone(), None)?;
     let home = Home::open(super::home_path()?)?;
     let orch = Orchestrator::connect(home.clone()).await?;
     let prepared = orch.prepare(request).await?;
@@ -213,7 +223,7 @@ async fn detach(args: TaskArgs) -> anyhow::Result<ExitCode> {
         .arg("--task-id")
         .arg(task_id.to_string())
         .args(task_argv(&args))
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(log);
     // SAFETY: setsid is async-signal-safe and touches no memory of ours; it
@@ -225,6 +235,13 @@ async fn detach(args: TaskArgs) -> anyhow::Result<ExitCode> {
     let mut child = supervisor
         .spawn()
         .context("failed to start the supervisor")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        let text = serde_json::to_vec(&env).context("failed to encode the environment")?;
+        stdin
+            .write_all(&text)
+            .context("failed to hand the supervisor its environment")?;
+    }
 
     let started = Instant::now();
     loop {
@@ -260,9 +277,6 @@ fn task_argv(args: &TaskArgs) -> Vec<String> {
     flag("--stop-grace", duration(args.stop_grace));
     flag("--user", args.user.clone());
     flag("--ref", args.git_ref.clone());
-    for (key, value) in &args.env {
-        flag("--env", Some(format!("{key}={value}")));
-    }
     for (set, name) in [
         (args.no_workspace, "--no-workspace"),
         (args.keep_workspace, "--keep-workspace"),
@@ -276,4 +290,18 @@ fn task_argv(args: &TaskArgs) -> Vec<String> {
     argv.push(args.project.clone());
     argv.push(args.desc.clone());
     argv
+}
+
+/// The environment `orch task -d` hands its supervisor on stdin: JSON
+/// pairs, at most 16 MiB.
+fn read_env_from_stdin() -> anyhow::Result<Vec<(String, String)>> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    std::io::stdin()
+        .take(16 << 20)
+        .read_to_end(&mut text)?;
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(serde_json::from_slice(&text)?)
 }
