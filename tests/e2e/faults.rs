@@ -56,6 +56,77 @@ fn a_terminal_that_hangs_up_stops_the_task_gracefully() {
     );
 }
 
+/// A shell that dies sends SIGHUP to its jobs again (and tmux, closing a
+/// session, does the same): hang-ups after the first never force, so the
+/// task's TERM trap runs within its grace and its work is saved.
+#[test]
+fn repeated_hang_ups_never_force_the_stop() {
+    require_docker!();
+    if !helper::shell_image_ready() {
+        return;
+    }
+    let env = TestEnv::new();
+    env.git_project(
+        helper::SHELL_IMAGE,
+        "command = [\"sh\", \"-c\", \"{desc}\"]\nstop_grace = \"30s\"",
+    );
+    let mut cmd = env.orch();
+    cmd.arg("task").arg(&env.project).arg(
+        "trap 'sleep 1; echo trapped > trapped.txt; exit 0' TERM; echo ready; while :; do sleep 0.1; done",
+    );
+    let mut orch = OnPty::spawn(cmd);
+    helper::wait_for("the task's output", Duration::from_secs(20), || {
+        orch.text().contains("ready").then_some(())
+    });
+    let id = helper::task_id(&orch.text());
+    orch.hang_up();
+    let mut sent = 0;
+    let status = helper::wait_for("orch to exit", Duration::from_secs(60), || {
+        if sent < 10 {
+            let _ = rustix::process::kill_process(orch.pid(), rustix::process::Signal::HUP);
+            sent += 1;
+        }
+        orch.child.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(129), "{status:?}");
+    let record = env.show(&id);
+    assert_eq!(
+        record["reason"], "cancelled (SIGHUP)",
+        "not forced: {record}"
+    );
+    assert_eq!(
+        env.git(&["show", &format!("orch/{id}:trapped.txt")]),
+        "trapped",
+        "the task's TERM trap ran"
+    );
+    assert!(env.containers().is_empty());
+}
+
+/// After a hang-up, a second interrupt (a person pressing Ctrl+C, a
+/// SIGTERM from a supervisor) does force, and the record says what did.
+#[test]
+fn an_interrupt_after_a_hang_up_forces_and_the_record_says_so() {
+    require_docker!();
+    let env = TestEnv::new();
+    env.git_project(IMAGE, "stop_grace = \"60s\"");
+    let task = env.spawn_task("trap-term; echo ready; sleep 300", &[]);
+    task.wait_stderr("task ", Duration::from_secs(10));
+    env.wait_running();
+    let id = helper::task_id(&task.stderr_text());
+    task.signal(rustix::process::Signal::HUP);
+    task.wait_stderr("SIGHUP received", Duration::from_secs(10));
+    task.signal(rustix::process::Signal::HUP);
+    task.signal(rustix::process::Signal::INT);
+    let done = task.wait(Duration::from_secs(30));
+    assert_eq!(done.code(), Some(129), "{}", done.stderr);
+    let record = env.show(&id);
+    assert_eq!(
+        record["reason"], "cancelled (SIGHUP, forced by SIGINT)",
+        "{record}"
+    );
+    assert!(env.containers().is_empty());
+}
+
 /// A stderr nobody reads (a stopped pager, a terminal on scroll lock): the
 /// pipe fills, and orch must still run the task and clean up, whatever
 /// it logs.
@@ -457,6 +528,66 @@ fn a_refusal_the_engine_gives_late_unwinds_everything_made_for_the_task() {
         env.task_dirs()
     );
     assert_eq!(env.git(&["for-each-ref"]), before, "no empty branch left");
+}
+
+/// A container the engine cannot start (Docker answers 500, and would
+/// answer the same every time: here, the network of a container that is
+/// not running) fails at once with the engine's words: no retries until a
+/// deadline, no warning about an output stream for a container that never
+/// ran.
+#[test]
+fn a_container_that_cannot_start_fails_at_once_with_the_engines_words() {
+    require_docker!();
+    let env = TestEnv::new();
+    let stopped = format!("orch-e2e-stopped-{}", std::process::id());
+    let made = std::process::Command::new("docker")
+        .args([
+            "create",
+            "--name",
+            &stopped,
+            IMAGE,
+            "/orch-agent",
+            "sleep",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    struct Removed(String);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", &self.0])
+                .output();
+        }
+    }
+    let _removed = Removed(stopped.clone());
+    env.git_project(IMAGE, &format!("network = \"container:{stopped}\""));
+    let out = env
+        .orch()
+        .args(["-vv", "task"])
+        .arg(&env.project)
+        .arg("never runs")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(code(&out), 125, "{err}");
+    assert!(
+        err.contains("cannot join network of a non running container"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("retrying") && !err.contains("output stream"),
+        "retried, or warned of a stream: {err}"
+    );
+    let id = helper::task_id(&err);
+    let record = env.show(&id);
+    assert_eq!(record["state"], "failed", "{record}");
+    assert!(env.containers().is_empty());
 }
 
 #[test]

@@ -14,6 +14,7 @@ mod daemon;
 mod faults;
 mod helper;
 mod hostile;
+mod newuser;
 mod observe;
 mod policy;
 mod registry;

@@ -214,9 +214,8 @@ impl TaskArgs {
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let arg = env_arg(line).map_err(|e| {
-                    anyhow::anyhow!("{}, line {}: {e}", file.display(), n + 1)
-                })?;
+                let arg = env_arg(line)
+                    .map_err(|e| anyhow::anyhow!("{}, line {}: {e}", file.display(), n + 1))?;
                 pairs.extend(resolve(arg));
             }
         }

@@ -36,6 +36,36 @@ pub(crate) fn for_outcome(outcome: &Outcome, signal: Option<i32>) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// The exit code `orch task` gave, or would have given, for a task that
+/// ended as `record` says: what `orch logs -f` exits with.
+pub(crate) fn for_record(record: &orch_registry::TaskRecord) -> ExitCode {
+    use orch_registry::State;
+    let code = match record.state {
+        State::Succeeded => 0,
+        State::Failed => record
+            .exit_code
+            .and_then(|c| u8::try_from(c).ok())
+            .unwrap_or(ORCH_FAILED),
+        State::TimedOut => TIMED_OUT,
+        State::Cancelled => {
+            let reason = record.reason.as_deref().unwrap_or_default();
+            // "cancelled (SIGTERM)": 128 + its number, as orch task exited.
+            [
+                ("SIGHUP", 129),
+                ("SIGINT", 130),
+                ("SIGQUIT", 131),
+                ("SIGTERM", 143),
+            ]
+            .iter()
+            .find(|(name, _)| reason.starts_with(&format!("cancelled ({name}")))
+            .map_or(CANCELLED, |(_, code)| *code)
+        }
+        State::Lost => ORCH_FAILED,
+        State::Queued | State::Creating | State::Running => 0,
+    };
+    ExitCode::from(code)
+}
+
 /// 128 + the signal that stopped orch; 130 if none did (a cancel request).
 pub(crate) fn for_signal(signal: Option<i32>) -> ExitCode {
     ExitCode::from(

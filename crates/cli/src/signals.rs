@@ -2,8 +2,11 @@
 //! a handler.
 //!
 //! The first SIGINT, SIGTERM, SIGHUP or SIGQUIT stops gracefully; a second
-//! one forces. Ctrl+Z (SIGTSTP) freezes the task and its timeout before orch
-//! stops itself; SIGCONT thaws them. The signal task never writes to the terminal (it may have
+//! SIGINT, SIGTERM or SIGQUIT forces. A hang-up never forces: a shell that
+//! dies sends SIGHUP to its jobs again, and a terminal that closes is not
+//! a person asking twice. Ctrl+Z (SIGTSTP) freezes a foreground task and
+//! its timeout before orch stops itself; SIGCONT thaws them. `orch task`
+//! and `orch serve` both turn signals into a [`Shutdown`] here. The signal task never writes to the terminal (it may have
 //! hung up): what happens is shown by the run's observer. A panic anywhere forces too, so the task's container is removed
 //! before the process dies.
 
@@ -26,9 +29,16 @@ pub(crate) fn install_panic_hook() {
         default(info);
         crate::output::say("orch: internal error; removing this session's containers");
         if let Some(shutdown) = PANIC_SHUTDOWN.get() {
-            shutdown.force();
+            shutdown.force_because("a panic in orch");
         }
     }));
+}
+
+/// Makes a panic on any thread force `shutdown` (for `orch task`: its one
+/// task's container goes before the process dies; a daemon's tasks are not
+/// forced by a panic in one request).
+pub(crate) fn force_on_panic(shutdown: &Shutdown) {
+    let _ = PANIC_SHUTDOWN.set(shutdown.clone());
 }
 
 /// Watches the shutdown signals for one foreground command.
@@ -37,11 +47,23 @@ pub(crate) struct SignalWatch {
     handle: signal_hook_tokio::Handle,
 }
 
+/// What Ctrl+Z does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CtrlZ {
+    /// Freezes the task and its timeout, then stops orch (`orch task`).
+    Freeze,
+    /// What it does to any program (`orch serve`).
+    Default,
+}
+
 impl SignalWatch {
     /// Starts turning signals into steps of `shutdown`.
-    pub(crate) fn start(shutdown: &Shutdown) -> std::io::Result<SignalWatch> {
-        let _ = PANIC_SHUTDOWN.set(shutdown.clone());
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP, SIGCONT])?;
+    pub(crate) fn start(shutdown: &Shutdown, ctrl_z: CtrlZ) -> std::io::Result<SignalWatch> {
+        let mut wanted = vec![SIGINT, SIGTERM, SIGHUP, SIGQUIT];
+        if ctrl_z == CtrlZ::Freeze {
+            wanted.extend([SIGTSTP, SIGCONT]);
+        }
+        let mut signals = Signals::new(wanted)?;
         let handle = signals.handle();
         let first = Arc::new(AtomicI32::new(0));
         let seen = Arc::clone(&first);
@@ -61,15 +83,18 @@ impl SignalWatch {
                 // Nothing is printed here: the terminal may be the thing
                 // that hung up. The run reports the stop through its
                 // observer, whose writes never fail or block this task.
-                if seen
-                    .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
-                    tracing::info!(signal = name, "stopping gracefully");
-                    shutdown.stop_because(name);
-                } else {
-                    tracing::info!(signal = name, "forcing");
-                    shutdown.force();
+                match step(&seen, signal) {
+                    Step::Stop => {
+                        tracing::info!(signal = name, "stopping gracefully");
+                        shutdown.stop_because(name);
+                    }
+                    Step::Force => {
+                        tracing::info!(signal = name, "forcing");
+                        shutdown.force_because(name);
+                    }
+                    Step::Ignore => {
+                        tracing::info!(signal = name, "hang-up again: the graceful stop goes on");
+                    }
                 }
             }
         });
@@ -85,6 +110,28 @@ impl SignalWatch {
 impl Drop for SignalWatch {
     fn drop(&mut self) {
         self.handle.close();
+    }
+}
+
+/// What one signal does, given the first one seen (0: none yet; it is
+/// recorded here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Stop,
+    Force,
+    Ignore,
+}
+
+fn step(first: &AtomicI32, signal: i32) -> Step {
+    if first
+        .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+    {
+        Step::Stop
+    } else if signal == SIGHUP {
+        Step::Ignore
+    } else {
+        Step::Force
     }
 }
 
@@ -109,5 +156,23 @@ fn signal_name(signal: i32) -> &'static str {
         SIGHUP => "SIGHUP",
         SIGQUIT => "SIGQUIT",
         _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hang_ups_never_force_and_a_second_interrupt_does() {
+        let first = AtomicI32::new(0);
+        assert_eq!(step(&first, SIGHUP), Step::Stop);
+        assert_eq!(step(&first, SIGHUP), Step::Ignore);
+        assert_eq!(step(&first, SIGHUP), Step::Ignore);
+        assert_eq!(step(&first, SIGINT), Step::Force);
+        let first = AtomicI32::new(0);
+        assert_eq!(step(&first, SIGINT), Step::Stop);
+        assert_eq!(step(&first, SIGHUP), Step::Ignore);
+        assert_eq!(step(&first, SIGTERM), Step::Force);
     }
 }

@@ -46,6 +46,8 @@ pub(crate) struct Source {
     pub(crate) container: String,
     /// True once the run is over.
     pub(crate) over: watch::Receiver<bool>,
+    /// True once the container was started.
+    pub(crate) started: watch::Receiver<bool>,
 }
 
 impl Source {
@@ -53,6 +55,18 @@ impl Source {
     /// with it (an engine connection that drops may end the stream as
     /// cleanly as the container's exit does).
     async fn cut_short(&mut self) -> bool {
+        // A container that never started has no more to say: its stream
+        // ends when its start fails, and so does the run.
+        let mut started = self.started.clone();
+        let mut over = self.over.clone();
+        tokio::select! {
+            _ = started.wait_for(|s| *s) => {}
+            _ = over.wait_for(|o| *o) => {
+                if !*self.started.borrow() {
+                    return false;
+                }
+            }
+        }
         let over = tokio::time::timeout(END_AGREES, self.over.wait_for(|over| *over)).await;
         !matches!(over, Ok(Ok(_)))
     }

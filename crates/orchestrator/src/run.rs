@@ -251,6 +251,7 @@ pub(crate) async fn run(
         guard: None,
         pump: None,
         over: watch::channel(false).0,
+        ran: watch::channel(false).0,
         held: None,
         started: false,
     };
@@ -269,6 +270,8 @@ struct TaskRun<'a> {
     /// True once the run is over (the container exited, or was stopped):
     /// the pump's stream may end for good.
     over: watch::Sender<bool>,
+    /// True once the container was started.
+    ran: watch::Sender<bool>,
     held: Option<HeldWorkspace>,
     started: bool,
 }
@@ -501,6 +504,7 @@ impl TaskRun<'_> {
                 runtime: ctx.runtime.clone(),
                 container: self.name.clone(),
                 over: self.over.subscribe(),
+                started: self.ran.subscribe(),
             },
             self.sink.clone(),
             log,
@@ -525,6 +529,7 @@ impl TaskRun<'_> {
             Err(e) => return Err(e.into()),
         }
         self.started = true;
+        self.ran.send_replace(true);
         failpoint::hit("after-start");
         self.sink.send(Event::Started);
 
@@ -712,8 +717,14 @@ impl TaskRun<'_> {
     }
 }
 
+/// Why the task was stopped, and what forced the stop if it was forced:
+/// `"SIGHUP"`, `"SIGINT, forced by SIGTERM"`.
 fn stopped_by(shutdown: &Shutdown) -> String {
-    shutdown.reason().unwrap_or_else(|| "shutdown".into())
+    let reason = shutdown.reason().unwrap_or_else(|| "shutdown".into());
+    match shutdown.forced_by() {
+        Some(forced) if shutdown.is_forced() => format!("{reason}, forced by {forced}"),
+        _ => reason,
+    }
 }
 
 pub(crate) fn interrupted(shutdown: &Shutdown) -> Error {

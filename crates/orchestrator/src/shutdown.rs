@@ -33,6 +33,8 @@ pub struct Shutdown {
     /// parent's, then its grandparent's, and so on.
     reason: Arc<OnceLock<String>>,
     ancestors: Vec<Arc<OnceLock<String>>>,
+    /// What forced it, as the first caller said; shared with every child.
+    forced_by: Arc<OnceLock<String>>,
 }
 
 impl Default for Shutdown {
@@ -43,6 +45,7 @@ impl Default for Shutdown {
             suspension: Arc::new(watch::Sender::new(Suspension::default())),
             reason: Arc::default(),
             ancestors: Vec::new(),
+            forced_by: Arc::default(),
         }
     }
 }
@@ -64,6 +67,7 @@ impl Shutdown {
             ancestors: std::iter::once(Arc::clone(&self.reason))
                 .chain(self.ancestors.iter().cloned())
                 .collect(),
+            forced_by: Arc::clone(&self.forced_by),
         }
     }
 
@@ -126,6 +130,18 @@ impl Shutdown {
     pub fn force(&self) {
         self.graceful.cancel();
         self.force.cancel();
+    }
+
+    /// Second step, saying what forced it (`"SIGINT"`); the first reason
+    /// given is kept, and records of the tasks it stops say so.
+    pub fn force_because(&self, reason: &str) {
+        let _ = self.forced_by.set(reason.to_owned());
+        self.force();
+    }
+
+    /// What forced shutdown, if it was forced with a reason.
+    pub fn forced_by(&self) -> Option<String> {
+        self.forced_by.get().cloned()
     }
 
     /// True once `stop` (or `force`) was called.

@@ -596,7 +596,9 @@ impl Registry {
         self.transition(
             id,
             finish.state,
-            &format!("finished_at = ?3, exit_code = ?4, reason = ?5, lease_until = NULL, {WIPE_ENV}"),
+            &format!(
+                "finished_at = ?3, exit_code = ?4, reason = ?5, lease_until = NULL, {WIPE_ENV}"
+            ),
             &[&finish.at, &finish.exit_code, &finish.reason],
         )
     }

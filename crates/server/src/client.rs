@@ -16,6 +16,15 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(120);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
+    /// The socket may not be opened by this user.
+    #[error("permission denied opening the daemon's socket {}: it belongs to another user (or its directory is private)", path.display())]
+    Denied {
+        /// The socket.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Nothing listens on the socket.
     #[error("no orch daemon listens on {}: start one with `orch serve`", path.display())]
     NoDaemon {
@@ -76,9 +85,21 @@ impl Client {
         };
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|source| ClientError::NoDaemon {
-                path: self.socket.clone(),
-                source,
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::PermissionDenied => ClientError::Denied {
+                    path: self.socket.clone(),
+                    source,
+                },
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    ClientError::NoDaemon {
+                        path: self.socket.clone(),
+                        source,
+                    }
+                }
+                _ => ClientError::Transport {
+                    path: self.socket.clone(),
+                    source: Box::new(source),
+                },
             })?;
         let work = async {
             let (mut sender, connection) =

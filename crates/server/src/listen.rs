@@ -21,8 +21,9 @@ use crate::auth::{Token, require};
 pub struct Listeners {
     /// The unix socket (`$ORCH_HOME/orch.sock` unless `--socket`).
     pub socket: PathBuf,
-    /// A TCP address, with the token every request there must show.
-    pub tcp: Option<(SocketAddr, String)>,
+    /// A TCP address (every request there must show the token given to
+    /// [`Bound::serve`]).
+    pub tcp: Option<SocketAddr>,
 }
 
 /// Why the API could not be served.
@@ -126,7 +127,7 @@ fn bind_socket(path: &Path) -> Result<(tokio::net::UnixListener, OwnedSocket), S
 pub struct Bound {
     unix: tokio::net::UnixListener,
     owned: OwnedSocket,
-    tcp: Option<(tokio::net::TcpListener, String)>,
+    tcp: Option<tokio::net::TcpListener>,
     listeners: Listeners,
 }
 
@@ -143,12 +144,11 @@ impl std::fmt::Debug for Bound {
 pub async fn bind(listeners: Listeners) -> Result<Bound, ServeError> {
     let (unix, owned) = bind_socket(&listeners.socket)?;
     let tcp = match &listeners.tcp {
-        Some((addr, token)) => Some((
+        Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(listen_error("listen on", addr))?,
-            token.clone(),
-        )),
+        ),
         None => None,
     };
     Ok(Bound {
@@ -162,20 +162,24 @@ pub async fn bind(listeners: Listeners) -> Result<Bound, ServeError> {
 impl Bound {
     /// The TCP address actually bound (port 0 picks one).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        self.tcp.as_ref().and_then(|(l, _)| l.local_addr().ok())
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves the API until `stop` fires; the socket file goes with it.
+    /// `token`: what every request on the TCP listener must show (made
+    /// only once the socket is bound, so a daemon refused for another's
+    /// live socket leaves nothing behind).
     pub async fn serve(
         self,
         supervisor: Arc<Supervisor>,
         stop: CancellationToken,
+        token: String,
     ) -> Result<(), ServeError> {
         let shared = Shared {
             supervisor,
             stop: stop.clone(),
         };
-        let tcp = self.tcp.map(|(listener, token)| {
+        let tcp = self.tcp.map(|listener| {
             let token = Token(Arc::from(token.as_str()));
             let router = crate::api::with_dashboard(routes(shared.clone()), token.clone())
                 .layer(middleware::from_fn_with_state(token, require));

@@ -60,7 +60,9 @@ pub enum Error {
     },
     /// Bringing a task's work home did not finish within its deadline; the
     /// workspace is kept.
-    #[error("saving the task's work did not finish within {after:?} (it was at: {action}); the workspace is kept")]
+    #[error(
+        "saving the task's work did not finish within {after:?} (it was at: {action}); the workspace is kept"
+    )]
     SaveDeadline {
         /// The step it was at.
         action: &'static str,

@@ -313,8 +313,7 @@ impl Git {
                     current: Some(memory),
                     maximum: Some(memory),
                 };
-                rustix::process::setrlimit(rustix::process::Resource::As, limit)
-                    .map_err(Into::into)
+                rustix::process::setrlimit(rustix::process::Resource::As, limit).map_err(Into::into)
             });
         }
         if self.isolated {

@@ -537,14 +537,19 @@ impl Save<'_> {
                 continue;
             }
             let meta = path.symlink_metadata().ok();
-            let hint = hints.and_then(|h| h.entries.get(rel)).filter(|e| e.id == *id);
+            let hint = hints
+                .and_then(|h| h.entries.get(rel))
+                .filter(|e| e.id == *id);
             let Some(meta) = meta else {
                 // Gone: deleted, unless a sparse checkout left it out.
                 let sparse = hint.is_some_and(|e| e.skip_worktree)
                     || hints.is_some_and(|h| h.in_sparse_dir(rel));
                 if !sparse {
                     if let Some(entry) = hint {
-                        missing.insert((u64::from(entry.stat.ino), u64::from(entry.stat.size)), rel.clone());
+                        missing.insert(
+                            (u64::from(entry.stat.ino), u64::from(entry.stat.size)),
+                            rel.clone(),
+                        );
                     }
                     plan.take(rel);
                 }

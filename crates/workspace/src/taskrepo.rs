@@ -89,7 +89,10 @@ fn object_parts(objects: &Path) -> Result<Vec<OsString>, String> {
         let name = entry.file_name();
         let text = name.to_string_lossy();
         let holds_objects = text == "pack"
-            || (text.len() == 2 && text.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            || (text.len() == 2
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         if !holds_objects {
             continue;
         }
@@ -111,12 +114,7 @@ fn object_parts(objects: &Path) -> Result<Vec<OsString>, String> {
             let meta = file
                 .metadata()
                 .map_err(|e| format!("cannot inspect {}: {e}", file.path().display()))?;
-            let shown = || {
-                format!(
-                    ".git/objects/{text}/{}",
-                    file.file_name().to_string_lossy()
-                )
-            };
+            let shown = || format!(".git/objects/{text}/{}", file.file_name().to_string_lossy());
             if meta.file_type().is_symlink() {
                 return Err(format!("{} is a symbolic link", shown()));
             }

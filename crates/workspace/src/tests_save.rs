@@ -9,6 +9,9 @@ use std::process::Command;
 use crate::tests::{Fixture, fixture, git, hostile_script};
 use crate::*;
 
+/// Something a task does to its workspace.
+type Change<'a> = &'a dyn Fn(&Path);
+
 /// The branch's tree as `ls-tree -r` lines (mode, type, id, path).
 fn tree(f: &Fixture, id: &str) -> Vec<String> {
     git(&f.repo.top, &["ls-tree", "-r", &format!("orch/{id}")])
@@ -75,7 +78,10 @@ fn a_task_that_changes_nothing_makes_no_commit_and_keeps_its_submodules() {
         "{tree:?}"
     );
     assert!(entry(&tree, "new.txt").is_some());
-    let diff = git(&f.repo.top, &["diff", "--name-status", &f.base, "orch/5b0d"]);
+    let diff = git(
+        &f.repo.top,
+        &["diff", "--name-status", &f.base, "orch/5b0d"],
+    );
     assert_eq!(diff, "A\tnew.txt", "only what the task did");
 }
 
@@ -104,7 +110,10 @@ fn a_submodule_the_task_moved_or_checked_out_stays_a_submodule() {
     .unwrap();
     std::fs::write(ws.path.join("vendor/lib/lib.c"), "int y;\n").unwrap();
     let saved = ws.save(&f.layout, &lock).unwrap();
-    assert!(saved.imported && saved.pending_commit.is_none(), "{saved:?}");
+    assert!(
+        saved.imported && saved.pending_commit.is_none(),
+        "{saved:?}"
+    );
     let tree = tree(&f, "5b0e");
     let lib = entry(&tree, "vendor/lib").unwrap_or_default();
     assert!(
@@ -152,7 +161,7 @@ fn each_kind_of_entry_is_saved_as_the_task_left_it() {
     assert_eq!(saved.pending_commit, None, "untouched: {saved:?}");
 
     // Each change, and only it.
-    let cases: [(&str, &dyn Fn(&Path), &str); 7] = [
+    let cases: [(&str, Change, &str); 7] = [
         (
             "4a01",
             &|ws: &Path| {
@@ -212,7 +221,13 @@ fn each_kind_of_entry_is_saved_as_the_task_left_it() {
         assert!(saved.pending_commit.is_some(), "{id}: {saved:?}");
         let diff = git(
             &f.repo.top,
-            &["diff", "--no-renames", "--name-status", &f.base, &format!("orch/{id}")],
+            &[
+                "diff",
+                "--no-renames",
+                "--name-status",
+                &f.base,
+                &format!("orch/{id}"),
+            ],
         );
         assert_eq!(diff, wanted, "{id}");
     }
@@ -251,7 +266,12 @@ fn objects_the_task_names_in_another_repository_never_come_home() {
     // The task's commit names the secret; git inside found it there.
     git(
         &ws.path,
-        &["update-index", "--add", "--cacheinfo", &format!("100644,{secret},stolen")],
+        &[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("100644,{secret},stolen"),
+        ],
     );
     git(&ws.path, &["commit", "--quiet", "-m", "steal"]);
     std::fs::write(ws.path.join("work.txt"), "work\n").unwrap();
@@ -379,7 +399,10 @@ fn the_budget_holds_whatever_the_tree_says() {
             .unwrap();
     }
     git(&ws.path, &["add", "."]);
-    git(&ws.path, &["commit", "--quiet", "-m", "one blob, eight names"]);
+    git(
+        &ws.path,
+        &["commit", "--quiet", "-m", "one blob, eight names"],
+    );
     let committed = git(&ws.path, &["rev-parse", "HEAD:big0.bin"]);
     for i in 0..8 {
         let path = ws.path.join(format!("big{i}.bin"));
@@ -393,7 +416,10 @@ fn the_budget_holds_whatever_the_tree_says() {
     assert!(saved.imported);
     for i in 0..8 {
         assert_eq!(
-            git(&f.repo.top, &["rev-parse", &format!("orch/b5b5:big{i}.bin")]),
+            git(
+                &f.repo.top,
+                &["rev-parse", &format!("orch/b5b5:big{i}.bin")]
+            ),
             committed,
             "left out: the branch keeps the committed blob"
         );
@@ -418,9 +444,11 @@ fn files_git_would_block_on_are_never_handed_to_it() {
         )
         .unwrap();
     };
-    let cases: [(&str, &dyn Fn(&Path)); 3] = [
+    let cases: [(&str, Change); 3] = [
         ("f0f0", &|ws: &Path| fifo(&ws.join(".gitignore"))),
-        ("f0f1", &|ws: &Path| fifo(&ws.join("deep/er/.gitattributes"))),
+        ("f0f1", &|ws: &Path| {
+            fifo(&ws.join("deep/er/.gitattributes"))
+        }),
         ("f0f2", &|ws: &Path| {
             // A repository whose name holds a newline, its HEAD a FIFO.
             let nested = ws.join("a\nb");
@@ -442,7 +470,10 @@ fn files_git_would_block_on_are_never_handed_to_it() {
             .unwrap_err();
         assert!(matches!(err, Error::NotSaved { .. }), "{id}: {err}");
         assert!(ws.path.join("pending.txt").exists(), "{id}: kept");
-        let files = git(&f.repo.top, &["ls-tree", "-r", "--name-only", &format!("orch/{id}")]);
+        let files = git(
+            &f.repo.top,
+            &["ls-tree", "-r", "--name-only", &format!("orch/{id}")],
+        );
         assert!(files.contains("committed.txt"), "{id}: {files}");
         assert!(!files.contains("pending.txt"), "{id}: {files}");
     }
@@ -457,7 +488,10 @@ fn a_kept_workspace_is_safe_to_use_with_plain_git() {
     let (ws, lock) = f.workspace("ee01");
     std::fs::write(ws.path.join("committed.txt"), "c\n").unwrap();
     git(&ws.path, &["add", "committed.txt"]);
-    git(&ws.path, &["commit", "--quiet", "-m", "committed by the task"]);
+    git(
+        &ws.path,
+        &["commit", "--quiet", "-m", "committed by the task"],
+    );
     let script = ws.path.join("evil.sh");
     hostile_script(&script, &f.marker);
     let config = ws.path.join(".git/config");
@@ -489,10 +523,20 @@ fn a_kept_workspace_is_safe_to_use_with_plain_git() {
             .args(["status", "--short"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    assert!(!f.marker.exists(), "git in the kept workspace ran the task's code");
-    assert_eq!(git(&ws.path, &["log", "-1", "--format=%H"]), saved.tip.unwrap());
+    assert!(
+        !f.marker.exists(),
+        "git in the kept workspace ran the task's code"
+    );
+    assert_eq!(
+        git(&ws.path, &["log", "-1", "--format=%H"]),
+        saved.tip.unwrap()
+    );
     assert_eq!(git(&ws.path, &["status", "--porcelain"]), "");
 
     // Removal later still reads the task's own repository.
@@ -500,7 +544,12 @@ fn a_kept_workspace_is_safe_to_use_with_plain_git() {
     let removed = ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
     assert!(removed.saved.imported, "{:?}", removed.saved);
     let files = git(&f.repo.top, &["ls-tree", "-r", "--name-only", "orch/ee01"]);
-    for wanted in ["committed.txt", "pending.txt", "later.txt", "inner/.git.orch-disabled/config"] {
+    for wanted in [
+        "committed.txt",
+        "pending.txt",
+        "later.txt",
+        "inner/.git.orch-disabled/config",
+    ] {
         assert_eq!(
             files.lines().any(|l| l == wanted),
             wanted != "inner/.git.orch-disabled/config",

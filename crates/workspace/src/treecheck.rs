@@ -93,8 +93,8 @@ pub(crate) fn check(git: &Git, tree: &str, limits: TreeLimits) -> Result<(), Str
                 limits.bytes >> 20
             ));
         }
-        let (subtrees, leaves) = entries(&body, id.len())
-            .ok_or_else(|| format!("its tree {hex} is malformed"))?;
+        let (subtrees, leaves) =
+            entries(&body, id.len()).ok_or_else(|| format!("its tree {hex} is malformed"))?;
         Ok(Frame {
             id: id.to_vec(),
             subtrees,
@@ -131,10 +131,7 @@ pub(crate) fn check(git: &Git, tree: &str, limits: TreeLimits) -> Result<(), Str
             expanded.depth = expanded.depth.max(below.depth + 1);
         }
         if expanded.paths > limits.paths {
-            return Err(format!(
-                "its tree names more than {} paths",
-                limits.paths
-            ));
+            return Err(format!("its tree names more than {} paths", limits.paths));
         }
         if expanded.depth > limits.depth {
             return Err(format!(
@@ -204,6 +201,9 @@ mod tests {
         assert_eq!(subtrees, vec![id.to_vec()]);
         assert_eq!(leaves, 3);
         assert!(entries(&body[..body.len() - 1], 20).is_none(), "truncated");
-        assert_eq!(hex_encode(&hex_decode(&"ab".repeat(20)).unwrap()), "ab".repeat(20));
+        assert_eq!(
+            hex_encode(&hex_decode(&"ab".repeat(20)).unwrap()),
+            "ab".repeat(20)
+        );
     }
 }

@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::git::{Git, HEAVY_TIMEOUT, Repo};
-use crate::save::remove_dir_if_present;
 use crate::lock::RepoLock;
+use crate::save::remove_dir_if_present;
 use crate::{Error, Layout, Removal, TaskLock, du};
 
 /// A host directory a task's container sees, at the same path.

@@ -48,9 +48,7 @@ pub(crate) fn scan(root: &Path, skip: &HashSet<Vec<u8>>) -> Scan {
         for entry in entries.flatten() {
             seen += 1;
             if seen > MAX_ENTRIES {
-                scan.hazard = Some(format!(
-                    "the workspace holds more than {MAX_ENTRIES} files"
-                ));
+                scan.hazard = Some(format!("the workspace holds more than {MAX_ENTRIES} files"));
                 return scan;
             }
             let name = entry.file_name();
@@ -130,7 +128,10 @@ pub(crate) fn pattern(path: &[u8]) -> Option<Vec<u8>> {
     for &byte in path {
         // Wildcards and escapes anywhere; `!` and `#` only matter first and
         // trailing spaces only last, but escaping them anywhere is harmless.
-        if matches!(byte, b'*' | b'?' | b'[' | b']' | b'\\' | b'!' | b'#' | b' ' | b'\r') {
+        if matches!(
+            byte,
+            b'*' | b'?' | b'[' | b']' | b'\\' | b'!' | b'#' | b' ' | b'\r'
+        ) {
             out.push(b'\\');
         }
         out.push(byte);
@@ -168,7 +169,7 @@ mod tests {
         assert!(scan.hazard.is_none());
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &root.join("a/deeper/.gitattributes"),
+            root.join("a/deeper/.gitattributes"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o600),
             0,
@@ -177,7 +178,7 @@ mod tests {
         std::fs::create_dir_all(root.join("a/deeper")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &root.join("a/deeper/.gitattributes"),
+            root.join("a/deeper/.gitattributes"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o600),
             0,

@@ -196,8 +196,13 @@ impl TestEnv {
         } else {
             "command = [\"/orch-agent\", \"{desc}\"]\n"
         };
+        let grace = if extra.contains("stop_grace =") {
+            ""
+        } else {
+            "stop_grace = \"2s\"\n"
+        };
         let text = format!(
-            "image = \"{image}\"\n{command}stop_grace = \"2s\"\n\
+            "image = \"{image}\"\n{command}{grace}\
              env = {{ GIT_AUTHOR_NAME = \"task\", GIT_AUTHOR_EMAIL = \"task@example.com\", \
              GIT_COMMITTER_NAME = \"task\", GIT_COMMITTER_EMAIL = \"task@example.com\" }}\n{extra}\n"
         );

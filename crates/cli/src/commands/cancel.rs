@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use orch_orchestrator::{Cancelled, Home, Orchestrator};
+use orch_orchestrator::{Cancelled, Orchestrator};
 
 use crate::args::CancelArgs;
 use crate::exit;
@@ -23,7 +23,7 @@ pub(crate) async fn run(args: &CancelArgs) -> anyhow::Result<ExitCode> {
         }
     }
     drop(registry);
-    let home = Home::open(super::home_path()?)?;
+    let home = super::open_home()?;
     let orch = Orchestrator::connect(home).await?;
     let cancels = ids.iter().map(|id| orch.cancel(id));
     for (id, result) in ids

@@ -28,7 +28,8 @@ pub(crate) async fn run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
         branches: args.branches,
     };
     let path = super::home_path()?;
-    let report = match Home::open_existing(&path)? {
+    let existing = Home::open_existing(&path).map_err(|e| super::unusable_home(&path, e.into()))?;
+    let report = match existing {
         Some(home) => {
             super::note_tightened(&home);
             Orchestrator::connect(home).await?.cleanup(&options).await?

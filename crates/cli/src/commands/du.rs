@@ -8,7 +8,11 @@ use orch_workspace::Layout;
 use crate::args::DuArgs;
 
 pub(crate) fn run(args: &DuArgs) -> anyhow::Result<ExitCode> {
-    let report = DuReport::measure(&Layout::new(super::home_path()?))?;
+    let home = super::home_path()?;
+    let workspaces = home.join("workspaces");
+    super::exists_in_home(&home, &workspaces)?;
+    let report = DuReport::measure(&Layout::new(&home))
+        .map_err(|e| super::unusable_home(&home, e.into()))?;
     if args.json {
         crate::outln!("{:#}", report.to_json())?;
         return Ok(ExitCode::SUCCESS);

@@ -9,6 +9,10 @@ use crate::args::LogsArgs;
 /// How often a followed log is looked at.
 const POLL: Duration = Duration::from_millis(100);
 
+/// Prints the log; with `-f`, follows it until the task ends and exits
+/// with the code `orch task` gave for it (its own exit code, 124 timed
+/// out, 128+N stopped by signal N, 125 lost), so that scripts can follow
+/// a task as they would run it.
 pub(crate) async fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
     let registry = super::ps::require_registry()?;
     let id = registry.resolve(&args.id)?;
@@ -17,12 +21,16 @@ pub(crate) async fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
     loop {
         // Whether it had ended *before* this read: then the read gets all.
         // A live record whose owner is dead will not end by itself.
-        let ended = registry.get(&id)?.is_none_or(|t| {
-            t.state.is_terminal() || !orch_orchestrator::Owner::from(&t).is_alive()
-        });
+        let record = registry.get(&id)?;
+        let ended = record
+            .as_ref()
+            .is_none_or(|t| t.state.is_terminal() || !orch_orchestrator::Owner::from(t).is_alive());
         offset = copy_new(&path, offset)?;
-        if !args.follow || ended {
+        if !args.follow {
             return Ok(ExitCode::SUCCESS);
+        }
+        if ended {
+            return Ok(record.map_or(ExitCode::SUCCESS, |r| crate::exit::for_record(&r)));
         }
         tokio::time::sleep(POLL).await;
     }

@@ -62,6 +62,32 @@ fn home_path() -> anyhow::Result<std::path::PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("no orch home: set ORCH_HOME (or HOME)"))
 }
 
+/// Opens the orch home; a failure names the home and how to choose another.
+fn open_home() -> anyhow::Result<orch_orchestrator::Home> {
+    let path = home_path()?;
+    orch_orchestrator::Home::open(&path).map_err(|e| unusable_home(&path, e.into()))
+}
+
+/// An error about the orch home at `path`, saying where it came from.
+fn unusable_home(path: &std::path::Path, error: anyhow::Error) -> anyhow::Error {
+    let from = if std::env::var_os("ORCH_HOME").is_some_and(|v| !v.is_empty()) {
+        "ORCH_HOME"
+    } else {
+        "the default; set ORCH_HOME to choose another"
+    };
+    error.context(format!(
+        "cannot use the orch home {} ({from})",
+        path.display()
+    ))
+}
+
+/// `path` under the orch home exists: `false` only if it surely does not,
+/// an error if the home cannot be read.
+fn exists_in_home(home: &std::path::Path, path: &std::path::Path) -> anyhow::Result<bool> {
+    path.try_exists()
+        .map_err(|e| unusable_home(home, anyhow::Error::new(e)))
+}
+
 /// Shows, once, that a home readable by others was made private.
 fn note_tightened(home: &orch_orchestrator::Home) {
     if let Some(note) = home.tightened() {

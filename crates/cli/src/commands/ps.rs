@@ -10,7 +10,13 @@ use crate::args::{PsArgs, ShowArgs};
 /// The registry of this instance, if there is one yet.
 pub(crate) fn open_registry() -> anyhow::Result<Option<Registry>> {
     let home = super::home_path()?;
-    Ok(Registry::open_existing(&home.join("orch.db"))?)
+    let db = home.join("orch.db");
+    if !super::exists_in_home(&home, &db)? {
+        return Ok(None);
+    }
+    Registry::open(&db)
+        .map(Some)
+        .map_err(|e| super::unusable_home(&home, e.into()))
 }
 
 /// The registry, or an error saying there are no tasks.

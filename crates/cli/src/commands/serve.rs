@@ -13,16 +13,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::StreamExt;
 use orch_orchestrator::supervisor::{Supervisor, SupervisorConfig};
 use orch_orchestrator::{
-    GlobalConfig, Home, Orchestrator, Thresholds, WatchdogLink, parse_duration,
+    GlobalConfig, Home, Orchestrator, Shutdown, Thresholds, WatchdogLink, parse_duration,
 };
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tokio_util::sync::CancellationToken;
 
 use crate::args::ServeArgs;
 use crate::output::say;
+use crate::signals::{CtrlZ, SignalWatch};
 
 /// The cleanup schedule's default period.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
@@ -87,21 +86,23 @@ pub(crate) async fn run(
     watchdog: Option<WatchdogLink>,
 ) -> anyhow::Result<ExitCode> {
     let config = GlobalConfig::load(GlobalConfig::default_path().as_deref())?;
-    let home = Home::open(super::home_path()?)?;
+    let home = super::open_home()?;
     super::note_tightened(&home);
     let socket = args
         .socket
         .clone()
         .unwrap_or_else(|| home.path().join("orch.sock"));
-    let tcp = match args.listen {
-        Some(addr) => Some((addr, token(&home)?)),
-        None => None,
-    };
     let bound = orch_server::bind(orch_server::Listeners {
         socket: socket.clone(),
-        tcp,
+        tcp: args.listen,
     })
     .await?;
+    // Only once the socket is ours: a daemon refused for a live one's
+    // writes nothing.
+    let token = match args.listen {
+        Some(_) => token(&home)?,
+        None => String::new(),
+    };
     let orch = Orchestrator::connect(home.clone()).await?;
     let orch = match watchdog {
         Some(link) => orch.with_watchdog(link),
@@ -125,27 +126,24 @@ pub(crate) async fn run(
             stuck_after: setting("ORCH_STUCK_AFTER", config.stuck_after, DEFAULT_STUCK_AFTER)?,
         },
     );
-    let stop = CancellationToken::new();
-    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])
+    // The one signal adapter, as `orch task` has it: the first signal
+    // stops (no new tasks; running ones stop gracefully), a second forces.
+    let shutdown = Shutdown::new();
+    let signals = SignalWatch::start(&shutdown, CtrlZ::Default)
         .context("failed to install signal handlers")?;
-    let signal_handle = signals.handle();
+    let stop = CancellationToken::new();
     {
-        let (stop, supervisor) = (stop.clone(), supervisor.clone());
+        let (stop, supervisor, shutdown) = (stop.clone(), supervisor.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let mut seen = false;
-            while let Some(signal) = signals.next().await {
-                if seen {
-                    tracing::warn!(signal, "second signal: forcing the running tasks");
-                    supervisor.force();
-                } else {
-                    seen = true;
-                    tracing::info!(
-                        signal,
-                        "stopping: no new tasks, running ones stopped gracefully"
-                    );
-                    stop.cancel();
-                }
-            }
+            shutdown.stopping().await;
+            say(&format!(
+                "orch: {} received: no new tasks; running tasks stop gracefully; press Ctrl+C again to force",
+                shutdown.reason().unwrap_or_else(|| "stop".into())
+            ));
+            stop.cancel();
+            shutdown.forced().await;
+            say("orch: forcing: killing and removing the running tasks now");
+            supervisor.force();
         });
     }
     say(&format!(
@@ -159,13 +157,13 @@ pub(crate) async fn run(
     // Webhooks go out until every task has ended, then drain (bounded).
     let tasks_over = CancellationToken::new();
     let webhooks = orch_server::Webhooks::start(&config.webhooks, &supervisor, tasks_over.clone())?;
-    let server = tokio::spawn(bound.serve(supervisor.clone(), stop.clone()));
+    let server = tokio::spawn(bound.serve(supervisor.clone(), stop.clone(), token));
     supervisor.run(stop.clone()).await;
     stop.cancel();
     tasks_over.cancel();
     let served = server.await;
     webhooks.finish().await;
-    signal_handle.close();
+    drop(signals);
     if !orch.wind_down(WIND_DOWN).await {
         tracing::warn!("background work did not finish in time");
     }

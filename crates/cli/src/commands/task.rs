@@ -7,15 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use orch_orchestrator::{
-    Discard, GlobalConfig, Home, Observer, Orchestrator, Overrides, Shutdown, TaskRequest,
-    WatchdogLink,
+    Discard, GlobalConfig, Observer, Orchestrator, Overrides, Shutdown, TaskRequest, WatchdogLink,
 };
 use uuid::Uuid;
 
 use crate::args::{SuperviseArgs, TaskArgs, TaskCommand};
 use crate::exit;
 use crate::output::Terminal;
-use crate::signals::SignalWatch;
+use crate::signals::{CtrlZ, SignalWatch};
 
 /// How long reconciliation may run beside a new task.
 const RECONCILE_LIMIT: Duration = Duration::from_secs(30);
@@ -59,7 +58,7 @@ fn request(
 
 /// Connects, handing the watchdog (if any) this session.
 async fn connect(watchdog: Option<WatchdogLink>) -> anyhow::Result<Orchestrator> {
-    let home = Home::open(super::home_path()?)?;
+    let home = super::open_home()?;
     super::note_tightened(&home);
     let orch = Orchestrator::connect(home).await?;
     Ok(match watchdog {
@@ -80,7 +79,9 @@ pub(crate) async fn run(
     // Signals are ours from the first moment: nothing can be created before
     // a Ctrl+C would reach the cleanup path.
     let shutdown = Shutdown::new();
-    let signals = SignalWatch::start(&shutdown).context("failed to install signal handlers")?;
+    crate::signals::force_on_panic(&shutdown);
+    let signals = SignalWatch::start(&shutdown, CtrlZ::Freeze)
+        .context("failed to install signal handlers")?;
     let request = request(&args, args.environment()?, None)?;
     let orch = connect(watchdog).await?;
     supervise(
@@ -100,7 +101,9 @@ pub(crate) async fn run_supervisor(
     watchdog: Option<WatchdogLink>,
 ) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::new();
-    let signals = SignalWatch::start(&shutdown).context("failed to install signal handlers")?;
+    crate::signals::force_on_panic(&shutdown);
+    let signals = SignalWatch::start(&shutdown, CtrlZ::Freeze)
+        .context("failed to install signal handlers")?;
     // The environment comes on stdin, never on the command line (which
     // anyone on the machine can read).
     let env = read_env_from_stdin().context("failed to read the task's environment")?;
@@ -206,7 +209,7 @@ async fn sweep(orch: &Orchestrator) {
 async fn detach(args: TaskArgs) -> anyhow::Result<ExitCode> {
     let env = args.environment()?;
     let request = request(&args, env.clone(), None)?;
-    let home = Home::open(super::home_path()?)?;
+    let home = super::open_home()?;
     let orch = Orchestrator::connect(home.clone()).await?;
     let prepared = orch.prepare(request).await?;
     let task_id = prepared.task_id();
@@ -297,9 +300,7 @@ fn task_argv(args: &TaskArgs) -> Vec<String> {
 fn read_env_from_stdin() -> anyhow::Result<Vec<(String, String)>> {
     use std::io::Read;
     let mut text = Vec::new();
-    std::io::stdin()
-        .take(16 << 20)
-        .read_to_end(&mut text)?;
+    std::io::stdin().take(16 << 20).read_to_end(&mut text)?;
     if text.is_empty() {
         return Ok(Vec::new());
     }

@@ -771,10 +771,21 @@ fn classify(action: &'static str, target: &str, error: DockerError) -> RuntimeEr
 /// The engine's or the connection's failure, not the request's: what
 /// [`RuntimeError::is_transient`] says of its [`classify`]d form.
 fn transient(error: &DockerError) -> bool {
-    !matches!(
-        error,
-        DockerError::DockerResponseServerError { status_code, .. } if *status_code < 500
-    )
+    match error {
+        DockerError::DockerResponseServerError {
+            status_code,
+            message,
+        } => classify(
+            "",
+            "",
+            DockerError::DockerResponseServerError {
+                status_code: *status_code,
+                message: message.clone(),
+            },
+        )
+        .is_transient(),
+        _ => true,
+    }
 }
 
 /// `docker run`'s codes for a command that could not be invoked: 127 not
@@ -903,6 +914,15 @@ mod tests {
             },
         );
         assert!(e.is_transient());
+        let e = classify(
+            "start container",
+            "x",
+            DockerError::DockerResponseServerError {
+                status_code: 500,
+                message: "OCI runtime create failed: bad mount".into(),
+            },
+        );
+        assert!(!e.is_transient(), "the same answer next time");
     }
 
     #[test]

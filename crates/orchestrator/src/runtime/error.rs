@@ -91,15 +91,74 @@ impl RuntimeError {
         )
     }
 
-    /// The failure is the engine's or the connection's, not the
-    /// request's: worth trying again later.
+    /// The failure is the connection's, or an answer the engine gives for
+    /// a passing condition: worth trying again. An answer that will be the
+    /// same next time (a missing network, an OCI runtime error, a bad
+    /// mount: Docker says 500 for all of these) is not.
     pub fn is_transient(&self) -> bool {
         match self {
             RuntimeError::Unreachable { .. }
             | RuntimeError::Engine { .. }
             | RuntimeError::Timeout { .. } => true,
-            RuntimeError::Refused { status, .. } => status.is_some_and(|s| s >= 500),
+            RuntimeError::Refused {
+                status, message, ..
+            } => match status {
+                // Bad gateway, unavailable, gateway timeout: a proxy or an
+                // engine not ready yet.
+                Some(502..=504) => true,
+                Some(500..) => passing(message),
+                _ => false,
+            },
             RuntimeError::ImageMissing { .. } | RuntimeError::NotInvoked { .. } => false,
         }
+    }
+}
+
+/// Words of an engine's 5xx answer for a condition that passes: a busy
+/// device, a timeout inside the engine, a resource briefly short.
+fn passing(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    [
+        "device or resource busy",
+        "context deadline exceeded",
+        "i/o timeout",
+        "connection reset",
+        "resource temporarily unavailable",
+        "try again",
+        "too many open files",
+        "is restarting",
+    ]
+    .iter()
+    .any(|words| message.contains(words))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(status: u16, message: &str) -> RuntimeError {
+        RuntimeError::Refused {
+            action: "start container",
+            target: "x".into(),
+            status: Some(status),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn only_passing_answers_are_retried() {
+        for permanent in [
+            "failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: error during container init",
+            "network orch-gone not found",
+            "error while creating mount source path '/nope': mkdir /nope: read-only file system",
+            "Cannot link to a non running container",
+        ] {
+            assert!(!refused(500, permanent).is_transient(), "{permanent}");
+        }
+        assert!(
+            refused(500, "unable to remove filesystem: device or resource busy").is_transient()
+        );
+        assert!(refused(503, "").is_transient());
+        assert!(!refused(404, "no such container").is_transient());
     }
 }
