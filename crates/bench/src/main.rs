@@ -881,6 +881,7 @@ fn fill_registry(db: &Path, size: usize) {
             spec: None,
             priority: 0,
             max_parallel: None,
+            notes: None,
         };
         registry.insert(&record).expect("insert");
         let finish = Finish {

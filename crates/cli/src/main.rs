@@ -39,6 +39,7 @@ fn main() -> ExitCode {
     }
     init_tracing(cli.verbose);
     signals::install_panic_hook();
+    raise_descriptor_limit();
     // Before the runtime and before any container: the watchdog of the
     // commands that create containers.
     let creates_containers = match &cli.command {
@@ -74,6 +75,23 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     logging::flush(std::time::Duration::from_secs(1));
     code
+}
+
+/// Raises the soft limit of open descriptors to the hard one: a daemon
+/// holds a connection, pipes and git's files per task, and a default soft
+/// limit of 1,024 is reached long before the machine's.
+fn raise_descriptor_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "cannot raise the descriptor limit");
+        }
+    }
 }
 
 /// `RUST_LOG` wins; otherwise `-v` raises the level from warnings.

@@ -347,6 +347,7 @@ impl TaskRun<'_> {
             spec: None,
             priority: 0,
             max_parallel: settings.max_parallel.map(i64::from),
+            notes: None,
         }
     }
 

@@ -417,6 +417,7 @@ async fn dead_owners_task(h: &Harness, keep_workspace: Option<bool>) -> (Uuid, S
         spec: None,
         priority: 0,
         max_parallel: None,
+        notes: None,
     };
     let store = h.orch.ctx_for_tests().store.clone();
     store

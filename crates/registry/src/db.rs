@@ -108,6 +108,11 @@ const MIGRATIONS: &[&str] = &[
     WHERE spec IS NOT NULL AND json_valid(spec)
       AND state NOT IN ('queued', 'creating', 'running');
 ",
+    // What a user should know of a task's end that its state and reason do
+    // not say: files left out of its save, why its workspace was kept.
+    r"
+    ALTER TABLE tasks ADD COLUMN notes TEXT;
+",
 ];
 
 /// The SQL that wipes the values of a record's submitted environment, for
@@ -164,6 +169,9 @@ pub(crate) fn first_migration() -> &'static str {
 pub enum WorkspaceState {
     /// It exists and its task may still use it.
     Present,
+    /// Its task is over and its work is being brought home (its owner
+    /// still holds it).
+    Saving,
     /// Kept after the task ended (failed, timed out, lost, or asked).
     Kept,
     /// Removed.
@@ -174,6 +182,7 @@ impl WorkspaceState {
     fn as_str(self) -> &'static str {
         match self {
             WorkspaceState::Present => "present",
+            WorkspaceState::Saving => "saving",
             WorkspaceState::Kept => "kept",
             WorkspaceState::Removed => "removed",
         }
@@ -182,6 +191,7 @@ impl WorkspaceState {
     fn parse(text: &str) -> Option<WorkspaceState> {
         match text {
             "present" => Some(WorkspaceState::Present),
+            "saving" => Some(WorkspaceState::Saving),
             "kept" => Some(WorkspaceState::Kept),
             "removed" => Some(WorkspaceState::Removed),
             _ => None,
@@ -263,6 +273,10 @@ pub struct TaskRecord {
     pub cancel_requested: bool,
     /// Runs under a background supervisor.
     pub detached: bool,
+    /// What the user should know of its end that its state and reason do
+    /// not say (files left out of its save, why its workspace was kept),
+    /// one note per line.
+    pub notes: Option<String>,
 }
 
 impl TaskRecord {
@@ -339,7 +353,22 @@ pub struct Registry {
     path: PathBuf,
 }
 
-const COLUMNS: &str = "id, project, description, state, created_at, started_at, finished_at, \
+/// Live tasks: those that may run, and those whose work is being saved
+/// (their owner still holds a slot for them).
+const LIVE: &str = "(state IN ('queued', 'creating', 'running') OR workspace_state = 'saving')";
+
+/// Every column a record is read from.
+const COLUMNS: &str = concat!(
+    "id, project, description, state, created_at, started_at, finished_at, \
+    exit_code, reason, container, image, workspace, branch, repo, workspace_state, \
+    keep_failed_workspace, stop_grace_ms, session, owner_pid, owner_start, owner_boot, \
+    lease_until, progress, progress_message, progress_at, cancel_requested, detached, \
+    keep_workspace, base, git_dir, spec, priority, max_parallel",
+    ", notes"
+);
+
+/// The columns a new record is written with (notes come later).
+const INSERTED: &str = "id, project, description, state, created_at, started_at, finished_at, \
     exit_code, reason, container, image, workspace, branch, repo, workspace_state, \
     keep_failed_workspace, stop_grace_ms, session, owner_pid, owner_start, owner_boot, \
     lease_until, progress, progress_message, progress_at, cancel_requested, detached, \
@@ -484,7 +513,7 @@ impl Registry {
             let err = self.sql("record a task");
             tx.execute(
                 &format!(
-                    "INSERT INTO tasks ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+                    "INSERT INTO tasks ({INSERTED}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
                      ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
                      ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)"
                 ),
@@ -658,6 +687,19 @@ impl Registry {
     }
 
     /// Records the name the task's container got (when the planned one was
+    /// Adds a note to a task's record (a line of its own).
+    pub fn add_note(&self, id: &Uuid, note: &str) -> Result<(), Error> {
+        self.write("note something of a task", |tx| {
+            tx.execute(
+                "UPDATE tasks SET notes = CASE WHEN notes IS NULL THEN ?1 \
+                 ELSE notes || char(10) || ?1 END WHERE id = ?2",
+                params![note, id.to_string()],
+            )
+            .map_err(self.sql("note something of a task"))
+            .map(drop)
+        })
+    }
+
     /// taken).
     pub fn set_container(&self, id: &Uuid, name: &str) -> Result<(), Error> {
         self.conn
@@ -693,9 +735,7 @@ impl Registry {
     pub fn list(&self, listing: Listing) -> Result<Vec<TaskRecord>, Error> {
         let sql = match listing {
             Listing::All => format!("SELECT {COLUMNS} FROM tasks ORDER BY id"),
-            Listing::Live => format!(
-                "SELECT {COLUMNS} FROM tasks WHERE state IN ('queued', 'creating', 'running') ORDER BY id"
-            ),
+            Listing::Live => format!("SELECT {COLUMNS} FROM tasks WHERE {LIVE} ORDER BY id"),
         };
         let err = self.sql("list tasks");
         let mut statement = self.conn.prepare_cached(&sql).map_err(&err)?;
@@ -750,8 +790,8 @@ impl Registry {
         mut each: impl FnMut(TaskBrief),
     ) -> Result<(), Error> {
         let filter = match listing {
-            Listing::All => "",
-            Listing::Live => "WHERE state IN ('queued', 'creating', 'running')",
+            Listing::All => String::new(),
+            Listing::Live => format!("WHERE {LIVE}"),
         };
         let sql = format!(
             "SELECT id, project, state, created_at, progress, workspace, workspace_state \
@@ -1036,25 +1076,21 @@ impl Registry {
         Ok(counters)
     }
 
-    /// How many tasks are in each live state, and how many ended in each
-    /// terminal one.
-    pub fn count_by_state(&self) -> Result<Vec<(State, i64)>, Error> {
+    /// How many tasks are in each state, and (as `"saving"`) how many
+    /// ended ones have their work being saved.
+    pub fn count_by_state(&self) -> Result<Vec<(String, i64)>, Error> {
         let err = self.sql("count tasks");
         let mut statement = self
             .conn
-            .prepare_cached("SELECT state, count(*) FROM tasks GROUP BY state")
+            .prepare_cached(
+                "SELECT CASE WHEN workspace_state = 'saving' THEN 'saving' ELSE state END, \
+                 count(*) FROM tasks GROUP BY 1",
+            )
             .map_err(&err)?;
         let rows = statement
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
             .map_err(&err)?;
-        let mut counts = Vec::new();
-        for row in rows {
-            let (state, n) = row.map_err(&err)?;
-            if let Ok(state) = state.parse() {
-                counts.push((state, n));
-            }
-        }
-        Ok(counts)
+        rows.collect::<Result<Vec<_>, _>>().map_err(&err)
     }
 
     /// The one task whose id starts with `prefix` (at least 4 hex digits,
@@ -1150,6 +1186,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
         spec: row.get(30)?,
         priority: row.get(31)?,
         max_parallel: row.get(32)?,
+        notes: row.get(33)?,
     })
 }
 

@@ -42,6 +42,7 @@ fn record(state: State) -> TaskRecord {
         spec: None,
         priority: 0,
         max_parallel: None,
+        notes: None,
     }
 }
 

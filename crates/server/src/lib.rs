@@ -12,6 +12,7 @@
 mod api;
 mod auth;
 mod client;
+mod conn;
 mod dashboard;
 mod error;
 mod listen;

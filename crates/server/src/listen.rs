@@ -185,29 +185,15 @@ impl Bound {
                 .layer(middleware::from_fn_with_state(token, require));
             (listener, router)
         });
-        let on_socket = {
-            let stop = stop.clone();
-            let router = routes(shared);
-            async move {
-                axum::serve(self.unix, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            }
-        };
+        let on_socket =
+            crate::conn::serve(self.unix, routes(shared), crate::conn::UNIX, stop.clone());
         let on_tcp = async move {
-            match tcp {
-                Some((listener, router)) => {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(stop.cancelled_owned())
-                        .await
-                }
-                None => Ok(()),
+            if let Some((listener, router)) = tcp {
+                crate::conn::serve(listener, router, crate::conn::TCP, stop).await;
             }
         };
-        let (a, b) = tokio::join!(on_socket, on_tcp);
+        tokio::join!(on_socket, on_tcp);
         drop(self.owned);
-        a.map_err(listen_error("serve on", self.listeners.socket.display()))?;
-        b.map_err(listen_error("serve on", "the TCP address"))?;
         Ok(())
     }
 }

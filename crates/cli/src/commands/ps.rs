@@ -68,7 +68,11 @@ pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
                 "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  {workspace}",
                 task.id.get(..13).unwrap_or(&task.id),
                 truncate(&crate::output::safe(&task.project), 16),
-                task.state.as_str(),
+                if task.workspace_state == Some(WorkspaceState::Saving) {
+                    "saving"
+                } else {
+                    task.state.as_str()
+                },
                 progress,
                 age(now - task.created_at),
             );
@@ -133,6 +137,10 @@ pub(crate) fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
     ];
     for (key, value) in rows {
         crate::outln!("{key:<12} {}", crate::output::safe(&value))?;
+    }
+    for (i, note) in task.notes.iter().flat_map(|n| n.lines()).enumerate() {
+        let key = if i == 0 { "notes" } else { "" };
+        crate::outln!("{key:<12} {}", crate::output::safe(note))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -94,7 +94,7 @@ impl Metrics {
         let tasks = Family::<StateLabel, Gauge>::default();
         registry.register(
             "orch_tasks",
-            "Live tasks of this home (queued, creating, running)",
+            "Live tasks of this home (queued, creating, running; saving: ended, its work being brought home)",
             tasks.clone(),
         );
         let duration = Histogram::new(seconds_buckets());
@@ -255,15 +255,12 @@ impl Metrics {
     /// registry by whoever reaped: a watchdog, reconciliation, a cleanup).
     pub(crate) fn encode(
         &self,
-        live: &[(orch_registry::State, u64)],
+        live: &[(String, u64)],
         stuck: usize,
         reaped: &[(String, u64)],
     ) -> String {
-        for state in ["queued", "creating", "running"] {
-            let n = live
-                .iter()
-                .find(|(s, _)| s.as_str() == state)
-                .map_or(0, |(_, n)| *n);
+        for state in ["queued", "creating", "running", "saving"] {
+            let n = live.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
             self.tasks
                 .get_or_create(&label(state))
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -333,7 +330,7 @@ mod tests {
             orch_registry::State::Failed,
             Some(std::time::Duration::from_secs(2)),
         );
-        let open = metrics.encode(&[(orch_registry::State::Queued, 3)], 1, &[]);
+        let open = metrics.encode(&[("queued".to_owned(), 3)], 1, &[]);
         assert!(open.contains("# TYPE orch_tasks_submitted counter"));
         assert!(open.ends_with("# EOF\n"));
         let text = classic(&open);

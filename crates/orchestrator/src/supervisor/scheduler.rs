@@ -161,7 +161,7 @@ impl Supervisor {
             .store
             .call(|r| Ok::<_, orch_registry::Error>((r.count_by_state()?, r.counters("reaped.")?)))
             .await?;
-        let live: Vec<(State, u64)> = live
+        let live: Vec<(String, u64)> = live
             .into_iter()
             .map(|(s, n)| (s, u64::try_from(n).unwrap_or(0)))
             .collect();
@@ -388,6 +388,17 @@ impl Supervisor {
             }
             Event::Output { .. } => mark(&last_sign, Some(Instant::now())),
             Event::Stopping { .. } | Event::Forcing | Event::Ended => mark(&last_sign, None),
+            // No terminal here: what a foreground run would print goes to
+            // the daemon's log (and what lasts, to the record's notes).
+            Event::Notice(message) => tracing::warn!(task = %id, "{message}"),
+            Event::Workspace(crate::WorkspaceFate::Removed {
+                warning: Some(warning),
+                ..
+            })
+            | Event::Workspace(crate::WorkspaceFate::Kept {
+                warning: Some(warning),
+                ..
+            }) => tracing::warn!(task = %id, "workspace: {warning}"),
             _ => {}
         }));
         let prepared = match request {
@@ -533,6 +544,7 @@ impl Supervisor {
             })?),
             priority: spec.priority,
             max_parallel: settings.max_parallel.map(i64::from),
+            notes: None,
         };
         let inserted = record.clone();
         self.ctx().store.call(move |r| r.insert(&inserted)).await?;

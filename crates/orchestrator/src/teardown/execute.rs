@@ -111,7 +111,22 @@ pub(crate) async fn execute(
 
     // 2. Containers: stopped gracefully if they still run a task, then
     //    removed. A workspace that will go, of a task that exited, has its
-    //    work saved meanwhile (saving only reads it).
+    //    work saved meanwhile (saving only reads it). While its work is
+    //    saved the record says so: `orch ps` and the metrics show the slot
+    //    busy.
+    let saves = plan
+        .workspace
+        .as_ref()
+        .is_some_and(|step| step.started && step.target.repo.is_some());
+    let saving_state = |state: WorkspaceState| async move {
+        if let (true, Some(id), false) = (saves, plan.task, plan.delete_record) {
+            let _ = ctx
+                .store
+                .call(move |r| r.set_workspace_state(&id, state))
+                .await;
+        }
+    };
+    saving_state(WorkspaceState::Saving).await;
     let mut held_lock = options.held_lock;
     let ahead = match (plan.saves_ahead(), held_lock.take()) {
         (Some(step), Some(lock)) => Some((step, lock)),
@@ -164,6 +179,7 @@ pub(crate) async fn execute(
         held_lock = lock_back;
     }
     if containers_left {
+        saving_state(WorkspaceState::Present).await;
         return done;
     }
 
@@ -206,6 +222,14 @@ pub(crate) async fn execute(
         };
         match settled {
             Ok(fate) => {
+                let warning = match &fate {
+                    WorkspaceFate::Removed { warning, .. }
+                    | WorkspaceFate::Kept { warning, .. } => warning.clone(),
+                    WorkspaceFate::Unwound { .. } => None,
+                };
+                if let (Some(id), false, Some(warning)) = (plan.task, plan.delete_record, warning) {
+                    note(ctx, id, &format!("workspace: {warning}")).await;
+                }
                 if let (Some(id), false) = (plan.task, plan.delete_record) {
                     let state = match fate {
                         WorkspaceFate::Kept { .. } => WorkspaceState::Kept,
@@ -230,6 +254,7 @@ pub(crate) async fn execute(
                     chain(&e)
                 ));
                 if let (Some(id), false) = (plan.task, plan.delete_record) {
+                    note(ctx, id, &format!("workspace kept: {}", chain(&e))).await;
                     let _ = ctx
                         .store
                         .call(move |r| r.set_workspace_state(&id, WorkspaceState::Kept))
@@ -269,6 +294,15 @@ async fn exit_of(ctx: &Ctx, plan: &Teardown, reason: &str) -> Ending {
         }
     }
     Ending::Lost(format!("{reason} (exit code unknown)"))
+}
+
+/// Adds a note to the task's record: what its end left for the user to
+/// know, in `orch show` and the API whichever process ended it.
+async fn note(ctx: &Ctx, id: uuid::Uuid, text: &str) {
+    let text = text.to_owned();
+    if let Err(e) = ctx.store.call(move |r| r.add_note(&id, &text)).await {
+        tracing::warn!(task = %id, error = %format!("{e:#}"), "cannot note on the task's record");
+    }
 }
 
 fn branch_of(plan: &Teardown) -> String {
