@@ -48,7 +48,8 @@ fn settled(env: &TestEnv, id: &str) -> bool {
             let record = env.show(id);
             let done = record["state"] != "running"
                 && record["state"] != "creating"
-                && record["workspace_state"] != "present";
+                && record["workspace_state"] != "present"
+                && record["workspace_state"] != "saving";
             done.then_some(())
         },
     );

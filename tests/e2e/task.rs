@@ -293,7 +293,17 @@ fn bad_input_is_one_line_and_exit_125_with_nothing_created() {
         ),
         (vec!["--timeout", "5x"], &project, "invalid duration \"5x\""),
         (vec!["--stop-grace", "soon"], &project, "invalid duration"),
-        (vec!["--env", "NOEQUALS"], &project, "expected KEY=VALUE"),
+        (
+            vec!["--env", "NO SPACES"],
+            &project,
+            "invalid environment variable name",
+        ),
+        (vec!["--env", "=x"], &project, "expected KEY=VALUE"),
+        (
+            vec!["--env-file", "/nonexistent/env"],
+            &project,
+            "failed to read the env file",
+        ),
         (vec!["--user", "bob"], &project, "invalid --user"),
         (
             vec!["--image", "orch-no-such-image:dev"],

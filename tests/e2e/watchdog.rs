@@ -41,7 +41,8 @@ fn sigkill_of_orch_is_cleaned_up_by_the_watchdog_within_seconds() {
     // Lost, then its workspace settled (its work saved first).
     let record = helper::wait_for("the record to be lost", Duration::from_secs(10), || {
         let record = env.show(&id);
-        (record["state"] == "lost" && record["workspace_state"] != "present").then_some(record)
+        let settled = record["workspace_state"] == "kept" || record["workspace_state"] == "removed";
+        (record["state"] == "lost" && settled).then_some(record)
     });
     assert_eq!(
         record["workspace_state"], "kept",

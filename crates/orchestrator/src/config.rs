@@ -42,6 +42,15 @@ impl User {
         }
     }
 
+    /// True if the task runs as uid 0.
+    pub fn is_root(&self) -> bool {
+        match self {
+            User::Host => rustix::process::getuid().is_root(),
+            User::Root => true,
+            User::Id(id) => id.split(':').next() == Some("0"),
+        }
+    }
+
     fn parse(text: &str) -> Result<User, String> {
         match text {
             "host" => Ok(User::Host),
@@ -116,6 +125,154 @@ pub struct Settings {
     /// A running task with no progress and no output for this long is
     /// stuck (an alert); `None`: the daemon's default.
     pub stuck_after: Option<Duration>,
+    /// The container's confinement (capabilities, privileges, pids,
+    /// runtime, egress).
+    pub sandbox: Sandbox,
+}
+
+/// What confines a task's container beyond its user and limits. The
+/// defaults are the strict ones; each is a setting of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Capabilities added to what the task's user gets by default
+    /// ([`default_capabilities`]).
+    pub cap_add: Vec<String>,
+    /// Capabilities taken away from that.
+    pub cap_drop: Vec<String>,
+    /// No process of the task may gain privileges (setuid binaries and file
+    /// capabilities do nothing).
+    pub no_new_privileges: bool,
+    /// At most this many processes at once; `None`: no limit.
+    pub pids_limit: Option<i64>,
+    /// The OCI runtime (`runsc`, ...), if not the engine's default.
+    pub runtime: Option<String>,
+    /// The only places the task may reach (`host:port`), if set: every
+    /// other address, the host's included, is unreachable.
+    pub egress: Vec<String>,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox {
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            no_new_privileges: true,
+            pids_limit: Some(DEFAULT_PIDS_LIMIT),
+            runtime: None,
+            egress: Vec::new(),
+        }
+    }
+}
+
+/// A task's processes at most, by default: far more than a build or an
+/// agent starts, far fewer than a fork bomb needs to hurt the host.
+pub(crate) const DEFAULT_PIDS_LIMIT: i64 = 4096;
+
+/// The capabilities a task's user gets unless its settings say otherwise:
+/// none at all for anyone but root; for root, what installing packages
+/// needs (dpkg sets owners and modes, apt drops to its own user) and what
+/// writing the host user's workspace needs, and nothing else (no raw
+/// sockets, no device nodes, no chroot, no audit).
+pub(crate) fn default_capabilities(user: &User) -> &'static [&'static str] {
+    if user.is_root() {
+        &[
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "FOWNER",
+            "FSETID",
+            "SETUID",
+            "SETGID",
+        ]
+    } else {
+        &[]
+    }
+}
+
+/// Capability names Docker knows (without `CAP_`).
+const CAPABILITIES: &[&str] = &[
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "PERFMON",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYSLOG",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "WAKE_ALARM",
+];
+
+/// A capability name as Docker takes it (`net_admin`, `CAP_NET_ADMIN` and
+/// `NET_ADMIN` alike), or why not.
+fn capability(name: &str) -> Result<String, String> {
+    let upper = name.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    if CAPABILITIES.contains(&bare) {
+        Ok(bare.to_owned())
+    } else {
+        Err(format!("unknown capability {name:?}"))
+    }
+}
+
+/// An `egress` entry: `host:port`, a host name (the task reaches it by
+/// name) and a port.
+fn egress_entry(text: &str) -> Result<String, String> {
+    let bad = || format!("invalid egress {text:?}: expected host:port, e.g. \"github.com:443\"");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if port == 0 || !name_ok {
+        return Err(
+            if host.parse::<std::net::IpAddr>().is_ok()
+                || host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            {
+                format!(
+                    "invalid egress {text:?}: give a host name, not an address (the task reaches it by its name)"
+                )
+            } else {
+                bad()
+            },
+        );
+    }
+    Ok(format!("{}:{port}", host.to_ascii_lowercase()))
 }
 
 impl Default for Settings {
@@ -135,6 +292,7 @@ impl Default for Settings {
             env: BTreeMap::new(),
             max_parallel: None,
             stuck_after: None,
+            sandbox: Sandbox::default(),
         }
     }
 }
@@ -231,6 +389,12 @@ struct FileSettings {
     env: Option<BTreeMap<String, String>>,
     max_parallel: Option<u32>,
     stuck_after: Option<DurationValue>,
+    cap_add: Option<Vec<String>>,
+    cap_drop: Option<Vec<String>>,
+    no_new_privileges: Option<bool>,
+    pids_limit: Option<i64>,
+    runtime: Option<String>,
+    egress: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -435,6 +599,56 @@ impl FileSettings {
                 return Err(invalid("env", format!("invalid variable name {key:?}")));
             }
             settings.env.insert(key, value);
+        }
+        let sandbox = &mut settings.sandbox;
+        if let Some(caps) = self.cap_add {
+            sandbox.cap_add = caps
+                .iter()
+                .map(|c| capability(c))
+                .collect::<Result<_, _>>()
+                .map_err(|m| invalid("cap_add", m))?;
+        }
+        if let Some(caps) = self.cap_drop {
+            sandbox.cap_drop = caps
+                .iter()
+                .map(|c| capability(c))
+                .collect::<Result<_, _>>()
+                .map_err(|m| invalid("cap_drop", m))?;
+        }
+        if let Some(nnp) = self.no_new_privileges {
+            sandbox.no_new_privileges = nnp;
+        }
+        if let Some(pids) = self.pids_limit {
+            sandbox.pids_limit = match pids {
+                0 => None,
+                n if n > 0 => Some(n),
+                n => {
+                    return Err(invalid(
+                        "pids_limit",
+                        format!("must be positive (or 0 for none), got {n}"),
+                    ));
+                }
+            };
+        }
+        if let Some(runtime) = self.runtime {
+            let ok = !runtime.is_empty()
+                && runtime
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !ok {
+                return Err(invalid(
+                    "runtime",
+                    format!("invalid runtime name {runtime:?}"),
+                ));
+            }
+            sandbox.runtime = Some(runtime);
+        }
+        if let Some(egress) = self.egress {
+            sandbox.egress = egress
+                .iter()
+                .map(|e| egress_entry(e))
+                .collect::<Result<_, _>>()
+                .map_err(|m| invalid("egress", m))?;
         }
         Ok(())
     }

@@ -24,7 +24,9 @@ use crate::context::Ctx;
 use crate::events::{Event, EventSink, StopReason};
 use crate::guard::ContainerGuard;
 use crate::output::{finish_pump, spawn_pump};
-use crate::runtime::{ContainerSpec, ContainerState, Gone, Mount, Ownership, RuntimeError};
+use crate::runtime::{
+    ContainerSpec, ContainerState, Gone, Machine, Mount, Ownership, RuntimeError,
+};
 use crate::teardown::{
     self, Cause, Ending, ExecOptions, Found, RepoFacts, Step, TaskFacts, WorkspaceFacts,
     WorkspacePolicy, WorkspaceTarget,
@@ -159,8 +161,9 @@ pub(crate) async fn check(
         }
         .into());
     }
+    let machine = ctx.runtime.machine().await?;
     ctx.runtime
-        .preflight(&spec(ctx, request, task_id, None))
+        .preflight(&spec(ctx, request, task_id, None, &machine))
         .await?;
     if !wants_workspace {
         return Ok(None);
@@ -174,12 +177,14 @@ pub(crate) async fn check(
     .map(Some)
 }
 
-/// The container's spec: image, command, user, limits, mounts, ownership.
+/// The container's spec: image, command, user, limits (the machine's
+/// defaults where the settings give none), confinement, mounts, ownership.
 fn spec(
     ctx: &Ctx,
     request: &TaskRequest,
     task_id: Uuid,
     workspace: Option<&orch_workspace::Workspace>,
+    machine: &Machine,
 ) -> ContainerSpec {
     let settings = &request.project.settings;
     let reserved = ["ORCH_TASK_ID", "ORCH_TASK_DESC", "ORCH_WORKSPACE"];
@@ -220,9 +225,14 @@ fn spec(
         workdir: workspace.map(|w| w.workdir.clone()),
         mounts,
         network: settings.network.clone(),
-        memory: settings.memory,
-        cpus: settings.cpus,
+        memory: Some(settings.memory.unwrap_or_else(|| machine.default_memory())),
+        cpus: Some(settings.cpus.unwrap_or_else(|| machine.default_cpus())),
         stop_grace: settings.stop_grace,
+        capabilities: capabilities(settings),
+        no_new_privileges: settings.sandbox.no_new_privileges,
+        pids_limit: settings.sandbox.pids_limit,
+        runtime: settings.sandbox.runtime.clone(),
+        extra_hosts: Vec::new(),
         ownership: Ownership {
             instance: ctx.home.instance_id().to_owned(),
             session: ctx.session.id,
@@ -231,6 +241,22 @@ fn spec(
             owner: ctx.session.owner.clone(),
         },
     }
+}
+
+/// The capabilities a task keeps: its user's defaults, plus `cap_add`,
+/// minus `cap_drop`.
+fn capabilities(settings: &crate::config::Settings) -> Vec<String> {
+    let mut caps: Vec<String> = crate::config::default_capabilities(&settings.user)
+        .iter()
+        .map(|c| (*c).to_owned())
+        .collect();
+    for cap in &settings.sandbox.cap_add {
+        if !caps.contains(cap) {
+            caps.push(cap.clone());
+        }
+    }
+    caps.retain(|c| !settings.sandbox.cap_drop.contains(c));
+    caps
 }
 
 /// Runs a prepared task to its end and tears it down.
@@ -453,11 +479,13 @@ impl TaskRun<'_> {
 
         // From here on a container may exist: the guard is armed before the
         // create call is sent, and the watchdog hears of the task first.
+        let machine = ctx.runtime.machine().await?;
         let spec = spec(
             ctx,
             &self.prepared.request,
             task_id,
             self.held.as_ref().map(|h| &h.workspace),
+            &machine,
         );
         crate::watchdog::register(ctx, &self.facts(), &self.name);
         // The engine creates the container (it needs only the workspace's

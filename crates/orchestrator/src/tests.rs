@@ -441,6 +441,11 @@ async fn dead_owners_task(h: &Harness, keep_workspace: Option<bool>) -> (Uuid, S
             memory: None,
             cpus: None,
             stop_grace: Duration::from_millis(1500),
+            capabilities: Vec::new(),
+            no_new_privileges: true,
+            pids_limit: None,
+            runtime: None,
+            extra_hosts: Vec::new(),
             ownership: Ownership {
                 instance: h.orch.home().instance_id().to_owned(),
                 session: Uuid::new_v4(),

@@ -396,33 +396,28 @@ async fn remove_as_root(ctx: &Ctx, target: &WorkspaceTarget) -> Result<(), Error
                 id: target.dir_name.clone(),
             })?;
     let name = format!("orch-rm-{}", &task_id.simple().to_string()[..12]);
-    let spec = ContainerSpec {
-        image: target
+    let mut spec = ContainerSpec::plain(
+        &target
             .image
             .clone()
             .unwrap_or_else(|| FALLBACK_IMAGE.into()),
-        command: vec!["-rf".into(), "/orch-rm".into()],
-        entrypoint: Some(vec!["rm".into()]),
-        user: "0:0".into(),
-        env: Vec::new(),
-        workdir: None,
-        mounts: vec![Mount {
-            source: dir,
-            target: "/orch-rm".into(),
-            read_only: false,
-        }],
-        network: "none".into(),
-        memory: None,
-        cpus: None,
-        stop_grace: Duration::from_secs(1),
-        ownership: Ownership {
+        vec!["-rf".into(), "/orch-rm".into()],
+        Ownership {
             instance: ctx.home.instance_id().to_owned(),
             session: ctx.session.id,
             task: task_id,
             project: target.project.clone(),
             owner: ctx.session.owner.clone(),
         },
-    };
+    );
+    spec.entrypoint = Some(vec!["rm".into()]);
+    // Root, to remove what a root task left; nothing more than that needs.
+    spec.capabilities = vec!["DAC_OVERRIDE".into(), "FOWNER".into()];
+    spec.mounts = vec![Mount {
+        source: dir,
+        target: "/orch-rm".into(),
+        read_only: false,
+    }];
     ctx.active.insert(&name, task_id);
     let runtime = &ctx.runtime;
     let ran = async {

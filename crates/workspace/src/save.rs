@@ -185,6 +185,22 @@ impl Save<'_> {
         make_bare_repo(&shadow, object_format(&ws.base))?;
         let id_len = ws.base.len() / 2;
         let mut notes: Vec<String> = Vec::new();
+        // Before anything reads the workspace: nothing setuid, no device.
+        let disarmed = worktree::disarm(&ws.path);
+        if disarmed.cleared + disarmed.removed > 0 {
+            tracing::info!(
+                workspace = %ws.path.display(),
+                setuid_cleared = disarmed.cleared,
+                devices_removed = disarmed.removed,
+                "disarmed what the task left"
+            );
+        }
+        if !disarmed.failed.is_empty() {
+            notes.push(format!(
+                "setuid files or device nodes the task left could not be disarmed ({}); the workspace is private to orch's user",
+                disarmed.failed.join(", ")
+            ));
+        }
         let mut alternates = ws.repo.object_dirs();
         let task_git = ws.task_git_dir(self.layout);
         let mut head = None;

@@ -100,6 +100,70 @@ pub(crate) fn scan(root: &Path, skip: &HashSet<Vec<u8>>) -> Scan {
     scan
 }
 
+/// What [`disarm`] did.
+#[derive(Debug, Default)]
+pub(crate) struct Disarmed {
+    /// Setuid/setgid bits cleared.
+    pub(crate) cleared: usize,
+    /// Device nodes removed.
+    pub(crate) removed: usize,
+    /// What could not be done (files of another user, when orch is not
+    /// root), for a note.
+    pub(crate) failed: Vec<String>,
+}
+
+/// Makes what a task left in `root` harmless on the host before anything
+/// else reads it: setuid and setgid bits are cleared (a root task can leave
+/// a setuid-root binary; git never stores those bits anyway) and device
+/// nodes are removed (they hold no data). Links are never followed; the
+/// task is over, so nothing changes under the walk.
+pub(crate) fn disarm(root: &Path) -> Disarmed {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    let mut done = Disarmed::default();
+    let mut stack = vec![root.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > MAX_ENTRIES {
+                return done;
+            }
+            let path = entry.path();
+            let Ok(meta) = path.symlink_metadata() else {
+                continue;
+            };
+            let kind = meta.file_type();
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_block_device() || kind.is_char_device() {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => done.removed += 1,
+                    Err(e) => done.failed.push(format!("{}: {e}", path.display())),
+                }
+            } else if kind.is_file() && meta.mode() & 0o6000 != 0 {
+                let cleared = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(
+                        (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+                    )
+                    .open(&path)
+                    .and_then(|file| {
+                        let mode = file.metadata()?.mode() & 0o7777 & !0o6000;
+                        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+                    });
+                match cleared {
+                    Ok(()) => done.cleared += 1,
+                    Err(e) => done.failed.push(format!("{}: {e}", path.display())),
+                }
+            }
+        }
+    }
+    done
+}
+
 fn describe(kind: &std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if kind.is_symlink() {

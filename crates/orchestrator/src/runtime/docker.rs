@@ -26,8 +26,8 @@ use tokio::time::Instant;
 use crate::events::Stream as OutStream;
 use crate::owner::Owner;
 use crate::runtime::{
-    Capabilities, ContainerSpec, ContainerState, Gone, OutputStream, OwnedContainer, Runtime,
-    RuntimeError, Selector,
+    Capabilities, ContainerSpec, ContainerState, Gone, Machine, OutputStream, OwnedContainer,
+    Runtime, RuntimeError, Selector,
 };
 
 /// Labels every container orch creates carries (SPEC 2).
@@ -72,6 +72,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub struct DockerRuntime {
     docker: Docker,
     host: String,
+    machine: std::sync::Arc<tokio::sync::OnceCell<Machine>>,
 }
 
 impl DockerRuntime {
@@ -99,7 +100,11 @@ impl DockerRuntime {
             })?;
         // A backstop only: every call below carries its own deadline.
         let docker = docker.with_timeout(CALL_DEADLINE * 2);
-        Ok(DockerRuntime { docker, host })
+        Ok(DockerRuntime {
+            docker,
+            host,
+            machine: std::sync::Arc::default(),
+        })
     }
 
     /// Runs `call` until it succeeds, fails for good, or `deadline` passes;
@@ -300,7 +305,44 @@ impl Runtime for DockerRuntime {
         })
     }
 
+    async fn machine(&self) -> Result<Machine, RuntimeError> {
+        self.machine
+            .get_or_try_init(|| async {
+                let info = self
+                    .retrying("ask about", "the Docker engine", CALL_DEADLINE, || {
+                        self.docker.info()
+                    })
+                    .await?;
+                let mut runtimes: Vec<String> = info
+                    .runtimes
+                    .map(|r| r.into_keys().collect())
+                    .unwrap_or_default();
+                runtimes.sort();
+                Ok(Machine {
+                    memory: info.mem_total.unwrap_or(0),
+                    cpus: info.ncpu.unwrap_or(1) as f64,
+                    runtimes,
+                })
+            })
+            .await
+            .cloned()
+    }
+
     async fn preflight(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        if let Some(runtime) = &spec.runtime {
+            let machine = self.machine().await?;
+            if !machine.runtimes.contains(runtime) {
+                return Err(RuntimeError::Refused {
+                    action: "use runtime",
+                    target: runtime.clone(),
+                    status: None,
+                    message: format!(
+                        "the engine has no OCI runtime {runtime:?} (it has {}); install and register it with the engine, or remove runtime from the project's settings",
+                        machine.runtimes.join(", ")
+                    ),
+                });
+            }
+        }
         let network = spec.network.as_str();
         let builtin = matches!(network, "bridge" | "none" | "host" | "default")
             || network.starts_with("container:");
@@ -672,6 +714,14 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             network_mode: Some(spec.network.clone()),
             memory: spec.memory,
             nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            cap_add: (!spec.capabilities.is_empty()).then(|| spec.capabilities.clone()),
+            security_opt: spec
+                .no_new_privileges
+                .then(|| vec!["no-new-privileges".to_owned()]),
+            pids_limit: spec.pids_limit,
+            runtime: spec.runtime.clone(),
+            extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
             ..HostConfig::default()
         }),
         ..ContainerCreateBody::default()
@@ -941,6 +991,11 @@ mod tests {
             memory: None,
             cpus: None,
             stop_grace: Duration::from_secs(1),
+            capabilities: Vec::new(),
+            no_new_privileges: true,
+            pids_limit: None,
+            runtime: None,
+            extra_hosts: Vec::new(),
             ownership: crate::runtime::Ownership {
                 instance: "abc".into(),
                 session,

@@ -155,6 +155,14 @@ impl Runtime for FakeRuntime {
         self.call("ping", "engine")
     }
 
+    async fn machine(&self) -> Result<crate::runtime::Machine, RuntimeError> {
+        Ok(crate::runtime::Machine {
+            memory: 8 << 30,
+            cpus: 4.0,
+            runtimes: vec!["runc".into()],
+        })
+    }
+
     async fn preflight(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         self.call("preflight", &spec.image)
     }

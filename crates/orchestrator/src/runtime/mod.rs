@@ -20,6 +20,6 @@ pub use docker::display_chain;
 pub use error::RuntimeError;
 pub(crate) use reference::validate_reference;
 pub use spec::{
-    Capabilities, ContainerSpec, ContainerState, Gone, Mount, OutputChunk, OutputStream,
+    Capabilities, ContainerSpec, ContainerState, Gone, Machine, Mount, OutputChunk, OutputStream,
     OwnedContainer, Ownership, Runtime, Selector,
 };

@@ -77,8 +77,68 @@ pub struct ContainerSpec {
     pub cpus: Option<f64>,
     /// SIGTERM-to-SIGKILL grace the engine uses if it stops it itself.
     pub stop_grace: Duration,
+    /// The capabilities it keeps; every other one is dropped.
+    pub capabilities: Vec<String>,
+    /// No process in it may gain privileges (setuid, file capabilities).
+    pub no_new_privileges: bool,
+    /// At most this many processes; `None`: no limit.
+    pub pids_limit: Option<i64>,
+    /// The OCI runtime, if not the engine's default.
+    pub runtime: Option<String>,
+    /// `name:address` lines added to its `/etc/hosts`.
+    pub extra_hosts: Vec<String>,
     /// Whose it is.
     pub ownership: Ownership,
+}
+
+impl ContainerSpec {
+    /// A spec with engine defaults for everything but what is given: for
+    /// orch's own helper containers.
+    pub fn plain(image: &str, command: Vec<String>, ownership: Ownership) -> ContainerSpec {
+        ContainerSpec {
+            image: image.to_owned(),
+            command,
+            entrypoint: None,
+            user: "0:0".into(),
+            env: Vec::new(),
+            workdir: None,
+            mounts: Vec::new(),
+            network: "none".into(),
+            memory: None,
+            cpus: None,
+            stop_grace: Duration::from_secs(1),
+            capabilities: Vec::new(),
+            no_new_privileges: true,
+            pids_limit: None,
+            runtime: None,
+            extra_hosts: Vec::new(),
+            ownership,
+        }
+    }
+}
+
+/// The machine an engine runs on, as it says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Machine {
+    /// Its memory, in bytes.
+    pub memory: i64,
+    /// Its CPUs.
+    pub cpus: f64,
+    /// The OCI runtimes it knows.
+    pub runtimes: Vec<String>,
+}
+
+impl Machine {
+    /// A task's memory limit unless its settings say: half the machine's.
+    pub fn default_memory(&self) -> i64 {
+        (self.memory / 2).max(256 << 20)
+    }
+
+    /// A task's CPU limit unless its settings say: all CPUs but one, left
+    /// to the host (orch, the engine, git), at least one.
+    pub fn default_cpus(&self) -> f64 {
+        (self.cpus - 1.0).max(1.0).min(self.cpus.max(1.0))
+    }
 }
 
 /// A container's state as the engine reports it.
@@ -167,6 +227,9 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
 
     /// Checks that the engine answers.
     async fn ping(&self) -> Result<(), RuntimeError>;
+
+    /// The machine the engine runs on (asked once, then remembered).
+    async fn machine(&self) -> Result<Machine, RuntimeError>;
 
     /// Checks what the engine would refuse about `spec` only at create time
     /// (an unknown network), before anything is made.
