@@ -18,6 +18,7 @@ mod newuser;
 mod observe;
 mod policy;
 mod registry;
+mod sandbox;
 mod task;
 mod watchdog;
 mod workspace;

@@ -44,6 +44,13 @@ pub(crate) enum Command {
     /// Guard a session from outside (started by orch itself).
     #[command(name = "__watchdog", hide = true)]
     Watchdog,
+    /// Relay a task's allowed connections (inside its egress forwarder).
+    #[command(name = "__egress", hide = true)]
+    Egress {
+        /// The allowed `host:port` entries.
+        #[arg(required = true)]
+        entries: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -27,6 +27,7 @@ mod cancel;
 mod config;
 mod context;
 mod disk;
+pub mod egress;
 mod error;
 mod events;
 mod guard;

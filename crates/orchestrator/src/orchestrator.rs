@@ -149,6 +149,7 @@ impl Orchestrator {
             }
             results.push((name, result));
         }
+        crate::egress::sweep_networks(ctx, &ctx.selector(Some(ctx.session.id)), false).await?;
         Ok(results)
     }
 

@@ -161,6 +161,18 @@ pub(crate) async fn check(
         }
         .into());
     }
+    let network = settings.network.as_str();
+    if !settings.sandbox.egress.is_empty()
+        && (matches!(network, "none" | "host") || network.starts_with("container:"))
+    {
+        return Err(ConfigError::Flag {
+            flag: "egress".into(),
+            message: format!(
+                "needs a network to go out through, and network = {network:?}; use a bridge or a network name"
+            ),
+        }
+        .into());
+    }
     let machine = ctx.runtime.machine().await?;
     ctx.runtime
         .preflight(&spec(ctx, request, task_id, None, &machine))
@@ -233,6 +245,7 @@ fn spec(
         pids_limit: settings.sandbox.pids_limit,
         runtime: settings.sandbox.runtime.clone(),
         extra_hosts: Vec::new(),
+        extra_networks: Vec::new(),
         ownership: Ownership {
             instance: ctx.home.instance_id().to_owned(),
             session: ctx.session.id,
@@ -280,6 +293,7 @@ pub(crate) async fn run(
         ran: watch::channel(false).0,
         held: None,
         started: false,
+        egress: None,
     };
     run.run().await
 }
@@ -300,6 +314,8 @@ struct TaskRun<'a> {
     ran: watch::Sender<bool>,
     held: Option<HeldWorkspace>,
     started: bool,
+    /// The task's egress forwarder (and network), if it has one.
+    egress: Option<String>,
 }
 
 impl TaskRun<'_> {
@@ -480,7 +496,7 @@ impl TaskRun<'_> {
         // From here on a container may exist: the guard is armed before the
         // create call is sent, and the watchdog hears of the task first.
         let machine = ctx.runtime.machine().await?;
-        let spec = spec(
+        let mut spec = spec(
             ctx,
             &self.prepared.request,
             task_id,
@@ -488,6 +504,16 @@ impl TaskRun<'_> {
             &machine,
         );
         crate::watchdog::register(ctx, &self.facts(), &self.name);
+        if !settings.sandbox.egress.is_empty() {
+            // Known before it exists: whatever goes wrong from here, the
+            // teardown removes it (and its network).
+            self.egress = Some(crate::egress::name_for(&self.name));
+            let (network, hosts) =
+                crate::egress::open(ctx, task_id, &self.name, &spec, &settings.sandbox.egress)
+                    .await?;
+            spec.network = network;
+            spec.extra_hosts = hosts;
+        }
         // The engine creates the container (it needs only the workspace's
         // directory to exist) while git fills the workspace; both are done
         // before the container starts.
@@ -674,8 +700,14 @@ impl TaskRun<'_> {
             containers: self
                 .guard
                 .as_ref()
-                .map(|g| vec![(g.name().to_owned(), ContainerState::Other)])
-                .unwrap_or_default(),
+                .map(|g| (g.name().to_owned(), ContainerState::Other))
+                .into_iter()
+                .chain(
+                    self.egress
+                        .clone()
+                        .map(|name| (name, ContainerState::Other)),
+                )
+                .collect(),
             workspace: self.held.as_ref().map(|h| WorkspaceTarget {
                 project: h.workspace.project.clone(),
                 dir_name: h.workspace.task_id.clone(),

@@ -296,6 +296,10 @@ pub(crate) async fn reap(ctx: &Ctx, log: &WatchdogLog) -> Reaped {
         }
         tokio::time::sleep(SETTLE).await;
     }
+    // Networks the session made whose forwarder never came (or is gone).
+    if let Err(e) = crate::egress::sweep_networks(ctx, &ctx.selector(Some(session)), false).await {
+        tracing::warn!(error = %format!("{e:#}"), "cannot sweep the session's networks");
+    }
     Reaped {
         items,
         stray_containers: stray,

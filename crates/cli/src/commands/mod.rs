@@ -29,6 +29,13 @@ pub(crate) async fn run(
             exit::ORCH_FAILED,
         ),
         Command::Watchdog => (Ok(ExitCode::SUCCESS), exit::FAILED),
+        Command::Egress { entries } => (
+            orch_orchestrator::egress::forward(entries)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(Into::into),
+            exit::FAILED,
+        ),
         Command::Ps(args) => (ps::ps(&args), exit::FAILED),
         Command::Show(args) => (ps::show(&args), exit::FAILED),
         Command::Logs(args) => (logs::run(&args).await, exit::FAILED),

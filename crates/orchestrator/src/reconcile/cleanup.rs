@@ -146,6 +146,11 @@ async fn execute(
         .buffered(PARALLEL)
         .collect()
         .await;
+    if !stop.is_some_and(CancellationToken::is_cancelled) {
+        if let Err(e) = crate::egress::sweep_networks(ctx, &ctx.selector(None), true).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot sweep networks left by dead owners");
+        }
+    }
     let by_reconcile = reaped(items.iter().filter(|i| i.strategy == Strategy::Orphans));
     let by_cleanup = reaped(items.iter().filter(|i| i.strategy == Strategy::Stale));
     count_reaped(ctx, "reconcile", by_reconcile).await;

@@ -13,12 +13,15 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, ContainerSummary, HostConfig, MountType};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, HostConfig, MountType, NetworkConnectRequest,
+    NetworkCreateRequest,
+};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     InspectContainerOptions, InspectNetworkOptions, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    WaitContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::time::Instant;
@@ -27,7 +30,7 @@ use crate::events::Stream as OutStream;
 use crate::owner::Owner;
 use crate::runtime::{
     Capabilities, ContainerSpec, ContainerState, Gone, Machine, OutputStream, OwnedContainer,
-    Runtime, RuntimeError, Selector,
+    OwnedNetwork, Ownership, Runtime, RuntimeError, Selector,
 };
 
 /// Labels every container orch creates carries (SPEC 2).
@@ -209,6 +212,32 @@ impl DockerRuntime {
         }
     }
 
+    /// Connects a created container to its extra networks.
+    async fn join_networks(&self, name: &str, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        for network in &spec.extra_networks {
+            let request = NetworkConnectRequest {
+                container: name.to_owned(),
+                ..NetworkConnectRequest::default()
+            };
+            let joined = self
+                .retrying("connect to network", network, CALL_DEADLINE, || {
+                    self.docker.connect_network(network, request.clone())
+                })
+                .await;
+            match joined {
+                Ok(()) => {}
+                // Joined already (a retried call that had landed).
+                Err(RuntimeError::Refused {
+                    status: Some(403 | 409),
+                    ref message,
+                    ..
+                }) if message.contains("already") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     async fn kill(&self, name: &str, signal: &str) -> Result<(), RuntimeError> {
         let options = KillContainerOptionsBuilder::default()
             .signal(signal)
@@ -384,7 +413,7 @@ impl Runtime for DockerRuntime {
             )
             .await;
             let error = match attempt {
-                Ok(_) => return Ok(()),
+                Ok(_) => return self.join_networks(name, spec).await,
                 Err(e) if e.is_not_found() => {
                     return Err(RuntimeError::ImageMissing {
                         image: spec.image.clone(),
@@ -411,7 +440,7 @@ impl Runtime for DockerRuntime {
                     .iter()
                     .any(|c| c.name == name);
                 if ours {
-                    return Ok(());
+                    return self.join_networks(name, spec).await;
                 }
             }
             tracing::debug!(container = name, error = %display_chain(&error), "create failed; retrying");
@@ -603,7 +632,7 @@ impl Runtime for DockerRuntime {
                 }
             })
             .await;
-        match removed {
+        let removed = match removed {
             Ok(()) => Ok(Gone::Removed),
             Err(e) if e.is_not_found() => {
                 if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
@@ -612,6 +641,16 @@ impl Runtime for DockerRuntime {
                     Ok(Gone::AlreadyGone)
                 }
             }
+            other => other.map(|()| Gone::Removed),
+        };
+        // A task's egress forwarder owns the network of its name: it goes
+        // with the forwarder, whoever removes that (the task's container,
+        // removed first, has left it).
+        if removed.is_ok() && crate::egress::is_forwarder(name) {
+            self.remove_network(name).await?;
+        }
+        match removed {
+            Ok(gone) => Ok(gone),
             // Someone else (another orch, the watchdog) is removing it: done
             // once it is gone.
             Err(RuntimeError::Refused {
@@ -636,18 +675,127 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn create_isolated_network(
+        &self,
+        name: &str,
+        ownership: &Ownership,
+    ) -> Result<(), RuntimeError> {
+        let request = NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".into()),
+            internal: Some(true),
+            // No address of the host on the bridge: a container on it
+            // reaches the other containers on it and nothing else.
+            options: Some(HashMap::from([(
+                "com.docker.network.bridge.inhibit_ipv4".to_owned(),
+                "true".to_owned(),
+            )])),
+            labels: Some(ownership_labels(ownership)),
+            ..NetworkCreateRequest::default()
+        };
+        let created = Self::once(
+            "create network",
+            name,
+            CALL_DEADLINE,
+            self.docker.create_network(request),
+        )
+        .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(RuntimeError::Refused {
+                status: Some(409), ..
+            }) => {
+                // There already: ours only if it carries our task's labels.
+                let ours = self
+                    .list_networks(&Selector {
+                        instance: ownership.instance.clone(),
+                        session: None,
+                        task: Some(ownership.task),
+                    })
+                    .await?
+                    .iter()
+                    .any(|n| n.name == name);
+                if ours {
+                    Ok(())
+                } else {
+                    Err(RuntimeError::Refused {
+                        action: "create network",
+                        target: name.to_owned(),
+                        status: Some(409),
+                        message: "a network of that name exists and is not this task's".into(),
+                    })
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<Gone, RuntimeError> {
+        let end = Instant::now() + REMOVE_DEADLINE;
+        loop {
+            let removed = self
+                .retrying("remove network", name, REMOVE_DEADLINE, || {
+                    self.docker.remove_network(name)
+                })
+                .await;
+            match removed {
+                Ok(()) => return Ok(Gone::Removed),
+                Err(e) if e.is_not_found() => return Ok(Gone::AlreadyGone),
+                // A container being removed still holds an endpoint.
+                Err(RuntimeError::Refused {
+                    status: Some(403 | 409),
+                    ..
+                }) if Instant::now() < end => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn list_networks(&self, selector: &Selector) -> Result<Vec<OwnedNetwork>, RuntimeError> {
+        let filters = HashMap::from([("label".to_owned(), wanted_labels(selector))]);
+        let options = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let networks = self
+            .retrying(
+                "list networks of instance",
+                &selector.instance,
+                CALL_DEADLINE,
+                || self.docker.list_networks(Some(options.clone())),
+            )
+            .await?;
+        Ok(networks
+            .into_iter()
+            .filter_map(|n| {
+                let labels = n.labels.unwrap_or_default();
+                Some(OwnedNetwork {
+                    name: n.name?,
+                    task_id: labels.get(labels::TASK).and_then(|t| t.parse().ok()),
+                    session: labels.get(labels::SESSION).and_then(|s| s.parse().ok()),
+                })
+            })
+            .collect())
+    }
+
+    async fn address(&self, name: &str, network: &str) -> Result<Option<String>, RuntimeError> {
+        let info = self
+            .retrying("inspect container", name, CALL_DEADLINE, || {
+                self.docker
+                    .inspect_container(name, None::<InspectContainerOptions>)
+            })
+            .await?;
+        Ok(info
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(network))
+            .and_then(|e| e.ip_address)
+            .filter(|ip| !ip.is_empty()))
+    }
+
     async fn list(&self, selector: &Selector) -> Result<Vec<OwnedContainer>, RuntimeError> {
-        let mut wanted = vec![
-            format!("{}=true", labels::MANAGED),
-            format!("{}={}", labels::INSTANCE, selector.instance),
-        ];
-        if let Some(session) = selector.session {
-            wanted.push(format!("{}={session}", labels::SESSION));
-        }
-        if let Some(task) = selector.task {
-            wanted.push(format!("{}={task}", labels::TASK));
-        }
-        let filters = HashMap::from([("label".to_owned(), wanted)]);
+        let filters = HashMap::from([("label".to_owned(), wanted_labels(selector))]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -670,10 +818,9 @@ impl std::fmt::Display for DockerRuntime {
     }
 }
 
-/// The create call's body: everything of the spec, ownership as labels.
-fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
-    let o = &spec.ownership;
-    let labels: HashMap<String, String> = [
+/// Ownership as labels (SPEC 2).
+fn ownership_labels(o: &Ownership) -> HashMap<String, String> {
+    [
         (labels::MANAGED, "true".to_owned()),
         (labels::INSTANCE, o.instance.clone()),
         (labels::SESSION, o.session.to_string()),
@@ -685,7 +832,27 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    .collect()
+}
+
+/// The label filters of a selector: this instance's, narrowed.
+fn wanted_labels(selector: &Selector) -> Vec<String> {
+    let mut wanted = vec![
+        format!("{}=true", labels::MANAGED),
+        format!("{}={}", labels::INSTANCE, selector.instance),
+    ];
+    if let Some(session) = selector.session {
+        wanted.push(format!("{}={session}", labels::SESSION));
+    }
+    if let Some(task) = selector.task {
+        wanted.push(format!("{}={task}", labels::TASK));
+    }
+    wanted
+}
+
+/// The create call's body: everything of the spec, ownership as labels.
+fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let labels = ownership_labels(&spec.ownership);
     let mounts = spec
         .mounts
         .iter()
@@ -996,6 +1163,7 @@ mod tests {
             pids_limit: None,
             runtime: None,
             extra_hosts: Vec::new(),
+            extra_networks: Vec::new(),
             ownership: crate::runtime::Ownership {
                 instance: "abc".into(),
                 session,

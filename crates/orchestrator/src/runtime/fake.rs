@@ -314,6 +314,32 @@ impl Runtime for FakeRuntime {
         })
     }
 
+    async fn create_isolated_network(
+        &self,
+        name: &str,
+        _ownership: &crate::runtime::Ownership,
+    ) -> Result<(), RuntimeError> {
+        self.call("network", name)
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<Gone, RuntimeError> {
+        self.call("network", name)?;
+        Ok(Gone::AlreadyGone)
+    }
+
+    async fn list_networks(
+        &self,
+        selector: &Selector,
+    ) -> Result<Vec<crate::runtime::OwnedNetwork>, RuntimeError> {
+        self.call("list", &selector.instance)?;
+        Ok(Vec::new())
+    }
+
+    async fn address(&self, name: &str, _network: &str) -> Result<Option<String>, RuntimeError> {
+        self.call("inspect", name)?;
+        Ok(Some("10.0.0.2".into()))
+    }
+
     async fn list(&self, selector: &Selector) -> Result<Vec<OwnedContainer>, RuntimeError> {
         self.call("list", &selector.instance)?;
         let inner = self.lock();

@@ -21,5 +21,5 @@ pub use error::RuntimeError;
 pub(crate) use reference::validate_reference;
 pub use spec::{
     Capabilities, ContainerSpec, ContainerState, Gone, Machine, Mount, OutputChunk, OutputStream,
-    OwnedContainer, Ownership, Runtime, Selector,
+    OwnedContainer, OwnedNetwork, Ownership, Runtime, Selector,
 };

@@ -87,6 +87,8 @@ pub struct ContainerSpec {
     pub runtime: Option<String>,
     /// `name:address` lines added to its `/etc/hosts`.
     pub extra_hosts: Vec<String>,
+    /// More networks it joins (after `network`), before it starts.
+    pub extra_networks: Vec<String>,
     /// Whose it is.
     pub ownership: Ownership,
 }
@@ -112,6 +114,7 @@ impl ContainerSpec {
             pids_limit: None,
             runtime: None,
             extra_hosts: Vec::new(),
+            extra_networks: Vec::new(),
             ownership,
         }
     }
@@ -193,6 +196,17 @@ pub struct Selector {
     pub task: Option<Uuid>,
 }
 
+/// A network of this instance, as the engine lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedNetwork {
+    /// Its name.
+    pub name: String,
+    /// Its task.
+    pub task_id: Option<Uuid>,
+    /// The session that created it.
+    pub session: Option<Uuid>,
+}
+
 /// What a removal found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gone {
@@ -251,6 +265,24 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
 
     /// SIGTERM now, SIGKILL after `grace`; returns once it is not running.
     async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError>;
+
+    /// Creates a network that only its containers share: no way out, and
+    /// no address of the host on it (the host's services are out of its
+    /// reach). Owned like a container.
+    async fn create_isolated_network(
+        &self,
+        name: &str,
+        ownership: &Ownership,
+    ) -> Result<(), RuntimeError>;
+
+    /// Removes a network; a missing one is gone already.
+    async fn remove_network(&self, name: &str) -> Result<Gone, RuntimeError>;
+
+    /// This instance's networks (narrowed as `selector` says).
+    async fn list_networks(&self, selector: &Selector) -> Result<Vec<OwnedNetwork>, RuntimeError>;
+
+    /// A container's address on a network, once it has one.
+    async fn address(&self, name: &str, network: &str) -> Result<Option<String>, RuntimeError>;
 
     /// Freezes every process of it (Ctrl+Z of its owner).
     async fn pause(&self, name: &str) -> Result<(), RuntimeError>;
