@@ -16,7 +16,7 @@ use crate::require_docker;
 /// Everything of the user's repository a task must not change: every file
 /// under `.git` (objects, which only ever gain the task branch's, and logs
 /// aside), every ref but the task branches, and the working tree.
-fn user_repo(env: &TestEnv) -> (BTreeMap<PathBuf, Vec<u8>>, String) {
+pub(crate) fn user_repo(env: &TestEnv) -> (BTreeMap<PathBuf, Vec<u8>>, String) {
     let top = &env.project;
     let mut files = BTreeMap::new();
     let mut stack = vec![top.clone()];
@@ -71,7 +71,7 @@ fn project(user: &str) -> TestEnv {
 /// the user's repository as it was (but for the task's branch), after the
 /// task, after a benign task, and after a cleanup. Returns the hostile
 /// task's id.
-fn attack(user: &str, script: impl Fn(&Path) -> String) -> (TestEnv, String) {
+pub(crate) fn attack(user: &str, script: impl Fn(&Path) -> String) -> (TestEnv, String) {
     let env = project(user);
     let marker = env.project.parent().unwrap().join("MARKER");
     let before = user_repo(&env);
@@ -119,7 +119,7 @@ fn attack(user: &str, script: impl Fn(&Path) -> String) -> (TestEnv, String) {
     (env, id)
 }
 
-const USERS: [&str; 2] = ["host", "root"];
+pub(crate) const USERS: [&str; 2] = ["host", "root"];
 
 #[test]
 fn hooks_the_task_writes_never_run_on_the_host() {

@@ -14,6 +14,7 @@ mod daemon;
 mod faults;
 mod helper;
 mod hostile;
+mod hostile_save;
 mod newuser;
 mod observe;
 mod policy;

@@ -4,9 +4,11 @@
 //! Points: `after-workspace` (record and workspace made, no container),
 //! `after-create` (container created, not started), `after-start`,
 //! `unwind-after-branch` (a workspace being unwound: its branch deleted,
-//! its directory not yet removed).
+//! its directory not yet removed), `in-save` (a task's work being brought
+//! home).
 //! Actions: `panic`, `abort`, `sigkill` (of this very process), `pause` (sleep
-//! 30 s, so a test can kill the process at that exact point).
+//! 30 s, so a test can kill the process at that exact point), `pause-N`
+//! (sleep N seconds).
 //! Unset, it costs one environment lookup per process. Only debug builds
 //! (what `cargo test` builds) have fail points: a release binary ignores
 //! `ORCH_FAIL_POINT`.
@@ -41,7 +43,10 @@ pub fn hit(point: &str) {
             );
         }
         "pause" => std::thread::sleep(std::time::Duration::from_secs(30)),
-        other => tracing::warn!(point, action = other, "unknown fail point action"),
+        other => match other.strip_prefix("pause-").and_then(|n| n.parse().ok()) {
+            Some(secs) => std::thread::sleep(std::time::Duration::from_secs(secs)),
+            None => tracing::warn!(point, action = other, "unknown fail point action"),
+        },
     }
 }
 

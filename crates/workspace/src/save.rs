@@ -229,6 +229,7 @@ impl Save<'_> {
         std::fs::write(&alternates_file, list)
             .map_err(|e| Error::io("write", &alternates_file, e))?;
 
+        crate::failpoint::hit("in-save");
         let git = Git::at(self.layout, &shadow)
             .isolated()
             .dies_with_orch()
