@@ -14,7 +14,10 @@ use crate::require_docker;
 
 /// The record's notes, as `orch show --json` has them.
 fn notes(env: &TestEnv, id: &str) -> String {
-    env.show(id)["notes"].as_str().unwrap_or_default().to_owned()
+    env.show(id)["notes"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// A line `../../lnk ` (trailing space) in the task's alternates, `lnk`
@@ -61,7 +64,10 @@ fn objects_of_another_repository_never_reach_the_users() {
             .args(["cat-file", "-e", &secret])
             .status()
             .unwrap();
-        assert!(!found.success(), "{user}: the secret reached the user's repository");
+        assert!(
+            !found.success(),
+            "{user}: the secret reached the user's repository"
+        );
         assert_eq!(
             env.git(&["show", &format!("orch/{id}:work.txt")]),
             "work",
@@ -124,7 +130,10 @@ fn the_save_budget_holds_whatever_the_tree_says() {
     assert_eq!(code(&out), 0, "{err}");
     let id = helper::task_id(&err);
     let notes = notes(&env, &id);
-    assert!(notes.contains("8 files") && notes.contains("too large"), "{notes}");
+    assert!(
+        notes.contains("8 files") && notes.contains("too large"),
+        "{notes}"
+    );
     assert_eq!(env.show(&id)["workspace_state"], "kept");
     env.ok(&["cleanup", "--older-than", "0s"]);
     assert!(env.containers().is_empty());
@@ -164,7 +173,10 @@ fn names_git_would_block_on_end_the_save_at_once() {
             assert_eq!(code(&out), 0, "{user}, {what}: {err}");
             let id = helper::task_id(&err);
             let record = env.show(&id);
-            assert_eq!(record["workspace_state"], "kept", "{user}, {what}: {record}");
+            assert_eq!(
+                record["workspace_state"], "kept",
+                "{user}, {what}: {record}"
+            );
             let notes = notes(&env, &id);
             assert!(notes.contains("not saved"), "{user}, {what}: {notes}");
             assert_eq!(
@@ -190,15 +202,14 @@ fn a_save_past_its_deadline_frees_the_slot_and_says_so() {
         cmd.env("ORCH_FAIL_POINT", "in-save:pause-6")
             .env("ORCH_SAVE_TIMEOUT", "3");
     });
-    let body = |desc: &str| {
-        serde_json::json!({"project": env.project.display().to_string(), "desc": desc})
-    };
+    let body = |desc: &str| serde_json::json!({"project": env.project.display().to_string(), "desc": desc});
     let slow = daemon.submit(body("write work.txt done"));
     let next = daemon.submit(body("exit 0"));
     helper::wait_for("the save to show", Duration::from_secs(60), || {
         let ps = env.ok(&["ps"]);
         let metrics = daemon.request("GET", "/metrics", None).body;
-        (ps.lines().any(|l| l.contains(&slow[..13]) && l.contains("saving"))
+        (ps.lines()
+            .any(|l| l.contains(&slow[..13]) && l.contains("saving"))
             && metrics.contains("orch_tasks{state=\"saving\"} 1"))
         .then_some(())
     });
@@ -241,7 +252,10 @@ fn idle_connections_cannot_take_the_daemon_down() {
         .unwrap()
         .split_whitespace()
         .collect::<Vec<_>>();
-    assert_eq!(files[3], files[4], "soft limit raised to the hard one: {files:?}");
+    assert_eq!(
+        files[3], files[4],
+        "soft limit raised to the hard one: {files:?}"
+    );
     let mut idle = Vec::new();
     for _ in 0..1100 {
         if let Ok(stream) = std::net::TcpStream::connect(&addr) {
@@ -264,12 +278,18 @@ fn idle_connections_cannot_take_the_daemon_down() {
     assert_eq!(record["workspace_state"], "removed", "{record}");
     assert_eq!(env.git(&["show", &format!("orch/{id}:saved.txt")]), "yes");
     // Idle ones are closed (and the listener answers again).
-    helper::wait_for("idle connections to be closed", Duration::from_secs(60), || {
-        let mut first = &idle[0];
-        let mut buf = [0u8; 1];
-        first.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        matches!(first.read(&mut buf), Ok(0)).then_some(())
-    });
+    helper::wait_for(
+        "idle connections to be closed",
+        Duration::from_secs(60),
+        || {
+            let mut first = &idle[0];
+            let mut buf = [0u8; 1];
+            first
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            matches!(first.read(&mut buf), Ok(0)).then_some(())
+        },
+    );
     drop(idle);
     let health = web::http(&addr, "GET", "/healthz", &[], None);
     assert_eq!(health.status, 200, "{health:?}");
@@ -280,7 +300,9 @@ fn idle_connections_cannot_take_the_daemon_down() {
             b"POST /v1/tasks HTTP/1.1\r\nHost: orch\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n{",
         )
         .unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let started = Instant::now();
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
@@ -327,9 +349,17 @@ fn a_kept_workspace_runs_nothing_when_the_user_debugs_it() {
             .into_iter()
             .find(|d| d.ends_with(&id))
             .expect("kept");
-        assert!(err.contains(&format!("workspace kept at {}", kept.display())), "{err}");
+        assert!(
+            err.contains(&format!("workspace kept at {}", kept.display())),
+            "{err}"
+        );
         for dir in [kept.clone(), kept.join("inner")] {
-            for args in [&["status"][..], &["diff"], &["log", "-1"], &["checkout", "-b", "debug"]] {
+            for args in [
+                &["status"][..],
+                &["diff"],
+                &["log", "-1"],
+                &["checkout", "-b", "debug"],
+            ] {
                 let _ = std::process::Command::new("git")
                     .arg("-C")
                     .arg(&dir)
@@ -338,7 +368,10 @@ fn a_kept_workspace_runs_nothing_when_the_user_debugs_it() {
                     .unwrap();
             }
         }
-        assert!(!marker.exists(), "{user}: git in the kept workspace ran the task's code");
+        assert!(
+            !marker.exists(),
+            "{user}: git in the kept workspace ran the task's code"
+        );
         assert_eq!(
             env.git(&["show", &format!("orch/{id}:wip.txt")]),
             "wip",

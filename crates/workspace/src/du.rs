@@ -1,6 +1,8 @@
-//! Disk use of workspaces, counted as `du -sb` counts: the apparent size of
-//! every file, directory and symlink (the link itself), each hard-linked file
-//! once, never following a symlink.
+//! Disk use of workspaces, counted as `du -s --block-size=1` counts: the
+//! blocks allocated to every file, directory and symlink (the link
+//! itself), each hard-linked file once, never following a symlink. Not
+//! apparent sizes: a sparse file of 1 TiB takes a few blocks, and 20,000
+//! tiny files take 20,000 blocks, whatever their lengths add up to.
 
 use std::collections::HashSet;
 use std::io::ErrorKind;
@@ -12,7 +14,7 @@ use crate::Error;
 /// The size of a tree.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Size {
-    /// Apparent bytes.
+    /// Bytes allocated on disk.
     pub bytes: u64,
     /// Entries that are not directories.
     pub files: u64,
@@ -39,7 +41,7 @@ pub fn measure(path: &Path) -> Result<Size, Error> {
         if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
             continue;
         }
-        size.bytes += meta.len();
+        size.bytes += meta.blocks() * 512;
         if meta.is_dir() {
             let entries = match std::fs::read_dir(&path) {
                 Ok(entries) => entries,
@@ -63,7 +65,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_like_du_sb() {
+    fn counts_allocated_blocks_like_du() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("t");
         std::fs::create_dir_all(root.join("a/b")).unwrap();
@@ -71,13 +73,23 @@ mod tests {
         std::fs::write(root.join("a/b/g"), vec![0u8; 24]).unwrap();
         std::fs::hard_link(root.join("a/f"), root.join("hard")).unwrap();
         std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
+        let sparse = std::fs::File::create(root.join("sparse")).unwrap();
+        sparse.set_len(1 << 40).unwrap();
         let size = measure(&root).unwrap();
-        assert_eq!(size.files, 3, "f, g and the link; the hard link once");
-        let dirs: u64 = ["", "a", "a/b"]
+        assert_eq!(
+            size.files, 4,
+            "f, g, sparse and the link; the hard link once"
+        );
+        let blocks: u64 = ["", "a", "a/b", "a/f", "a/b/g", "link", "sparse"]
             .iter()
-            .map(|d| root.join(d).symlink_metadata().unwrap().len())
+            .map(|d| root.join(d).symlink_metadata().unwrap().blocks() * 512)
             .sum();
-        assert_eq!(size.bytes, dirs + 1000 + 24 + 4);
+        assert_eq!(size.bytes, blocks);
+        assert!(
+            size.bytes < 1 << 20,
+            "a sparse TiB takes no room: {}",
+            size.bytes
+        );
         assert_eq!(measure(&tmp.path().join("none")).unwrap(), Size::default());
     }
 }
