@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use orch_registry::{Finish, Registry, State, TaskRecord, now_ms};
+use orch_registry::{Finish, Registry, State, Store, TaskOwner, TaskProgress, TaskRecord, now_ms};
 use uuid::Uuid;
 
 const IMAGE: &str = "orch-agent:dev";
@@ -847,41 +847,29 @@ fn fill_registry(db: &Path, size: usize) {
             0,
             0,
         ));
-        let record = TaskRecord {
+        let mut record = TaskRecord::new(
             id,
-            project: "bench".into(),
-            description: format!("generated task {i}"),
-            state: State::Running,
-            created_at: created,
-            started_at: Some(created + 100),
-            finished_at: None,
-            exit_code: None,
-            reason: None,
-            container: format!("orch-{}", &id.simple().to_string()[..12]),
-            image: IMAGE.into(),
-            workspace: None,
-            branch: None,
-            repo: None,
-            workspace_state: None,
-            keep_failed_workspace: true,
-            stop_grace_ms: 10_000,
+            "bench",
+            &format!("generated task {i}"),
+            State::Running,
+            &format!("orch-{}", &id.simple().to_string()[..12]),
+            IMAGE,
+        );
+        record.created_at = created;
+        record.started_at = Some(created + 100);
+        record.workspace.keep_failed_workspace = true;
+        record.owner = TaskOwner {
             session: "bench".into(),
-            owner_pid: 1,
-            owner_start: 1,
-            owner_boot: "bench".into(),
+            pid: 1,
+            start: 1,
+            boot: "bench".into(),
             lease_until: None,
-            progress: Some(100),
-            progress_message: Some("done".into()),
-            progress_at: Some(created + 500),
-            cancel_requested: false,
             detached: false,
-            keep_workspace: None,
-            base: None,
-            git_dir: None,
-            spec: None,
-            priority: 0,
-            max_parallel: None,
-            notes: None,
+        };
+        record.progress = TaskProgress {
+            percent: Some(100),
+            message: Some("done".into()),
+            at: Some(created + 500),
         };
         registry.insert(&record).expect("insert");
         let finish = Finish {

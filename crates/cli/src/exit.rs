@@ -43,12 +43,13 @@ pub(crate) fn for_record(record: &orch_registry::TaskRecord) -> ExitCode {
     let code = match record.state {
         State::Succeeded => 0,
         State::Failed => record
+            .outcome
             .exit_code
             .and_then(|c| u8::try_from(c).ok())
             .unwrap_or(ORCH_FAILED),
         State::TimedOut => TIMED_OUT,
         State::Cancelled => {
-            let reason = record.reason.as_deref().unwrap_or_default();
+            let reason = record.outcome.reason.as_deref().unwrap_or_default();
             // "cancelled (SIGTERM)": 128 + its number, as orch task exited.
             [
                 ("SIGHUP", 129),

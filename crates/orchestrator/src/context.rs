@@ -16,7 +16,7 @@ use crate::home::Home;
 use crate::leases::Leases;
 use crate::runtime::{Runtime, Selector};
 use crate::session::Session;
-use crate::store::Store;
+use crate::store::Records;
 use crate::watchdog::WatchdogLink;
 
 /// The shared state of one orch process.
@@ -24,7 +24,7 @@ use crate::watchdog::WatchdogLink;
 pub(crate) struct Ctx {
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) home: Home,
-    pub(crate) store: Store,
+    pub(crate) store: Records,
     pub(crate) session: Session,
     pub(crate) active: ActiveSet,
     /// Every task this process spawns, awaited with a bound at exit.
@@ -39,7 +39,7 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    pub(crate) fn new(runtime: Arc<dyn Runtime>, home: Home, store: Store) -> Ctx {
+    pub(crate) fn new(runtime: Arc<dyn Runtime>, home: Home, store: Records) -> Ctx {
         let tracker = TaskTracker::new();
         let closing = CancellationToken::new();
         Ctx {

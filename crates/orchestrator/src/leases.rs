@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::Shutdown;
-use crate::store::Store;
+use crate::store::Records;
 
 /// How long a lease lasts.
 pub(crate) const LEASE: Duration = Duration::from_secs(15);
@@ -51,7 +51,7 @@ struct Inner {
 #[derive(Clone)]
 pub(crate) struct Leases {
     inner: Arc<Mutex<Inner>>,
-    store: Store,
+    store: Records,
     tracker: TaskTracker,
     stop: CancellationToken,
 }
@@ -63,7 +63,7 @@ impl std::fmt::Debug for Leases {
 }
 
 impl Leases {
-    pub(crate) fn new(store: Store, tracker: TaskTracker, stop: CancellationToken) -> Leases {
+    pub(crate) fn new(store: Records, tracker: TaskTracker, stop: CancellationToken) -> Leases {
         Leases {
             inner: Arc::default(),
             store,

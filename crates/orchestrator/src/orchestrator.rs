@@ -15,7 +15,7 @@ use crate::events::{EventSink, Observer};
 use crate::reconcile::{self, CleanupOptions, CleanupReport};
 use crate::run::{self, Outcome, PreparedTask, TaskRequest};
 use crate::runtime::{DockerRuntime, Gone, Runtime, RuntimeError};
-use crate::store::Store;
+use crate::store::Records;
 use crate::watchdog::{self, Reaped, WatchdogLink, WatchdogLog};
 use crate::{Error, Home, Session, Shutdown};
 
@@ -33,14 +33,14 @@ impl Orchestrator {
     /// Opens the registry of `home` and connects to the Docker engine
     /// (`DOCKER_HOST`, API version negotiated) for a new session.
     pub async fn connect(home: Home) -> Result<Orchestrator, Error> {
-        let store = Store::open(&home.registry_path()).await?;
+        let store = Records::open(&home.registry_path()).await?;
         let runtime = DockerRuntime::connect().await?;
         Ok(Orchestrator::with_runtime(home, store, Arc::new(runtime)))
     }
 
     pub(crate) fn with_runtime(
         home: Home,
-        store: Store,
+        store: Records,
         runtime: Arc<dyn Runtime>,
     ) -> Orchestrator {
         Orchestrator {

@@ -40,9 +40,9 @@ impl From<&orch_registry::TaskRecord> for Owner {
     /// The owner a task's record names.
     fn from(task: &orch_registry::TaskRecord) -> Owner {
         Owner {
-            pid: u32::try_from(task.owner_pid).unwrap_or(0),
-            start: u64::try_from(task.owner_start).unwrap_or(0),
-            boot: task.owner_boot.clone(),
+            pid: u32::try_from(task.owner.pid).unwrap_or(0),
+            start: u64::try_from(task.owner.start).unwrap_or(0),
+            boot: task.owner.boot.clone(),
         }
     }
 }

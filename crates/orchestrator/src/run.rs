@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use orch_registry::{State, TaskRecord, WorkspaceState, now_ms};
+use orch_registry::{State, TaskOwner, TaskRecord, TaskWorkspace, WorkspaceState, now_ms};
 use orch_workspace::{Repo, failpoint};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -355,42 +355,35 @@ impl TaskRun<'_> {
         let session = &self.ctx.session;
         let planned = self.planned_workspace();
         let repo = self.prepared.repo.as_ref();
-        TaskRecord {
-            id: self.prepared.task_id,
-            project: request.project.name.clone(),
-            description: request.desc.clone(),
-            state: State::Creating,
-            created_at: now_ms(),
-            started_at: None,
-            finished_at: None,
-            exit_code: None,
-            reason: None,
-            container: self.name.clone(),
-            image: settings.image.clone(),
-            workspace: planned.as_ref().map(|w| w.path.display().to_string()),
+        let mut record = TaskRecord::new(
+            self.prepared.task_id,
+            &request.project.name,
+            &request.desc,
+            State::Creating,
+            &self.name,
+            &settings.image,
+        );
+        record.stop_grace_ms = i64::try_from(settings.stop_grace.as_millis()).unwrap_or(i64::MAX);
+        record.owner = TaskOwner {
+            session: session.id.to_string(),
+            pid: i64::from(session.owner.pid),
+            start: i64::try_from(session.owner.start).unwrap_or(i64::MAX),
+            boot: session.owner.boot.clone(),
+            lease_until: Some(leases::lease_until()),
+            detached: request.detached,
+        };
+        record.workspace = TaskWorkspace {
+            path: planned.as_ref().map(|w| w.path.display().to_string()),
             branch: planned.as_ref().map(|w| w.branch.clone()),
             repo: repo.map(|(r, _)| r.top.display().to_string()),
-            workspace_state: None,
+            state: None,
             keep_failed_workspace: settings.keep_failed_workspace,
-            stop_grace_ms: i64::try_from(settings.stop_grace.as_millis()).unwrap_or(i64::MAX),
-            session: session.id.to_string(),
-            owner_pid: i64::from(session.owner.pid),
-            owner_start: i64::try_from(session.owner.start).unwrap_or(i64::MAX),
-            owner_boot: session.owner.boot.clone(),
-            lease_until: Some(leases::lease_until()),
-            progress: None,
-            progress_message: None,
-            progress_at: None,
-            cancel_requested: false,
-            detached: request.detached,
             keep_workspace: request.keep_workspace,
             base: repo.map(|(_, base)| base.clone()),
             git_dir: repo.map(|(r, _)| r.common_dir.display().to_string()),
-            spec: None,
-            priority: 0,
-            max_parallel: settings.max_parallel.map(i64::from),
-            notes: None,
-        }
+        };
+        record.queue.max_parallel = settings.max_parallel.map(i64::from);
+        record
     }
 
     fn planned_workspace(&self) -> Option<orch_workspace::Workspace> {

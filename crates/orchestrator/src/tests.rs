@@ -15,7 +15,7 @@ use crate::events::{Event, Observer};
 use crate::reconcile::{CleanupOptions, Strategy, Thresholds};
 use crate::runtime::fake::{Behaviour, FakeRuntime};
 use crate::runtime::{ContainerSpec, ContainerState, Ownership};
-use crate::store::Store;
+use crate::store::Records;
 use crate::teardown::{
     Cause, Ending, Fate, Found, RecordEnd, TaskFacts, Teardown, WorkspacePolicy, WorkspaceStep,
     WorkspaceTarget, plan,
@@ -32,7 +32,7 @@ struct Harness {
 async fn harness(behaviour: Behaviour) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
     let home = Home::open(tmp.path().join("home")).unwrap();
-    let store = Store::open(&home.registry_path()).await.unwrap();
+    let store = Records::open(&home.registry_path()).await.unwrap();
     let fake = Arc::new(FakeRuntime::new(behaviour));
     let orch = Orchestrator::with_runtime(home, store, fake.clone());
     Harness {
@@ -160,7 +160,7 @@ async fn output_a_broken_stream_lost_is_read_again_from_the_engine() {
         "{:?}",
         h.fake.calls()
     );
-    assert_eq!(h.record(outcome.task_id).await.progress, Some(70));
+    assert_eq!(h.record(outcome.task_id).await.progress.percent, Some(70));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +186,11 @@ async fn a_task_that_exits_ends_with_its_code_and_its_container_goes() {
         finished_with(&h.only_plan(), &Ending::Exited(code));
         let record = h.record(outcome.task_id).await;
         assert_eq!(record.state, Ending::Exited(code).state());
-        assert_eq!(record.progress, Some(50), "the last progress is stored");
+        assert_eq!(
+            record.progress.percent,
+            Some(50),
+            "the last progress is stored"
+        );
         assert!(h.fake.names().is_empty(), "{:?}", h.fake.calls());
         assert!(h.orch.active().is_empty());
     }
@@ -316,6 +320,7 @@ async fn an_engine_refusal_at_create_unwinds_and_ends_the_record_failed() {
     assert_eq!(record.state, State::Failed);
     assert!(
         record
+            .outcome
             .reason
             .unwrap()
             .contains("injected failure of create")
@@ -383,41 +388,18 @@ async fn dead_owners_task(h: &Harness, keep_workspace: Option<bool>) -> (Uuid, S
         start: 1,
         boot: "another boot".into(),
     };
-    let record = TaskRecord {
-        id,
-        project: "p".into(),
-        description: "d".into(),
-        state: State::Creating,
-        created_at: now_ms() - 3_600_000,
-        started_at: None,
-        finished_at: None,
-        exit_code: None,
-        reason: None,
-        container: name.clone(),
-        image: "img:1".into(),
-        workspace: None,
-        branch: None,
-        repo: None,
-        workspace_state: None,
-        keep_failed_workspace: true,
-        stop_grace_ms: 1500,
+    let mut record = TaskRecord::new(id, "p", "d", State::Creating, &name, "img:1");
+    record.created_at = now_ms() - 3_600_000;
+    record.stop_grace_ms = 1500;
+    record.workspace.keep_failed_workspace = true;
+    record.workspace.keep_workspace = keep_workspace;
+    record.owner = orch_registry::TaskOwner {
         session: Uuid::new_v4().to_string(),
-        owner_pid: i64::from(dead.pid),
-        owner_start: 1,
-        owner_boot: dead.boot.clone(),
+        pid: i64::from(dead.pid),
+        start: 1,
+        boot: dead.boot.clone(),
         lease_until: Some(now_ms() - 3_600_000),
-        progress: None,
-        progress_message: None,
-        progress_at: None,
-        cancel_requested: false,
         detached: false,
-        keep_workspace,
-        base: None,
-        git_dir: None,
-        spec: None,
-        priority: 0,
-        max_parallel: None,
-        notes: None,
     };
     let store = h.orch.ctx_for_tests().store.clone();
     store

@@ -19,7 +19,10 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
 
-use crate::{Error, State};
+use crate::{
+    Claimant, Error, Finish, Listing, State, Store, TaskBrief, TaskOutcome, TaskOwner,
+    TaskProgress, TaskQueue, TaskRecord, TaskWorkspace, WorkspaceState,
+};
 
 /// How long a writer waits for another process's transaction.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -115,39 +118,12 @@ const MIGRATIONS: &[&str] = &[
 ",
 ];
 
-/// The SQL that wipes the values of a record's submitted environment, for
-/// a task that can no longer start: its keys go with them.
-const WIPE_ENV: &str = "spec = CASE WHEN json_valid(spec) THEN json_remove(spec, '$.env') END";
-
-/// Serialises a submitted task (JSON text) with the values of its
-/// environment left out: every output of a record (`show --json`, the API,
-/// events, webhooks) goes through this, and names only the keys.
-fn redacted_spec<S: serde::Serializer>(spec: &Option<String>, out: S) -> Result<S::Ok, S::Error> {
-    use serde::Serialize;
-    let Some(text) = spec else {
-        return out.serialize_none();
-    };
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(mut value) => {
-            if let Some(env) = value.get_mut("env") {
-                let keys: Vec<serde_json::Value> = env
-                    .as_object()
-                    .map(|o| o.keys().cloned().map(serde_json::Value::String).collect())
-                    .unwrap_or_default();
-                *env = serde_json::Value::Array(keys);
-            }
-            value.serialize(out)
-        }
-        Err(_) => out.serialize_none(),
-    }
-}
-
 /// Records a task's repository and its branch's base (for `cleanup
 /// --branches`, which outlives the task's record).
 fn note_repo(tx: &rusqlite::Transaction<'_>, task: &TaskRecord) -> rusqlite::Result<()> {
-    if let Some(repo) = &task.repo {
+    if let Some(repo) = &task.workspace.repo {
         tx.execute("INSERT OR IGNORE INTO repos (path) VALUES (?1)", [repo])?;
-        if let (Some(branch), Some(base)) = (&task.branch, &task.base) {
+        if let (Some(branch), Some(base)) = (&task.workspace.branch, &task.workspace.base) {
             tx.execute(
                 "INSERT OR REPLACE INTO branches (repo, name, base) VALUES (?1, ?2, ?3)",
                 [repo, branch, base],
@@ -163,195 +139,17 @@ pub(crate) fn first_migration() -> &'static str {
     MIGRATIONS[0]
 }
 
-/// What becomes of a task's workspace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkspaceState {
-    /// It exists and its task may still use it.
-    Present,
-    /// Its task is over and its work is being brought home (its owner
-    /// still holds it).
-    Saving,
-    /// Kept after the task ended (failed, timed out, lost, or asked).
-    Kept,
-    /// Removed.
-    Removed,
-}
-
-impl WorkspaceState {
-    fn as_str(self) -> &'static str {
-        match self {
-            WorkspaceState::Present => "present",
-            WorkspaceState::Saving => "saving",
-            WorkspaceState::Kept => "kept",
-            WorkspaceState::Removed => "removed",
-        }
-    }
-
-    fn parse(text: &str) -> Option<WorkspaceState> {
-        match text {
-            "present" => Some(WorkspaceState::Present),
-            "saving" => Some(WorkspaceState::Saving),
-            "kept" => Some(WorkspaceState::Kept),
-            "removed" => Some(WorkspaceState::Removed),
-            _ => None,
-        }
-    }
-}
-
-/// One task as recorded. Times are Unix milliseconds.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct TaskRecord {
-    /// UUID v7.
-    pub id: Uuid,
-    /// Project name.
-    pub project: String,
-    /// The task description.
-    pub description: String,
-    /// Lifecycle state.
-    pub state: State,
-    /// When the record was written.
-    pub created_at: i64,
-    /// When the container started.
-    pub started_at: Option<i64>,
-    /// When a terminal state was reached.
-    pub finished_at: Option<i64>,
-    /// The task's exit code, if it exited.
-    pub exit_code: Option<i64>,
-    /// Why it ended: exit code, signal, error text.
-    pub reason: Option<String>,
-    /// The container's (planned) name.
-    pub container: String,
-    /// The image.
-    pub image: String,
-    /// The workspace path, if it has one.
-    pub workspace: Option<String>,
-    /// The workspace branch.
-    pub branch: Option<String>,
-    /// The repository top the workspace belongs to.
-    pub repo: Option<String>,
-    /// What became of the workspace.
-    pub workspace_state: Option<WorkspaceState>,
-    /// Keep the workspace if the task fails, times out or is lost.
-    pub keep_failed_workspace: bool,
-    /// The task's own choice, overriding the policy: keep (`Some(true)`) or
-    /// remove (`Some(false)`) the workspace however the task ends.
-    pub keep_workspace: Option<bool>,
-    /// The commit the workspace's branch started from.
-    pub base: Option<String>,
-    /// The repository's common git directory.
-    pub git_dir: Option<String>,
-    /// What was submitted, for a task that waits in the queue (JSON). The
-    /// values of its environment are kept only while the task can still
-    /// start, and never shown: serialised, `env` lists the keys alone.
-    #[serde(serialize_with = "redacted_spec")]
-    pub spec: Option<String>,
-    /// Higher runs first; ties in submission order.
-    pub priority: i64,
-    /// At most this many tasks of its project run at once (from its
-    /// project's settings when submitted).
-    pub max_parallel: Option<i64>,
-    /// SIGTERM-to-SIGKILL grace.
-    pub stop_grace_ms: i64,
-    /// The owning session.
-    pub session: String,
-    /// Owner pid.
-    pub owner_pid: i64,
-    /// Owner start time (clock ticks since boot).
-    pub owner_start: i64,
-    /// Owner boot id.
-    pub owner_boot: String,
-    /// The owner renews this while the task runs.
-    pub lease_until: Option<i64>,
-    /// Last reported progress, 0-100.
-    pub progress: Option<i64>,
-    /// Its message.
-    pub progress_message: Option<String>,
-    /// When it was reported.
-    pub progress_at: Option<i64>,
-    /// `orch cancel` asked the owner to stop it.
-    pub cancel_requested: bool,
-    /// Runs under a background supervisor.
-    pub detached: bool,
-    /// What the user should know of its end that its state and reason do
-    /// not say (files left out of its save, why its workspace was kept),
-    /// one note per line.
-    pub notes: Option<String>,
-}
-
-impl TaskRecord {
-    /// True once its workspace is dealt with: kept, removed, or never
-    /// planned. A planned one with no state yet may exist (or its branch
-    /// may): its owner died before settling it.
-    pub fn workspace_settled(&self) -> bool {
-        self.workspace.is_none()
-            || matches!(
-                self.workspace_state,
-                Some(WorkspaceState::Kept | WorkspaceState::Removed)
-            )
-    }
-}
-
-/// The few columns `orch ps` shows, read without the rest.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskBrief {
-    /// The task id, as stored (hyphenated).
-    pub id: String,
-    /// Project name.
-    pub project: String,
-    /// Lifecycle state.
-    pub state: State,
-    /// When the record was written.
-    pub created_at: i64,
-    /// Last reported progress.
-    pub progress: Option<i64>,
-    /// The workspace path, if it has one.
-    pub workspace: Option<String>,
-    /// What became of the workspace.
-    pub workspace_state: Option<WorkspaceState>,
-}
-
-/// How a task ended, for [`Registry::finish`].
-#[derive(Debug, Clone)]
-pub struct Finish {
-    /// The terminal state.
-    pub state: State,
-    /// Exit code, if it exited.
-    pub exit_code: Option<i64>,
-    /// Why, in words.
-    pub reason: String,
-    /// When.
-    pub at: i64,
-}
-
-/// Who claims a queued task: a daemon's session and process.
-#[derive(Debug, Clone)]
-pub struct Claimant {
-    /// The daemon's session.
-    pub session: String,
-    /// Its pid.
-    pub pid: i64,
-    /// Its start time (clock ticks since boot).
-    pub start: i64,
-    /// Its boot id.
-    pub boot: String,
-}
-
-/// Which tasks [`Registry::list`] returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listing {
-    /// Queued, creating and running.
-    Live,
-    /// Everything.
-    All,
-}
-
-/// The registry of one orch home.
+/// The registry of one orch home: SQLite, one connection, used by one
+/// thread at a time.
 #[derive(Debug)]
 pub struct Registry {
-    conn: Connection,
+    conn: std::sync::Mutex<Connection>,
     path: PathBuf,
 }
+
+/// The SQL that wipes the values of a record's submitted environment, for
+/// a task that can no longer start: its keys go with them.
+const WIPE_ENV: &str = "spec = CASE WHEN json_valid(spec) THEN json_remove(spec, '$.env') END";
 
 /// Live tasks: those that may run, and those whose work is being saved
 /// (their owner still holds a slot for them).
@@ -385,7 +183,7 @@ impl Registry {
         let header = check_header(path)?;
         let conn = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         let registry = Registry {
-            conn,
+            conn: std::sync::Mutex::new(conn),
             path: path.to_path_buf(),
         };
         if header == Header::ShortFile {
@@ -405,7 +203,7 @@ impl Registry {
         // the status call only reads counters into the two integers.
         unsafe {
             rusqlite::ffi::sqlite3_db_status(
-                self.conn.handle(),
+                self.conn().handle(),
                 rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED,
                 &mut current,
                 &mut highest,
@@ -430,8 +228,13 @@ impl Registry {
     }
 
     #[cfg(test)]
-    pub(crate) fn conn_for_tests(&self) -> &Connection {
-        &self.conn
+    pub(crate) fn conn_for_tests(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn()
+    }
+
+    /// The connection, for one call at a time.
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn sql(&self, action: &'static str) -> impl Fn(rusqlite::Error) -> Error + '_ {
@@ -442,7 +245,7 @@ impl Registry {
     /// finds it damaged.
     fn check_integrity(&self) -> Result<(), Error> {
         let verdict: String = self
-            .conn
+            .conn()
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(self.sql("check"))?;
         if verdict == "ok" {
@@ -469,7 +272,8 @@ impl Registry {
             return Ok(());
         }
         let err = self.sql("migrate the schema");
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+        let conn = self.conn();
+        let tx = rusqlite::Transaction::new_unchecked(&conn, TransactionBehavior::Immediate)
             .map_err(&err)?;
         // Another process may have migrated while we waited for the lock.
         let version: i64 = tx
@@ -487,7 +291,7 @@ impl Registry {
     }
 
     fn version(&self) -> Result<i64, Error> {
-        self.conn
+        self.conn()
             .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
             .map_err(self.sql("read the schema version"))
     }
@@ -499,63 +303,12 @@ impl Registry {
         work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let err = self.sql(action);
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+        let conn = self.conn();
+        let tx = rusqlite::Transaction::new_unchecked(&conn, TransactionBehavior::Immediate)
             .map_err(&err)?;
         let value = work(&tx)?;
         tx.commit().map_err(&err)?;
         Ok(value)
-    }
-
-    /// Records a new task. Record first: this happens before any of its
-    /// resources exist.
-    pub fn insert(&self, task: &TaskRecord) -> Result<(), Error> {
-        self.write("record a task", |tx| {
-            let err = self.sql("record a task");
-            tx.execute(
-                &format!(
-                    "INSERT INTO tasks ({INSERTED}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-                     ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
-                     ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)"
-                ),
-                params![
-                    task.id.to_string(),
-                    task.project,
-                    task.description,
-                    task.state.as_str(),
-                    task.created_at,
-                    task.started_at,
-                    task.finished_at,
-                    task.exit_code,
-                    task.reason,
-                    task.container,
-                    task.image,
-                    task.workspace,
-                    task.branch,
-                    task.repo,
-                    task.workspace_state.map(WorkspaceState::as_str),
-                    task.keep_failed_workspace,
-                    task.stop_grace_ms,
-                    task.session,
-                    task.owner_pid,
-                    task.owner_start,
-                    task.owner_boot,
-                    task.lease_until,
-                    task.progress,
-                    task.progress_message,
-                    task.progress_at,
-                    task.cancel_requested,
-                    task.detached,
-                    task.keep_workspace,
-                    task.base,
-                    task.git_dir,
-                    task.spec,
-                    task.priority,
-                    task.max_parallel,
-                ],
-            )
-            .map_err(&err)?;
-            note_repo(tx, task).map_err(&err)
-        })
     }
 
     /// Moves a task to `to` if the lifecycle allows it, applying `extra`
@@ -601,9 +354,63 @@ impl Registry {
             Ok(from)
         })
     }
+}
+
+impl Store for Registry {
+    /// Records a new task. Record first: this happens before any of its
+    /// resources exist.
+    fn insert(&self, task: &TaskRecord) -> Result<(), Error> {
+        self.write("record a task", |tx| {
+            let err = self.sql("record a task");
+            tx.execute(
+                &format!(
+                    "INSERT INTO tasks ({INSERTED}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+                     ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
+                     ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)"
+                ),
+                params![
+                    task.id.to_string(),
+                    task.project,
+                    task.description,
+                    task.state.as_str(),
+                    task.created_at,
+                    task.started_at,
+                    task.outcome.finished_at,
+                    task.outcome.exit_code,
+                    task.outcome.reason,
+                    task.container,
+                    task.image,
+                    task.workspace.path,
+                    task.workspace.branch,
+                    task.workspace.repo,
+                    task.workspace.state.map(WorkspaceState::as_str),
+                    task.workspace.keep_failed_workspace,
+                    task.stop_grace_ms,
+                    task.owner.session,
+                    task.owner.pid,
+                    task.owner.start,
+                    task.owner.boot,
+                    task.owner.lease_until,
+                    task.progress.percent,
+                    task.progress.message,
+                    task.progress.at,
+                    task.cancel_requested,
+                    task.owner.detached,
+                    task.workspace.keep_workspace,
+                    task.workspace.base,
+                    task.workspace.git_dir,
+                    task.queue.spec,
+                    task.queue.priority,
+                    task.queue.max_parallel,
+                ],
+            )
+            .map_err(&err)?;
+            note_repo(tx, task).map_err(&err)
+        })
+    }
 
     /// `creating -> running`: the container started.
-    pub fn mark_running(&self, id: &Uuid, at: i64, lease_until: i64) -> Result<(), Error> {
+    fn mark_running(&self, id: &Uuid, at: i64, lease_until: i64) -> Result<(), Error> {
         self.transition(
             id,
             State::Running,
@@ -614,7 +421,7 @@ impl Registry {
     }
 
     /// Moves a live task to a terminal state.
-    pub fn finish(&self, id: &Uuid, finish: &Finish) -> Result<State, Error> {
+    fn finish(&self, id: &Uuid, finish: &Finish) -> Result<State, Error> {
         if !finish.state.is_terminal() {
             return Err(Error::IllegalTransition {
                 id: *id,
@@ -633,8 +440,8 @@ impl Registry {
     }
 
     /// Whether `orch cancel` asked for this task to stop.
-    pub fn cancel_requested(&self, id: &Uuid) -> Result<bool, Error> {
-        self.conn
+    fn cancel_requested(&self, id: &Uuid) -> Result<bool, Error> {
+        self.conn()
             .query_row(
                 "SELECT cancel_requested FROM tasks WHERE id = ?1",
                 [id.to_string()],
@@ -647,9 +454,9 @@ impl Registry {
 
     /// Asks the owner of a live task to stop it. Returns false if the task
     /// is already terminal.
-    pub fn request_cancel(&self, id: &Uuid) -> Result<bool, Error> {
+    fn request_cancel(&self, id: &Uuid) -> Result<bool, Error> {
         let changed = self
-            .conn
+            .conn()
             .execute(
                 "UPDATE tasks SET cancel_requested = 1 WHERE id = ?1 AND state IN ('queued', 'creating', 'running')",
                 [id.to_string()],
@@ -659,14 +466,8 @@ impl Registry {
     }
 
     /// Stores a progress report.
-    pub fn set_progress(
-        &self,
-        id: &Uuid,
-        percent: u8,
-        message: &str,
-        at: i64,
-    ) -> Result<(), Error> {
-        self.conn
+    fn set_progress(&self, id: &Uuid, percent: u8, message: &str, at: i64) -> Result<(), Error> {
+        self.conn()
             .execute(
                 "UPDATE tasks SET progress = ?1, progress_message = ?2, progress_at = ?3 WHERE id = ?4",
                 params![percent, message, at, id.to_string()],
@@ -676,8 +477,8 @@ impl Registry {
     }
 
     /// Records what became of a task's workspace.
-    pub fn set_workspace_state(&self, id: &Uuid, state: WorkspaceState) -> Result<(), Error> {
-        self.conn
+    fn set_workspace_state(&self, id: &Uuid, state: WorkspaceState) -> Result<(), Error> {
+        self.conn()
             .execute(
                 "UPDATE tasks SET workspace_state = ?1 WHERE id = ?2",
                 params![state.as_str(), id.to_string()],
@@ -686,9 +487,8 @@ impl Registry {
             .map(drop)
     }
 
-    /// Records the name the task's container got (when the planned one was
     /// Adds a note to a task's record (a line of its own).
-    pub fn add_note(&self, id: &Uuid, note: &str) -> Result<(), Error> {
+    fn add_note(&self, id: &Uuid, note: &str) -> Result<(), Error> {
         self.write("note something of a task", |tx| {
             tx.execute(
                 "UPDATE tasks SET notes = CASE WHEN notes IS NULL THEN ?1 \
@@ -700,9 +500,10 @@ impl Registry {
         })
     }
 
+    /// Records the name the task's container got (when the planned one was
     /// taken).
-    pub fn set_container(&self, id: &Uuid, name: &str) -> Result<(), Error> {
-        self.conn
+    fn set_container(&self, id: &Uuid, name: &str) -> Result<(), Error> {
+        self.conn()
             .execute(
                 "UPDATE tasks SET container = ?1 WHERE id = ?2",
                 params![name, id.to_string()],
@@ -712,16 +513,16 @@ impl Registry {
     }
 
     /// Deletes a task's record.
-    pub fn delete(&self, id: &Uuid) -> Result<bool, Error> {
-        self.conn
+    fn delete(&self, id: &Uuid) -> Result<bool, Error> {
+        self.conn()
             .execute("DELETE FROM tasks WHERE id = ?1", [id.to_string()])
             .map_err(self.sql("delete a task"))
             .map(|n| n > 0)
     }
 
     /// One task by full id.
-    pub fn get(&self, id: &Uuid) -> Result<Option<TaskRecord>, Error> {
-        self.conn
+    fn get(&self, id: &Uuid) -> Result<Option<TaskRecord>, Error> {
+        self.conn()
             .query_row(
                 &format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"),
                 [id.to_string()],
@@ -732,13 +533,14 @@ impl Registry {
     }
 
     /// Tasks, oldest first.
-    pub fn list(&self, listing: Listing) -> Result<Vec<TaskRecord>, Error> {
+    fn list(&self, listing: Listing) -> Result<Vec<TaskRecord>, Error> {
         let sql = match listing {
             Listing::All => format!("SELECT {COLUMNS} FROM tasks ORDER BY id"),
             Listing::Live => format!("SELECT {COLUMNS} FROM tasks WHERE {LIVE} ORDER BY id"),
         };
         let err = self.sql("list tasks");
-        let mut statement = self.conn.prepare_cached(&sql).map_err(&err)?;
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(&sql).map_err(&err)?;
         let rows = statement.query_map([], record_from_row).map_err(&err)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(&err)
     }
@@ -748,14 +550,14 @@ impl Registry {
     /// before `created_before` (Unix milliseconds). A cleanup reads these,
     /// never the whole registry: however many finished tasks it holds, a
     /// cleanup's memory follows what it may remove.
-    pub fn list_retention(
+    fn list_retention(
         &self,
         finished_before: i64,
         created_before: i64,
     ) -> Result<Vec<TaskRecord>, Error> {
         let err = self.sql("list tasks for retention");
-        let mut statement = self
-            .conn
+        let conn = self.conn();
+        let mut statement = conn
             .prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM tasks WHERE state IN ('queued', 'creating', 'running') \
                  OR finished_at <= ?1 OR created_at <= ?2 ORDER BY id"
@@ -768,10 +570,10 @@ impl Registry {
     }
 
     /// The tasks of one session (one orch process), oldest first.
-    pub fn list_session(&self, session: &str) -> Result<Vec<TaskRecord>, Error> {
+    fn list_session(&self, session: &str) -> Result<Vec<TaskRecord>, Error> {
         let err = self.sql("list a session's tasks");
-        let mut statement = self
-            .conn
+        let conn = self.conn();
+        let mut statement = conn
             .prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM tasks WHERE session = ?1 ORDER BY id"
             ))
@@ -784,10 +586,10 @@ impl Registry {
 
     /// Calls `each` with the brief of every task listed, oldest first,
     /// without collecting them: `orch ps` stays quick and small at any size.
-    pub fn for_each_brief(
+    fn for_each_brief(
         &self,
         listing: Listing,
-        mut each: impl FnMut(TaskBrief),
+        each: &mut dyn FnMut(TaskBrief),
     ) -> Result<(), Error> {
         let filter = match listing {
             Listing::All => String::new(),
@@ -798,7 +600,8 @@ impl Registry {
              FROM tasks {filter} ORDER BY id"
         );
         let err = self.sql("list tasks");
-        let mut statement = self.conn.prepare_cached(&sql).map_err(&err)?;
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(&sql).map_err(&err)?;
         let mut rows = statement.query([]).map_err(&err)?;
         while let Some(row) = rows.next().map_err(&err)? {
             let state: String = row.get(2).map_err(&err)?;
@@ -825,10 +628,10 @@ impl Registry {
     }
 
     /// Every repository a task ever had a workspace in.
-    pub fn repos(&self) -> Result<Vec<PathBuf>, Error> {
+    fn repos(&self) -> Result<Vec<PathBuf>, Error> {
         let err = self.sql("list repositories");
-        let mut statement = self
-            .conn
+        let conn = self.conn();
+        let mut statement = conn
             .prepare_cached("SELECT path FROM repos ORDER BY path")
             .map_err(&err)?;
         let rows = statement
@@ -843,10 +646,10 @@ impl Registry {
     /// knows of, by branch name; not those of tasks still using theirs (a
     /// live task, or one whose workspace is kept or not yet settled: its
     /// work may still come home to it).
-    pub fn branch_bases(&self, repo: &Path) -> Result<BTreeMap<String, String>, Error> {
+    fn branch_bases(&self, repo: &Path) -> Result<BTreeMap<String, String>, Error> {
         let err = self.sql("list branch bases");
-        let mut statement = self
-            .conn
+        let conn = self.conn();
+        let mut statement = conn
             .prepare_cached(
                 "SELECT b.name, b.base FROM branches b WHERE b.repo = ?1 AND NOT EXISTS \
                  (SELECT 1 FROM tasks t WHERE t.repo = b.repo AND t.branch = b.name \
@@ -861,8 +664,8 @@ impl Registry {
     }
 
     /// Forgets a branch that is gone from `repo`.
-    pub fn forget_branch(&self, repo: &Path, name: &str) -> Result<(), Error> {
-        self.conn
+    fn forget_branch(&self, repo: &Path, name: &str) -> Result<(), Error> {
+        self.conn()
             .execute(
                 "DELETE FROM branches WHERE repo = ?1 AND name = ?2",
                 params![repo.to_string_lossy(), name],
@@ -873,7 +676,7 @@ impl Registry {
 
     /// Renews the leases of live tasks, in one transaction; returns those of
     /// them whose cancellation was requested.
-    pub fn renew_leases(&self, ids: &[Uuid], until: i64) -> Result<Vec<Uuid>, Error> {
+    fn renew_leases(&self, ids: &[Uuid], until: i64) -> Result<Vec<Uuid>, Error> {
         self.write("renew leases", |tx| {
             let err = self.sql("renew leases");
             let mut renew = tx
@@ -892,10 +695,10 @@ impl Registry {
     }
 
     /// Those of `ids` whose cancellation was requested.
-    pub fn cancel_requests(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, Error> {
+    fn cancel_requests(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, Error> {
         let err = self.sql("read cancel requests");
-        let mut statement = self
-            .conn
+        let conn = self.conn();
+        let mut statement = conn
             .prepare_cached("SELECT cancel_requested FROM tasks WHERE id = ?1")
             .map_err(&err)?;
         let mut requested = Vec::new();
@@ -915,11 +718,7 @@ impl Registry {
     /// highest priority, then the oldest, whose project has fewer live tasks
     /// than its `max_parallel`. It becomes `creating`, owned by the
     /// claimant. Two claimants never get the same task.
-    pub fn claim(
-        &self,
-        claimant: &Claimant,
-        lease_until: i64,
-    ) -> Result<Option<TaskRecord>, Error> {
+    fn claim(&self, claimant: &Claimant, lease_until: i64) -> Result<Option<TaskRecord>, Error> {
         self.write("claim a queued task", |tx| {
             let err = self.sql("claim a queued task");
             let id: Option<String> = tx
@@ -961,7 +760,7 @@ impl Registry {
 
     /// Ends a task that is still queued as cancelled; false if it is not
     /// queued (any more).
-    pub fn cancel_queued(&self, id: &Uuid, reason: &str, at: i64) -> Result<bool, Error> {
+    fn cancel_queued(&self, id: &Uuid, reason: &str, at: i64) -> Result<bool, Error> {
         self.write("cancel a queued task", |tx| {
             tx.execute(
                 &format!(
@@ -977,7 +776,7 @@ impl Registry {
 
     /// Fills in what a claimed task's run planned (container, image,
     /// workspace, repository, policy), while it is `creating`.
-    pub fn update_planned(&self, task: &TaskRecord) -> Result<(), Error> {
+    fn update_planned(&self, task: &TaskRecord) -> Result<(), Error> {
         self.write("record a claimed task's plan", |tx| {
             let err = self.sql("record a claimed task's plan");
             tx.execute(
@@ -987,14 +786,14 @@ impl Registry {
                 params![
                     task.container,
                     task.image,
-                    task.workspace,
-                    task.branch,
-                    task.repo,
-                    task.keep_failed_workspace,
+                    task.workspace.path,
+                    task.workspace.branch,
+                    task.workspace.repo,
+                    task.workspace.keep_failed_workspace,
                     task.stop_grace_ms,
-                    task.keep_workspace,
-                    task.base,
-                    task.git_dir,
+                    task.workspace.keep_workspace,
+                    task.workspace.base,
+                    task.workspace.git_dir,
                     task.project,
                     task.id.to_string()
                 ],
@@ -1006,7 +805,7 @@ impl Registry {
 
     /// Tasks (`Listing`), narrowed to a state and a project if given,
     /// oldest first.
-    pub fn list_where(
+    fn list_where(
         &self,
         listing: Listing,
         state: Option<State>,
@@ -1024,7 +823,8 @@ impl Registry {
         }
         sql.push_str(" ORDER BY id");
         let err = self.sql("list tasks");
-        let mut statement = self.conn.prepare_cached(&sql).map_err(&err)?;
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(&sql).map_err(&err)?;
         let state = state.map(State::as_str);
         let mut bound: Vec<(&str, &dyn rusqlite::ToSql)> = Vec::new();
         if let Some(state) = &state {
@@ -1040,7 +840,7 @@ impl Registry {
     }
 
     /// Adds `n` to the home's counter `name` (it starts at 0).
-    pub fn bump(&self, name: &str, n: u64) -> Result<(), Error> {
+    fn bump(&self, name: &str, n: u64) -> Result<(), Error> {
         if n == 0 {
             return Ok(());
         }
@@ -1057,10 +857,10 @@ impl Registry {
     }
 
     /// The home's counters whose names start with `prefix`, without it.
-    pub fn counters(&self, prefix: &str) -> Result<Vec<(String, u64)>, Error> {
+    fn counters(&self, prefix: &str) -> Result<Vec<(String, u64)>, Error> {
         let err = self.sql("read the counters");
-        let mut statement = self
-            .conn
+        let conn = self.conn();
+        let mut statement = conn
             .prepare_cached("SELECT name, value FROM counters ORDER BY name")
             .map_err(&err)?;
         let rows = statement
@@ -1078,10 +878,10 @@ impl Registry {
 
     /// How many tasks are in each state, and (as `"saving"`) how many
     /// ended ones have their work being saved.
-    pub fn count_by_state(&self) -> Result<Vec<(String, i64)>, Error> {
+    fn count_by_state(&self) -> Result<Vec<(String, i64)>, Error> {
         let err = self.sql("count tasks");
-        let mut statement = self
-            .conn
+        let conn = self.conn();
+        let mut statement = conn
             .prepare_cached(
                 "SELECT CASE WHEN workspace_state = 'saving' THEN 'saving' ELSE state END, \
                  count(*) FROM tasks GROUP BY 1",
@@ -1095,7 +895,7 @@ impl Registry {
 
     /// The one task whose id starts with `prefix` (at least 4 hex digits,
     /// hyphens optional).
-    pub fn resolve(&self, prefix: &str) -> Result<Uuid, Error> {
+    fn resolve(&self, prefix: &str) -> Result<Uuid, Error> {
         let hex: String = prefix
             .chars()
             .filter(|c| *c != '-')
@@ -1113,8 +913,8 @@ impl Registry {
             pattern.push(c);
         }
         let err = self.sql("look up a task id");
-        let mut statement = self
-            .conn
+        let conn = self.conn();
+        let mut statement = conn
             .prepare_cached(
                 "SELECT id FROM tasks WHERE id >= ?1 AND id < ?1 || 'z' ORDER BY id LIMIT 11",
             )
@@ -1156,37 +956,47 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
             .map_err(|e: crate::state::UnknownState| bad(3, e.to_string()))?,
         created_at: row.get(4)?,
         started_at: row.get(5)?,
-        finished_at: row.get(6)?,
-        exit_code: row.get(7)?,
-        reason: row.get(8)?,
         container: text(9)?,
         image: text(10)?,
-        workspace: row.get(11)?,
-        branch: row.get(12)?,
-        repo: row.get(13)?,
-        workspace_state: row
-            .get::<_, Option<String>>(14)?
-            .as_deref()
-            .and_then(WorkspaceState::parse),
-        keep_failed_workspace: row.get(15)?,
         stop_grace_ms: row.get(16)?,
-        session: text(17)?,
-        owner_pid: row.get(18)?,
-        owner_start: row.get(19)?,
-        owner_boot: text(20)?,
-        lease_until: row.get(21)?,
-        progress: row.get(22)?,
-        progress_message: row.get(23)?,
-        progress_at: row.get(24)?,
         cancel_requested: row.get(25)?,
-        detached: row.get(26)?,
-        keep_workspace: row.get(27)?,
-        base: row.get(28)?,
-        git_dir: row.get(29)?,
-        spec: row.get(30)?,
-        priority: row.get(31)?,
-        max_parallel: row.get(32)?,
-        notes: row.get(33)?,
+        owner: TaskOwner {
+            session: text(17)?,
+            pid: row.get(18)?,
+            start: row.get(19)?,
+            boot: text(20)?,
+            lease_until: row.get(21)?,
+            detached: row.get(26)?,
+        },
+        workspace: TaskWorkspace {
+            path: row.get(11)?,
+            branch: row.get(12)?,
+            repo: row.get(13)?,
+            state: row
+                .get::<_, Option<String>>(14)?
+                .as_deref()
+                .and_then(WorkspaceState::parse),
+            keep_failed_workspace: row.get(15)?,
+            keep_workspace: row.get(27)?,
+            base: row.get(28)?,
+            git_dir: row.get(29)?,
+        },
+        progress: TaskProgress {
+            percent: row.get(22)?,
+            message: row.get(23)?,
+            at: row.get(24)?,
+        },
+        outcome: TaskOutcome {
+            finished_at: row.get(6)?,
+            exit_code: row.get(7)?,
+            reason: row.get(8)?,
+            notes: row.get(33)?,
+        },
+        queue: TaskQueue {
+            spec: row.get(30)?,
+            priority: row.get(31)?,
+            max_parallel: row.get(32)?,
+        },
     })
 }
 

@@ -11,11 +11,18 @@
 
 mod db;
 mod error;
+mod record;
 mod state;
+mod store;
 
-pub use db::{Claimant, Finish, Listing, Registry, TaskBrief, TaskRecord, WorkspaceState};
+pub use db::Registry;
 pub use error::Error;
+pub use record::{
+    Claimant, Finish, Listing, TaskBrief, TaskOutcome, TaskOwner, TaskProgress, TaskQueue,
+    TaskRecord, TaskWorkspace, WorkspaceState,
+};
 pub use state::{ALL_STATES, State, UnknownState};
+pub use store::Store;
 
 /// Now, in Unix milliseconds: the registry's unit of time.
 pub fn now_ms() -> i64 {
@@ -24,5 +31,7 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+#[cfg(test)]
+mod conformance;
 #[cfg(test)]
 mod tests;

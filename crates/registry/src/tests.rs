@@ -1,239 +1,54 @@
 //! Registry tests against real SQLite files.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use uuid::Uuid;
 
 use crate::*;
 
-fn record(state: State) -> TaskRecord {
-    TaskRecord {
-        id: Uuid::now_v7(),
-        project: "p".into(),
-        description: "d".into(),
-        state,
-        created_at: now_ms(),
-        started_at: None,
-        finished_at: None,
-        exit_code: None,
-        reason: None,
-        container: "orch-x".into(),
-        image: "img".into(),
-        workspace: None,
-        branch: None,
-        repo: Some("/repo".into()),
-        workspace_state: None,
-        keep_failed_workspace: true,
-        stop_grace_ms: 10_000,
+pub(crate) fn record(state: State) -> TaskRecord {
+    let mut r = TaskRecord::new(Uuid::now_v7(), "p", "d", state, "orch-x", "img");
+    r.workspace.repo = Some("/repo".into());
+    r.workspace.keep_failed_workspace = true;
+    r.owner = TaskOwner {
         session: "s".into(),
-        owner_pid: 1,
-        owner_start: 2,
-        owner_boot: "b".into(),
+        pid: 1,
+        start: 2,
+        boot: "b".into(),
         lease_until: None,
-        progress: None,
-        progress_message: None,
-        progress_at: None,
-        cancel_requested: false,
         detached: false,
-        keep_workspace: None,
-        base: None,
-        git_dir: None,
-        spec: None,
-        priority: 0,
-        max_parallel: None,
-        notes: None,
+    };
+    r
+}
+
+/// A fresh SQLite registry in a directory of its own.
+pub(crate) struct Sqlite {
+    _tmp: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Sqlite {
+    pub(crate) fn new() -> Sqlite {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("orch.db");
+        Registry::open(&path).unwrap();
+        Sqlite { _tmp: tmp, path }
     }
 }
+
+impl crate::conformance::Fresh for Sqlite {
+    fn handle(&self) -> Box<dyn Store> {
+        Box::new(Registry::open(&self.path).unwrap())
+    }
+}
+
+crate::conformance::conformance!(sqlite, Sqlite::new());
 
 fn fresh() -> (tempfile::TempDir, PathBuf, Registry) {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("orch.db");
     let registry = Registry::open(&path).unwrap();
     (tmp, path, registry)
-}
-
-#[test]
-fn lifecycle_through_the_database() {
-    let (_tmp, _path, reg) = fresh();
-    let task = record(State::Creating);
-    reg.insert(&task).unwrap();
-    reg.mark_running(&task.id, 10, 20).unwrap();
-    assert!(reg.renew_leases(&[task.id], 30).unwrap().is_empty());
-    reg.set_progress(&task.id, 50, "half", 40).unwrap();
-    let finish = Finish {
-        state: State::Succeeded,
-        exit_code: Some(0),
-        reason: "exited 0".into(),
-        at: 50,
-    };
-    assert_eq!(reg.finish(&task.id, &finish).unwrap(), State::Running);
-    let got = reg.get(&task.id).unwrap().unwrap();
-    assert_eq!(got.state, State::Succeeded);
-    assert_eq!(
-        (got.started_at, got.finished_at, got.lease_until),
-        (Some(10), Some(50), None)
-    );
-    assert_eq!(
-        (got.progress, got.progress_message.as_deref()),
-        (Some(50), Some("half"))
-    );
-    // Terminal is final.
-    let again = reg.finish(
-        &task.id,
-        &Finish {
-            state: State::Lost,
-            ..finish
-        },
-    );
-    assert!(matches!(
-        again,
-        Err(Error::IllegalTransition {
-            from: State::Succeeded,
-            to: State::Lost,
-            ..
-        })
-    ));
-    assert_eq!(reg.repos().unwrap(), vec![PathBuf::from("/repo")]);
-}
-
-#[test]
-fn illegal_transitions_are_refused_and_change_nothing() {
-    let (_tmp, _path, reg) = fresh();
-    let task = record(State::Creating);
-    reg.insert(&task).unwrap();
-    let skip = Finish {
-        state: State::Running,
-        exit_code: None,
-        reason: String::new(),
-        at: 1,
-    };
-    assert!(
-        reg.finish(&task.id, &skip).is_err(),
-        "finish needs a terminal state"
-    );
-    reg.finish(
-        &task.id,
-        &Finish {
-            state: State::Failed,
-            ..skip
-        },
-    )
-    .unwrap();
-    assert!(matches!(
-        reg.mark_running(&task.id, 1, 2),
-        Err(Error::IllegalTransition {
-            from: State::Failed,
-            to: State::Running,
-            ..
-        })
-    ));
-    assert_eq!(reg.get(&task.id).unwrap().unwrap().state, State::Failed);
-    assert!(matches!(
-        reg.mark_running(&Uuid::now_v7(), 1, 2),
-        Err(Error::NotFound(_))
-    ));
-}
-
-#[test]
-fn cancel_requests_reach_the_owner() {
-    let (_tmp, _path, reg) = fresh();
-    let task = record(State::Running);
-    reg.insert(&task).unwrap();
-    assert!(reg.request_cancel(&task.id).unwrap());
-    assert_eq!(reg.renew_leases(&[task.id], 99).unwrap(), vec![task.id]);
-    reg.finish(
-        &task.id,
-        &Finish {
-            state: State::Cancelled,
-            exit_code: None,
-            reason: "cancelled".into(),
-            at: 1,
-        },
-    )
-    .unwrap();
-    assert!(
-        !reg.request_cancel(&task.id).unwrap(),
-        "nothing to cancel once terminal"
-    );
-}
-
-#[test]
-fn prefixes_resolve_with_or_without_hyphens() {
-    let (_tmp, _path, reg) = fresh();
-    let a = record(State::Running);
-    reg.insert(&a).unwrap();
-    let full = a.id.to_string();
-    assert_eq!(reg.resolve(&full).unwrap(), a.id);
-    assert_eq!(reg.resolve(&full[..4]).unwrap(), a.id);
-    let simple = a.id.simple().to_string();
-    assert_eq!(reg.resolve(&simple[..12]).unwrap(), a.id);
-    assert_eq!(reg.resolve(&full[..13].to_uppercase()).unwrap(), a.id);
-    assert!(matches!(reg.resolve("abc"), Err(Error::InvalidId(_))));
-    assert!(matches!(reg.resolve("zzzz"), Err(Error::InvalidId(_))));
-    assert!(matches!(reg.resolve("ffff"), Err(Error::NotFound(_))));
-    let mut b = record(State::Running);
-    b.id = Uuid::parse_str(&format!("{}0000-0000-7000-8000-000000000000", &full[..4])).unwrap();
-    reg.insert(&b).unwrap();
-    match reg.resolve(&full[..4]) {
-        Err(Error::Ambiguous { candidates, .. }) => assert_eq!(candidates.len(), 2),
-        other => panic!("{other:?}"),
-    }
-}
-
-#[test]
-fn listing_live_and_all() {
-    let (_tmp, _path, reg) = fresh();
-    for state in [
-        State::Creating,
-        State::Running,
-        State::Failed,
-        State::Succeeded,
-    ] {
-        reg.insert(&record(state)).unwrap();
-    }
-    assert_eq!(reg.list(Listing::Live).unwrap().len(), 2);
-    let all = reg.list(Listing::All).unwrap();
-    assert_eq!(all.len(), 4);
-    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
-    assert!(reg.delete(&all[0].id).unwrap());
-    assert_eq!(reg.list(Listing::All).unwrap().len(), 3);
-}
-
-#[test]
-fn retention_reads_only_what_it_may_select() {
-    let (_tmp, _path, reg) = fresh();
-    let at = |state: State, created_at: i64, finished_at: Option<i64>| {
-        let mut r = record(state);
-        r.created_at = created_at;
-        r.finished_at = finished_at;
-        reg.insert(&r).unwrap();
-        r.id
-    };
-    let live = at(State::Running, 0, None);
-    let finished_long_ago = at(State::Succeeded, 900, Some(1_000));
-    let created_long_ago = at(State::Failed, 100, Some(5_000));
-    let recent = at(State::Succeeded, 4_000, Some(5_000));
-    let listed: Vec<Uuid> = reg
-        .list_retention(2_000, 200)
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
-    assert_eq!(listed, vec![live, finished_long_ago, created_long_ago]);
-    assert!(!listed.contains(&recent));
-}
-
-#[test]
-fn a_session_lists_its_own_tasks() {
-    let (_tmp, _path, reg) = fresh();
-    let mut mine = record(State::Running);
-    mine.session = "me".into();
-    reg.insert(&mine).unwrap();
-    reg.insert(&record(State::Running)).unwrap();
-    let listed = reg.list_session("me").unwrap();
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].id, mine.id);
 }
 
 #[test]
@@ -266,7 +81,7 @@ fn migrations_bring_an_old_schema_forward() {
     assert_eq!(index, 1);
     let migrated = reg.get(&old.id).unwrap().unwrap();
     assert_eq!(migrated.state, State::Queued);
-    assert_eq!(migrated.keep_workspace, None);
+    assert_eq!(migrated.workspace.keep_workspace, None);
 }
 
 #[test]
@@ -432,114 +247,6 @@ fn concurrent_first_opens_agree() {
     );
 }
 
-fn queued(project: &str, priority: i64, max_parallel: Option<i64>) -> TaskRecord {
-    let mut r = record(State::Queued);
-    r.project = project.into();
-    r.priority = priority;
-    r.max_parallel = max_parallel;
-    r.spec = Some("{}".into());
-    r.session = String::new();
-    r
-}
-
-fn claimant(name: &str) -> Claimant {
-    Claimant {
-        session: name.into(),
-        pid: 1,
-        start: 1,
-        boot: "b".into(),
-    }
-}
-
-#[test]
-fn the_queue_is_claimed_by_priority_then_submission_and_per_project_caps() {
-    let (_tmp, _path, reg) = fresh();
-    let a1 = queued("a", 0, Some(1));
-    let a2 = queued("a", 0, Some(1));
-    let b1 = queued("b", 0, None);
-    let urgent = queued("c", 5, None);
-    for r in [&a1, &a2, &b1, &urgent] {
-        reg.insert(r).unwrap();
-    }
-    let d = claimant("d");
-    let order: Vec<Uuid> = std::iter::from_fn(|| reg.claim(&d, 0).unwrap().map(|r| r.id)).collect();
-    assert_eq!(
-        order,
-        vec![urgent.id, a1.id, b1.id],
-        "a2 waits: project a is at its cap"
-    );
-    let claimed = reg.get(&a1.id).unwrap().unwrap();
-    assert_eq!(claimed.state, State::Creating);
-    assert_eq!(claimed.session, "d");
-    reg.mark_running(&a1.id, 1, 2).unwrap();
-    reg.finish(
-        &a1.id,
-        &Finish {
-            state: State::Succeeded,
-            exit_code: Some(0),
-            reason: "ok".into(),
-            at: 1,
-        },
-    )
-    .unwrap();
-    assert_eq!(reg.claim(&d, 0).unwrap().map(|r| r.id), Some(a2.id));
-    assert!(reg.claim(&d, 0).unwrap().is_none());
-}
-
-#[test]
-fn two_claimants_never_get_one_task() {
-    let (_tmp, path, reg) = fresh();
-    let ids: Vec<Uuid> = (0..60)
-        .map(|_| {
-            let r = queued("p", 0, None);
-            reg.insert(&r).unwrap();
-            r.id
-        })
-        .collect();
-    drop(reg);
-    let got: Vec<Vec<Uuid>> = std::thread::scope(|s| {
-        let handles: Vec<_> = ["x", "y", "z"]
-            .iter()
-            .map(|name| {
-                let path = &path;
-                s.spawn(move || {
-                    let reg = Registry::open(path).unwrap();
-                    let c = claimant(name);
-                    std::iter::from_fn(|| reg.claim(&c, 0).unwrap().map(|r| r.id)).collect()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let mut all: Vec<Uuid> = got.concat();
-    all.sort();
-    let mut expected = ids.clone();
-    expected.sort();
-    assert_eq!(all, expected, "each task claimed exactly once");
-}
-
-#[test]
-fn a_queued_task_is_cancelled_only_while_queued() {
-    let (_tmp, _path, reg) = fresh();
-    let q = queued("p", 0, None);
-    reg.insert(&q).unwrap();
-    assert!(
-        reg.cancel_queued(&q.id, "cancelled (orch cancel)", 5)
-            .unwrap()
-    );
-    assert_eq!(reg.get(&q.id).unwrap().unwrap().state, State::Cancelled);
-    assert!(!reg.cancel_queued(&q.id, "again", 6).unwrap());
-    let listed = reg
-        .list_where(Listing::All, Some(State::Cancelled), Some("p"))
-        .unwrap();
-    assert_eq!(listed.len(), 1);
-    assert!(
-        reg.list_where(Listing::Live, None, None)
-            .unwrap()
-            .is_empty()
-    );
-}
-
 /// SQLite's page cache stays at its cap however large the registry grows:
 /// a long-running daemon reading a registry of many finished tasks keeps
 /// its memory.
@@ -564,39 +271,4 @@ fn the_page_cache_stays_small_whatever_the_registry_holds() {
         (1..1 << 20).contains(&used),
         "{used} bytes of page cache for a {size}-byte registry"
     );
-}
-
-/// `cleanup --branches` is offered only the branches no task still uses:
-/// not a live task's, nor one whose workspace is kept or not yet settled
-/// (its work may still come home to it).
-#[test]
-fn branch_bases_leave_out_branches_still_in_use() {
-    let (_tmp, _path, registry) = fresh();
-    let mut names = BTreeMap::new();
-    for (label, state, workspace) in [
-        ("live", State::Running, None),
-        ("kept", State::Succeeded, Some(WorkspaceState::Kept)),
-        ("unsettled", State::Failed, None),
-        ("removed", State::Succeeded, Some(WorkspaceState::Removed)),
-        ("deleted", State::Succeeded, Some(WorkspaceState::Removed)),
-    ] {
-        let mut task = record(state);
-        task.branch = Some(format!("orch/{}", task.id));
-        task.base = Some("base".into());
-        task.workspace_state = workspace;
-        registry.insert(&task).unwrap();
-        if label == "deleted" {
-            registry.delete(&task.id).unwrap();
-        }
-        names.insert(label, task.branch.unwrap());
-    }
-    let bases = registry
-        .branch_bases(std::path::Path::new("/repo"))
-        .unwrap();
-    let offered: Vec<&str> = names
-        .iter()
-        .filter(|(_, branch)| bases.contains_key(*branch))
-        .map(|(label, _)| *label)
-        .collect();
-    assert_eq!(offered, ["deleted", "removed"]);
 }

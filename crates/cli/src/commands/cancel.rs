@@ -8,6 +8,7 @@ use orch_orchestrator::{Cancelled, Orchestrator};
 
 use crate::args::CancelArgs;
 use crate::exit;
+use orch_registry::Store;
 
 pub(crate) async fn run(args: &CancelArgs) -> anyhow::Result<ExitCode> {
     let registry = super::ps::require_registry()?;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::args::LogsArgs;
+use orch_registry::Store;
 
 /// How often a followed log is looked at.
 const POLL: Duration = Duration::from_millis(100);

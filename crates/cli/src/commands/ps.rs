@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use orch_registry::{Listing, Registry, TaskRecord, WorkspaceState, now_ms};
+use orch_registry::{Listing, Registry, Store, TaskRecord, WorkspaceState, now_ms};
 
 use crate::args::{PsArgs, ShowArgs};
 
@@ -51,7 +51,7 @@ pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
     )?;
     let mut written = Ok(());
     if let Some(registry) = &registry {
-        registry.for_each_brief(listing, |task| {
+        registry.for_each_brief(listing, &mut |task| {
             if written.is_err() {
                 return;
             }
@@ -103,29 +103,29 @@ pub(crate) fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
         ("project", task.project.clone()),
         ("description", task.description.clone()),
         ("status", task.state.to_string()),
-        ("reason", opt(&task.reason)),
+        ("reason", opt(&task.outcome.reason)),
         (
             "exit code",
-            task.exit_code.map_or("-".into(), |c| c.to_string()),
+            task.outcome.exit_code.map_or("-".into(), |c| c.to_string()),
         ),
         ("created", time(Some(task.created_at))),
         ("started", time(task.started_at)),
-        ("finished", time(task.finished_at)),
+        ("finished", time(task.outcome.finished_at)),
         (
             "progress",
-            task.progress.map_or("-".into(), |p| {
-                format!("{p}% {}", task.progress_message.clone().unwrap_or_default())
+            task.progress.percent.map_or("-".into(), |p| {
+                format!("{p}% {}", task.progress.message.clone().unwrap_or_default())
             }),
         ),
         ("image", task.image.clone()),
         ("container", task.container.clone()),
         ("workspace", workspace(&task)),
-        ("branch", opt(&task.branch)),
+        ("branch", opt(&task.workspace.branch)),
         (
             "owner",
-            format!("pid {} (session {})", task.owner_pid, task.session),
+            format!("pid {} (session {})", task.owner.pid, task.owner.session),
         ),
-        ("detached", task.detached.to_string()),
+        ("detached", task.owner.detached.to_string()),
         (
             "log",
             super::home_path()?
@@ -138,7 +138,13 @@ pub(crate) fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
     for (key, value) in rows {
         crate::outln!("{key:<12} {}", crate::output::safe(&value))?;
     }
-    for (i, note) in task.notes.iter().flat_map(|n| n.lines()).enumerate() {
+    for (i, note) in task
+        .outcome
+        .notes
+        .iter()
+        .flat_map(|n| n.lines())
+        .enumerate()
+    {
         let key = if i == 0 { "notes" } else { "" };
         crate::outln!("{key:<12} {}", crate::output::safe(note))?;
     }
@@ -146,7 +152,7 @@ pub(crate) fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn workspace(task: &TaskRecord) -> String {
-    match (&task.workspace, task.workspace_state) {
+    match (&task.workspace.path, task.workspace.state) {
         (None, _) => "-".into(),
         (Some(_), Some(WorkspaceState::Removed)) => "(removed)".into(),
         (Some(path), _) => path.clone(),

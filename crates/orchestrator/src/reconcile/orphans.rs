@@ -40,7 +40,7 @@ pub(crate) fn plan(snapshot: &Snapshot, own_session: Uuid, status: Option<State>
     let mut planned: BTreeSet<Uuid> = BTreeSet::new();
 
     for row in &snapshot.rows {
-        if row.session == own
+        if row.owner.session == own
             || row.state == State::Queued
             || status.is_some_and(|s| s != row.state)
         {

@@ -56,7 +56,7 @@ pub(crate) fn plan(
         } else {
             t.failed
         };
-        if age(row.finished_at).is_some_and(|a| a >= ms(limit)) {
+        if age(row.outcome.finished_at).is_some_and(|a| a >= ms(limit)) {
             let reason = format!(
                 "{} more than {} ago",
                 row.state,
@@ -68,6 +68,7 @@ pub(crate) fn plan(
     }
     if strategy.includes(Strategy::Stale) && !is_live(row) && row.state.is_live() {
         let expired = row
+            .owner
             .lease_until
             .is_none_or(|l| snapshot.now - l >= ms(t.stale));
         if expired {

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use orch_registry::{Listing, Registry, TaskRecord, now_ms};
+use orch_registry::{Listing, Store, TaskRecord, now_ms};
 use orch_workspace::TaskDir;
 use uuid::Uuid;
 
@@ -61,7 +61,9 @@ impl Snapshot {
     /// and those of every container and directory found, oldest first.
     async fn take(
         ctx: &Ctx,
-        listed: impl FnOnce(&Registry) -> Result<Vec<TaskRecord>, orch_registry::Error> + Send + 'static,
+        listed: impl FnOnce(&dyn Store) -> Result<Vec<TaskRecord>, orch_registry::Error>
+        + Send
+        + 'static,
     ) -> Result<Snapshot, Error> {
         let containers = ctx.runtime.list(&ctx.selector(None)).await?;
         let dirs = task_dirs(ctx).await?;

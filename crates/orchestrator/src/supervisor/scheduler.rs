@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use orch_registry::{Claimant, Finish, Listing, State, TaskRecord, now_ms};
+use orch_registry::{Claimant, Finish, Listing, State, TaskQueue, TaskRecord, now_ms};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -140,7 +140,7 @@ impl Supervisor {
     fn ended(&self, record: TaskRecord) {
         let ran = record
             .started_at
-            .zip(record.finished_at)
+            .zip(record.outcome.finished_at)
             .map(|(start, end)| Duration::from_millis(u64::try_from(end - start).unwrap_or(0)));
         self.metrics.finished(record.state, ran);
         self.emit(DaemonEvent::TaskFinished {
@@ -353,6 +353,7 @@ impl Supervisor {
         let id = record.id;
         let project = record.project.clone();
         let spec: Result<SubmitSpec, String> = record
+            .queue
             .spec
             .as_deref()
             .ok_or_else(|| "it holds no submitted task".to_owned())
@@ -506,37 +507,19 @@ impl Supervisor {
         self.ctx().runtime.ping().await?;
         run::check(self.ctx(), &request, id).await?;
         let settings = &request.project.settings;
-        let record = TaskRecord {
+        let mut record = TaskRecord::new(
             id,
-            project: request.project.name.clone(),
-            description: request.desc.clone(),
-            state: State::Queued,
-            created_at: now_ms(),
-            started_at: None,
-            finished_at: None,
-            exit_code: None,
-            reason: None,
-            container: session::container_name(&id),
-            image: settings.image.clone(),
-            workspace: None,
-            branch: None,
-            repo: None,
-            workspace_state: None,
-            keep_failed_workspace: settings.keep_failed_workspace,
-            stop_grace_ms: i64::try_from(settings.stop_grace.as_millis()).unwrap_or(i64::MAX),
-            session: String::new(),
-            owner_pid: 0,
-            owner_start: 0,
-            owner_boot: String::new(),
-            lease_until: None,
-            progress: None,
-            progress_message: None,
-            progress_at: None,
-            cancel_requested: false,
-            detached: true,
-            keep_workspace: request.keep_workspace,
-            base: None,
-            git_dir: None,
+            &request.project.name,
+            &request.desc,
+            State::Queued,
+            &session::container_name(&id),
+            &settings.image,
+        );
+        record.stop_grace_ms = i64::try_from(settings.stop_grace.as_millis()).unwrap_or(i64::MAX);
+        record.owner.detached = true;
+        record.workspace.keep_failed_workspace = settings.keep_failed_workspace;
+        record.workspace.keep_workspace = request.keep_workspace;
+        record.queue = TaskQueue {
             spec: Some(serde_json::to_string(&spec).map_err(|e| Error::Io {
                 action: "record the submitted task in",
                 path: self.ctx().home.registry_path(),
@@ -544,7 +527,6 @@ impl Supervisor {
             })?),
             priority: spec.priority,
             max_parallel: settings.max_parallel.map(i64::from),
-            notes: None,
         };
         let inserted = record.clone();
         self.ctx().store.call(move |r| r.insert(&inserted)).await?;
@@ -714,9 +696,9 @@ impl Supervisor {
     pub async fn progress(&self, prefix: &str) -> Result<Progress, Error> {
         let task = self.task(prefix).await?;
         Ok(Progress {
-            percent: task.progress,
-            message: task.progress_message,
-            updated_at: task.progress_at,
+            percent: task.progress.percent,
+            message: task.progress.message,
+            updated_at: task.progress.at,
         })
     }
 

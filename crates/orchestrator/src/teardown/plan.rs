@@ -81,7 +81,11 @@ pub struct TaskFacts {
 
 impl From<&TaskRecord> for TaskFacts {
     fn from(row: &TaskRecord) -> TaskFacts {
-        let repo = match (&row.repo, &row.git_dir, &row.base) {
+        let repo = match (
+            &row.workspace.repo,
+            &row.workspace.git_dir,
+            &row.workspace.base,
+        ) {
             (Some(top), Some(git_dir), Some(base)) => Some(RepoFacts {
                 top: top.into(),
                 git_dir: git_dir.into(),
@@ -97,10 +101,10 @@ impl From<&TaskRecord> for TaskFacts {
             image: row.image.clone(),
             stop_grace: Duration::from_millis(u64::try_from(row.stop_grace_ms).unwrap_or(0)),
             policy: WorkspacePolicy {
-                keep_workspace: row.keep_workspace,
-                keep_failed_workspace: row.keep_failed_workspace,
+                keep_workspace: row.workspace.keep_workspace,
+                keep_failed_workspace: row.workspace.keep_failed_workspace,
             },
-            workspace: row.workspace.as_ref().map(|path| WorkspaceFacts {
+            workspace: row.workspace.path.as_ref().map(|path| WorkspaceFacts {
                 path: path.into(),
                 repo,
             }),

@@ -1,0 +1,306 @@
+//! A task as the registry records it: plain data, grouped by what each part
+//! is about (who owns the task, its workspace, its progress, how it ended,
+//! what was queued), with one constructor. Every backend reads and writes
+//! exactly this; serialised, the parts are flat (`orch show --json`, the
+//! API), as they always were.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::State;
+
+/// What becomes of a task's workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkspaceState {
+    /// It exists and its task may still use it.
+    Present,
+    /// Its task is over and its work is being brought home (its owner
+    /// still holds it).
+    Saving,
+    /// Kept after the task ended (failed, timed out, lost, or asked).
+    Kept,
+    /// Removed.
+    Removed,
+}
+
+impl WorkspaceState {
+    /// Its name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkspaceState::Present => "present",
+            WorkspaceState::Saving => "saving",
+            WorkspaceState::Kept => "kept",
+            WorkspaceState::Removed => "removed",
+        }
+    }
+
+    /// The state a stored name says, if it is one.
+    pub fn parse(text: &str) -> Option<WorkspaceState> {
+        match text {
+            "present" => Some(WorkspaceState::Present),
+            "saving" => Some(WorkspaceState::Saving),
+            "kept" => Some(WorkspaceState::Kept),
+            "removed" => Some(WorkspaceState::Removed),
+            _ => None,
+        }
+    }
+}
+
+/// Who runs a task, and how anyone can tell they still do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskOwner {
+    /// The owning session (empty while queued).
+    pub session: String,
+    /// Its pid.
+    #[serde(rename = "owner_pid")]
+    pub pid: i64,
+    /// Its start time (clock ticks since boot).
+    #[serde(rename = "owner_start")]
+    pub start: i64,
+    /// Its boot id.
+    #[serde(rename = "owner_boot")]
+    pub boot: String,
+    /// The owner renews this while the task runs.
+    pub lease_until: Option<i64>,
+    /// Runs under a background supervisor.
+    pub detached: bool,
+}
+
+/// A task's workspace, the repository it belongs to, and its fate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskWorkspace {
+    /// The workspace path, if it has one.
+    #[serde(rename = "workspace")]
+    pub path: Option<String>,
+    /// The workspace branch.
+    pub branch: Option<String>,
+    /// The repository top the workspace belongs to.
+    pub repo: Option<String>,
+    /// What became of the workspace.
+    #[serde(rename = "workspace_state")]
+    pub state: Option<WorkspaceState>,
+    /// Keep the workspace if the task fails, times out or is lost.
+    pub keep_failed_workspace: bool,
+    /// The task's own choice, overriding the policy: keep (`Some(true)`) or
+    /// remove (`Some(false)`) the workspace however the task ends.
+    pub keep_workspace: Option<bool>,
+    /// The commit the workspace's branch started from.
+    pub base: Option<String>,
+    /// The repository's common git directory.
+    pub git_dir: Option<String>,
+}
+
+/// A task's last progress report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskProgress {
+    /// 0-100.
+    #[serde(rename = "progress")]
+    pub percent: Option<i64>,
+    /// Its message.
+    #[serde(rename = "progress_message")]
+    pub message: Option<String>,
+    /// When it was reported.
+    #[serde(rename = "progress_at")]
+    pub at: Option<i64>,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskOutcome {
+    /// When a terminal state was reached.
+    pub finished_at: Option<i64>,
+    /// The task's exit code, if it exited.
+    pub exit_code: Option<i64>,
+    /// Why it ended: exit code, signal, error text.
+    pub reason: Option<String>,
+    /// What the user should know of its end that its state and reason do
+    /// not say (files left out of its save, why its workspace was kept),
+    /// one note per line.
+    pub notes: Option<String>,
+}
+
+/// What was submitted for a task that waits in a queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskQueue {
+    /// What was submitted (JSON). The values of its environment are kept
+    /// only while the task can still start, and never shown: serialised,
+    /// `env` lists the keys alone.
+    #[serde(serialize_with = "redacted_spec", deserialize_with = "spec_from_json")]
+    pub spec: Option<String>,
+    /// Higher runs first; ties in submission order.
+    pub priority: i64,
+    /// At most this many tasks of its project run at once (from its
+    /// project's settings when submitted).
+    pub max_parallel: Option<i64>,
+}
+
+/// One task as recorded. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// UUID v7.
+    pub id: Uuid,
+    /// Project name.
+    pub project: String,
+    /// The task description.
+    pub description: String,
+    /// Lifecycle state.
+    pub state: State,
+    /// When the record was written.
+    pub created_at: i64,
+    /// When the container started.
+    pub started_at: Option<i64>,
+    /// The container's (planned) name.
+    pub container: String,
+    /// The image.
+    pub image: String,
+    /// SIGTERM-to-SIGKILL grace.
+    pub stop_grace_ms: i64,
+    /// `orch cancel` asked the owner to stop it.
+    pub cancel_requested: bool,
+    /// Who runs it.
+    #[serde(flatten)]
+    pub owner: TaskOwner,
+    /// Its workspace.
+    #[serde(flatten)]
+    pub workspace: TaskWorkspace,
+    /// Its progress.
+    #[serde(flatten)]
+    pub progress: TaskProgress,
+    /// How it ended.
+    #[serde(flatten)]
+    pub outcome: TaskOutcome,
+    /// What was queued.
+    #[serde(flatten)]
+    pub queue: TaskQueue,
+}
+
+impl TaskRecord {
+    /// A record of a task in `state` written now: nothing owned, planned,
+    /// reported or ended yet; the parts are filled in by whoever knows them.
+    pub fn new(
+        id: Uuid,
+        project: &str,
+        description: &str,
+        state: State,
+        container: &str,
+        image: &str,
+    ) -> TaskRecord {
+        TaskRecord {
+            id,
+            project: project.to_owned(),
+            description: description.to_owned(),
+            state,
+            created_at: crate::now_ms(),
+            started_at: None,
+            container: container.to_owned(),
+            image: image.to_owned(),
+            stop_grace_ms: 10_000,
+            cancel_requested: false,
+            owner: TaskOwner::default(),
+            workspace: TaskWorkspace::default(),
+            progress: TaskProgress::default(),
+            outcome: TaskOutcome::default(),
+            queue: TaskQueue::default(),
+        }
+    }
+
+    /// True once its workspace is dealt with: kept, removed, or never
+    /// planned. A planned one with no state yet may exist (or its branch
+    /// may): its owner died before settling it.
+    pub fn workspace_settled(&self) -> bool {
+        self.workspace.path.is_none()
+            || matches!(
+                self.workspace.state,
+                Some(WorkspaceState::Kept | WorkspaceState::Removed)
+            )
+    }
+}
+
+/// Serialises a submitted task (JSON text) with the values of its
+/// environment left out: every output of a record (`show --json`, the API,
+/// events, webhooks) goes through this, and names only the keys.
+fn redacted_spec<S: serde::Serializer>(spec: &Option<String>, out: S) -> Result<S::Ok, S::Error> {
+    let Some(text) = spec else {
+        return out.serialize_none();
+    };
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(mut value) => {
+            if let Some(env) = value.get_mut("env") {
+                let keys: Vec<serde_json::Value> = env
+                    .as_object()
+                    .map(|o| o.keys().cloned().map(serde_json::Value::String).collect())
+                    .unwrap_or_default();
+                *env = serde_json::Value::Array(keys);
+            }
+            // As JSON text, as it is stored: whoever reads it back (a
+            // client of the API) gets what was shown.
+            out.serialize_some(&value)
+        }
+        Err(_) => out.serialize_none(),
+    }
+}
+
+/// A submitted task as JSON (an object, as shown, or text), read back as
+/// the text it is stored as.
+fn spec_from_json<'de, D: serde::Deserializer<'de>>(input: D) -> Result<Option<String>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(input)?;
+    Ok(value.map(|v| match v {
+        serde_json::Value::String(text) => text,
+        other => other.to_string(),
+    }))
+}
+
+/// The few columns `orch ps` shows, read without the rest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskBrief {
+    /// The task id, as stored (hyphenated).
+    pub id: String,
+    /// Project name.
+    pub project: String,
+    /// Lifecycle state.
+    pub state: State,
+    /// When the record was written.
+    pub created_at: i64,
+    /// Last reported progress.
+    pub progress: Option<i64>,
+    /// The workspace path, if it has one.
+    pub workspace: Option<String>,
+    /// What became of the workspace.
+    pub workspace_state: Option<WorkspaceState>,
+}
+
+/// How a task ended, for [`crate::Store::finish`].
+#[derive(Debug, Clone)]
+pub struct Finish {
+    /// The terminal state.
+    pub state: State,
+    /// Exit code, if it exited.
+    pub exit_code: Option<i64>,
+    /// Why, in words.
+    pub reason: String,
+    /// When.
+    pub at: i64,
+}
+
+/// Who claims a queued task: a daemon's session and process.
+#[derive(Debug, Clone)]
+pub struct Claimant {
+    /// The daemon's session.
+    pub session: String,
+    /// Its pid.
+    pub pid: i64,
+    /// Its start time (clock ticks since boot).
+    pub start: i64,
+    /// Its boot id.
+    pub boot: String,
+}
+
+/// Which tasks [`crate::Store::list`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// Queued, creating and running, and those whose work is being saved.
+    Live,
+    /// Everything.
+    All,
+}

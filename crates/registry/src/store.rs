@@ -1,0 +1,138 @@
+//! The seam between orch and whatever holds its records.
+//!
+//! Every operation the orchestrator, the daemon and cleanup use of a
+//! registry, and nothing else: record, claim, lease, finish, list,
+//! retention queries, notes, counters. The embedded SQLite [`Registry`]
+//! implements it; another backend (a database shared by several hosts)
+//! implements exactly this and runs the very same tests
+//! (`crate::conformance`). Calls are synchronous: callers on an async
+//! runtime run them on its blocking pool.
+//!
+//! [`Registry`]: crate::Registry
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::{Claimant, Error, Finish, Listing, State, TaskBrief, TaskRecord, WorkspaceState};
+
+/// A registry of tasks, as orch uses one.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Records a new task. Record first: this happens before any of its
+    /// resources exist.
+    fn insert(&self, task: &TaskRecord) -> Result<(), Error>;
+
+    /// `creating -> running`: the container started.
+    fn mark_running(&self, id: &Uuid, at: i64, lease_until: i64) -> Result<(), Error>;
+
+    /// Moves a live task to a terminal state.
+    fn finish(&self, id: &Uuid, finish: &Finish) -> Result<State, Error>;
+
+    /// Whether `orch cancel` asked for this task to stop.
+    fn cancel_requested(&self, id: &Uuid) -> Result<bool, Error>;
+
+    /// Asks the owner of a live task to stop it. Returns false if the task
+    /// is already terminal.
+    fn request_cancel(&self, id: &Uuid) -> Result<bool, Error>;
+
+    /// Stores a progress report.
+    fn set_progress(&self, id: &Uuid, percent: u8, message: &str, at: i64) -> Result<(), Error>;
+
+    /// Records what became of a task's workspace.
+    fn set_workspace_state(&self, id: &Uuid, state: WorkspaceState) -> Result<(), Error>;
+
+    /// Adds a note to a task's record (a line of its own).
+    fn add_note(&self, id: &Uuid, note: &str) -> Result<(), Error>;
+
+    /// Records the name the task's container got (when the planned one was
+    /// taken).
+    fn set_container(&self, id: &Uuid, name: &str) -> Result<(), Error>;
+
+    /// Deletes a task's record.
+    fn delete(&self, id: &Uuid) -> Result<bool, Error>;
+
+    /// One task by full id.
+    fn get(&self, id: &Uuid) -> Result<Option<TaskRecord>, Error>;
+
+    /// Tasks, oldest first.
+    fn list(&self, listing: Listing) -> Result<Vec<TaskRecord>, Error>;
+
+    /// The records a retention cleanup may select, oldest first: the live
+    /// ones, those that finished before `finished_before` and those created
+    /// before `created_before` (Unix milliseconds). A cleanup reads these,
+    /// never the whole registry: however many finished tasks it holds, a
+    /// cleanup's memory follows what it may remove.
+    fn list_retention(
+        &self,
+        finished_before: i64,
+        created_before: i64,
+    ) -> Result<Vec<TaskRecord>, Error>;
+
+    /// The tasks of one session (one orch process), oldest first.
+    fn list_session(&self, session: &str) -> Result<Vec<TaskRecord>, Error>;
+
+    /// Calls `each` with the brief of every task listed, oldest first,
+    /// without collecting them: `orch ps` stays quick and small at any size.
+    fn for_each_brief(
+        &self,
+        listing: Listing,
+        each: &mut dyn FnMut(TaskBrief),
+    ) -> Result<(), Error>;
+
+    /// Every repository a task ever had a workspace in.
+    fn repos(&self) -> Result<Vec<PathBuf>, Error>;
+
+    /// The base commit of every branch orch made in `repo` that it still
+    /// knows of, by branch name; not those of tasks still using theirs (a
+    /// live task, or one whose workspace is kept or not yet settled: its
+    /// work may still come home to it).
+    fn branch_bases(&self, repo: &Path) -> Result<BTreeMap<String, String>, Error>;
+
+    /// Forgets a branch that is gone from `repo`.
+    fn forget_branch(&self, repo: &Path, name: &str) -> Result<(), Error>;
+
+    /// Renews the leases of live tasks, in one transaction; returns those of
+    /// them whose cancellation was requested.
+    fn renew_leases(&self, ids: &[Uuid], until: i64) -> Result<Vec<Uuid>, Error>;
+
+    /// Those of `ids` whose cancellation was requested.
+    fn cancel_requests(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, Error>;
+
+    /// Claims the next queued task for `claimant`, in one transaction: the
+    /// highest priority, then the oldest, whose project has fewer live tasks
+    /// than its `max_parallel`. It becomes `creating`, owned by the
+    /// claimant. Two claimants never get the same task.
+    fn claim(&self, claimant: &Claimant, lease_until: i64) -> Result<Option<TaskRecord>, Error>;
+
+    /// Ends a task that is still queued as cancelled; false if it is not
+    /// queued (any more).
+    fn cancel_queued(&self, id: &Uuid, reason: &str, at: i64) -> Result<bool, Error>;
+
+    /// Fills in what a claimed task's run planned (container, image,
+    /// workspace, repository, policy), while it is `creating`.
+    fn update_planned(&self, task: &TaskRecord) -> Result<(), Error>;
+
+    /// Tasks (`Listing`), narrowed to a state and a project if given,
+    /// oldest first.
+    fn list_where(
+        &self,
+        listing: Listing,
+        state: Option<State>,
+        project: Option<&str>,
+    ) -> Result<Vec<TaskRecord>, Error>;
+
+    /// Adds `n` to the home's counter `name` (it starts at 0).
+    fn bump(&self, name: &str, n: u64) -> Result<(), Error>;
+
+    /// The home's counters whose names start with `prefix`, without it.
+    fn counters(&self, prefix: &str) -> Result<Vec<(String, u64)>, Error>;
+
+    /// How many tasks are in each state, and (as `"saving"`) how many
+    /// ended ones have their work being saved.
+    fn count_by_state(&self) -> Result<Vec<(String, i64)>, Error>;
+
+    /// The one task whose id starts with `prefix` (at least 4 hex digits,
+    /// hyphens optional).
+    fn resolve(&self, prefix: &str) -> Result<Uuid, Error>;
+}
