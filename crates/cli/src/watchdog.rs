@@ -93,17 +93,20 @@ pub(crate) fn run() -> ExitCode {
     let reaped = runtime.block_on(async {
         // The engine may be down for a moment (it may be why orch died):
         // keep trying, within a bound.
-        let deadline = std::time::Instant::now() + CONNECT_DEADLINE;
-        let mut backoff = std::time::Duration::from_millis(200);
+        let mut backoff = orch_retry::Backoff::new(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(5),
+        )
+        .within(CONNECT_DEADLINE);
         let orch = loop {
             match Orchestrator::connect(home.clone()).await {
                 Ok(orch) => break orch,
-                Err(e) if std::time::Instant::now() < deadline => {
+                Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "cannot connect yet; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    if !backoff.wait().await {
+                        return Err(e);
+                    }
                 }
-                Err(e) => return Err(e),
             }
         };
         Ok::<_, orch_orchestrator::Error>(orch.reap_session(&log).await)

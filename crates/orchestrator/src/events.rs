@@ -46,6 +46,12 @@ pub enum Event {
         /// The container name it will have.
         container: String,
     },
+    /// Its inputs are checked (nothing exists yet): how long it may stay
+    /// silent before it is stuck, if its project says.
+    Prepared {
+        /// Its project's `stuck_after`.
+        stuck_after: Option<Duration>,
+    },
     /// A missing image is being pulled.
     Pulling {
         /// The image.

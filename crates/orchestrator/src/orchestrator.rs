@@ -83,20 +83,13 @@ impl Orchestrator {
         observer: Box<dyn Observer>,
     ) -> Result<Outcome, Error> {
         let (sink, observer_thread) = EventSink::spawn(observer);
-        // A pull can take long: a stop request ends it, before anything
-        // exists.
-        let prepared = tokio::select! {
-            prepared = run::prepare(&self.ctx, request, &sink) => prepared,
-            () = shutdown.stopping() => Err(run::interrupted(&shutdown)),
-        };
-        let result = match prepared {
-            Ok(prepared) => run::run(&self.ctx, prepared, shutdown, sink).await,
-            Err(e) => {
-                // The observer thread ends once every sink is gone.
-                drop(sink);
-                Err(e)
-            }
-        };
+        let result = run::drive(
+            &self.ctx,
+            run::Start::Request(Box::new(request)),
+            shutdown,
+            sink,
+        )
+        .await;
         if !observer_thread.join(OBSERVER_DEADLINE).await {
             tracing::warn!("the observer did not finish showing the task's output in time");
         }

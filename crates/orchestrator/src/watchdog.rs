@@ -24,6 +24,7 @@
 //! backoff until a deadline. It acts on the pipe closing, never on time: a
 //! stopped (SIGSTOP) orch loses nothing.
 
+use orch_retry::Backoff;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::os::fd::OwnedFd;
@@ -196,18 +197,17 @@ pub(crate) async fn reap(ctx: &Ctx, log: &WatchdogLog) -> Reaped {
     }
 
     // The runtime may be down for a moment: list until it answers.
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), RETRY_MAX)
+        .within(deadline.saturating_duration_since(tokio::time::Instant::now()));
     let containers = loop {
         match ctx.runtime.list(&ctx.selector(Some(session))).await {
             Ok(containers) => break containers,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %format!("{e:#}"), "cannot list the session's containers yet; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(RETRY_MAX);
-            }
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "gave up listing the session's containers");
-                break Vec::new();
+                tracing::warn!(error = %format!("{e:#}"), "cannot list the session's containers yet; retrying");
+                if !backoff.wait().await {
+                    tracing::error!(error = %format!("{e:#}"), "gave up listing the session's containers");
+                    break Vec::new();
+                }
             }
         }
     };
@@ -268,19 +268,18 @@ pub(crate) async fn reap(ctx: &Ctx, log: &WatchdogLog) -> Reaped {
     // Everything else labelled with the session, until none shows up.
     let mut stray = Vec::new();
     let mut empty_in_a_row = 0;
-    let mut backoff = SETTLE;
+    let mut backoff = Backoff::new(SETTLE, RETRY_MAX);
     while empty_in_a_row < 2 && tokio::time::Instant::now() < deadline {
         let left: Vec<String> = match ctx.runtime.list(&ctx.selector(Some(session))).await {
             Ok(left) => left.into_iter().map(|c| c.name).collect(),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "listing failed; retrying");
                 empty_in_a_row = 0;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(RETRY_MAX);
+                backoff.wait().await;
                 continue;
             }
         };
-        backoff = SETTLE;
+        backoff.reset(SETTLE);
         if left.is_empty() {
             empty_in_a_row += 1;
         } else {

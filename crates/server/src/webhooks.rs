@@ -240,7 +240,10 @@ async fn deliver(
         .secret
         .as_deref()
         .map(|secret| signature(secret.as_bytes(), &delivery.body));
-    let mut backoff = BACKOFF;
+    let mut backoff = orch_retry::Backoff::new(BACKOFF, BACKOFF_MAX);
+    if let Some(deadline) = deadline {
+        backoff = backoff.until(deadline.into_std());
+    }
     for attempt in 1..=ATTEMPTS {
         let outcome = tokio::time::timeout(
             ATTEMPT_DEADLINE,
@@ -251,15 +254,13 @@ async fn deliver(
         match outcome {
             Ok(()) => return true,
             Err(why) => {
-                let last = attempt == ATTEMPTS
-                    || deadline.is_some_and(|d| tokio::time::Instant::now() + backoff >= d);
-                if last {
+                let delay = backoff.next_delay().filter(|_| attempt < ATTEMPTS);
+                let Some(delay) = delay else {
                     tracing::warn!(url = %receiver.url, event = delivery.kind, attempts = attempt, error = %why, "webhook given up");
                     return false;
-                }
+                };
                 tracing::info!(url = %receiver.url, event = delivery.kind, attempt, error = %why, "webhook failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(delay).await;
             }
         }
     }

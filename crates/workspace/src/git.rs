@@ -382,16 +382,14 @@ impl Git {
         action: &'static str,
         args: &[A],
     ) -> Result<Vec<u8>, Error> {
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff =
+            orch_retry::Backoff::new(Duration::from_millis(20), Duration::from_secs(1))
+                .within(LOCK_RETRY)
+                .jittered();
         loop {
             match self.run_once(action, args) {
-                Err(Error::Git { stderr, .. })
-                    if is_lock_conflict(&stderr) && started.elapsed() + backoff < LOCK_RETRY =>
-                {
-                    std::thread::sleep(backoff + jitter(backoff));
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
+                Err(Error::Git { ref stderr, .. })
+                    if is_lock_conflict(stderr) && backoff.sleep() => {}
                 other => return other,
             }
         }
@@ -644,14 +642,6 @@ fn wait_with_deadline(
 /// is missing or has moved: those are answers, not conflicts).
 fn is_lock_conflict(stderr: &str) -> bool {
     stderr.contains(".lock': File exists") || stderr.contains("could not lock config file")
-}
-
-/// Up to half of `base`, from the clock: enough to spread retries apart.
-fn jitter(base: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    base / 2 * (nanos % 1000) / 1000
 }
 
 /// A git repository a project lives in, as the user has it.

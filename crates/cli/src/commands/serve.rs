@@ -131,9 +131,10 @@ pub(crate) async fn run(
     let shutdown = Shutdown::new();
     let signals = SignalWatch::start(&shutdown, CtrlZ::Default)
         .context("failed to install signal handlers")?;
+    // The HTTP listeners stop taking connections at the first signal.
     let stop = CancellationToken::new();
     {
-        let (stop, supervisor, shutdown) = (stop.clone(), supervisor.clone(), shutdown.clone());
+        let (stop, shutdown) = (stop.clone(), shutdown.clone());
         tokio::spawn(async move {
             shutdown.stopping().await;
             say(&format!(
@@ -143,7 +144,6 @@ pub(crate) async fn run(
             stop.cancel();
             shutdown.forced().await;
             say("orch: forcing: killing and removing the running tasks now");
-            supervisor.force();
         });
     }
     say(&format!(
@@ -158,7 +158,7 @@ pub(crate) async fn run(
     let tasks_over = CancellationToken::new();
     let webhooks = orch_server::Webhooks::start(&config.webhooks, &supervisor, tasks_over.clone())?;
     let server = tokio::spawn(bound.serve(supervisor.clone(), stop.clone(), token));
-    supervisor.run(stop.clone()).await;
+    supervisor.run(shutdown.clone()).await;
     stop.cancel();
     tasks_over.cancel();
     let served = server.await;

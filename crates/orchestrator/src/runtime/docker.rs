@@ -24,6 +24,7 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::{StreamExt, TryStreamExt};
+use orch_retry::Backoff;
 use tokio::time::Instant;
 
 use crate::events::Stream as OutStream;
@@ -126,7 +127,7 @@ impl DockerRuntime {
         T: Send,
     {
         let end = Instant::now() + deadline;
-        let mut backoff = BACKOFF_FIRST;
+        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX).within(deadline);
         loop {
             let attempt = tokio::time::timeout_at(end, call()).await;
             let error = match attempt {
@@ -140,12 +141,50 @@ impl DockerRuntime {
                     });
                 }
             };
-            if !error.is_transient() || Instant::now() + backoff >= end {
+            if !error.is_transient() {
                 return Err(error);
             }
             tracing::debug!(action, target, error = %display_chain(&error), "engine call failed; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            if !backoff.wait().await {
+                return Err(error);
+            }
+        }
+    }
+
+    /// For calls that must not be repeated blindly (create, start): one
+    /// `attempt` at a time within `deadline`; after a transient failure,
+    /// `landed` says whether the call took effect anyway (its answer lost
+    /// on the way back) before it is tried again.
+    async fn until_landed<T, A, AF, L, LF>(
+        &self,
+        deadline: Duration,
+        mut attempt: A,
+        mut landed: L,
+    ) -> Result<T, RuntimeError>
+    where
+        A: FnMut(Duration) -> AF + Send,
+        AF: Future<Output = Result<T, RuntimeError>> + Send,
+        L: FnMut() -> LF + Send,
+        LF: Future<Output = Result<Option<T>, RuntimeError>> + Send,
+        T: Send,
+    {
+        let end = Instant::now() + deadline;
+        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX).within(deadline);
+        loop {
+            let error = match attempt(end.saturating_duration_since(Instant::now())).await {
+                Ok(value) => return Ok(value),
+                Err(e) => e,
+            };
+            if !error.is_transient() {
+                return Err(error);
+            }
+            if let Some(value) = landed().await? {
+                return Ok(value);
+            }
+            tracing::debug!(error = %display_chain(&error), "engine call failed; retrying");
+            if !backoff.wait().await {
+                return Err(error);
+            }
         }
     }
 
@@ -401,34 +440,25 @@ impl Runtime for DockerRuntime {
     async fn create(&self, name: &str, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         let body = create_body(spec);
         let options = CreateContainerOptionsBuilder::default().name(name).build();
-        let end = Instant::now() + CALL_DEADLINE;
-        let mut backoff = BACKOFF_FIRST;
-        loop {
-            let attempt = Self::once(
-                "create container",
-                name,
-                end.saturating_duration_since(Instant::now()),
-                self.docker
-                    .create_container(Some(options.clone()), body.clone()),
-            )
-            .await;
-            let error = match attempt {
-                Ok(_) => return self.join_networks(name, spec).await,
-                Err(e) if e.is_not_found() => {
-                    return Err(RuntimeError::ImageMissing {
+        let attempt = |left: Duration| {
+            let call = self
+                .docker
+                .create_container(Some(options.clone()), body.clone());
+            async move {
+                match Self::once("create container", name, left, call).await {
+                    Ok(_) => self.join_networks(name, spec).await,
+                    Err(e) if e.is_not_found() => Err(RuntimeError::ImageMissing {
                         image: spec.image.clone(),
                         reason: display_chain(&e),
                         hint: offline_hint(&spec.image),
-                    });
+                    }),
+                    Err(e) => Err(e),
                 }
-                Err(e) => e,
-            };
-            if !error.is_transient() || Instant::now() + backoff >= end {
-                return Err(error);
             }
-            // The request may have reached the engine before the
-            // connection dropped: if the container exists and is ours,
-            // it was created.
+        };
+        // The request may have reached the engine before the connection
+        // dropped: if the container exists and is ours, it was created.
+        let landed = || async {
             if let Ok(Some(_)) = self.state_of(name).await {
                 let ours = self
                     .list(&Selector {
@@ -440,13 +470,12 @@ impl Runtime for DockerRuntime {
                     .iter()
                     .any(|c| c.name == name);
                 if ours {
-                    return self.join_networks(name, spec).await;
+                    return self.join_networks(name, spec).await.map(Some);
                 }
             }
-            tracing::debug!(container = name, error = %display_chain(&error), "create failed; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
+            Ok(None)
+        };
+        self.until_landed(CALL_DEADLINE, attempt, landed).await
     }
 
     async fn attach(&self, name: &str) -> Result<OutputStream, RuntimeError> {
@@ -490,44 +519,38 @@ impl Runtime for DockerRuntime {
     }
 
     async fn start(&self, name: &str) -> Result<(), RuntimeError> {
-        let end = Instant::now() + CALL_DEADLINE;
-        let mut backoff = BACKOFF_FIRST;
-        loop {
-            let attempt = Self::once(
+        let attempt = |left: Duration| async move {
+            match Self::once(
                 "start container",
                 name,
-                end.saturating_duration_since(Instant::now()),
+                left,
                 self.docker.start_container(name, None),
             )
-            .await;
-            let error = match attempt {
-                Ok(()) => return Ok(()),
+            .await
+            {
                 Err(RuntimeError::Refused { message, .. })
                     if not_invoked_code(&message).is_some() =>
                 {
-                    return Err(RuntimeError::NotInvoked {
+                    Err(RuntimeError::NotInvoked {
                         code: not_invoked_code(&message).unwrap_or(127),
                         message,
-                    });
+                    })
                 }
                 // Already started.
                 Err(RuntimeError::Refused {
                     status: Some(304), ..
-                }) => return Ok(()),
-                Err(e) => e,
-            };
-            if !error.is_transient() || Instant::now() + backoff >= end {
-                return Err(error);
+                }) => Ok(()),
+                other => other,
             }
-            // It may have started before the answer was lost.
-            if let Ok(Some((state, _))) = self.state_of(name).await {
-                if state != ContainerState::Created {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
+        };
+        // It may have started before the answer was lost.
+        let landed = || async {
+            Ok(match self.state_of(name).await {
+                Ok(Some((state, _))) if state != ContainerState::Created => Some(()),
+                _ => None,
+            })
+        };
+        self.until_landed(CALL_DEADLINE, attempt, landed).await
     }
 
     async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
@@ -562,7 +585,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn wait(&self, name: &str) -> Result<i64, RuntimeError> {
-        let mut backoff = BACKOFF_FIRST;
+        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
         loop {
             let options = WaitContainerOptionsBuilder::default()
                 .condition("not-running")
@@ -599,8 +622,7 @@ impl Runtime for DockerRuntime {
                 Ok(Some((ContainerState::Exited, Some(code)))) => return Ok(code),
                 _ => {}
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            backoff.wait().await;
         }
     }
 

@@ -11,10 +11,14 @@
 //! start, on a schedule, and after submissions. Every state change,
 //! progress report and cleanup is a [`DaemonEvent`].
 
+mod api;
+mod core;
 mod events;
 mod metrics;
-mod scheduler;
+mod queue;
+mod schedule;
 mod spec;
+mod stuck;
 
 pub use events::DaemonEvent;
 pub use metrics::{Metrics, classic as classic_metrics};
@@ -22,5 +26,5 @@ pub use metrics::{Metrics, classic as classic_metrics};
 pub mod metrics_format {
     pub use super::metrics::{CLASSIC, OPENMETRICS};
 }
-pub use scheduler::{Progress, Supervisor, SupervisorConfig};
+pub use core::{Progress, Supervisor, SupervisorConfig};
 pub use spec::{DurationText, SubmitSpec};

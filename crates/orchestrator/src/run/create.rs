@@ -1,0 +1,167 @@
+//! Making the task's things, in an order a crash at any instant leaves
+//! findable: the workspace (directory, then branch), the watchdog told,
+//! the way out if it has one, the container (while git fills the
+//! workspace), then the attached output.
+
+use orch_registry::WorkspaceState;
+use orch_workspace::failpoint;
+use tokio::sync::watch;
+
+use crate::Error;
+use crate::events::Event;
+use crate::guard::ContainerGuard;
+use crate::output::spawn_pump;
+use crate::run::prepare::spec;
+use crate::run::task::{TaskRun, stopped_by};
+use crate::runtime::ContainerSpec;
+use crate::teardown::Ending;
+use crate::{leases, workspace};
+
+impl TaskRun<'_> {
+    /// Creates the task's container under its guard, taking the long name
+    /// if another task took the short one in the same millisecond.
+    async fn create_container(&mut self, spec: &ContainerSpec) -> Result<(), Error> {
+        let ctx = self.ctx;
+        let task_id = self.prepared.task_id;
+        self.guard = Some(ContainerGuard::arm(
+            &ctx.active,
+            &ctx.runtime,
+            &ctx.tracker,
+            &self.name,
+            task_id,
+        ));
+        match ctx.runtime.create(&self.name, spec).await {
+            Err(e) if e.is_conflict() => {
+                // Another task started in the same millisecond (on this
+                // engine, maybe in another instance) took the short name.
+                self.name = format!("orch-{}", task_id.simple());
+                if let Some(guard) = &mut self.guard {
+                    guard.rename(&self.name);
+                }
+                ctx.runtime.create(&self.name, spec).await?;
+                let name = self.name.clone();
+                ctx.store
+                    .call(move |r| r.set_container(&task_id, &name))
+                    .await?;
+            }
+            other => other?,
+        }
+        Ok(())
+    }
+
+    /// The container's spec, the watchdog told of the task, and its way
+    /// out opened if it has `egress`.
+    async fn spec_with_way_out(&mut self) -> Result<ContainerSpec, Error> {
+        let ctx = self.ctx;
+        let task_id = self.prepared.task_id;
+        let egress = &self.prepared.request.project.settings.sandbox.egress;
+        let machine = ctx.runtime.machine().await?;
+        let mut spec = spec(
+            ctx,
+            &self.prepared.request,
+            task_id,
+            self.held.as_ref().map(|h| &h.workspace),
+            &machine,
+        );
+        crate::watchdog::register(ctx, &self.facts(), &self.name);
+        if !egress.is_empty() {
+            // Known before it exists: whatever goes wrong from here, the
+            // teardown removes it (and its network).
+            self.egress = Some(crate::egress::name_for(&self.name));
+            let (network, hosts) =
+                crate::egress::open(ctx, task_id, &self.name, &spec, egress).await?;
+            spec.network = network;
+            spec.extra_hosts = hosts;
+        }
+        Ok(spec)
+    }
+
+    /// Creates the workspace and the container and attaches to its output;
+    /// `Some` ending if the run is stopped before the container exists.
+    pub(super) async fn create(
+        &mut self,
+        progress: watch::Sender<leases::Progress>,
+    ) -> Result<Option<Ending>, Error> {
+        let ctx = self.ctx;
+        let task_id = self.prepared.task_id;
+        if self.shutdown.is_stopping() {
+            return Ok(Some(Ending::Cancelled(stopped_by(&self.shutdown))));
+        }
+        if let Some((repo, base)) = &self.prepared.repo {
+            let held = workspace::begin(
+                ctx,
+                repo,
+                &self.prepared.request.project.name,
+                &task_id,
+                base,
+            )
+            .await?;
+            self.held = Some(held);
+        }
+        failpoint::hit("after-workspace");
+
+        // From here on a container may exist: the guard is armed before the
+        // create call is sent, and the watchdog hears of the task first.
+        let spec = self.spec_with_way_out().await?;
+        // The engine creates the container (it needs only the workspace's
+        // directory to exist) while git fills the workspace; both are done
+        // before the container starts.
+        let begun = self.held.take();
+        let filling = async {
+            match begun {
+                Some(held) => workspace::populate(ctx, held).await,
+                None => (Ok(()), None),
+            }
+        };
+        let ((filled, held), created) = tokio::join!(filling, self.create_container(&spec));
+        self.held = held;
+        if let Err(e) = filled {
+            // Unwound already: nothing of the workspace is left to settle.
+            self.held = None;
+            return Err(e);
+        }
+        if self.held.is_some() {
+            ctx.store
+                .call(move |r| r.set_workspace_state(&task_id, WorkspaceState::Present))
+                .await?;
+        }
+        created?;
+        failpoint::hit("after-create");
+        self.attach(progress).await?;
+        Ok(None)
+    }
+
+    /// Attaches to the created container and starts copying its output to
+    /// the log and the sink.
+    async fn attach(&mut self, progress: watch::Sender<leases::Progress>) -> Result<(), Error> {
+        let ctx = self.ctx;
+        let task_id = self.prepared.task_id;
+        let attached = ctx.runtime.attach(&self.name).await?;
+        let log_path = ctx.home.log_path(&task_id);
+        let log = match crate::home::open_private_append(&log_path).await {
+            Ok(file) => Some(file),
+            Err(e) => {
+                tracing::warn!(path = %log_path.display(), error = %e, "cannot write the task's log");
+                self.sink.send(Event::Notice(format!(
+                    "cannot write the task's log {}: {e}",
+                    log_path.display()
+                )));
+                None
+            }
+        };
+        self.pump = Some(spawn_pump(
+            &ctx.tracker,
+            attached,
+            crate::output::Source {
+                runtime: ctx.runtime.clone(),
+                container: self.name.clone(),
+                over: self.over.subscribe(),
+                started: self.ran.subscribe(),
+            },
+            self.sink.clone(),
+            log,
+            progress,
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,176 @@
+//! Before anything exists: everything about a request that can be checked
+//! is checked, and the container's spec is made from its settings.
+
+use orch_workspace::Repo;
+use uuid::Uuid;
+
+use crate::ConfigError;
+use crate::Error;
+use crate::config::WorkspaceMode;
+use crate::context::Ctx;
+use crate::events::{Event, EventSink};
+use crate::run::{PreparedTask, TaskRequest};
+use crate::runtime::{ContainerSpec, Machine, Mount, Ownership};
+use crate::{session, workspace};
+
+/// Checks everything a run needs before anything is created: the image
+/// (its reference, then present or pulled), the network, the repository
+/// and ref of a workspace. Bad input fails here, leaving no trace.
+pub(crate) async fn prepare(
+    ctx: &Ctx,
+    request: TaskRequest,
+    sink: &EventSink,
+) -> Result<PreparedTask, Error> {
+    let settings = &request.project.settings;
+    // A malformed reference fails before any pull.
+    crate::runtime::validate_reference(&settings.image).map_err(|message| ConfigError::Flag {
+        flag: "image".into(),
+        message,
+    })?;
+    let task_id = request.task_id.unwrap_or_else(session::new_task_id);
+    let progress = {
+        let sink = sink.clone();
+        move |line: String| sink.send(Event::Notice(line))
+    };
+    ctx.runtime.ensure_image(&settings.image, &progress).await?;
+    let repo = check(ctx, &request, task_id).await?;
+    Ok(PreparedTask {
+        request,
+        task_id,
+        repo,
+        claimed: false,
+    })
+}
+
+/// Everything about a request that can be checked without pulling an
+/// image: the image reference, what the runtime can do, the network, the
+/// repository and ref of a workspace (and the commit its branch starts
+/// from). What a daemon checks before queueing a task.
+pub(crate) async fn check(
+    ctx: &Ctx,
+    request: &TaskRequest,
+    task_id: Uuid,
+) -> Result<Option<(Repo, String)>, Error> {
+    let settings = &request.project.settings;
+    crate::runtime::validate_reference(&settings.image).map_err(|message| ConfigError::Flag {
+        flag: "image".into(),
+        message,
+    })?;
+    let wants_workspace = settings.workspace == WorkspaceMode::Worktree;
+    if wants_workspace && !ctx.runtime.capabilities().host_mounts {
+        return Err(ConfigError::Flag {
+            flag: "workspace".into(),
+            message: "this runtime cannot mount host directories: set workspace = \"none\"".into(),
+        }
+        .into());
+    }
+    let network = settings.network.as_str();
+    if !settings.sandbox.egress.is_empty()
+        && (matches!(network, "none" | "host") || network.starts_with("container:"))
+    {
+        return Err(ConfigError::Flag {
+            flag: "egress".into(),
+            message: format!(
+                "needs a network to go out through, and network = {network:?}; use a bridge or a network name"
+            ),
+        }
+        .into());
+    }
+    let machine = ctx.runtime.machine().await?;
+    ctx.runtime
+        .preflight(&spec(ctx, request, task_id, None, &machine))
+        .await?;
+    if !wants_workspace {
+        return Ok(None);
+    }
+    workspace::find_repo(
+        ctx.home.layout(),
+        request.project.path.clone(),
+        request.git_ref.clone(),
+    )
+    .await
+    .map(Some)
+}
+
+/// The container's spec: image, command, user, limits (the machine's
+/// defaults where the settings give none), confinement, mounts, ownership.
+pub(super) fn spec(
+    ctx: &Ctx,
+    request: &TaskRequest,
+    task_id: Uuid,
+    workspace: Option<&orch_workspace::Workspace>,
+    machine: &Machine,
+) -> ContainerSpec {
+    let settings = &request.project.settings;
+    let reserved = ["ORCH_TASK_ID", "ORCH_TASK_DESC", "ORCH_WORKSPACE"];
+    let mut env: Vec<(String, String)> = settings
+        .env
+        .iter()
+        .filter(|(k, _)| !reserved.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.push(("ORCH_TASK_ID".into(), task_id.to_string()));
+    env.push(("ORCH_TASK_DESC".into(), request.desc.clone()));
+    env.push((
+        "ORCH_WORKSPACE".into(),
+        workspace
+            .map(|w| w.path.display().to_string())
+            .unwrap_or_default(),
+    ));
+    let mounts = workspace.map_or_else(Vec::new, |w| {
+        w.mounts()
+            .into_iter()
+            .map(|m| Mount {
+                source: m.source,
+                target: m.target,
+                read_only: m.read_only,
+            })
+            .collect()
+    });
+    ContainerSpec {
+        image: settings.image.clone(),
+        command: settings
+            .command
+            .iter()
+            .map(|arg| arg.replace("{desc}", &request.desc))
+            .collect(),
+        entrypoint: settings.entrypoint.clone(),
+        user: settings.user.docker_user(),
+        env,
+        workdir: workspace.map(|w| w.workdir.clone()),
+        mounts,
+        network: settings.network.clone(),
+        memory: Some(settings.memory.unwrap_or_else(|| machine.default_memory())),
+        cpus: Some(settings.cpus.unwrap_or_else(|| machine.default_cpus())),
+        stop_grace: settings.stop_grace,
+        capabilities: capabilities(settings),
+        no_new_privileges: settings.sandbox.no_new_privileges,
+        pids_limit: settings.sandbox.pids_limit,
+        runtime: settings.sandbox.runtime.clone(),
+        extra_hosts: Vec::new(),
+        extra_networks: Vec::new(),
+        ownership: Ownership {
+            instance: ctx.home.instance_id().to_owned(),
+            session: ctx.session.id,
+            task: task_id,
+            project: request.project.name.clone(),
+            owner: ctx.session.owner.clone(),
+        },
+    }
+}
+
+/// The capabilities a task keeps: its user's defaults, plus `cap_add`,
+/// minus `cap_drop`.
+fn capabilities(settings: &crate::config::Settings) -> Vec<String> {
+    let mut caps: Vec<String> = crate::config::default_capabilities(&settings.user)
+        .iter()
+        .map(|c| (*c).to_owned())
+        .collect();
+    for cap in &settings.sandbox.cap_add {
+        if !caps.contains(cap) {
+            caps.push(cap.clone());
+        }
+    }
+    caps.retain(|c| !settings.sandbox.cap_drop.contains(c));
+    caps
+}
