@@ -14,10 +14,10 @@ use tokio_util::task::TaskTracker;
 use crate::active::ActiveSet;
 use crate::home::Home;
 use crate::leases::Leases;
+use crate::link::WatchdogLink;
 use crate::runtime::{Runtime, Selector};
 use crate::session::Session;
 use crate::store::Records;
-use crate::watchdog::WatchdogLink;
 
 /// The shared state of one orch process.
 #[derive(Debug)]

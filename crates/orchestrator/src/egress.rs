@@ -39,17 +39,6 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
 /// The most bytes read before a name must have been seen.
 const PEEK_MAX: usize = 16 * 1024;
 
-/// The forwarder's container and network name for a task: one name for
-/// both.
-pub(crate) fn name_for(container: &str) -> String {
-    format!("{container}-egress")
-}
-
-/// True if `container` is a task's forwarder.
-pub(crate) fn is_forwarder(container: &str) -> bool {
-    container.ends_with("-egress")
-}
-
 /// Allowed `host:port` entries, by port.
 fn by_port(entries: &[String]) -> HashMap<u16, Vec<String>> {
     let mut ports: HashMap<u16, Vec<String>> = HashMap::new();
@@ -114,7 +103,7 @@ pub(crate) async fn open(
     task_spec: &ContainerSpec,
     entries: &[String],
 ) -> Result<(String, Vec<String>), Error> {
-    let name = name_for(container);
+    let name = crate::runtime::egress_name(container);
     ctx.runtime
         .create_isolated_network(&name, &task_spec.ownership)
         .await?;

@@ -16,14 +16,7 @@ use uuid::Uuid;
 /// Bytes of output that may be queued for the observer at once.
 const OUTPUT_IN_FLIGHT: usize = 1 << 20;
 
-/// Which stream output came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    /// The task's stdout.
-    Stdout,
-    /// The task's stderr.
-    Stderr,
-}
+pub use crate::runtime::Stream;
 
 /// Why orch is stopping a task that has not ended by itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +79,7 @@ pub enum Event {
     /// Forced removal begun.
     Forcing,
     /// The workspace was removed or kept.
-    Workspace(crate::WorkspaceFate),
+    Workspace(crate::fate::WorkspaceFate),
     /// Something the user should know, on one line.
     Notice(String),
     /// Cleanup finished: what was removed, and how long it took.

@@ -30,9 +30,11 @@ mod disk;
 pub mod egress;
 mod error;
 mod events;
+mod fate;
 mod guard;
 mod home;
 mod leases;
+mod link;
 mod orchestrator;
 mod output;
 mod owner;
@@ -55,7 +57,9 @@ pub use config::{
 pub use disk::DuReport;
 pub use error::{ConfigError, Error, ErrorKind};
 pub use events::{Discard, Event, Observer, StopReason, Stream};
+pub use fate::WorkspaceFate;
 pub use home::Home;
+pub use link::{Registered, WatchdogLink};
 pub use orchestrator::Orchestrator;
 pub use owner::Owner;
 pub use reconcile::{
@@ -66,8 +70,7 @@ pub use run::{Outcome, PreparedTask, Status, TaskRequest};
 pub use runtime::display_chain;
 pub use session::{Session, container_name};
 pub use shutdown::{Shutdown, Suspension};
-pub use watchdog::{Reaped, Registered, WatchdogLink, WatchdogLog};
-pub use workspace::WorkspaceFate;
+pub use watchdog::{Reaped, WatchdogLog};
 
 #[cfg(test)]
 mod tests;

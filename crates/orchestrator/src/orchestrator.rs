@@ -12,11 +12,12 @@ use uuid::Uuid;
 use crate::cancel::{self, Cancelled};
 use crate::context::Ctx;
 use crate::events::{EventSink, Observer};
+use crate::link::WatchdogLink;
 use crate::reconcile::{self, CleanupOptions, CleanupReport};
 use crate::run::{self, Outcome, PreparedTask, TaskRequest};
 use crate::runtime::{DockerRuntime, Gone, Runtime, RuntimeError};
 use crate::store::Records;
-use crate::watchdog::{self, Reaped, WatchdogLink, WatchdogLog};
+use crate::watchdog::{self, Reaped, WatchdogLog};
 use crate::{Error, Home, Session, Shutdown};
 
 /// How long the observer may take to show what is queued at the end.

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::config::{Project, Settings, WorkspaceMode};
 use crate::events::{Event, Observer};
+use crate::link::Registered;
 use crate::reconcile::{CleanupOptions, Strategy, Thresholds};
 use crate::runtime::fake::{Behaviour, FakeRuntime};
 use crate::runtime::{ContainerSpec, ContainerState, Ownership};
@@ -20,7 +21,7 @@ use crate::teardown::{
     Cause, Ending, Fate, Found, RecordEnd, TaskFacts, Teardown, WorkspacePolicy, WorkspaceStep,
     WorkspaceTarget, plan,
 };
-use crate::watchdog::{Registered, WatchdogLog};
+use crate::watchdog::WatchdogLog;
 use crate::{Home, Orchestrator, Owner, Shutdown, Status, TaskRequest};
 
 struct Harness {

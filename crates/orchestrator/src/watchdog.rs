@@ -26,14 +26,13 @@
 
 use orch_retry::Backoff;
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
-use std::os::fd::OwnedFd;
-use std::sync::Mutex;
+use std::io::BufRead;
 use std::time::Duration;
 
 use uuid::Uuid;
 
 use crate::context::Ctx;
+use crate::link::Registered;
 use crate::reconcile::{Item, Strategy, found_of};
 use crate::teardown::{self, Cause, ExecOptions, TaskFacts};
 
@@ -45,70 +44,6 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// The longest pause between two attempts while the runtime does not
 /// answer.
 const RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// orch's end of the pipe to its watchdog.
-#[derive(Debug)]
-pub struct WatchdogLink {
-    pipe: Mutex<std::fs::File>,
-}
-
-impl WatchdogLink {
-    /// Wraps the write end of the pipe (it must be close-on-exec, so no
-    /// child of orch keeps the watchdog waiting).
-    pub fn new(write_end: OwnedFd) -> WatchdogLink {
-        WatchdogLink {
-            pipe: Mutex::new(std::fs::File::from(write_end)),
-        }
-    }
-
-    fn send(&self, line: &str) {
-        let mut pipe = self.pipe.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = writeln!(pipe, "{line}") {
-            tracing::warn!(error = %e, "the watchdog is gone; only reconciliation is left if orch dies");
-        }
-    }
-
-    /// Tells the watchdog which session it guards.
-    pub(crate) fn session(&self, session: &Uuid) {
-        self.send(&format!("session {session}"));
-    }
-
-    /// orch is exiting cleanly: the watchdog exits at once, touching
-    /// nothing.
-    pub fn clean_exit(&self) {
-        self.send("exit");
-    }
-}
-
-/// Registers a task before its container can exist.
-pub(crate) fn register(ctx: &Ctx, facts: &TaskFacts, container: &str) {
-    if let Some(link) = &ctx.watchdog {
-        let registered = Registered {
-            facts: facts.clone(),
-            container: container.to_owned(),
-        };
-        match serde_json::to_string(&registered) {
-            Ok(json) => link.send(&format!("task {json}")),
-            Err(e) => tracing::warn!(error = %e, "failed to register a task with the watchdog"),
-        }
-    }
-}
-
-/// The task is torn down.
-pub(crate) fn done(ctx: &Ctx, task_id: &Uuid) {
-    if let Some(link) = &ctx.watchdog {
-        link.send(&format!("done {task_id}"));
-    }
-}
-
-/// A task as orch registered it with its watchdog.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Registered {
-    /// What the teardown policy needs.
-    pub facts: TaskFacts,
-    /// Its planned container name.
-    pub container: String,
-}
 
 /// What orch told its watchdog before the pipe closed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

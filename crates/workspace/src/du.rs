@@ -11,21 +11,7 @@ use std::path::Path;
 
 use crate::Error;
 
-/// The size of a tree.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Size {
-    /// Bytes allocated on disk.
-    pub bytes: u64,
-    /// Entries that are not directories.
-    pub files: u64,
-}
-
-impl std::ops::AddAssign for Size {
-    fn add_assign(&mut self, other: Size) {
-        self.bytes += other.bytes;
-        self.files += other.files;
-    }
-}
+pub use crate::outcome::Size;
 
 /// Measures the tree at `path`; a missing path measures zero.
 pub fn measure(path: &Path) -> Result<Size, Error> {

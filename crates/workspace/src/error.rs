@@ -83,8 +83,8 @@ pub enum Error {
     /// rest was saved, and the workspace is kept so that nothing is lost.
     #[error(
         "{} too large to save to its branch (over {} MiB each or {} MiB in all; the rest was saved)",
-        crate::workspace::listed(first, *left_out), crate::save::MAX_SAVED_FILE >> 20,
-        crate::save::MAX_SAVED_BYTES >> 20
+        crate::outcome::listed(first, *left_out), crate::outcome::MAX_SAVED_FILE >> 20,
+        crate::outcome::MAX_SAVED_BYTES >> 20
     )]
     TooLargeToSave {
         /// The workspace (named by whoever reports it kept).
@@ -111,7 +111,7 @@ pub enum Error {
         /// The workspace.
         path: PathBuf,
         /// What saving its work did first.
-        saved: Box<crate::Saved>,
+        saved: Box<crate::outcome::Saved>,
     },
     /// The workspace is locked by a live task (or one being created).
     #[error("workspace {} is in use by a live task", path.display())]

@@ -16,12 +16,10 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::fsgit::{make_bare_repo, object_format};
 use crate::git::Git;
-use crate::save::{make_bare_repo, object_format};
+use crate::worktree::DISABLED;
 use crate::{Error, Layout, TaskLock, Workspace};
-
-/// What a nested repository's `.git` is renamed to.
-pub(crate) const DISABLED: &str = ".git.orch-disabled";
 
 impl Workspace {
     /// Makes a kept workspace safe to use with plain git (see the module

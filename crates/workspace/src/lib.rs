@@ -20,10 +20,12 @@ mod branches;
 pub mod du;
 mod error;
 pub mod failpoint;
+mod fsgit;
 mod git;
 mod kept;
 mod layout;
 mod lock;
+mod outcome;
 mod remove;
 mod save;
 mod taskindex;
@@ -37,8 +39,9 @@ pub use error::Error;
 pub use git::Repo;
 pub use layout::{Layout, TaskDir, validate_project_name};
 pub use lock::TaskLock;
+pub use outcome::{Mount, RemovedWorkspace, Saved, Unsaved};
 pub use remove::Removal;
-pub use workspace::{Mount, RemovedWorkspace, Saved, Unsaved, Workspace};
+pub use workspace::Workspace;
 
 #[cfg(test)]
 mod tests;

@@ -38,10 +38,10 @@ use std::time::Duration;
 
 use crate::git::{Deadline, Git, HEAVY_TIMEOUT};
 use crate::lock::RepoLock;
+use crate::outcome::{MAX_SAVED_BYTES, MAX_SAVED_FILE, listed};
 use crate::taskindex::{self, TaskIndex};
 use crate::taskrepo::{self, TaskRepo};
 use crate::treecheck::{self, TREE_LIMITS};
-use crate::workspace::listed;
 use crate::{Error, Layout, Saved, TaskLock, Workspace, worktree};
 
 /// How long a whole save may take: `ORCH_SAVE_TIMEOUT` (seconds, or with
@@ -67,12 +67,6 @@ pub(crate) fn save_deadline() -> Duration {
 /// How deep repositories inside repositories are followed.
 const MAX_NESTING: usize = 8;
 
-/// The largest file of a task's uncommitted work that is saved to its
-/// branch (by its length: a sparse file costs the task nothing to make,
-/// and git reads every byte of it).
-pub(crate) const MAX_SAVED_FILE: u64 = 100 << 20;
-/// All files of a task's uncommitted work read, in bytes.
-pub(crate) const MAX_SAVED_BYTES: u64 = 1 << 30;
 /// All files of a task's uncommitted work read, in number.
 const MAX_SAVED_FILES: usize = 200_000;
 /// How many left-out files are named.
@@ -135,7 +129,7 @@ impl Workspace {
     pub fn save(&self, layout: &Layout, _lock: &TaskLock) -> Result<Saved, Error> {
         layout.prepare()?;
         let shadow = layout.shadow_dir(&self.project, &self.task_id)?;
-        remove_dir_if_present(&shadow)?;
+        crate::fsgit::remove_dir_if_present(&shadow)?;
         let saved = Save {
             ws: self,
             layout,
@@ -146,7 +140,7 @@ impl Workspace {
             hazard: None,
         }
         .run();
-        let cleaned = remove_dir_if_present(&shadow);
+        let cleaned = crate::fsgit::remove_dir_if_present(&shadow);
         let saved = saved?;
         cleaned?;
         Ok(saved)
@@ -182,7 +176,7 @@ impl Save<'_> {
     fn run(mut self) -> Result<Saved, Error> {
         let ws = self.ws;
         let shadow = self.shadow.clone();
-        make_bare_repo(&shadow, object_format(&ws.base))?;
+        crate::fsgit::make_bare_repo(&shadow, crate::fsgit::object_format(&ws.base))?;
         let id_len = ws.base.len() / 2;
         let mut notes: Vec<String> = Vec::new();
         // Before anything reads the workspace: nothing setuid, no device.
@@ -528,7 +522,7 @@ impl Save<'_> {
         }
         // The git directories of nested repositories orch disabled in a kept
         // workspace are theirs, not files of the work.
-        let mut patterns = format!("{}/\n", crate::kept::DISABLED).into_bytes();
+        let mut patterns = format!("{}/\n", crate::worktree::DISABLED).into_bytes();
         for nested in &scan.nested {
             patterns.extend(worktree::pattern(nested.as_os_str().as_bytes()).unwrap_or_default());
         }
@@ -833,44 +827,4 @@ fn real_dir(work_tree: &Path, dir: &[u8], known: &mut HashMap<Vec<u8>, bool>) ->
             .is_ok_and(|m| m.is_dir());
     known.insert(dir.to_vec(), answer);
     answer
-}
-
-/// The object format of the user's repository, as the length of the base
-/// commit's id (which git gave orch) says.
-pub(crate) fn object_format(base: &str) -> &'static str {
-    if base.len() == 64 { "sha256" } else { "sha1" }
-}
-
-/// Makes an empty bare repository at `dir` without running git: nothing of
-/// a template, and one process fewer per saved task.
-/// `object_format` is the user's repository's (`sha1` or `sha256`), whose
-/// objects it borrows and takes back.
-pub(crate) fn make_bare_repo(dir: &Path, object_format: &str) -> Result<(), Error> {
-    for sub in ["objects/info", "refs/heads", "refs/tags"] {
-        crate::layout::private_dir(&dir.join(sub))?;
-    }
-    let config = match object_format {
-        "sha1" => "[core]\n\trepositoryformatversion = 0\n\tbare = true\n".to_owned(),
-        other => format!(
-            "[core]\n\trepositoryformatversion = 1\n\tbare = true\n[extensions]\n\tobjectformat = {other}\n"
-        ),
-    };
-    for (file, text) in [
-        ("HEAD", "ref: refs/heads/result\n"),
-        ("config", config.as_str()),
-    ] {
-        let path = dir.join(file);
-        std::fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
-    }
-    Ok(())
-}
-
-/// Removes a directory orch made for itself (a shadow git directory), if
-/// it is there.
-pub(crate) fn remove_dir_if_present(dir: &Path) -> Result<(), Error> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("remove", dir, e)),
-    }
 }

@@ -17,6 +17,10 @@ use std::collections::HashSet;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+/// What a nested repository's `.git` becomes in a kept workspace (see
+/// `crate::kept`): still a nested repository's, to the walk.
+pub(crate) const DISABLED: &str = ".git.orch-disabled";
+
 /// The most entries walked before giving up on the work tree.
 const MAX_ENTRIES: usize = 2_000_000;
 
@@ -79,7 +83,7 @@ pub(crate) fn scan(root: &Path, skip: &HashSet<Vec<u8>>) -> Scan {
                 continue;
             }
             let dir = root.join(&path);
-            let repository = [".git", crate::kept::DISABLED]
+            let repository = [".git", DISABLED]
                 .iter()
                 .any(|git| dir.join(git).symlink_metadata().is_ok());
             if repository {

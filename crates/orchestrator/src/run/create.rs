@@ -63,11 +63,11 @@ impl TaskRun<'_> {
             self.held.as_ref().map(|h| &h.workspace),
             &machine,
         );
-        crate::watchdog::register(ctx, &self.facts(), &self.name);
+        crate::link::register(ctx.watchdog.as_ref(), &self.facts(), &self.name);
         if !egress.is_empty() {
             // Known before it exists: whatever goes wrong from here, the
             // teardown removes it (and its network).
-            self.egress = Some(crate::egress::name_for(&self.name));
+            self.egress = Some(crate::runtime::egress_name(&self.name));
             let (network, hosts) =
                 crate::egress::open(ctx, task_id, &self.name, &spec, egress).await?;
             spec.network = network;

@@ -4,7 +4,7 @@ use orch_workspace::Repo;
 use uuid::Uuid;
 
 use crate::config::Project;
-use crate::workspace::WorkspaceFate;
+use crate::fate::WorkspaceFate;
 
 /// A task to run: a project and a description.
 #[derive(Debug, Clone)]

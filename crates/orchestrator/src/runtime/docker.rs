@@ -27,11 +27,10 @@ use futures_util::{StreamExt, TryStreamExt};
 use orch_retry::Backoff;
 use tokio::time::Instant;
 
-use crate::events::Stream as OutStream;
 use crate::owner::Owner;
 use crate::runtime::{
     Capabilities, ContainerSpec, ContainerState, Gone, Machine, OutputStream, OwnedContainer,
-    OwnedNetwork, Ownership, Runtime, RuntimeError, Selector,
+    OwnedNetwork, Ownership, Runtime, RuntimeError, Selector, display_chain,
 };
 
 /// Labels every container orch creates carries (SPEC 2).
@@ -668,7 +667,7 @@ impl Runtime for DockerRuntime {
         // A task's egress forwarder owns the network of its name: it goes
         // with the forwarder, whoever removes that (the task's container,
         // removed first, has left it).
-        if removed.is_ok() && crate::egress::is_forwarder(name) {
+        if removed.is_ok() && crate::runtime::is_egress(name) {
             self.remove_network(name).await?;
         }
         match removed {
@@ -972,9 +971,9 @@ fn output_stream(
         .try_filter_map(|item| async move {
             Ok(match item {
                 LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                    Some((OutStream::Stdout, message))
+                    Some((crate::runtime::Stream::Stdout, message))
                 }
-                LogOutput::StdErr { message } => Some((OutStream::Stderr, message)),
+                LogOutput::StdErr { message } => Some((crate::runtime::Stream::Stderr, message)),
                 LogOutput::StdIn { .. } => None,
             })
         })
@@ -1074,21 +1073,6 @@ fn one_line(error: &DockerError) -> String {
         other => display_chain(other),
     };
     text.retain(|c| c != '\n' && c != '\r');
-    text
-}
-
-/// An error and its causes, `: `-separated.
-pub fn display_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
     text
 }
 

@@ -16,10 +16,10 @@ mod reference;
 mod spec;
 
 pub use docker::DockerRuntime;
-pub use docker::display_chain;
-pub use error::RuntimeError;
+pub use error::{RuntimeError, display_chain};
 pub(crate) use reference::validate_reference;
 pub use spec::{
     Capabilities, ContainerSpec, ContainerState, Gone, Machine, Mount, OutputChunk, OutputStream,
-    OwnedContainer, OwnedNetwork, Ownership, Runtime, Selector,
+    OwnedContainer, OwnedNetwork, Ownership, Runtime, Selector, Stream,
 };
+pub(crate) use spec::{egress_name, is_egress};

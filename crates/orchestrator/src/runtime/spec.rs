@@ -6,12 +6,19 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::Stream;
 use uuid::Uuid;
 
-use crate::events::Stream as OutStream;
 use crate::owner::Owner;
 use crate::runtime::RuntimeError;
+
+/// Which stream output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// The task's stdout.
+    Stdout,
+    /// The task's stderr.
+    Stderr,
+}
 
 /// What an engine can do beyond the basics every engine has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,10 +224,11 @@ pub enum Gone {
 }
 
 /// Output of a container: which stream, and the bytes as written.
-pub type OutputChunk = (OutStream, Bytes);
+pub type OutputChunk = (Stream, Bytes);
 
 /// A container's output until its streams close.
-pub type OutputStream = Pin<Box<dyn Stream<Item = Result<OutputChunk, RuntimeError>> + Send>>;
+pub type OutputStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<OutputChunk, RuntimeError>> + Send>>;
 
 /// A container engine, as orch needs it. Every call is bounded by a
 /// deadline of its own and retries what the engine may get wrong for a
@@ -302,4 +310,15 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
 
     /// The containers `selector` picks.
     async fn list(&self, selector: &Selector) -> Result<Vec<OwnedContainer>, RuntimeError>;
+}
+
+/// The name of a task's egress forwarder, and of the network it owns: one
+/// name for both, so whoever removes the forwarder removes the network.
+pub(crate) fn egress_name(container: &str) -> String {
+    format!("{container}-egress")
+}
+
+/// True if `container` is a task's egress forwarder.
+pub(crate) fn is_egress(container: &str) -> bool {
+    container.ends_with("-egress")
 }

@@ -17,8 +17,9 @@ use orch_registry::{Finish, State, WorkspaceState, now_ms};
 use orch_workspace::TaskLock;
 
 use crate::context::Ctx;
-use crate::teardown::{Ending, Fate, RecordEnd, Step, Teardown};
-use crate::{Error, WorkspaceFate, workspace};
+use crate::fate::WorkspaceFate;
+use crate::teardown::{Ending, Executed, Fate, RecordEnd, Step, Teardown};
+use crate::{Error, workspace};
 
 /// How a plan is carried out.
 #[derive(Debug, Default)]
@@ -28,17 +29,6 @@ pub(crate) struct ExecOptions {
     /// How long to wait for a workspace's lock held by someone else (an
     /// owner still settling it); zero: give up at once.
     pub(crate) lock_wait: Duration,
-}
-
-/// What carrying out a plan did.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Executed {
-    /// The steps done, in order.
-    pub(crate) steps: Vec<Step>,
-    /// What failed, each with its cause, on one line.
-    pub(crate) errors: Vec<String>,
-    /// The state the record ended in (or had), if known.
-    pub(crate) state: Option<State>,
 }
 
 /// Carries out `plan`, calling `on_step` after each step.

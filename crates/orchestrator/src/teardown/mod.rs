@@ -11,9 +11,9 @@
 mod execute;
 mod plan;
 
-pub(crate) use execute::{ExecOptions, Executed, execute};
+pub(crate) use execute::{ExecOptions, execute};
 pub use plan::{
     Cause, ContainerStep, Ending, Fate, RecordEnd, RepoFacts, Step, TaskFacts, Teardown,
     WorkspaceFacts, WorkspacePolicy, WorkspaceStep, WorkspaceTarget,
 };
-pub(crate) use plan::{Found, plan};
+pub(crate) use plan::{Executed, Found, plan};

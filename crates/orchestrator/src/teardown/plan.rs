@@ -489,7 +489,7 @@ pub enum Step {
         gone: Gone,
     },
     /// The workspace was kept or removed.
-    Workspace(crate::WorkspaceFate),
+    Workspace(crate::fate::WorkspaceFate),
     /// The record was deleted.
     RecordDeleted,
     /// The log was deleted.
@@ -497,4 +497,15 @@ pub enum Step {
         /// Its size.
         bytes: u64,
     },
+}
+
+/// What carrying out a plan did.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Executed {
+    /// The steps done, in order.
+    pub(crate) steps: Vec<Step>,
+    /// What failed, each with its cause, on one line.
+    pub(crate) errors: Vec<String>,
+    /// The state the record ended in (or had), if known.
+    pub(crate) state: Option<State>,
 }
