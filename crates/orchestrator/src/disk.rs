@@ -1,10 +1,10 @@
 //! Disk use of workspaces (`orch du`, `GET /v1/du`): each workspace, per
-//! project, and in total, counted as `du -sb` counts.
+//! project, and in total, counted as `du` counts (allocated blocks).
 
 use std::collections::BTreeMap;
 
+use orch_protocol::{DuAnswer, DuProject, DuTotal, DuWorkspace};
 use orch_workspace::{Layout, TaskDir, du};
-use serde_json::json;
 
 use crate::Error;
 
@@ -36,26 +36,34 @@ impl DuReport {
     }
 
     /// As `orch du --json` prints it and `GET /v1/du` answers it.
-    pub fn to_json(&self) -> serde_json::Value {
-        json!({
-            "workspaces": self.workspaces.iter().map(|(dir, size)| json!({
-                "project": dir.project,
-                "task_id": dir.task_id,
-                "path": dir.path,
-                "bytes": size.bytes,
-                "files": size.files,
-            })).collect::<Vec<_>>(),
-            "projects": self.projects.iter().map(|(name, (size, count))| json!({
-                "project": name,
-                "workspaces": count,
-                "bytes": size.bytes,
-                "files": size.files,
-            })).collect::<Vec<_>>(),
-            "total": {
-                "workspaces": self.workspaces.len(),
-                "bytes": self.total.bytes,
-                "files": self.total.files,
+    pub fn answer(&self) -> DuAnswer {
+        DuAnswer {
+            workspaces: self
+                .workspaces
+                .iter()
+                .map(|(dir, size)| DuWorkspace {
+                    project: dir.project.clone(),
+                    task_id: dir.task_id.clone(),
+                    path: dir.path.clone(),
+                    bytes: size.bytes,
+                    files: size.files,
+                })
+                .collect(),
+            projects: self
+                .projects
+                .iter()
+                .map(|(name, (size, count))| DuProject {
+                    project: name.clone(),
+                    workspaces: *count,
+                    bytes: size.bytes,
+                    files: size.files,
+                })
+                .collect(),
+            total: DuTotal {
+                workspaces: self.workspaces.len(),
+                bytes: self.total.bytes,
+                files: self.total.files,
             },
-        })
+        }
     }
 }

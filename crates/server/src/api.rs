@@ -1,6 +1,7 @@
 //! The routes of SPEC 9 and their handlers: each parses, calls one
 //! supervisor method, and answers JSON.
 
+use orch_protocol::{CleanupRequest, Submitted};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,7 +107,10 @@ async fn submit(
 ) -> Result<Response, ApiError> {
     let spec: SubmitSpec = body(spec)?;
     let record = s.supervisor.submit(spec).await?;
-    let answer = serde_json::json!({ "id": record.id, "state": record.state });
+    let answer = Submitted {
+        id: record.id,
+        state: record.state,
+    };
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
@@ -253,23 +257,13 @@ async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
     buf
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CleanupBody {
-    strategy: Option<String>,
-    older_than: Option<String>,
-    status: Option<String>,
-    #[serde(default)]
-    dry_run: bool,
-}
-
 async fn cleanup(
     Extract(s): Extract<Shared>,
     request: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     // An empty body is an empty request.
-    let request: CleanupBody = match request {
-        Ok(raw) if raw.iter().all(u8::is_ascii_whitespace) => CleanupBody::default(),
+    let request: CleanupRequest = match request {
+        Ok(raw) if raw.iter().all(u8::is_ascii_whitespace) => CleanupRequest::default(),
         other => body(other)?,
     };
     let unprocessable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m);
@@ -300,7 +294,7 @@ async fn cleanup(
         branches: false,
     };
     let report = s.supervisor.cleanup(&options).await?;
-    Ok(Json(report.to_json()).into_response())
+    Ok(Json(report.answer()).into_response())
 }
 
 /// OpenMetrics to whoever asks for it (Prometheus does), the classic
@@ -336,7 +330,7 @@ async fn alerts(Extract(s): Extract<Shared>) -> Response {
 }
 
 async fn du(Extract(s): Extract<Shared>) -> Result<Response, ApiError> {
-    Ok(Json(s.supervisor.du().await?.to_json()).into_response())
+    Ok(Json(s.supervisor.du().await?.answer()).into_response())
 }
 
 async fn events(

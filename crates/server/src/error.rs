@@ -54,7 +54,9 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.message });
+        let body = orch_protocol::ErrorBody {
+            error: self.message,
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }

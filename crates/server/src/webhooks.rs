@@ -155,7 +155,7 @@ async fn listen(
         // A cleanup that found nothing to do is no news: one every few
         // minutes would drown the ones that did something.
         if let DaemonEvent::CleanupDone { report, .. } = &event {
-            if report["total"]["tasks"] == 0 && report["total"]["containers"] == 0 {
+            if report.total.tasks == 0 && report.total.containers == 0 {
                 continue;
             }
         }

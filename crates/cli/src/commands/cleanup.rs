@@ -41,7 +41,7 @@ pub(crate) async fn run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
     };
     let mut out = std::io::stdout().lock();
     if args.json {
-        writeln!(out, "{:#}", report.to_json())?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&report.answer())?)?;
     } else {
         print_human(&mut out, &report)?;
     }
@@ -191,9 +191,9 @@ mod tests {
             report.summary(),
             "Would clean up 8 task(s): 5 completed, 2 stale, 1 old; 3 containers, 2 workspaces, 1.2 GiB to free"
         );
-        let json = report.to_json();
-        assert_eq!(json["strategies"]["completed"]["tasks"], 5);
-        assert_eq!(json["total"]["containers"], 3);
+        let answer = report.answer();
+        assert_eq!(answer.strategies["completed"].tasks, 5);
+        assert_eq!(answer.total.containers, 3);
         let empty = CleanupReport {
             dry_run: true,
             ..CleanupReport::default()

@@ -14,7 +14,7 @@ pub(crate) fn run(args: &DuArgs) -> anyhow::Result<ExitCode> {
     let report = DuReport::measure(&Layout::new(&home))
         .map_err(|e| super::unusable_home(&home, e.into()))?;
     if args.json {
-        crate::outln!("{:#}", report.to_json())?;
+        crate::outln!("{}", serde_json::to_string_pretty(&report.answer())?)?;
         return Ok(ExitCode::SUCCESS);
     }
     crate::outln!(

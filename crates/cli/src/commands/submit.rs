@@ -45,15 +45,13 @@ pub(crate) async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         no_workspace: task.no_workspace,
         priority: args.priority,
     };
-    let body = serde_json::to_value(&spec).context("failed to encode the task")?;
     let answer = Client::new(&socket)
-        .json(hyper::Method::POST, "/v1/tasks", Some(body))
+        .submit(&spec)
         .await
         .map_err(|e| match e {
             ClientError::Refused { message, .. } => anyhow::anyhow!(message),
             other => anyhow::Error::new(other),
         })?;
-    let id = answer["id"].as_str().unwrap_or_default();
-    crate::outln!("{id}")?;
+    crate::outln!("{}", answer.id)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! What `orch cleanup` is asked to do, and what it reports.
 
+use orch_protocol::{CleanupAnswer, CleanupItem, ItemLog, ItemWorkspace, RepoCleanup};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -226,36 +227,7 @@ impl CleanupReport {
     }
 }
 
-/// Counts of what a cleanup did (or would do), for one strategy or all.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Counts {
-    /// Tasks touched.
-    pub tasks: u64,
-    /// Live records ended as lost.
-    pub marked_lost: u64,
-    /// Containers removed.
-    pub containers: u64,
-    /// Workspaces removed.
-    pub workspaces: u64,
-    /// Records deleted.
-    pub records: u64,
-    /// Logs deleted.
-    pub logs: u64,
-    /// Bytes freed (workspaces and logs).
-    pub bytes: u64,
-}
-
-impl Counts {
-    fn add(&mut self, other: &Counts) {
-        self.tasks += other.tasks;
-        self.marked_lost += other.marked_lost;
-        self.containers += other.containers;
-        self.workspaces += other.workspaces;
-        self.records += other.records;
-        self.logs += other.logs;
-        self.bytes += other.bytes;
-    }
-}
+pub use orch_protocol::Counts;
 
 impl Item {
     /// What this item did, once executed; what it would do, in a dry run.
@@ -366,54 +338,57 @@ impl CleanupReport {
 
     /// The report as `orch cleanup --json` prints it and the daemon's
     /// `POST /v1/cleanup` answers it.
-    pub fn to_json(&self) -> serde_json::Value {
-        use serde_json::json;
+    pub fn answer(&self) -> CleanupAnswer {
         let (per, total) = self.counts();
-        let strategies: serde_json::Map<String, serde_json::Value> = per
-            .iter()
-            .map(|(s, c)| (s.name().to_owned(), json!(c)))
-            .collect();
-        let items: Vec<serde_json::Value> = self
+        let items = self
             .items
             .iter()
             .map(|item| {
                 let plan = &item.plan;
-                json!({
-                    "strategy": item.strategy.name(),
-                    "task_id": plan.task,
-                    "reason": item.reason,
-                    "mark": match &plan.record {
-                        crate::teardown::RecordEnd::Finish(e) => Some(e.state().as_str()),
-                        crate::teardown::RecordEnd::FromExit(_) => Some("exited"),
+                CleanupItem {
+                    strategy: item.strategy.name().to_owned(),
+                    task_id: plan.task,
+                    reason: item.reason.clone(),
+                    mark: match &plan.record {
+                        crate::teardown::RecordEnd::Finish(e) => Some(e.state().as_str().into()),
+                        crate::teardown::RecordEnd::FromExit(_) => Some("exited".into()),
                         crate::teardown::RecordEnd::Leave => None,
                     },
-                    "containers": plan.containers.iter().map(|c| &c.name).collect::<Vec<_>>(),
-                    "workspace": plan.workspace.as_ref().map(|w| json!({
-                        "path": w.target.path,
-                        "bytes": w.target.bytes,
-                        "kept": plan.keeps_workspace(),
-                    })),
-                    "record": plan.delete_record,
-                    "log": plan.log.as_ref().map(|(p, b)| json!({"path": p, "bytes": b})),
-                    "bytes": plan.bytes(),
-                    "done": item.done(),
-                    "errors": item.errors,
-                })
+                    containers: plan.containers.iter().map(|c| c.name.clone()).collect(),
+                    workspace: plan.workspace.as_ref().map(|w| ItemWorkspace {
+                        path: w.target.path.clone(),
+                        bytes: w.target.bytes,
+                        kept: plan.keeps_workspace(),
+                    }),
+                    record: plan.delete_record,
+                    log: plan.log.as_ref().map(|(path, bytes)| ItemLog {
+                        path: path.clone(),
+                        bytes: *bytes,
+                    }),
+                    bytes: plan.bytes(),
+                    done: item.done(),
+                    errors: item.errors.clone(),
+                }
             })
             .collect();
-        let repos: Vec<serde_json::Value> = self
+        let repos = self
             .repos
             .iter()
-            .map(|r| json!({"repo": r.repo, "pruned": r.pruned, "branches": r.branches, "errors": r.errors}))
+            .map(|r| RepoCleanup {
+                repo: r.repo.clone(),
+                pruned: r.pruned,
+                branches: r.branches.clone(),
+                errors: r.errors.clone(),
+            })
             .collect();
-        json!({
-            "dry_run": self.dry_run,
-            "summary": self.summary(),
-            "strategies": strategies,
-            "total": total,
-            "items": items,
-            "repos": repos,
-        })
+        CleanupAnswer {
+            dry_run: self.dry_run,
+            summary: self.summary(),
+            strategies: per.iter().map(|(s, c)| (s.name().to_owned(), *c)).collect(),
+            total,
+            items,
+            repos,
+        }
     }
 }
 

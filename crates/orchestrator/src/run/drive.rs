@@ -93,5 +93,9 @@ fn submitted(
             path: ctx.home.registry_path(),
             source: std::io::Error::other(why),
         })?;
-    Ok(spec.request(&config?, Some(record.id))?)
+    Ok(crate::supervisor::request_of(
+        &spec,
+        &config?,
+        Some(record.id),
+    )?)
 }

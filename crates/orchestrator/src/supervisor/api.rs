@@ -8,9 +8,9 @@ use std::time::Duration;
 use orch_registry::{Listing, State, TaskRecord, now_ms};
 use uuid::Uuid;
 
-use crate::supervisor::core::Progress;
 use crate::supervisor::{DaemonEvent, Supervisor};
 use crate::{DuReport, Error};
+use orch_protocol::Progress;
 
 /// How long a waited-for cancel waits beyond the task's grace.
 const CANCEL_SLACK: Duration = Duration::from_secs(30);

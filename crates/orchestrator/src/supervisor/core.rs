@@ -40,17 +40,6 @@ pub struct SupervisorConfig {
     pub stuck_after: Duration,
 }
 
-/// A task's last progress report.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Progress {
-    /// 0 to 100.
-    pub percent: Option<i64>,
-    /// Its message.
-    pub message: Option<String>,
-    /// When it was reported (Unix milliseconds).
-    pub updated_at: Option<i64>,
-}
-
 /// When a live task last showed a sign of life, if its silence counts.
 pub(super) type Sign = Arc<Mutex<Option<Instant>>>;
 
@@ -93,7 +82,7 @@ pub struct Supervisor {
     pub(super) cleaning: tokio::sync::Mutex<Option<Instant>>,
     pub(super) metrics: Arc<Metrics>,
     /// The last cleanups, newest last (bounded).
-    pub(super) recent_cleanups: Mutex<std::collections::VecDeque<serde_json::Value>>,
+    pub(super) recent_cleanups: Mutex<std::collections::VecDeque<orch_protocol::RecentCleanup>>,
 }
 
 impl Supervisor {
@@ -201,7 +190,7 @@ impl Supervisor {
     /// Its last cleanups (at most 20), oldest first: each the report of
     /// `orch cleanup --json` without its items, with its `trigger`,
     /// `strategy` and `at` (Unix milliseconds).
-    pub fn recent_cleanups(&self) -> Vec<serde_json::Value> {
+    pub fn recent_cleanups(&self) -> Vec<orch_protocol::RecentCleanup> {
         self.recent_cleanups
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -211,18 +200,15 @@ impl Supervisor {
     }
 
     /// Its stuck tasks now: id, project and seconds of silence.
-    pub fn alerts(&self) -> Vec<serde_json::Value> {
+    pub fn alerts(&self) -> Vec<orch_protocol::Alert> {
         self.live()
             .iter()
             .filter(|(_, l)| l.stuck)
-            .map(|(id, l)| {
-                let silent = silence(&l.last_sign).unwrap_or_default();
-                serde_json::json!({
-                    "type": "task.stuck",
-                    "id": id,
-                    "project": l.project,
-                    "silent_secs": silent.as_secs(),
-                })
+            .map(|(id, l)| orch_protocol::Alert {
+                kind: "task.stuck".into(),
+                id: *id,
+                project: l.project.clone(),
+                silent_secs: silence(&l.last_sign).unwrap_or_default().as_secs(),
             })
             .collect()
     }

@@ -13,18 +13,18 @@
 
 mod api;
 mod core;
-mod events;
 mod metrics;
 mod queue;
 mod schedule;
 mod spec;
 mod stuck;
 
-pub use events::DaemonEvent;
 pub use metrics::{Metrics, classic as classic_metrics};
+pub use orch_protocol::DaemonEvent;
 /// Content types of the metrics texts.
 pub mod metrics_format {
     pub use super::metrics::{CLASSIC, OPENMETRICS};
 }
-pub use core::{Progress, Supervisor, SupervisorConfig};
-pub use spec::{DurationText, SubmitSpec};
+pub use core::{Supervisor, SupervisorConfig};
+pub use orch_protocol::Progress;
+pub use spec::{DurationText, SubmitSpec, request_of};

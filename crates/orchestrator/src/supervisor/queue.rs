@@ -160,7 +160,7 @@ impl Supervisor {
             });
         }
         let config = self.global_config()?;
-        let request = spec.request(&config, None)?;
+        let request = crate::supervisor::request_of(&spec, &config, None)?;
         let id = session::new_task_id();
         // As `orch task` would: no engine, no task.
         self.ctx().runtime.ping().await?;

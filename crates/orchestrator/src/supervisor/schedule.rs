@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use orch_protocol::RecentCleanup;
 use orch_registry::now_ms;
 
 use crate::reconcile::{CleanupOptions, CleanupReport, Strategy};
@@ -95,15 +96,16 @@ impl Supervisor {
                 recent.pop_front();
             }
             // The counts, not the items: a cleanup may take thousands.
-            let mut entry = report.to_json();
-            if let Some(entry) = entry.as_object_mut() {
-                entry.remove("items");
-                entry.remove("repos");
-            }
-            entry["trigger"] = trigger.into();
-            entry["strategy"] = strategy.name().into();
-            entry["at"] = now_ms().into();
-            recent.push_back(entry);
+            let answer = report.answer();
+            recent.push_back(RecentCleanup {
+                dry_run: answer.dry_run,
+                summary: answer.summary,
+                strategies: answer.strategies,
+                total: answer.total,
+                trigger: trigger.to_owned(),
+                strategy: strategy.name().to_owned(),
+                at: now_ms(),
+            });
         }
         // What the workspaces hold now, for the gauge: measured in the
         // background (it walks trees).
@@ -117,7 +119,7 @@ impl Supervisor {
         tracing::info!(trigger, summary = %report.summary(), "cleanup done");
         self.emit(DaemonEvent::CleanupDone {
             trigger: trigger.to_owned(),
-            report: report.to_json(),
+            report: report.answer(),
         });
     }
 

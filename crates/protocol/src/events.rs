@@ -1,11 +1,13 @@
 //! What a daemon tells whoever listens (`GET /v1/events`, webhooks).
 
 use orch_registry::{State, TaskRecord};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::CleanupAnswer;
 use uuid::Uuid;
 
 /// One thing that happened under a daemon.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 #[non_exhaustive]
 pub enum DaemonEvent {
@@ -57,7 +59,7 @@ pub enum DaemonEvent {
         /// What started it: `start`, `schedule`, `submission`, `request`.
         trigger: String,
         /// The report.
-        report: serde_json::Value,
+        report: CleanupAnswer,
     },
 }
 
