@@ -41,3 +41,15 @@ pub enum WorkspaceFate {
         path: PathBuf,
     },
 }
+
+impl WorkspaceFate {
+    /// What the user should know about how the work was saved, if anything.
+    pub fn warning(&self) -> Option<&str> {
+        match self {
+            WorkspaceFate::Removed { warning, .. } | WorkspaceFate::Kept { warning, .. } => {
+                warning.as_deref()
+            }
+            WorkspaceFate::Unwound { .. } => None,
+        }
+    }
+}

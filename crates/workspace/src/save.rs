@@ -156,6 +156,27 @@ impl Workspace {
     }
 }
 
+/// Clears setuid bits and removes device nodes the task left; returns
+/// what the user should know if some could not be.
+fn disarm(path: &Path) -> Vec<String> {
+    let disarmed = worktree::disarm(path);
+    if disarmed.cleared + disarmed.removed > 0 {
+        tracing::info!(
+            workspace = %path.display(),
+            setuid_cleared = disarmed.cleared,
+            devices_removed = disarmed.removed,
+            "disarmed what the task left"
+        );
+    }
+    if disarmed.failed.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "setuid files or device nodes the task left could not be disarmed ({}); the workspace is private to orch's user",
+        disarmed.failed.join(", ")
+    )]
+}
+
 /// One save in progress.
 struct Save<'a> {
     ws: &'a Workspace,
@@ -175,100 +196,16 @@ type Tracked = HashMap<Vec<u8>, (u32, String)>;
 impl Save<'_> {
     fn run(mut self) -> Result<Saved, Error> {
         let ws = self.ws;
-        let shadow = self.shadow.clone();
-        crate::fsgit::make_bare_repo(&shadow, crate::fsgit::object_format(&ws.base))?;
-        let id_len = ws.base.len() / 2;
-        let mut notes: Vec<String> = Vec::new();
+        crate::fsgit::make_bare_repo(&self.shadow, crate::fsgit::object_format(&ws.base))?;
         // Before anything reads the workspace: nothing setuid, no device.
-        let disarmed = worktree::disarm(&ws.path);
-        if disarmed.cleared + disarmed.removed > 0 {
-            tracing::info!(
-                workspace = %ws.path.display(),
-                setuid_cleared = disarmed.cleared,
-                devices_removed = disarmed.removed,
-                "disarmed what the task left"
-            );
-        }
-        if !disarmed.failed.is_empty() {
-            notes.push(format!(
-                "setuid files or device nodes the task left could not be disarmed ({}); the workspace is private to orch's user",
-                disarmed.failed.join(", ")
-            ));
-        }
-        let mut alternates = ws.repo.object_dirs();
-        let task_git = ws.task_git_dir(self.layout);
-        let mut head = None;
-        let mut hints = None;
-        match taskrepo::inspect(&task_git) {
-            TaskRepo::Usable {
-                objects,
-                parts,
-                head: h,
-            } => {
-                let view = shadow.join("task-objects");
-                taskrepo::link_objects(&objects, &parts, &view)?;
-                alternates.push(view);
-                head = h;
-                hints = taskindex::read(&task_git.join("index"), id_len);
-            }
-            TaskRepo::Unusable(why) => notes.push(format!(
-                "the task's git directory was not used ({why}): its commits were not brought in; its files were saved"
-            )),
-        }
-        let list: String = alternates
-            .iter()
-            .map(|d| format!("{}\n", d.display()))
-            .collect();
-        let alternates_file = shadow.join("objects/info/alternates");
-        std::fs::write(&alternates_file, list)
-            .map_err(|e| Error::io("write", &alternates_file, e))?;
-
+        let mut notes = disarm(&ws.path);
+        let (head, hints) = self.link_task_objects(&mut notes)?;
         crate::failpoint::hit("in-save");
-        let git = Git::at(self.layout, &shadow)
+        let git = Git::at(self.layout, &self.shadow)
             .isolated()
             .dies_with_orch()
             .deadline(self.deadline);
-        // The commit the work goes on top of: the task's HEAD if it names a
-        // commit there is (and one that can be checked out), else the
-        // branch as the user's repository has it.
-        let named = head.is_some();
-        let mut head = head.and_then(|h| {
-            let tree = git
-                .run(
-                    "check the task's HEAD",
-                    &["rev-parse", "--verify", "--quiet", &format!("{h}^{{tree}}")],
-                )
-                .ok()?;
-            Some((h, tree))
-        });
-        if named && head.is_none() {
-            if self.deadline.passed() {
-                return Err(Error::SaveDeadline {
-                    action: "check the task's HEAD",
-                    after: self.deadline.length,
-                });
-            }
-            notes.push(
-                "the task's HEAD names no commit there is: its commits were not brought in; its files were saved on its branch"
-                    .to_owned(),
-            );
-        }
-        if let Some((commit, tree)) = &head {
-            if *commit != ws.base {
-                if let Err(why) = treecheck::check(&git, tree, TREE_LIMITS) {
-                    if self.deadline.passed() {
-                        return Err(Error::SaveDeadline {
-                            action: "measure the task's tree",
-                            after: self.deadline.length,
-                        });
-                    }
-                    notes.push(format!(
-                        "the task's HEAD was not used ({why}): its commits were not brought in; its files were saved on its branch"
-                    ));
-                    head = None;
-                }
-            }
-        }
+        let head = self.usable_head(&git, head, &mut notes)?;
         let mut imported = head.is_some();
         let mut outcome = self.commit(&git, head, hints.as_ref());
         if imported {
@@ -291,14 +228,116 @@ impl Save<'_> {
             }
         }
         let (parent, tip) = outcome?;
+        let left_out_first = self.relative(&self.budget.left_out.first);
+        notes.extend(self.left_behind(&left_out_first));
+        Ok(Saved {
+            pending_commit: (tip != parent).then(|| tip.clone()),
+            tip: Some(tip),
+            imported,
+            warning: (!notes.is_empty()).then(|| notes.join("; ")),
+            left_out: self.budget.left_out.count,
+            left_out_first,
+            not_staged: self.hazard.clone(),
+        })
+    }
 
-        let relative = |paths: &[PathBuf]| -> Vec<PathBuf> {
-            paths
-                .iter()
-                .map(|p| p.strip_prefix(&ws.path).unwrap_or(p).to_path_buf())
-                .collect()
+    /// Makes the task's objects visible to the shadow through links orch
+    /// makes (the task's alternates are never read), beside the user's
+    /// repository's. Returns the commit the task's HEAD names and what its
+    /// index says, if its git directory can be used.
+    fn link_task_objects(
+        &self,
+        notes: &mut Vec<String>,
+    ) -> Result<(Option<String>, Option<TaskIndex>), Error> {
+        let ws = self.ws;
+        let mut alternates = ws.repo.object_dirs();
+        let task_git = ws.task_git_dir(self.layout);
+        let mut found = (None, None);
+        match taskrepo::inspect(&task_git) {
+            TaskRepo::Usable {
+                objects,
+                parts,
+                head,
+            } => {
+                let view = self.shadow.join("task-objects");
+                taskrepo::link_objects(&objects, &parts, &view)?;
+                alternates.push(view);
+                found = (head, taskindex::read(&task_git.join("index"), ws.base.len() / 2));
+            }
+            TaskRepo::Unusable(why) => notes.push(format!(
+                "the task's git directory was not used ({why}): its commits were not brought in; its files were saved"
+            )),
+        }
+        let list: String = alternates
+            .iter()
+            .map(|d| format!("{}\n", d.display()))
+            .collect();
+        let alternates_file = self.shadow.join("objects/info/alternates");
+        std::fs::write(&alternates_file, list)
+            .map_err(|e| Error::io("write", &alternates_file, e))?;
+        Ok(found)
+    }
+
+    /// The commit the work goes on top of, with its tree: the task's HEAD
+    /// if it names a commit there is, whose tree can be checked out
+    /// (measured before anything expands it). None: the branch as the
+    /// user's repository has it.
+    fn usable_head(
+        &self,
+        git: &Git,
+        head: Option<String>,
+        notes: &mut Vec<String>,
+    ) -> Result<Option<(String, String)>, Error> {
+        let past_deadline = |action| match self.deadline.passed() {
+            true => Err(Error::SaveDeadline {
+                action,
+                after: self.deadline.length,
+            }),
+            false => Ok(()),
         };
-        let left_out_first = relative(&self.budget.left_out.first);
+        let Some(commit) = head else {
+            return Ok(None);
+        };
+        let Ok(tree) = git.run(
+            "check the task's HEAD",
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{commit}^{{tree}}"),
+            ],
+        ) else {
+            past_deadline("check the task's HEAD")?;
+            notes.push(
+                "the task's HEAD names no commit there is: its commits were not brought in; its files were saved on its branch"
+                    .to_owned(),
+            );
+            return Ok(None);
+        };
+        if commit != self.ws.base {
+            if let Err(why) = treecheck::check(git, &tree, TREE_LIMITS) {
+                past_deadline("measure the task's tree")?;
+                notes.push(format!(
+                    "the task's HEAD was not used ({why}): its commits were not brought in; its files were saved on its branch"
+                ));
+                return Ok(None);
+            }
+        }
+        Ok(Some((commit, tree)))
+    }
+
+    /// Paths relative to the workspace.
+    fn relative(&self, paths: &[PathBuf]) -> Vec<PathBuf> {
+        paths
+            .iter()
+            .map(|p| p.strip_prefix(&self.ws.path).unwrap_or(p).to_path_buf())
+            .collect()
+    }
+
+    /// What the save left out of the branch, or saved otherwise than as it
+    /// was, for the user to know.
+    fn left_behind(&self, left_out_first: &[PathBuf]) -> Vec<String> {
+        let mut notes = Vec::new();
         if let Some(why) = &self.hazard {
             notes.push(format!(
                 "its uncommitted files were not saved ({why}); they stay in the workspace"
@@ -307,14 +346,14 @@ impl Save<'_> {
         if self.budget.left_out.count > 0 {
             notes.push(format!(
                 "{} too large to save were left out of its branch",
-                listed(&left_out_first, self.budget.left_out.count)
+                listed(left_out_first, self.budget.left_out.count)
             ));
         }
         if self.budget.special.count > 0 {
             notes.push(format!(
                 "{} that git cannot store (FIFOs, sockets or devices) are absent from its branch",
                 listed(
-                    &relative(&self.budget.special.first),
+                    &self.relative(&self.budget.special.first),
                     self.budget.special.count
                 )
             ));
@@ -330,15 +369,7 @@ impl Save<'_> {
                 shown.join(", ")
             ));
         }
-        Ok(Saved {
-            pending_commit: (tip != parent).then(|| tip.clone()),
-            tip: Some(tip),
-            imported,
-            warning: (!notes.is_empty()).then(|| notes.join("; ")),
-            left_out: self.budget.left_out.count,
-            left_out_first,
-            not_staged: self.hazard.clone(),
-        })
+        notes
     }
 
     /// Stages the work tree on `head` (the task's commit and its tree), or
@@ -516,6 +547,31 @@ impl Save<'_> {
             self.hazard = Some(why);
             return Ok(None);
         }
+        let untracked = self.untracked(&indexed, &scan.nested)?;
+        let mut level = Level {
+            work_tree,
+            hints,
+            plan: Plan::default(),
+            directories: HashMap::new(),
+            missing: HashMap::new(),
+        };
+        self.plan_tracked(&mut level, &tracked);
+        self.plan_untracked(&mut level, &untracked);
+        level.plan.apply(&indexed, &self.shadow.join("staged"))?;
+        for path in &scan.nested {
+            if !self.graft(git, &indexed, work_tree, path, depth)? {
+                return Ok(None);
+            }
+        }
+        let tree = indexed.run("write the task's tree", &["write-tree"])?;
+        let _ = std::fs::remove_file(&index);
+        Ok(Some(tree))
+    }
+
+    /// The new files of a work tree, as git would list them (not ignored;
+    /// the nested repositories, staged on their own, and the git
+    /// directories orch disabled left out).
+    fn untracked(&self, indexed: &Git, nested: &[PathBuf]) -> Result<Vec<u8>, Error> {
         let exclude = self.shadow.join("info/exclude");
         if let Some(dir) = exclude.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
@@ -523,51 +579,53 @@ impl Save<'_> {
         // The git directories of nested repositories orch disabled in a kept
         // workspace are theirs, not files of the work.
         let mut patterns = format!("{}/\n", crate::worktree::DISABLED).into_bytes();
-        for nested in &scan.nested {
+        for nested in nested {
             patterns.extend(worktree::pattern(nested.as_os_str().as_bytes()).unwrap_or_default());
         }
         std::fs::write(&exclude, patterns).map_err(|e| Error::io("write", &exclude, e))?;
         let untracked = indexed.clone().timeout(HEAVY_TIMEOUT).run_bytes(
             "list the task's new files",
             &["ls-files", "-z", "--others", "--exclude-standard"],
-        )?;
+        );
         let _ = std::fs::remove_file(&exclude);
+        untracked
+    }
 
-        let mut plan = Plan::default();
-        let mut directories = HashMap::new();
-        // Tracked files, in the tree the work goes on.
-        let mut missing: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-        for (rel, (mode, id)) in &tracked {
+    /// Plans the tracked files of the tree the work goes on: read again
+    /// where the task's index says they changed, removed where gone (not
+    /// where a sparse checkout left them out), dropped where they cannot be.
+    fn plan_tracked(&mut self, level: &mut Level<'_>, tracked: &Tracked) {
+        let (work_tree, hints) = (level.work_tree, level.hints);
+        for (rel, (mode, id)) in tracked {
             if *mode == 0o160000 {
                 continue;
             }
             let path = work_tree.join(OsStr::from_bytes(rel));
-            if !real_dir(work_tree, parent_of(rel), &mut directories) {
+            if !real_dir(work_tree, parent_of(rel), &mut level.directories) {
                 // Under what is now a link or a file: never looked through.
-                plan.drop(rel);
+                level.plan.drop(rel);
                 continue;
             }
-            let meta = path.symlink_metadata().ok();
             let hint = hints
                 .and_then(|h| h.entries.get(rel))
                 .filter(|e| e.id == *id);
-            let Some(meta) = meta else {
+            let Ok(meta) = path.symlink_metadata() else {
                 // Gone: deleted, unless a sparse checkout left it out.
                 let sparse = hint.is_some_and(|e| e.skip_worktree)
                     || hints.is_some_and(|h| h.in_sparse_dir(rel));
                 if !sparse {
                     if let Some(entry) = hint {
-                        missing.insert(
+                        level.missing.insert(
                             (u64::from(entry.stat.ino), u64::from(entry.stat.size)),
                             rel.clone(),
                         );
                     }
-                    plan.take(rel);
+                    level.plan.take(rel);
                 }
                 continue;
             };
-            if self.unstageable(&path, &meta, rel, work_tree, &mut directories) {
-                plan.drop(rel);
+            if self.unstageable(&path, &meta, rel, work_tree, &mut level.directories) {
+                level.plan.drop(rel);
                 continue;
             }
             let unchanged = hint.is_some_and(|e| {
@@ -577,14 +635,16 @@ impl Save<'_> {
                         && disk_mode(&meta) == *mode
                         && hints.is_some_and(|h| h.unchanged(e, &meta)))
             });
-            if unchanged {
-                continue;
-            }
-            if self.budget.take(&path, staged_len(&meta)) {
-                plan.take(rel);
+            if !unchanged && self.budget.take(&path, staged_len(&meta)) {
+                level.plan.take(rel);
             }
         }
-        // New files.
+    }
+
+    /// Plans the new files (NUL-separated in `untracked`): read, unless one
+    /// is a tracked file the task moved there.
+    fn plan_untracked(&mut self, level: &mut Level<'_>, untracked: &[u8]) {
+        let (work_tree, hints) = (level.work_tree, level.hints);
         for rel in untracked.split(|b| *b == 0) {
             // Empty, or a directory git would not enter.
             if rel.is_empty() || rel.ends_with(b"/") {
@@ -594,13 +654,14 @@ impl Save<'_> {
             let Ok(meta) = path.symlink_metadata() else {
                 continue;
             };
-            if self.unstageable(&path, &meta, rel, work_tree, &mut directories) {
+            if self.unstageable(&path, &meta, rel, work_tree, &mut level.directories) {
                 continue;
             }
             // A tracked file the task moved here: the same inode, length
             // and time as the index recorded for a path that is gone. Its
             // blob is the tree's already; it is not read.
-            let moved = missing
+            let moved = level
+                .missing
                 .get(&(meta.ino() & 0xffff_ffff, meta.size() & 0xffff_ffff))
                 .and_then(|from| {
                     let entry = hints?.entries.get(from)?;
@@ -611,59 +672,64 @@ impl Save<'_> {
                         .then(|| (entry.mode, entry.id.clone()))
                 });
             if let Some((mode, id)) = moved {
-                plan.moved(mode, &id, rel);
-                continue;
-            }
-            if self.budget.take(&path, staged_len(&meta)) {
-                plan.take(rel);
+                level.plan.moved(mode, &id, rel);
+            } else if self.budget.take(&path, staged_len(&meta)) {
+                level.plan.take(rel);
             }
         }
-        plan.apply(&indexed, &self.shadow.join("staged"))?;
+    }
 
-        for path in &scan.nested {
-            let shown = path.as_os_str();
-            let sub = if depth < MAX_NESTING {
-                self.stage(git, &work_tree.join(path), None, None, depth + 1)?
-            } else {
-                None
-            };
-            if self.hazard.is_some() {
-                return Ok(None);
-            }
-            let mut literal = OsStr::new(":(literal)").to_os_string();
-            literal.push(shown);
-            indexed.run(
-                "make room for a repository's files",
-                &[
-                    OsStr::new("rm"),
-                    OsStr::new("--cached"),
-                    OsStr::new("-r"),
-                    OsStr::new("-q"),
-                    OsStr::new("--ignore-unmatch"),
-                    OsStr::new("--"),
-                    &literal,
-                ],
-            )?;
-            if let Some(sub) = sub {
-                let mut prefix = OsStr::new("--prefix=").to_os_string();
-                prefix.push(shown);
-                prefix.push("/");
-                indexed.run(
-                    "graft a repository's files",
-                    &[OsStr::new("read-tree"), &prefix, OsStr::new(&sub)],
-                )?;
-            }
-            self.nested.push(
-                work_tree
-                    .join(path)
-                    .strip_prefix(&self.ws.path)
-                    .unwrap_or(path)
-                    .to_path_buf(),
-            );
+    /// Stages the repository the task made at `path` (under `work_tree`) on
+    /// its own, without its `.git`, and grafts its files into `indexed`.
+    /// False if git must not be handed its work tree.
+    fn graft(
+        &mut self,
+        git: &Git,
+        indexed: &Git,
+        work_tree: &Path,
+        path: &Path,
+        depth: usize,
+    ) -> Result<bool, Error> {
+        let shown = path.as_os_str();
+        let sub = if depth < MAX_NESTING {
+            self.stage(git, &work_tree.join(path), None, None, depth + 1)?
+        } else {
+            None
+        };
+        if self.hazard.is_some() {
+            return Ok(false);
         }
-        let tree = indexed.run("write the task's tree", &["write-tree"])?;
-        let _ = std::fs::remove_file(&index);
-        Ok(Some(tree))
+        let mut literal = OsStr::new(":(literal)").to_os_string();
+        literal.push(shown);
+        indexed.run(
+            "make room for a repository's files",
+            &[
+                OsStr::new("rm"),
+                OsStr::new("--cached"),
+                OsStr::new("-r"),
+                OsStr::new("-q"),
+                OsStr::new("--ignore-unmatch"),
+                OsStr::new("--"),
+                &literal,
+            ],
+        )?;
+        if let Some(sub) = sub {
+            let mut prefix = OsStr::new("--prefix=").to_os_string();
+            prefix.push(shown);
+            prefix.push("/");
+            indexed.run(
+                "graft a repository's files",
+                &[OsStr::new("read-tree"), &prefix, OsStr::new(&sub)],
+            )?;
+        }
+        self.nested.push(
+            work_tree
+                .join(path)
+                .strip_prefix(&self.ws.path)
+                .unwrap_or(path)
+                .to_path_buf(),
+        );
+        Ok(true)
     }
 
     /// True if the file at `path` cannot be staged where it is: a FIFO,
@@ -684,6 +750,19 @@ impl Save<'_> {
         }
         kind.is_dir() || !real_dir(work_tree, parent_of(rel), directories)
     }
+}
+
+/// One work tree being staged (the workspace, or a repository inside it).
+struct Level<'a> {
+    work_tree: &'a Path,
+    /// What the task's index says of its files (the workspace alone).
+    hints: Option<&'a TaskIndex>,
+    plan: Plan,
+    /// Which parent directories are real directories, by path.
+    directories: HashMap<Vec<u8>, bool>,
+    /// Tracked files that are gone, by the inode and length the task's
+    /// index recorded: where a new file may have come from.
+    missing: HashMap<(u64, u64), Vec<u8>>,
 }
 
 /// What one level of staging changes in its index.

@@ -14,11 +14,11 @@
 use std::time::Duration;
 
 use orch_registry::{Finish, State, WorkspaceState, now_ms};
-use orch_workspace::TaskLock;
+use orch_workspace::{Saved, TaskLock};
 
 use crate::context::Ctx;
 use crate::fate::WorkspaceFate;
-use crate::teardown::{Ending, Executed, Fate, RecordEnd, Step, Teardown};
+use crate::teardown::{Ending, Executed, Fate, RecordEnd, Step, Teardown, WorkspaceStep};
 use crate::{Error, workspace};
 
 /// How a plan is carried out.
@@ -43,99 +43,159 @@ pub(crate) async fn execute(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(plan.clone());
-    let mut done = Executed::default();
-    let mut report = |done: &mut Executed, step: Step| {
-        on_step(&step);
-        done.steps.push(step);
+    let mut run = Execution {
+        ctx,
+        plan,
+        on_step,
+        done: Executed::default(),
     };
+    let recorded = run.end_record().await;
+    let Some((saved, held_lock)) = run.containers(options.held_lock).await else {
+        return run.done;
+    };
+    if let Some(step) = &plan.workspace {
+        let lock = match held_lock {
+            Some(lock) => Ok(lock),
+            None => workspace::lock(ctx, &step.target, options.lock_wait).await,
+        };
+        if !run.settle_workspace(step, recorded, lock, saved).await {
+            return run.done;
+        }
+    }
+    run.remove_record_and_log().await;
+    run.done
+}
 
-    // 1. The record's end.
-    let mut record_failed = false;
-    if let Some(id) = plan.task {
+/// One plan being carried out: what it has done so far.
+struct Execution<'a> {
+    ctx: &'a Ctx,
+    plan: &'a Teardown,
+    on_step: &'a mut (dyn FnMut(&Step) + Send),
+    done: Executed,
+}
+
+impl Execution<'_> {
+    fn report(&mut self, step: Step) {
+        (self.on_step)(&step);
+        self.done.steps.push(step);
+    }
+
+    /// The record, if it stays, and the task's id.
+    fn kept_record(&self) -> Option<uuid::Uuid> {
+        self.plan.task.filter(|_| !self.plan.delete_record)
+    }
+
+    /// 1. The record's end. False if it could not be recorded (then
+    ///    nothing of the task may be lost).
+    async fn end_record(&mut self) -> bool {
+        let (ctx, plan) = (self.ctx, self.plan);
+        let Some(id) = plan.task else {
+            return true;
+        };
         let ending = match &plan.record {
             RecordEnd::Leave => None,
             RecordEnd::Finish(ending) => Some(ending.clone()),
             RecordEnd::FromExit(reason) => Some(exit_of(ctx, plan, reason).await),
         };
-        match ending {
-            Some(ending) => {
-                let finish = Finish {
+        let Some(ending) = ending else {
+            self.done.state = match ctx.store.call(move |r| r.get(&id)).await {
+                Ok(row) => row.map(|r| r.state),
+                Err(_) => None,
+            };
+            return true;
+        };
+        let finish = Finish {
+            state: ending.state(),
+            exit_code: ending.exit_code(),
+            reason: ending.reason(),
+            at: now_ms(),
+        };
+        let reason = finish.reason.clone();
+        match ctx.store.call(move |r| r.finish(&id, &finish)).await {
+            Ok(_) => {
+                self.done.state = Some(ending.state());
+                self.report(Step::RecordEnded {
                     state: ending.state(),
-                    exit_code: ending.exit_code(),
-                    reason: ending.reason(),
-                    at: now_ms(),
-                };
-                let reason = finish.reason.clone();
-                match ctx.store.call(move |r| r.finish(&id, &finish)).await {
-                    Ok(_) => {
-                        done.state = Some(ending.state());
-                        report(
-                            &mut done,
-                            Step::RecordEnded {
-                                state: ending.state(),
-                                reason,
-                            },
-                        );
-                    }
-                    // Someone else ended it first: theirs stands.
-                    Err(Error::Registry(orch_registry::Error::IllegalTransition {
-                        from, ..
-                    })) => done.state = Some(from),
-                    Err(Error::Registry(orch_registry::Error::NotFound(_))) => {
-                        done.state = Some(ending.state());
-                    }
-                    Err(e) => {
-                        record_failed = true;
-                        done.errors.push(format!("failed to record the end: {e:#}"));
-                    }
-                }
+                    reason,
+                });
             }
-            None => {
-                done.state = match ctx.store.call(move |r| r.get(&id)).await {
-                    Ok(row) => row.map(|r| r.state),
-                    Err(_) => None,
-                };
+            // Someone else ended it first: theirs stands.
+            Err(Error::Registry(orch_registry::Error::IllegalTransition { from, .. })) => {
+                self.done.state = Some(from);
             }
+            Err(Error::Registry(orch_registry::Error::NotFound(_))) => {
+                self.done.state = Some(ending.state());
+            }
+            Err(e) => {
+                self.done
+                    .errors
+                    .push(format!("failed to record the end: {e:#}"));
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sets the workspace's state on a record that stays.
+    async fn workspace_state(&mut self, state: WorkspaceState) -> Result<(), Error> {
+        match self.kept_record() {
+            Some(id) => {
+                self.ctx
+                    .store
+                    .call(move |r| r.set_workspace_state(&id, state))
+                    .await
+            }
+            None => Ok(()),
         }
     }
 
-    // 2. Containers: stopped gracefully if they still run a task, then
-    //    removed. A workspace that will go, of a task that exited, has its
-    //    work saved meanwhile (saving only reads it). While its work is
-    //    saved the record says so: `orch ps` and the metrics show the slot
-    //    busy.
-    let saves = plan
-        .workspace
-        .as_ref()
-        .is_some_and(|step| step.started && step.target.repo.is_some());
-    let saving_state = |state: WorkspaceState| async move {
-        if let (true, Some(id), false) = (saves, plan.task, plan.delete_record) {
-            let _ = ctx
-                .store
-                .call(move |r| r.set_workspace_state(&id, state))
-                .await;
+    /// 2. Containers: stopped gracefully if they still run a task, then
+    ///    removed. A workspace that will go, of a task that exited, has its
+    ///    work saved meanwhile (saving only reads it); while it is saved the
+    ///    record says so, and `orch ps` and the metrics show the slot busy.
+    ///    None if a container is left: the plan stops there.
+    async fn containers(
+        &mut self,
+        held_lock: Option<TaskLock>,
+    ) -> Option<(Option<Saved>, Option<TaskLock>)> {
+        let (ctx, plan) = (self.ctx, self.plan);
+        let saves = plan
+            .workspace
+            .as_ref()
+            .is_some_and(|step| step.started && step.target.repo.is_some());
+        if saves {
+            let _ = self.workspace_state(WorkspaceState::Saving).await;
         }
-    };
-    saving_state(WorkspaceState::Saving).await;
-    let mut held_lock = options.held_lock;
-    let ahead = match (plan.saves_ahead(), held_lock.take()) {
-        (Some(step), Some(lock)) => Some((step, lock)),
-        (_, lock) => {
-            held_lock = lock;
-            None
-        }
-    };
-    let saving = async {
-        match ahead {
-            Some((step, lock)) => {
-                workspace::save_ahead(ctx, &step.target, lock, step.fate.unsaved()).await
+        let (ahead, mut held_lock) = match (plan.saves_ahead(), held_lock) {
+            (Some(step), Some(lock)) => (Some((step, lock)), None),
+            (_, lock) => (None, lock),
+        };
+        let saving = async {
+            match ahead {
+                Some((step, lock)) => {
+                    workspace::save_ahead(ctx, &step.target, lock, step.fate.unsaved()).await
+                }
+                None => (None, None),
             }
-            None => (None, None),
+        };
+        let ((saved, lock_back), containers_left) = tokio::join!(saving, self.remove_containers());
+        if lock_back.is_some() {
+            held_lock = lock_back;
         }
-    };
-    let removing = async {
-        let mut containers_left = false;
-        for step in &plan.containers {
+        if containers_left {
+            if saves {
+                let _ = self.workspace_state(WorkspaceState::Present).await;
+            }
+            return None;
+        }
+        Some((saved, held_lock))
+    }
+
+    /// Stops and removes the plan's containers; true if one is left.
+    async fn remove_containers(&mut self) -> bool {
+        let ctx = self.ctx;
+        let mut left = false;
+        for step in &self.plan.containers {
             if let Some(grace) = step.stop_grace {
                 if let Err(e) = ctx.runtime.stop(&step.name, grace).await {
                     tracing::warn!(container = %step.name, error = %format!("{e:#}"), "graceful stop failed; removing it");
@@ -144,17 +204,14 @@ pub(crate) async fn execute(
             match ctx.runtime.remove(&step.name).await {
                 Ok(gone) => {
                     ctx.active.remove(&step.name);
-                    report(
-                        &mut done,
-                        Step::ContainerRemoved {
-                            name: step.name.clone(),
-                            gone,
-                        },
-                    );
+                    self.report(Step::ContainerRemoved {
+                        name: step.name.clone(),
+                        gone,
+                    });
                 }
                 Err(e) => {
-                    containers_left = true;
-                    done.errors.push(format!(
+                    left = true;
+                    self.done.errors.push(format!(
                         "failed to remove container {}: {}",
                         step.name,
                         chain(&e)
@@ -162,117 +219,97 @@ pub(crate) async fn execute(
                 }
             }
         }
-        containers_left
-    };
-    let ((saved, lock_back), containers_left) = tokio::join!(saving, removing);
-    if lock_back.is_some() {
-        held_lock = lock_back;
-    }
-    if containers_left {
-        saving_state(WorkspaceState::Present).await;
-        return done;
+        left
     }
 
-    // 3. The workspace: kept or removed, its work saved first.
-    if let Some(step) = &plan.workspace {
+    /// 3. The workspace: kept (saved and handed back safe to use) or
+    ///    removed, its work saved first. False if it could not be settled:
+    ///    then it is kept and the plan stops there.
+    async fn settle_workspace(
+        &mut self,
+        step: &WorkspaceStep,
+        recorded: bool,
+        lock: Result<TaskLock, Error>,
+        saved: Option<Saved>,
+    ) -> bool {
+        let ctx = self.ctx;
         let keep = match step.fate {
             // Nothing is lost: if the end could not be recorded, keep it.
-            _ if record_failed => true,
-            Fate::ByPolicy => step.started && step.policy.keeps(done.state.unwrap_or(State::Lost)),
+            _ if !recorded => true,
+            Fate::ByPolicy => {
+                step.started && step.policy.keeps(self.done.state.unwrap_or(State::Lost))
+            }
             Fate::Remove | Fate::Discard => false,
         };
-        let settled = if keep {
-            let lock = match held_lock {
-                Some(lock) => Ok(lock),
-                None => workspace::lock(ctx, &step.target, options.lock_wait).await,
-            };
-            match lock {
-                // Saved and handed back safe to use; already so if kept
-                // before.
-                Ok(lock) if step.started => Ok(workspace::keep(ctx, &step.target, lock).await),
-                _ => Ok(WorkspaceFate::Kept {
-                    path: step.target.path.clone(),
-                    branch: step.target.repo.as_ref().map(|_| branch_of(plan)),
-                    saved_commit: None,
-                    warning: None,
-                }),
+        let settled = match (keep, lock) {
+            (true, Ok(lock)) if step.started => Ok(workspace::keep(ctx, &step.target, lock).await),
+            // Never started, or kept before by someone still holding it.
+            (true, _) => Ok(WorkspaceFate::Kept {
+                path: step.target.path.clone(),
+                branch: step.target.repo.as_ref().map(|_| branch_of(self.plan)),
+                saved_commit: None,
+                warning: None,
+            }),
+            (false, Ok(lock)) => {
+                let unsaved = step.fate.unsaved();
+                workspace::remove(ctx, &step.target, lock, unsaved, step.started, saved).await
             }
-        } else {
-            let lock = match held_lock {
-                Some(lock) => Ok(lock),
-                None => workspace::lock(ctx, &step.target, options.lock_wait).await,
-            };
-            match lock {
-                Ok(lock) => {
-                    let unsaved = step.fate.unsaved();
-                    workspace::remove(ctx, &step.target, lock, unsaved, step.started, saved).await
-                }
-                Err(e) => Err(e),
-            }
+            (false, Err(e)) => Err(e),
         };
-        match settled {
-            Ok(fate) => {
-                let warning = match &fate {
-                    WorkspaceFate::Removed { warning, .. }
-                    | WorkspaceFate::Kept { warning, .. } => warning.clone(),
-                    WorkspaceFate::Unwound { .. } => None,
-                };
-                if let (Some(id), false, Some(warning)) = (plan.task, plan.delete_record, warning) {
-                    note(ctx, id, &format!("workspace: {warning}")).await;
-                }
-                if let (Some(id), false) = (plan.task, plan.delete_record) {
-                    let state = match fate {
-                        WorkspaceFate::Kept { .. } => WorkspaceState::Kept,
-                        WorkspaceFate::Removed { .. } | WorkspaceFate::Unwound { .. } => {
-                            WorkspaceState::Removed
-                        }
-                    };
-                    if let Err(e) = ctx
-                        .store
-                        .call(move |r| r.set_workspace_state(&id, state))
-                        .await
-                    {
-                        done.errors.push(format!("{e:#}"));
-                    }
-                }
-                report(&mut done, Step::Workspace(fate));
-            }
+        let fate = match settled {
+            Ok(fate) => fate,
             Err(e) => {
-                done.errors.push(format!(
+                self.done.errors.push(format!(
                     "workspace {} kept: {}",
                     step.target.path.display(),
                     chain(&e)
                 ));
-                if let (Some(id), false) = (plan.task, plan.delete_record) {
+                if let Some(id) = self.kept_record() {
                     note(ctx, id, &format!("workspace kept: {}", chain(&e))).await;
-                    let _ = ctx
-                        .store
-                        .call(move |r| r.set_workspace_state(&id, WorkspaceState::Kept))
-                        .await;
+                    let _ = self.workspace_state(WorkspaceState::Kept).await;
                 }
-                return done;
+                return false;
+            }
+        };
+        if let Some(id) = self.kept_record() {
+            if let Some(warning) = fate.warning() {
+                note(ctx, id, &format!("workspace: {warning}")).await;
+            }
+            let state = match fate {
+                WorkspaceFate::Kept { .. } => WorkspaceState::Kept,
+                WorkspaceFate::Removed { .. } | WorkspaceFate::Unwound { .. } => {
+                    WorkspaceState::Removed
+                }
+            };
+            if let Err(e) = self.workspace_state(state).await {
+                self.done.errors.push(format!("{e:#}"));
+            }
+        }
+        self.report(Step::Workspace(fate));
+        true
+    }
+
+    /// 4. Record and log, last: nothing of the task is left to find them by.
+    async fn remove_record_and_log(&mut self) {
+        let plan = self.plan;
+        if let (true, Some(id)) = (plan.delete_record, plan.task) {
+            if let Err(e) = self.ctx.store.call(move |r| r.delete(&id)).await {
+                self.done.errors.push(format!("{e:#}"));
+                return;
+            }
+            self.report(Step::RecordDeleted);
+        }
+        if let Some((log, bytes)) = &plan.log {
+            match tokio::fs::remove_file(log).await {
+                Ok(()) => self.report(Step::LogDeleted { bytes: *bytes }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => self
+                    .done
+                    .errors
+                    .push(format!("failed to remove {}: {e}", log.display())),
             }
         }
     }
-
-    // 4. Record and log, last: nothing of the task is left to find them by.
-    if let (true, Some(id)) = (plan.delete_record, plan.task) {
-        if let Err(e) = ctx.store.call(move |r| r.delete(&id)).await {
-            done.errors.push(format!("{e:#}"));
-            return done;
-        }
-        report(&mut done, Step::RecordDeleted);
-    }
-    if let Some((log, bytes)) = &plan.log {
-        match tokio::fs::remove_file(log).await {
-            Ok(()) => report(&mut done, Step::LogDeleted { bytes: *bytes }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => done
-                .errors
-                .push(format!("failed to remove {}: {e}", log.display())),
-        }
-    }
-    done
 }
 
 /// The ending a container that exited while its owner was gone left: its
