@@ -863,8 +863,8 @@ fn fill_registry(db: &Path, size: usize) {
             pid: 1,
             start: 1,
             boot: "bench".into(),
-            lease_until: None,
-            detached: false,
+            attempt: 1,
+            ..TaskOwner::default()
         };
         record.progress = TaskProgress {
             percent: Some(100),
@@ -882,6 +882,6 @@ fn fill_registry(db: &Path, size: usize) {
             reason: "exited".into(),
             at: created + 1000,
         };
-        registry.finish(&id, &finish).expect("finish");
+        registry.finish(&record.attempt(), &finish).expect("finish");
     }
 }

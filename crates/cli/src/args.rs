@@ -111,6 +111,18 @@ pub(crate) struct ServeArgs {
     /// daemons can share one home and its queue, each on its own socket.
     #[arg(long, value_name = "PATH")]
     pub(crate) socket: Option<std::path::PathBuf>,
+    /// In a cluster (ORCH_REGISTRY): this node's name (default: the host's).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) node_name: Option<String>,
+    /// In a cluster: a label of this node, key=value (repeatable); it runs
+    /// only tasks whose constraints are all among its labels.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
+    pub(crate) labels: Vec<String>,
+    /// In a cluster: the URL other nodes reach this one's API at (its
+    /// --listen address as they see it), for logs and progress relayed
+    /// from it.
+    #[arg(long, value_name = "URL")]
+    pub(crate) advertise: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -121,8 +133,34 @@ pub(crate) struct SubmitArgs {
     /// Higher runs first (default 0); ties in submission order.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub(crate) priority: i64,
+    /// In a cluster: run it again up to N times if the node running it
+    /// dies (default 0: it ends lost).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) retries: u32,
+    /// In a cluster: only a node with this label (key=value) may run it
+    /// (repeatable).
+    #[arg(long = "constraint", value_name = "KEY=VALUE", value_parser = label)]
+    pub(crate) constraints: Vec<String>,
     #[command(flatten)]
     pub(crate) task: TaskArgs,
+}
+
+/// A `key=value` label or constraint.
+fn label(text: &str) -> Result<String, String> {
+    match text.split_once('=') {
+        Some((key, value))
+            if !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+                && !value.contains(char::is_control) =>
+        {
+            Ok(text.to_owned())
+        }
+        _ => Err(format!(
+            "invalid label {text:?}: expected key=value (key of letters, digits, '.', '_', '-', '/')"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -11,7 +11,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 
-use orch_orchestrator::{Home, Orchestrator, WatchdogLink, WatchdogLog};
+use orch_orchestrator::{Heard, Home, Orchestrator, WatchdogLink, WatchdogLog};
 use rustix::pipe::{PipeFlags, pipe_with};
 
 /// How long the watchdog keeps trying to reach the engine and the registry.
@@ -56,7 +56,7 @@ pub(crate) fn run() -> ExitCode {
             tracing::warn!(signal, error = %e, "failed to ignore a signal");
         }
     }
-    let log = WatchdogLog::read(std::io::stdin().lock());
+    let log = listen();
     if log.clean_exit {
         return ExitCode::SUCCESS;
     }
@@ -129,5 +129,74 @@ pub(crate) fn run() -> ExitCode {
             tracing::error!(error = %e, "reaping failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Reads orch's messages until the pipe closes or orch says `exit`; in a
+/// cluster, fences the session when orch's last word on its leases runs out
+/// with nothing newer (orch frozen, or cut off from the registry).
+fn listen() -> WatchdogLog {
+    let (lines, heard) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::Builder::new()
+        .name("watchdog-pipe".into())
+        .spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    if reader.is_err() {
+        return WatchdogLog::read(std::io::stdin().lock());
+    }
+    let mut log = WatchdogLog::default();
+    let mut fence_at: Option<std::time::Instant> = None;
+    loop {
+        let wait = fence_at.map_or(std::time::Duration::from_secs(3600), |at| {
+            at.saturating_duration_since(std::time::Instant::now())
+        });
+        match heard.recv_timeout(wait) {
+            Ok(line) => match log.hear(&line) {
+                Heard::Exit => break,
+                Heard::Fence(within) => {
+                    fence_at = within.map(|w| std::time::Instant::now() + w);
+                }
+                Heard::Noted => {}
+            },
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if fence_at.is_some_and(|at| at <= std::time::Instant::now()) {
+                    fence_at = None;
+                    fence(&log);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    log
+}
+
+/// Removes the session's containers at once: its leases are about to run
+/// out and orch has not renewed them.
+fn fence(log: &WatchdogLog) {
+    let (Some(session), Some(path)) = (log.session, Home::default_path()) else {
+        return;
+    };
+    let Ok(Some(home)) = Home::open_existing(&path) else {
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    match runtime.block_on(orch_orchestrator::fence_session(&home, session)) {
+        Ok(removed) => eprintln!(
+            "orch watchdog: orch did not renew its leases in time; removed {} container(s) of session {session}",
+            removed.len()
+        ),
+        Err(e) => eprintln!("orch watchdog: fencing session {session} failed: {e}"),
     }
 }

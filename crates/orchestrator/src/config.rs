@@ -365,6 +365,8 @@ pub struct GlobalConfig {
     pub stuck_after: Option<Duration>,
     /// `[[webhooks]]`.
     pub webhooks: Vec<Webhook>,
+    /// `[registry] url`: a PostgreSQL database shared by a cluster.
+    pub registry_url: Option<String>,
 }
 
 /// One layer of settings as written in a file.
@@ -407,6 +409,15 @@ struct GlobalFile {
     stuck_after: Option<DurationValue>,
     #[serde(default)]
     webhooks: Vec<WebhookFile>,
+    #[serde(default)]
+    registry: RegistryFile,
+}
+
+/// `[registry]`: where the records are, when not in the home.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -803,12 +814,22 @@ impl GlobalConfig {
             };
             projects.insert(name, (dir, entry));
         }
+        let registry_url = match file.registry.url.map(|u| u.trim().to_owned()) {
+            Some(url) if !url.starts_with("postgres://") && !url.starts_with("postgresql://") => {
+                return Err(invalid(
+                    "registry.url",
+                    "expected a postgres://user:password@host:port/database URL".into(),
+                ));
+            }
+            url => url,
+        };
         Ok(GlobalConfig {
             path: Some(path.to_path_buf()),
             projects,
             cleanup,
             stuck_after,
             webhooks,
+            registry_url,
         })
     }
 

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::Error;
 use crate::active::ActiveSet;
+use crate::cluster::{LeasePolicy, NodeIdentity};
 use crate::home::Home;
 use crate::leases::Leases;
 use crate::link::WatchdogLink;
@@ -32,7 +34,9 @@ pub(crate) struct Ctx {
     /// Cancelled when the process winds down: background loops stop.
     pub(crate) closing: CancellationToken,
     pub(crate) leases: Leases,
-    pub(crate) watchdog: Option<WatchdogLink>,
+    pub(crate) watchdog: Option<Arc<WatchdogLink>>,
+    /// This process's node, in a cluster.
+    pub(crate) node: Option<NodeIdentity>,
     /// Every teardown plan executed, for the unit tests' assertions.
     #[cfg(test)]
     pub(crate) executed: std::sync::Mutex<Vec<crate::teardown::Teardown>>,
@@ -42,8 +46,12 @@ impl Ctx {
     pub(crate) fn new(runtime: Arc<dyn Runtime>, home: Home, store: Records) -> Ctx {
         let tracker = TaskTracker::new();
         let closing = CancellationToken::new();
+        let policy = LeasePolicy {
+            lease: crate::leases::LEASE,
+            fenced: false,
+        };
         Ctx {
-            leases: Leases::new(store.clone(), tracker.clone(), closing.clone()),
+            leases: Leases::new(store.clone(), tracker.clone(), closing.clone(), policy),
             runtime,
             home,
             store,
@@ -52,9 +60,34 @@ impl Ctx {
             tracker,
             closing,
             watchdog: None,
+            node: None,
             #[cfg(test)]
             executed: std::sync::Mutex::default(),
         }
+    }
+
+    /// Makes this process `node` of a cluster: its tasks' leases run for
+    /// the node lease, and it stops them itself if it cannot renew them.
+    pub(crate) fn set_node(&mut self, node: Option<NodeIdentity>) -> Result<(), Error> {
+        if node.is_some() {
+            let policy = LeasePolicy {
+                lease: crate::cluster::node_lease()?,
+                fenced: true,
+            };
+            self.leases = Leases::new(
+                self.store.clone(),
+                self.tracker.clone(),
+                self.closing.clone(),
+                policy,
+            );
+        }
+        self.node = node;
+        Ok(())
+    }
+
+    /// This node's id, in a cluster.
+    pub(crate) fn node_id(&self) -> Option<&str> {
+        self.node.as_ref().map(|n| n.id.as_str())
     }
 
     /// This instance's containers, optionally one session's.

@@ -17,6 +17,8 @@ use orch_workspace::Layout;
 use crate::Error;
 
 const INSTANCE_FILE: &str = "instance-id";
+/// The file holding the home's node id in a cluster.
+const NODE_FILE: &str = "node-id";
 
 /// An opened orch home with its instance id.
 #[derive(Debug, Clone)]
@@ -55,28 +57,7 @@ impl Home {
             make_private_dir(&dir)?;
         }
         let file = path.join(INSTANCE_FILE);
-        let instance_id = match read_id(&file)? {
-            Some(id) => id,
-            None => {
-                let fresh = uuid::Uuid::new_v4().simple().to_string();
-                let tmp = path.join(format!(".{INSTANCE_FILE}.{fresh}"));
-                let written = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .and_then(|mut f| f.write_all(fresh.as_bytes()).and_then(|()| f.sync_all()));
-                written.map_err(|e| Error::io("write", &tmp, e))?;
-                let linked = std::fs::hard_link(&tmp, &file);
-                let _ = std::fs::remove_file(&tmp);
-                match linked {
-                    Ok(()) => fresh,
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => read_id(&file)?
-                        .ok_or_else(|| Error::io("read", &file, ErrorKind::InvalidData.into()))?,
-                    Err(e) => return Err(Error::io("create", &file, e)),
-                }
-            }
-        };
+        let instance_id = id_in(&path, INSTANCE_FILE)?;
         if tightened.is_some() {
             // What an older orch made under a looser umask.
             let db = path.join("orch.db");
@@ -124,6 +105,12 @@ impl Home {
     /// This instance's id.
     pub fn instance_id(&self) -> &str {
         &self.instance_id
+    }
+
+    /// This home's node id in a cluster (`node-id`), made on first use the
+    /// way the instance id is.
+    pub fn node_id(&self) -> Result<String, Error> {
+        id_in(&self.path, NODE_FILE)
     }
 
     /// The workspace layout of this home.
@@ -183,6 +170,34 @@ pub(crate) async fn open_private_append(path: &Path) -> std::io::Result<tokio::f
         .mode(0o600)
         .open(path)
         .await
+}
+
+/// The id in file `name` of the home at `home`, made on first use:
+/// written to a private file and linked into place, so that concurrent
+/// first uses agree (whoever loses the race reads the winner's).
+fn id_in(home: &Path, name: &str) -> Result<String, Error> {
+    let file = home.join(name);
+    if let Some(id) = read_id(&file)? {
+        return Ok(id);
+    }
+    let fresh = uuid::Uuid::new_v4().simple().to_string();
+    let tmp = home.join(format!(".{name}.{fresh}"));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(fresh.as_bytes()).and_then(|()| f.sync_all()));
+    written.map_err(|e| Error::io("write", &tmp, e))?;
+    let linked = std::fs::hard_link(&tmp, &file);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(fresh),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            read_id(&file)?.ok_or_else(|| Error::io("read", &file, ErrorKind::InvalidData.into()))
+        }
+        Err(e) => Err(Error::io("create", &file, e)),
+    }
 }
 
 fn read_id(file: &Path) -> Result<Option<String>, Error> {

@@ -6,36 +6,47 @@
 //! per tick on the blocking pool, however many tasks the process runs. It
 //! never ends a task itself: a cancel request becomes a graceful stop of
 //! that task's own shutdown.
+//!
+//! In a cluster others rely on the leases: a task whose lease runs out is
+//! rescued by another node. So the loop also fences its own process: when
+//! no renewal has landed for half the lease (the registry is out of reach,
+//! or the process was frozen) it stops its tasks gracefully, at three
+//! quarters it forces them, and a task the registry says this attempt no
+//! longer holds is forced at once. Each renewal also tells the watchdog how
+//! long it holds: if the process itself is frozen, the watchdog removes the
+//! session's containers before the lease runs out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use orch_registry::now_ms;
+use orch_registry::{Attempt, Renewal, now_ms};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::Shutdown;
+use crate::cluster::LeasePolicy;
+use crate::link::WatchdogLink;
 use crate::store::Records;
 
-/// How long a lease lasts.
+/// How long a lease lasts on one host.
 pub(crate) const LEASE: Duration = Duration::from_secs(15);
-/// How often leases are renewed.
-const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// How often progress and cancel requests are looked at.
 const TICK: Duration = Duration::from_millis(250);
 
 /// The latest progress report of a task.
 pub(crate) type Progress = Option<(u8, String)>;
 
-/// The end of a lease taken now.
-pub(crate) fn lease_until() -> i64 {
-    now_ms() + i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX)
+/// The end of a lease of `lease` taken now.
+pub(crate) fn lease_until(lease: Duration) -> i64 {
+    now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
 }
 
 struct Entry {
+    attempt: i64,
     shutdown: Shutdown,
     progress: watch::Receiver<Progress>,
     stored: Progress,
@@ -54,6 +65,8 @@ pub(crate) struct Leases {
     store: Records,
     tracker: TaskTracker,
     stop: CancellationToken,
+    policy: LeasePolicy,
+    watchdog: Arc<Mutex<Option<Arc<WatchdogLink>>>>,
 }
 
 impl std::fmt::Debug for Leases {
@@ -63,12 +76,40 @@ impl std::fmt::Debug for Leases {
 }
 
 impl Leases {
-    pub(crate) fn new(store: Records, tracker: TaskTracker, stop: CancellationToken) -> Leases {
+    pub(crate) fn new(
+        store: Records,
+        tracker: TaskTracker,
+        stop: CancellationToken,
+        policy: LeasePolicy,
+    ) -> Leases {
         Leases {
             inner: Arc::default(),
             store,
             tracker,
             stop,
+            policy,
+            watchdog: Arc::default(),
+        }
+    }
+
+    /// How long each renewal holds.
+    pub(crate) fn lease(&self) -> Duration {
+        self.policy.lease
+    }
+
+    /// Tells `link` how long each renewal holds, when others rely on it.
+    pub(crate) fn set_watchdog(&self, link: Arc<WatchdogLink>) {
+        *self.watchdog.lock().unwrap_or_else(|p| p.into_inner()) = Some(link);
+    }
+
+    /// Tells the watchdog to remove the session's containers if it hears
+    /// nothing newer within `within` (or, `None`, never).
+    fn fence(&self, within: Option<Duration>) {
+        if !self.policy.fenced {
+            return;
+        }
+        if let Some(link) = &*self.watchdog.lock().unwrap_or_else(|p| p.into_inner()) {
+            link.fence(within);
         }
     }
 
@@ -77,19 +118,30 @@ impl Leases {
     }
 
     /// Starts looking after a live task; the loop starts with the first.
-    pub(crate) fn add(&self, id: Uuid, shutdown: Shutdown, progress: watch::Receiver<Progress>) {
-        let start = {
+    pub(crate) fn add(
+        &self,
+        task: Attempt,
+        shutdown: Shutdown,
+        progress: watch::Receiver<Progress>,
+    ) {
+        let (start, first) = {
             let mut inner = self.lock();
+            let first = inner.tasks.is_empty();
             inner.tasks.insert(
-                id,
+                task.id,
                 Entry {
+                    attempt: task.number,
                     shutdown,
                     progress,
                     stored: None,
                 },
             );
-            !std::mem::replace(&mut inner.running, true)
+            (!std::mem::replace(&mut inner.running, true), first)
         };
+        if first {
+            // Its record was just written with a lease from now.
+            self.fence(Some(self.policy.force_after()));
+        }
         if start {
             let leases = self.clone();
             self.tracker.spawn(async move { leases.run().await });
@@ -98,18 +150,29 @@ impl Leases {
 
     /// Stops looking after a task, storing its last progress first.
     pub(crate) async fn remove(&self, id: &Uuid) {
-        let last = {
+        let (last, empty) = {
             let mut inner = self.lock();
-            inner.tasks.remove(id).and_then(|entry| {
+            let last = inner.tasks.remove(id).and_then(|entry| {
                 let current = entry.progress.borrow().clone();
-                (current != entry.stored).then_some(current).flatten()
-            })
+                let task = Attempt {
+                    id: *id,
+                    number: entry.attempt,
+                };
+                (current != entry.stored)
+                    .then_some(current)
+                    .flatten()
+                    .map(|report| (task, report))
+            });
+            (last, inner.tasks.is_empty())
         };
-        if let Some((percent, message)) = last {
-            let id = *id;
+        if empty {
+            self.fence(None);
+        }
+        if let Some((task, (percent, message))) = last {
+            let id = task.id;
             let stored = self
                 .store
-                .call(move |r| r.set_progress(&id, percent, &message, now_ms()))
+                .call(move |r| r.set_progress(&task, percent, &message, now_ms()))
                 .await;
             if let Err(e) = stored {
                 tracing::warn!(task = %id, error = %e, "failed to store the last progress");
@@ -120,59 +183,158 @@ impl Leases {
     async fn run(self) {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_renewal = tokio::time::Instant::now();
+        let renew_every = self.policy.renew_every();
+        let mut last_try = Instant::now();
+        // When the last renewal that landed was sent.
+        let mut renewed = Instant::now();
+        // A round of registry work still in flight (a database out of reach
+        // holds one for a while): never two at once.
+        let mut round: Option<tokio::task::JoinHandle<Result<Renewal, crate::Error>>> = None;
+        let mut round_renews: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 () = self.stop.cancelled() => return,
             }
-            let (ids, reports) = {
-                let mut inner = self.lock();
-                let mut reports = Vec::new();
-                for (id, entry) in &mut inner.tasks {
-                    let current = entry.progress.borrow().clone();
-                    if current != entry.stored {
-                        if let Some(report) = current.clone() {
-                            reports.push((*id, report));
+            if round
+                .as_ref()
+                .is_some_and(tokio::task::JoinHandle::is_finished)
+            {
+                let outcome = match round.take() {
+                    Some(handle) => handle.await.unwrap_or_else(|e| {
+                        Err(crate::Error::io(
+                            "renew leases in",
+                            std::path::Path::new("the registry"),
+                            std::io::Error::other(e),
+                        ))
+                    }),
+                    None => continue,
+                };
+                let sent = round_renews.take();
+                match outcome {
+                    Ok(renewal) => {
+                        if let Some(sent) = sent {
+                            renewed = sent;
+                            let left = self.policy.force_after().saturating_sub(sent.elapsed());
+                            self.fence(Some(left));
                         }
-                        entry.stored = current;
+                        self.act_on(&renewal);
                     }
+                    Err(e) => tracing::warn!(error = %e, "registry update failed"),
                 }
-                (inner.tasks.keys().copied().collect::<Vec<_>>(), reports)
-            };
-            if ids.is_empty() {
+            }
+            if self.policy.fenced {
+                self.fence_self(renewed.elapsed());
+            }
+            if round.is_some() {
                 continue;
             }
-            let renew = last_renewal.elapsed() >= RENEW_EVERY;
-            if renew {
-                last_renewal = tokio::time::Instant::now();
+            let (tasks, reports) = self.pending_reports();
+            if tasks.is_empty() {
+                renewed = Instant::now();
+                continue;
             }
-            let checked = self
-                .store
-                .call(move |r| {
-                    for (id, (percent, message)) in &reports {
-                        r.set_progress(id, *percent, message, now_ms())?;
-                    }
-                    if renew {
-                        r.renew_leases(&ids, lease_until())
-                    } else {
-                        r.cancel_requests(&ids)
-                    }
-                })
-                .await;
-            match checked {
-                Ok(cancelled) => {
-                    let inner = self.lock();
-                    for id in cancelled {
-                        if let Some(entry) = inner.tasks.get(&id) {
-                            if !entry.shutdown.is_stopping() {
-                                tracing::info!(task = %id, "cancel requested");
-                                entry.shutdown.stop_because("orch cancel");
+            let renew = last_try.elapsed() >= renew_every;
+            if renew {
+                last_try = Instant::now();
+                round_renews = Some(last_try);
+            }
+            let lease = self.policy.lease;
+            let store = self.store.clone();
+            round = Some(self.tracker.spawn(async move {
+                store
+                    .call(move |r| {
+                        for (task, (percent, message)) in &reports {
+                            // A report of an attempt that lost its task is
+                            // refused: the renewal below says so.
+                            if let Err(e) = r.set_progress(task, *percent, message, now_ms()) {
+                                if !matches!(e, orch_registry::Error::Fenced { .. }) {
+                                    return Err(e);
+                                }
                             }
                         }
-                    }
+                        if renew {
+                            r.renew_leases(&tasks, lease)
+                        } else {
+                            let ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
+                            Ok(Renewal {
+                                cancel: r.cancel_requests(&ids)?,
+                                lost: Vec::new(),
+                            })
+                        }
+                    })
+                    .await
+            }));
+        }
+    }
+
+    /// The live tasks, and the progress reports not yet stored (marked
+    /// stored).
+    fn pending_reports(&self) -> (Vec<Attempt>, Vec<(Attempt, (u8, String))>) {
+        let mut inner = self.lock();
+        let mut reports = Vec::new();
+        let mut tasks = Vec::new();
+        for (id, entry) in &mut inner.tasks {
+            let task = Attempt {
+                id: *id,
+                number: entry.attempt,
+            };
+            tasks.push(task);
+            let current = entry.progress.borrow().clone();
+            if current != entry.stored {
+                if let Some(report) = current.clone() {
+                    reports.push((task, report));
                 }
-                Err(e) => tracing::warn!(error = %e, "registry update failed"),
+                entry.stored = current;
+            }
+        }
+        (tasks, reports)
+    }
+
+    /// Stops the tasks a cancel was requested for, and forces those the
+    /// registry says this process no longer holds.
+    fn act_on(&self, renewal: &Renewal) {
+        let inner = self.lock();
+        for id in &renewal.cancel {
+            if let Some(entry) = inner.tasks.get(id) {
+                if !entry.shutdown.is_stopping() {
+                    tracing::info!(task = %id, "cancel requested");
+                    entry.shutdown.stop_because("orch cancel");
+                }
+            }
+        }
+        for id in &renewal.lost {
+            if let Some(entry) = inner.tasks.get(id) {
+                if !entry.shutdown.is_forced() {
+                    tracing::warn!(task = %id, "the registry says another node holds this task now; stopping it");
+                    entry
+                        .shutdown
+                        .force_because("its lease was lost: the task was taken over");
+                }
+            }
+        }
+    }
+
+    /// Stops every task gracefully once nothing was renewed for half the
+    /// lease, and forces them at three quarters: before a rescuer may act,
+    /// nothing of this process runs.
+    fn fence_self(&self, silent: Duration) {
+        if silent < self.policy.stop_after() {
+            return;
+        }
+        let force = silent >= self.policy.force_after();
+        let inner = self.lock();
+        for (id, entry) in &inner.tasks {
+            let why = format!(
+                "the registry was out of reach for {}s: this node stopped its own tasks before its lease ran out",
+                silent.as_secs()
+            );
+            if force && !entry.shutdown.is_forced() {
+                tracing::warn!(task = %id, "{why}; forcing");
+                entry.shutdown.force_because(&why);
+            } else if !entry.shutdown.is_stopping() {
+                tracing::warn!(task = %id, "{why}");
+                entry.shutdown.stop_because(&why);
             }
         }
     }

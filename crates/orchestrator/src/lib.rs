@@ -24,6 +24,7 @@ compile_error!(
 
 mod active;
 mod cancel;
+pub mod cluster;
 mod config;
 mod context;
 mod disk;
@@ -70,7 +71,7 @@ pub use run::{Outcome, PreparedTask, Status, TaskRequest};
 pub use runtime::display_chain;
 pub use session::{Session, container_name};
 pub use shutdown::{Shutdown, Suspension};
-pub use watchdog::{Reaped, WatchdogLog};
+pub use watchdog::{Heard, Reaped, WatchdogLog, fence_session};
 
 #[cfg(test)]
 mod tests;

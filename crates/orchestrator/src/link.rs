@@ -1,11 +1,13 @@
 //! orch's end of the pipe to its watchdog, and what it says on it: the
 //! session it guards, each task before its container can exist (the facts
-//! the teardown policy needs), each task torn down, and a clean exit.
+//! the teardown policy needs), each task torn down, how long its leases
+//! hold (in a cluster), and a clean exit.
 //! The watchdog's side (`crate::watchdog`) reads the same lines.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -36,6 +38,17 @@ impl WatchdogLink {
     /// Tells the watchdog which session it guards.
     pub(crate) fn session(&self, session: &Uuid) {
         self.send(&format!("session {session}"));
+    }
+
+    /// In a cluster: if the watchdog hears nothing newer within `within`
+    /// (orch is frozen, or cut off from the registry), it removes the
+    /// session's containers before the lease runs out; `None`: nothing
+    /// needs fencing now.
+    pub(crate) fn fence(&self, within: Option<Duration>) {
+        match within {
+            Some(within) => self.send(&format!("fence {}", within.as_millis())),
+            None => self.send("fence off"),
+        }
     }
 
     /// orch is exiting cleanly: the watchdog exits at once, touching

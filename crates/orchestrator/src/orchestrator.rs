@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::cancel::{self, Cancelled};
+use crate::cluster::NodeIdentity;
 use crate::context::Ctx;
 use crate::events::{EventSink, Observer};
 use crate::link::WatchdogLink;
@@ -34,9 +35,24 @@ impl Orchestrator {
     /// Opens the registry of `home` and connects to the Docker engine
     /// (`DOCKER_HOST`, API version negotiated) for a new session.
     pub async fn connect(home: Home) -> Result<Orchestrator, Error> {
-        let store = Records::open(&home.registry_path()).await?;
+        Orchestrator::connect_as(home, None).await
+    }
+
+    /// As [`Orchestrator::connect`], named `node_name` in a cluster (else
+    /// `ORCH_NODE_NAME` or the host's name).
+    pub async fn connect_as(home: Home, node_name: Option<&str>) -> Result<Orchestrator, Error> {
+        let store = Records::of_home(&home).await?;
+        let node = if store.shared() {
+            Some(NodeIdentity::of(&home, node_name)?)
+        } else {
+            None
+        };
         let runtime = DockerRuntime::connect().await?;
-        Ok(Orchestrator::with_runtime(home, store, Arc::new(runtime)))
+        let mut orch = Orchestrator::with_runtime(home, store, Arc::new(runtime));
+        if let Some(ctx) = Arc::get_mut(&mut orch.ctx) {
+            ctx.set_node(node)?;
+        }
+        Ok(orch)
     }
 
     pub(crate) fn with_runtime(
@@ -61,8 +77,12 @@ impl Orchestrator {
                 shared.store.clone(),
             );
             fresh.session = shared.session.clone();
+            fresh.node = shared.node.clone();
+            fresh.leases = shared.leases.clone();
             fresh
         });
+        let link = Arc::new(link);
+        ctx.leases.set_watchdog(Arc::clone(&link));
         ctx.watchdog = Some(link);
         Orchestrator { ctx: Arc::new(ctx) }
     }

@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use orch_registry::{Registry, Store};
+use orch_registry::{Postgres, Registry, Store};
 
-use crate::Error;
+use crate::config::GlobalConfig;
+use crate::{Error, Home};
 
 /// A handle on this process's registry; cheap to clone.
 #[derive(Debug, Clone)]
@@ -17,6 +18,30 @@ pub(crate) struct Records {
 }
 
 impl Records {
+    /// Opens the registry `home` uses: the cluster's database if one is set
+    /// (`ORCH_REGISTRY`, `[registry] url`), else the home's own SQLite
+    /// registry, created if needed. On the blocking pool.
+    pub(crate) async fn of_home(home: &Home) -> Result<Records, Error> {
+        let config = GlobalConfig::load(GlobalConfig::default_path().as_deref())?;
+        match crate::cluster::registry_url(&config)? {
+            Some(url) => {
+                let pg = tokio::task::spawn_blocking(move || Postgres::open(&url))
+                    .await
+                    .map_err(|e| {
+                        Error::io("open", Path::new("the registry"), std::io::Error::other(e))
+                    })??;
+                let place = PathBuf::from(pg.place());
+                Ok(Records::over(Arc::new(pg), &place))
+            }
+            None => Records::open(&home.registry_path()).await,
+        }
+    }
+
+    /// Whether several hosts share these records.
+    pub(crate) fn shared(&self) -> bool {
+        self.store.shared()
+    }
+
     /// Opens (creating if needed) the SQLite registry at `path`, on the
     /// blocking pool.
     pub(crate) async fn open(path: &Path) -> Result<Records, Error> {

@@ -389,8 +389,9 @@ async fn dead_owners_task(h: &Harness, keep_workspace: Option<bool>) -> (Uuid, S
         start: 1,
         boot: "another boot".into(),
     };
-    let mut record = TaskRecord::new(id, "p", "d", State::Creating, &name, "img:1");
+    let mut record = TaskRecord::new(id, "p", "d", State::Running, &name, "img:1");
     record.created_at = now_ms() - 3_600_000;
+    record.started_at = Some(now_ms() - 3_500_000);
     record.stop_grace_ms = 1500;
     record.workspace.keep_failed_workspace = true;
     record.workspace.keep_workspace = keep_workspace;
@@ -399,17 +400,12 @@ async fn dead_owners_task(h: &Harness, keep_workspace: Option<bool>) -> (Uuid, S
         pid: i64::from(dead.pid),
         start: 1,
         boot: dead.boot.clone(),
-        lease_until: Some(now_ms() - 3_600_000),
-        detached: false,
+        lease_until: Some(now_ms() - 3_500_000),
+        attempt: 1,
+        ..orch_registry::TaskOwner::default()
     };
     let store = h.orch.ctx_for_tests().store.clone();
-    store
-        .call(move |r| {
-            r.insert(&record)?;
-            r.mark_running(&id, now_ms() - 3_500_000, now_ms() - 3_500_000)
-        })
-        .await
-        .unwrap();
+    store.call(move |r| r.insert(&record)).await.unwrap();
     h.fake.insert(
         &name,
         ContainerSpec {
@@ -525,7 +521,7 @@ async fn retention_removes_a_finished_task_whole() {
         .store
         .call(move |r| {
             r.finish(
-                &id,
+                &orch_registry::Attempt { id, number: 1 },
                 &Finish {
                     state: State::Succeeded,
                     exit_code: Some(0),
@@ -561,6 +557,7 @@ async fn retention_removes_a_finished_task_whole() {
 #[test]
 fn work_is_saved_alongside_container_removal_only_after_a_plain_exit() {
     let facts = TaskFacts {
+        attempt: 1,
         id: Uuid::now_v7(),
         project: "p".into(),
         state: Some(State::Running),
@@ -627,6 +624,7 @@ fn work_is_saved_alongside_container_removal_only_after_a_plain_exit() {
 #[test]
 fn the_tasks_own_keep_or_remove_choice_holds_on_every_path() {
     let facts = |keep_workspace| TaskFacts {
+        attempt: 1,
         id: Uuid::now_v7(),
         project: "p".into(),
         state: Some(State::Running),

@@ -13,6 +13,11 @@
 //!   workspace, repository and base), so the watchdog builds the very plan
 //!   the task's own run would, even if the registry cannot be read;
 //! - `done <uuid>`: once that task is torn down;
+//! - `fence <ms>` / `fence off` (in a cluster): if nothing newer comes
+//!   within that many milliseconds, orch is frozen or cut off from the
+//!   registry, and its tasks' leases are about to run out: the watchdog
+//!   removes the session's containers (and touches no record: a rescuer
+//!   owns them now);
 //! - `exit`: orch is exiting cleanly.
 //!
 //! If the pipe closes without `exit` (orch died, however), the watchdog
@@ -56,38 +61,85 @@ pub struct WatchdogLog {
     pub clean_exit: bool,
 }
 
+/// What one message asks of the watchdog beyond being noted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// Nothing more.
+    Noted,
+    /// Fence the session if nothing newer comes within this (or, `None`,
+    /// never).
+    Fence(Option<Duration>),
+    /// orch exits cleanly.
+    Exit,
+}
+
 impl WatchdogLog {
     /// Reads messages until the pipe closes or orch says `exit`.
     pub fn read(input: impl BufRead) -> WatchdogLog {
         let mut log = WatchdogLog::default();
         for line in input.lines() {
             let Ok(line) = line else { break };
-            let (verb, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-            match verb {
-                "exit" => {
-                    log.clean_exit = true;
-                    break;
-                }
-                "session" => match rest.trim().parse() {
-                    Ok(id) => log.session = Some(id),
-                    Err(_) => tracing::warn!(line, "unreadable session"),
-                },
-                "done" => {
-                    if let Ok(id) = rest.trim().parse::<Uuid>() {
-                        log.pending.remove(&id);
-                    }
-                }
-                "task" => match serde_json::from_str::<Registered>(rest) {
-                    Ok(task) => {
-                        log.pending.insert(task.facts.id, task);
-                    }
-                    Err(e) => tracing::warn!(line, error = %e, "unreadable task registration"),
-                },
-                _ => tracing::warn!(line, "unknown watchdog message"),
+            if log.hear(&line) == Heard::Exit {
+                break;
             }
         }
         log
     }
+
+    /// Notes one message.
+    pub fn hear(&mut self, line: &str) -> Heard {
+        let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match verb {
+            "exit" => {
+                self.clean_exit = true;
+                return Heard::Exit;
+            }
+            "fence" => {
+                return Heard::Fence(rest.trim().parse().ok().map(Duration::from_millis));
+            }
+            "session" => match rest.trim().parse() {
+                Ok(id) => self.session = Some(id),
+                Err(_) => tracing::warn!(line, "unreadable session"),
+            },
+            "done" => {
+                if let Ok(id) = rest.trim().parse::<Uuid>() {
+                    self.pending.remove(&id);
+                }
+            }
+            "task" => match serde_json::from_str::<Registered>(rest) {
+                Ok(task) => {
+                    self.pending.insert(task.facts.id, task);
+                }
+                Err(e) => tracing::warn!(line, error = %e, "unreadable task registration"),
+            },
+            _ => tracing::warn!(line, "unknown watchdog message"),
+        }
+        Heard::Noted
+    }
+}
+
+/// Removes the containers of `session` of the instance of `home` at once
+/// (the watchdog's fence: orch is frozen or cut off from the registry and
+/// its leases are about to run out). Touches no record and no workspace:
+/// the registry may be out of reach, and a rescuer owns the records now.
+/// Returns the containers removed.
+pub async fn fence_session(home: &crate::Home, session: Uuid) -> Result<Vec<String>, crate::Error> {
+    let runtime = crate::runtime::DockerRuntime::connect().await?;
+    let selector = crate::runtime::Selector {
+        instance: home.instance_id().to_owned(),
+        session: Some(session),
+        task: None,
+    };
+    let mut removed = Vec::new();
+    for container in crate::runtime::Runtime::list(&runtime, &selector).await? {
+        match crate::runtime::Runtime::remove(&runtime, &container.name).await {
+            Ok(_) => removed.push(container.name),
+            Err(e) => {
+                tracing::warn!(container = %container.name, error = %e, "cannot remove a container while fencing")
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// What the watchdog did for a dead session.
@@ -252,6 +304,7 @@ mod tests {
         let b = Uuid::now_v7();
         let s = Uuid::new_v4();
         let facts = |id| TaskFacts {
+            attempt: 1,
             id,
             project: "p".into(),
             state: None,

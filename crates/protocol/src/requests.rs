@@ -41,6 +41,17 @@ pub struct SubmitSpec {
     /// Higher runs first (default 0); ties in submission order.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i64,
+    /// How many times it may run again when the node running it dies (in
+    /// a cluster).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub retries: u32,
+    /// Labels (`key=value`) a node must have to run it (in a cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 fn is_zero(n: &i64) -> bool {

@@ -24,55 +24,123 @@ macro_rules! conformance {
             use super::*;
             #[test]
             fn submitted_values_are_never_shown_and_wiped_at_the_end() {
-                crate::conformance::submitted_values_are_never_shown_and_wiped_at_the_end(&$fresh);
+                if let Some(fresh) = $fresh {
+                    crate::conformance::submitted_values_are_never_shown_and_wiped_at_the_end(&fresh);
+                }
             }
             #[test]
             fn notes_and_saving_workspaces() {
-                crate::conformance::notes_and_saving_workspaces(&$fresh);
+                if let Some(fresh) = $fresh {
+                    crate::conformance::notes_and_saving_workspaces(&fresh);
+                }
             }
             #[test]
             fn lifecycle_through_the_database() {
-                crate::conformance::lifecycle_through_the_database(&$fresh);
+                if let Some(fresh) = $fresh {
+                    crate::conformance::lifecycle_through_the_database(&fresh);
+                }
             }
             #[test]
             fn illegal_transitions_are_refused_and_change_nothing() {
-                crate::conformance::illegal_transitions_are_refused_and_change_nothing(&$fresh);
+                if let Some(fresh) = $fresh {
+                    crate::conformance::illegal_transitions_are_refused_and_change_nothing(&fresh);
+                }
             }
             #[test]
             fn cancel_requests_reach_the_owner() {
-                crate::conformance::cancel_requests_reach_the_owner(&$fresh);
+                if let Some(fresh) = $fresh {
+                    crate::conformance::cancel_requests_reach_the_owner(&fresh);
+                }
             }
             #[test]
             fn prefixes_resolve_with_or_without_hyphens() {
-                crate::conformance::prefixes_resolve_with_or_without_hyphens(&$fresh);
+                if let Some(fresh) = $fresh {
+                    crate::conformance::prefixes_resolve_with_or_without_hyphens(&fresh);
+                }
             }
             #[test]
             fn listing_live_and_all() {
-                crate::conformance::listing_live_and_all(&$fresh);
+                if let Some(fresh) = $fresh {
+                    crate::conformance::listing_live_and_all(&fresh);
+                }
             }
             #[test]
             fn retention_reads_only_what_it_may_select() {
-                crate::conformance::retention_reads_only_what_it_may_select(&$fresh);
+                if let Some(fresh) = $fresh {
+                    crate::conformance::retention_reads_only_what_it_may_select(&fresh);
+                }
             }
             #[test]
             fn a_session_lists_its_own_tasks() {
-                crate::conformance::a_session_lists_its_own_tasks(&$fresh);
+                if let Some(fresh) = $fresh {
+                    crate::conformance::a_session_lists_its_own_tasks(&fresh);
+                }
             }
             #[test]
             fn the_queue_is_claimed_by_priority_then_submission_and_per_project_caps() {
-                crate::conformance::the_queue_is_claimed_by_priority_then_submission_and_per_project_caps(&$fresh);
+                if let Some(fresh) = $fresh {
+                    crate::conformance::the_queue_is_claimed_by_priority_then_submission_and_per_project_caps(&fresh);
+                }
             }
             #[test]
             fn two_claimants_never_get_one_task() {
-                crate::conformance::two_claimants_never_get_one_task(&$fresh);
+                if let Some(fresh) = $fresh {
+                    crate::conformance::two_claimants_never_get_one_task(&fresh);
+                }
             }
             #[test]
             fn a_queued_task_is_cancelled_only_while_queued() {
-                crate::conformance::a_queued_task_is_cancelled_only_while_queued(&$fresh);
+                if let Some(fresh) = $fresh {
+                    crate::conformance::a_queued_task_is_cancelled_only_while_queued(&fresh);
+                }
             }
             #[test]
             fn branch_bases_leave_out_branches_still_in_use() {
-                crate::conformance::branch_bases_leave_out_branches_still_in_use(&$fresh);
+                if let Some(fresh) = $fresh {
+                    crate::conformance::branch_bases_leave_out_branches_still_in_use(&fresh);
+                }
+            }
+            #[test]
+            fn a_stale_attempt_can_never_write() {
+                if let Some(fresh) = $fresh {
+                    crate::conformance::a_stale_attempt_can_never_write(&fresh);
+                }
+            }
+            #[test]
+            fn a_rescue_takes_back_only_what_ran_out_once() {
+                if let Some(fresh) = $fresh {
+                    crate::conformance::a_rescue_takes_back_only_what_ran_out_once(&fresh);
+                }
+            }
+            #[test]
+            fn retries_run_a_task_again_as_often_as_allowed() {
+                if let Some(fresh) = $fresh {
+                    crate::conformance::retries_run_a_task_again_as_often_as_allowed(&fresh);
+                }
+            }
+            #[test]
+            fn constraints_are_matched_against_labels() {
+                if let Some(fresh) = $fresh {
+                    crate::conformance::constraints_are_matched_against_labels(&fresh);
+                }
+            }
+            #[test]
+            fn max_parallel_holds_across_claimants_at_once() {
+                if let Some(fresh) = $fresh {
+                    crate::conformance::max_parallel_holds_across_claimants_at_once(&fresh);
+                }
+            }
+            #[test]
+            fn nodes_join_renew_and_leave() {
+                if let Some(fresh) = $fresh {
+                    crate::conformance::nodes_join_renew_and_leave(&fresh);
+                }
+            }
+            #[test]
+            fn output_is_kept_for_other_nodes() {
+                if let Some(fresh) = $fresh {
+                    crate::conformance::output_is_kept_for_other_nodes(&fresh);
+                }
             }
         }
     };
@@ -83,16 +151,22 @@ pub(crate) fn lifecycle_through_the_database(db: &impl Fresh) {
     let reg = db.handle();
     let task = record(State::Creating);
     reg.insert(&task).unwrap();
-    reg.mark_running(&task.id, 10, 20).unwrap();
-    assert!(reg.renew_leases(&[task.id], 30).unwrap().is_empty());
-    reg.set_progress(&task.id, 50, "half", 40).unwrap();
+    reg.mark_running(&task.attempt(), 10, LEASE).unwrap();
+    assert_eq!(
+        reg.renew_leases(&[task.attempt()], LEASE).unwrap(),
+        Renewal::default()
+    );
+    reg.set_progress(&task.attempt(), 50, "half", 40).unwrap();
     let finish = Finish {
         state: State::Succeeded,
         exit_code: Some(0),
         reason: "exited 0".into(),
         at: 50,
     };
-    assert_eq!(reg.finish(&task.id, &finish).unwrap(), State::Running);
+    assert_eq!(
+        reg.finish(&task.attempt(), &finish).unwrap(),
+        State::Running
+    );
     let got = reg.get(&task.id).unwrap().unwrap();
     assert_eq!(got.state, State::Succeeded);
     assert_eq!(
@@ -109,7 +183,7 @@ pub(crate) fn lifecycle_through_the_database(db: &impl Fresh) {
     );
     // Terminal is final.
     let again = reg.finish(
-        &task.id,
+        &task.attempt(),
         &Finish {
             state: State::Lost,
             ..finish
@@ -137,11 +211,11 @@ pub(crate) fn illegal_transitions_are_refused_and_change_nothing(db: &impl Fresh
         at: 1,
     };
     assert!(
-        reg.finish(&task.id, &skip).is_err(),
+        reg.finish(&task.attempt(), &skip).is_err(),
         "finish needs a terminal state"
     );
     reg.finish(
-        &task.id,
+        &task.attempt(),
         &Finish {
             state: State::Failed,
             ..skip
@@ -149,7 +223,7 @@ pub(crate) fn illegal_transitions_are_refused_and_change_nothing(db: &impl Fresh
     )
     .unwrap();
     assert!(matches!(
-        reg.mark_running(&task.id, 1, 2),
+        reg.mark_running(&task.attempt(), 1, LEASE),
         Err(Error::IllegalTransition {
             from: State::Failed,
             to: State::Running,
@@ -158,7 +232,14 @@ pub(crate) fn illegal_transitions_are_refused_and_change_nothing(db: &impl Fresh
     ));
     assert_eq!(reg.get(&task.id).unwrap().unwrap().state, State::Failed);
     assert!(matches!(
-        reg.mark_running(&Uuid::now_v7(), 1, 2),
+        reg.mark_running(
+            &Attempt {
+                id: Uuid::now_v7(),
+                number: 1
+            },
+            1,
+            LEASE
+        ),
         Err(Error::NotFound(_))
     ));
 }
@@ -168,9 +249,12 @@ pub(crate) fn cancel_requests_reach_the_owner(db: &impl Fresh) {
     let task = record(State::Running);
     reg.insert(&task).unwrap();
     assert!(reg.request_cancel(&task.id).unwrap());
-    assert_eq!(reg.renew_leases(&[task.id], 99).unwrap(), vec![task.id]);
+    assert_eq!(
+        reg.renew_leases(&[task.attempt()], LEASE).unwrap().cancel,
+        vec![task.id]
+    );
     reg.finish(
-        &task.id,
+        &task.attempt(),
         &Finish {
             state: State::Cancelled,
             exit_code: None,
@@ -271,7 +355,8 @@ pub(crate) fn the_queue_is_claimed_by_priority_then_submission_and_per_project_c
         reg.insert(r).unwrap();
     }
     let d = claimant("d");
-    let order: Vec<Uuid> = std::iter::from_fn(|| reg.claim(&d, 0).unwrap().map(|r| r.id)).collect();
+    let order: Vec<Uuid> =
+        std::iter::from_fn(|| reg.claim(&d, LEASE).unwrap().map(|r| r.id)).collect();
     assert_eq!(
         order,
         vec![urgent.id, a1.id, b1.id],
@@ -280,9 +365,9 @@ pub(crate) fn the_queue_is_claimed_by_priority_then_submission_and_per_project_c
     let claimed = reg.get(&a1.id).unwrap().unwrap();
     assert_eq!(claimed.state, State::Creating);
     assert_eq!(claimed.owner.session, "d");
-    reg.mark_running(&a1.id, 1, 2).unwrap();
+    reg.mark_running(&first(&a1), 1, LEASE).unwrap();
     reg.finish(
-        &a1.id,
+        &first(&a1),
         &Finish {
             state: State::Succeeded,
             exit_code: Some(0),
@@ -291,8 +376,8 @@ pub(crate) fn the_queue_is_claimed_by_priority_then_submission_and_per_project_c
         },
     )
     .unwrap();
-    assert_eq!(reg.claim(&d, 0).unwrap().map(|r| r.id), Some(a2.id));
-    assert!(reg.claim(&d, 0).unwrap().is_none());
+    assert_eq!(reg.claim(&d, LEASE).unwrap().map(|r| r.id), Some(a2.id));
+    assert!(reg.claim(&d, LEASE).unwrap().is_none());
 }
 
 pub(crate) fn two_claimants_never_get_one_task(db: &(impl Fresh + Sync)) {
@@ -312,7 +397,7 @@ pub(crate) fn two_claimants_never_get_one_task(db: &(impl Fresh + Sync)) {
                 let reg = db.handle();
                 s.spawn(move || {
                     let c = claimant(name);
-                    std::iter::from_fn(|| reg.claim(&c, 0).unwrap().map(|r| r.id)).collect()
+                    std::iter::from_fn(|| reg.claim(&c, LEASE).unwrap().map(|r| r.id)).collect()
                 })
             })
             .collect();
@@ -393,6 +478,18 @@ pub(crate) fn claimant(name: &str) -> Claimant {
         pid: 1,
         start: 1,
         boot: "b".into(),
+        ..Claimant::default()
+    }
+}
+
+/// A lease long enough for any test.
+pub(crate) const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `task` on its first attempt (as a claim leaves it).
+pub(crate) fn first(task: &TaskRecord) -> Attempt {
+    Attempt {
+        id: task.id,
+        number: 1,
     }
 }
 
@@ -405,10 +502,10 @@ pub(crate) fn submitted_values_are_never_shown_and_wiped_at_the_end(db: &impl Fr
     assert!(!shown.contains("s3cret-v4lue"), "{shown}");
     assert!(shown.contains("TOKEN"), "keys may be shown: {shown}");
     // Kept while it can still start: the one who claims it needs them.
-    let claimed = reg.claim(&claimant("c"), 0).unwrap().unwrap();
+    let claimed = reg.claim(&claimant("c"), LEASE).unwrap().unwrap();
     assert!(claimed.queue.spec.unwrap().contains("s3cret-v4lue"));
     reg.finish(
-        &task.id,
+        &first(&task),
         &Finish {
             state: State::Failed,
             exit_code: None,
@@ -452,12 +549,12 @@ pub(crate) fn notes_and_saving_workspaces(db: &impl Fresh) {
     let mut task = record(State::Running);
     task.workspace.path = Some("/w".into());
     reg.insert(&task).unwrap();
-    reg.add_note(&task.id, "first").unwrap();
-    reg.add_note(&task.id, "second").unwrap();
+    reg.add_note(&task.attempt(), "first").unwrap();
+    reg.add_note(&task.attempt(), "second").unwrap();
     let got = reg.get(&task.id).unwrap().unwrap();
     assert_eq!(got.outcome.notes.as_deref(), Some("first\nsecond"));
     reg.finish(
-        &task.id,
+        &task.attempt(),
         &Finish {
             state: State::Succeeded,
             exit_code: Some(0),
@@ -467,13 +564,281 @@ pub(crate) fn notes_and_saving_workspaces(db: &impl Fresh) {
     )
     .unwrap();
     assert!(reg.list(Listing::Live).unwrap().is_empty());
-    reg.set_workspace_state(&task.id, WorkspaceState::Saving)
+    reg.set_workspace_state(&task.attempt(), WorkspaceState::Saving)
         .unwrap();
     assert_eq!(reg.list(Listing::Live).unwrap().len(), 1, "saving is live");
     let counts = reg.count_by_state().unwrap();
     assert!(counts.contains(&("saving".to_owned(), 1)), "{counts:?}");
     assert!(!reg.get(&task.id).unwrap().unwrap().workspace_settled());
-    reg.set_workspace_state(&task.id, WorkspaceState::Removed)
+    reg.set_workspace_state(&task.attempt(), WorkspaceState::Removed)
         .unwrap();
     assert!(reg.list(Listing::Live).unwrap().is_empty());
+}
+
+/// Waits until a lease taken now with no length has run out by any clock.
+fn lease_runs_out() {
+    std::thread::sleep(std::time::Duration::from_millis(20));
+}
+
+pub(crate) fn a_stale_attempt_can_never_write(db: &impl Fresh) {
+    let reg = db.handle();
+    let mut task = queued("p", 0, None);
+    task.queue.retries = 1;
+    reg.insert(&task).unwrap();
+    let gone = claimant("gone");
+    let old = reg
+        .claim(&gone, std::time::Duration::ZERO)
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.owner.attempt, 1, "a claim counts the attempt");
+    reg.mark_running(&old.attempt(), 1, std::time::Duration::ZERO)
+        .unwrap();
+    lease_runs_out();
+    let rescued = reg.rescue().unwrap();
+    assert_eq!(rescued.len(), 1);
+    assert_eq!(
+        (rescued[0].from, rescued[0].to),
+        (State::Running, State::Queued)
+    );
+    let new = reg.claim(&claimant("new"), LEASE).unwrap().unwrap();
+    assert_eq!(new.owner.attempt, 2);
+    // Every write the old attempt makes is refused, and changes nothing.
+    let stale = old.attempt();
+    let refused = |r: Result<(), Error>| {
+        matches!(
+            r,
+            Err(Error::Fenced {
+                attempt: 1,
+                current: 2,
+                ..
+            })
+        )
+    };
+    assert!(refused(reg.set_progress(&stale, 90, "late", 5)));
+    assert!(refused(reg.add_note(&stale, "late")));
+    assert!(refused(
+        reg.set_workspace_state(&stale, WorkspaceState::Removed)
+    ));
+    assert!(refused(reg.set_container(&stale, "theirs")));
+    assert!(refused(reg.update_planned(&old)));
+    assert!(refused(
+        reg.finish(
+            &stale,
+            &Finish {
+                state: State::Succeeded,
+                exit_code: Some(0),
+                reason: "late".into(),
+                at: 5,
+            },
+        )
+        .map(drop)
+    ));
+    let renewal = reg.renew_leases(&[stale], LEASE).unwrap();
+    assert_eq!(renewal.lost, vec![task.id]);
+    let now = reg.get(&task.id).unwrap().unwrap();
+    assert_eq!(
+        (now.state, now.owner.session.as_str()),
+        (State::Creating, "new")
+    );
+    assert_eq!(now.progress.percent, None);
+    assert_eq!(now.outcome.notes, None);
+    // The current attempt writes.
+    reg.mark_running(&new.attempt(), 2, LEASE).unwrap();
+    assert!(
+        reg.renew_leases(&[new.attempt()], LEASE)
+            .unwrap()
+            .lost
+            .is_empty()
+    );
+}
+
+pub(crate) fn a_rescue_takes_back_only_what_ran_out_once(db: &impl Fresh) {
+    let reg = db.handle();
+    let mut dead = claimant("dead");
+    dead.node = Some(("id-b".into(), "host-b".into()));
+    let claim = |task: &TaskRecord, lease| {
+        reg.insert(task).unwrap();
+        let got = reg.claim(&dead, lease).unwrap().unwrap();
+        assert_eq!(got.id, task.id);
+        got
+    };
+    // Claimed, never started: queued again.
+    let unstarted = claim(&queued("p", 9, None), std::time::Duration::ZERO);
+    // Running, no retries: lost, naming the node.
+    let running = claim(&queued("p", 8, None), std::time::Duration::ZERO);
+    reg.mark_running(&running.attempt(), 1, std::time::Duration::ZERO)
+        .unwrap();
+    // Its lease holds: left alone.
+    let healthy = claim(&queued("p", 7, None), LEASE);
+    reg.mark_running(&healthy.attempt(), 1, LEASE).unwrap();
+    // Ended by its owner before the rescue: its end stands.
+    let ended = claim(&queued("p", 6, None), std::time::Duration::ZERO);
+    reg.finish(
+        &ended.attempt(),
+        &Finish {
+            state: State::Failed,
+            exit_code: Some(1),
+            reason: "exited 1".into(),
+            at: 1,
+        },
+    )
+    .unwrap();
+    // Recorded by `orch task` (nothing to run it again from): lost.
+    let mut foreground = record(State::Creating);
+    foreground.owner.lease_until = Some(0);
+    reg.insert(&foreground).unwrap();
+    lease_runs_out();
+    let mut rescued = reg.rescue().unwrap();
+    rescued.sort_by_key(|r| r.id);
+    let got: Vec<(Uuid, State, State)> = rescued.iter().map(|r| (r.id, r.from, r.to)).collect();
+    let mut expected = vec![
+        (unstarted.id, State::Creating, State::Queued),
+        (running.id, State::Running, State::Lost),
+        (foreground.id, State::Creating, State::Lost),
+    ];
+    expected.sort_by_key(|e| e.0);
+    assert_eq!(got, expected);
+    let lost = reg.get(&running.id).unwrap().unwrap();
+    assert!(
+        lost.outcome
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("node host-b"),
+        "{:?}",
+        lost.outcome.reason
+    );
+    assert!(lost.outcome.finished_at.is_some());
+    let requeued = reg.get(&unstarted.id).unwrap().unwrap();
+    assert_eq!(
+        (
+            requeued.owner.session.as_str(),
+            requeued.owner.node.as_deref()
+        ),
+        ("", None)
+    );
+    assert_eq!(reg.get(&healthy.id).unwrap().unwrap().state, State::Running);
+    assert_eq!(reg.get(&ended.id).unwrap().unwrap().state, State::Failed);
+    // Once: a second rescue finds nothing.
+    assert!(reg.rescue().unwrap().is_empty());
+}
+
+pub(crate) fn retries_run_a_task_again_as_often_as_allowed(db: &impl Fresh) {
+    let reg = db.handle();
+    let mut task = queued("p", 0, None);
+    task.queue.retries = 1;
+    reg.insert(&task).unwrap();
+    let mut outcomes = Vec::new();
+    for round in 1..=2 {
+        let claimed = reg
+            .claim(&claimant("n"), std::time::Duration::ZERO)
+            .unwrap()
+            .unwrap();
+        assert_eq!(claimed.owner.attempt, round);
+        reg.mark_running(&claimed.attempt(), 1, std::time::Duration::ZERO)
+            .unwrap();
+        lease_runs_out();
+        outcomes.extend(reg.rescue().unwrap().into_iter().map(|r| r.to));
+    }
+    assert_eq!(
+        outcomes,
+        vec![State::Queued, State::Lost],
+        "one retry, then lost"
+    );
+}
+
+pub(crate) fn constraints_are_matched_against_labels(db: &impl Fresh) {
+    let reg = db.handle();
+    let mut gpu = queued("p", 5, None);
+    gpu.queue.constraints = vec!["gpu=true".into()];
+    let plain = queued("p", 0, None);
+    reg.insert(&gpu).unwrap();
+    reg.insert(&plain).unwrap();
+    let cpu_node = claimant("cpu");
+    assert_eq!(
+        reg.claim(&cpu_node, LEASE).unwrap().map(|r| r.id),
+        Some(plain.id)
+    );
+    assert!(
+        reg.claim(&cpu_node, LEASE).unwrap().is_none(),
+        "not for this node"
+    );
+    let mut gpu_node = claimant("gpu");
+    gpu_node.labels = vec!["zone=a".into(), "gpu=true".into()];
+    let got = reg.claim(&gpu_node, LEASE).unwrap().unwrap();
+    assert_eq!(
+        (got.id, got.queue.constraints),
+        (gpu.id, vec!["gpu=true".to_owned()])
+    );
+}
+
+pub(crate) fn max_parallel_holds_across_claimants_at_once(db: &(impl Fresh + Sync)) {
+    let reg = db.handle();
+    for _ in 0..30 {
+        reg.insert(&queued("capped", 0, Some(2))).unwrap();
+    }
+    drop(reg);
+    let claimed: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = ["x", "y", "z"]
+            .iter()
+            .map(|name| {
+                let reg = db.handle();
+                s.spawn(move || {
+                    let c = claimant(name);
+                    std::iter::from_fn(|| reg.claim(&c, LEASE).unwrap()).count()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(claimed, 2, "two at most live at once, whoever claims");
+}
+
+pub(crate) fn nodes_join_renew_and_leave(db: &impl Fresh) {
+    let reg = db.handle();
+    let node = |id: &str, name: &str| Node {
+        id: id.into(),
+        name: name.into(),
+        labels: vec!["gpu=true".into()],
+        concurrency: 4,
+        advertise: Some(format!("http://{name}:7070")),
+        session: "s".into(),
+    };
+    reg.join(&node("a", "alpha"), LEASE).unwrap();
+    reg.join(&node("b", "beta"), std::time::Duration::ZERO)
+        .unwrap();
+    reg.join(&node("c", "gamma"), LEASE).unwrap();
+    reg.leave("c").unwrap();
+    lease_runs_out();
+    let states: Vec<(String, &str)> = reg
+        .nodes()
+        .unwrap()
+        .iter()
+        .map(|n| (n.node.name.clone(), n.state()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("alpha".into(), "live"),
+            ("beta".into(), "dead"),
+            ("gamma".into(), "left")
+        ]
+    );
+    // Renewed, a dead node lives again; one the registry forgot joins.
+    reg.renew_node(&node("b", "beta"), LEASE).unwrap();
+    reg.renew_node(&node("d", "delta"), LEASE).unwrap();
+    let listed = reg.nodes().unwrap();
+    assert!(listed.iter().filter(|n| n.alive).count() == 3, "{listed:?}");
+    assert_eq!(listed[0].node.labels, vec!["gpu=true".to_owned()]);
+}
+
+pub(crate) fn output_is_kept_for_other_nodes(db: &impl Fresh) {
+    let reg = db.handle();
+    let task = record(State::Succeeded);
+    reg.insert(&task).unwrap();
+    assert_eq!(reg.kept_log(&task.id).unwrap(), None);
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    reg.keep_log(&task.id, &bytes).unwrap();
+    assert_eq!(reg.kept_log(&task.id).unwrap(), Some(bytes));
+    reg.delete(&task.id).unwrap();
 }

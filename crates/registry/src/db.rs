@@ -20,8 +20,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavio
 use uuid::Uuid;
 
 use crate::{
-    Claimant, Error, Finish, Listing, State, Store, TaskBrief, TaskOutcome, TaskOwner,
-    TaskProgress, TaskQueue, TaskRecord, TaskWorkspace, WorkspaceState,
+    Attempt, Claimant, Error, Finish, Listing, Node, NodeRecord, Renewal, Rescued, State, Store,
+    TaskBrief, TaskOutcome, TaskOwner, TaskProgress, TaskQueue, TaskRecord, TaskWorkspace,
+    WorkspaceState, now_ms,
 };
 
 /// How long a writer waits for another process's transaction.
@@ -116,6 +117,34 @@ const MIGRATIONS: &[&str] = &[
     r"
     ALTER TABLE tasks ADD COLUMN notes TEXT;
 ",
+    // Fencing and clusters: the attempt every write about a task carries
+    // (claims count them), the node that runs it, how often it may run
+    // again, the labels a node needs to run it; nodes with their leases;
+    // the output of finished tasks kept for other nodes.
+    r"
+    ALTER TABLE tasks ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+    UPDATE tasks SET attempt = 0 WHERE state = 'queued';
+    ALTER TABLE tasks ADD COLUMN node_id TEXT;
+    ALTER TABLE tasks ADD COLUMN node TEXT;
+    ALTER TABLE tasks ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN constraints TEXT NOT NULL DEFAULT '[]';
+    CREATE INDEX tasks_by_lease ON tasks (lease_until) WHERE state IN ('creating', 'running');
+    CREATE TABLE nodes (
+        id TEXT PRIMARY KEY NOT NULL,
+        name TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        concurrency INTEGER NOT NULL,
+        advertise TEXT,
+        session TEXT NOT NULL,
+        joined_at INTEGER NOT NULL,
+        lease_until INTEGER NOT NULL,
+        left INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    CREATE TABLE task_logs (
+        id TEXT PRIMARY KEY NOT NULL,
+        content BLOB NOT NULL
+    ) STRICT;
+",
 ];
 
 /// Records a task's repository and its branch's base (for `cleanup
@@ -162,7 +191,7 @@ const COLUMNS: &str = concat!(
     keep_failed_workspace, stop_grace_ms, session, owner_pid, owner_start, owner_boot, \
     lease_until, progress, progress_message, progress_at, cancel_requested, detached, \
     keep_workspace, base, git_dir, spec, priority, max_parallel",
-    ", notes"
+    ", notes, attempt, node_id, node, retries, constraints"
 );
 
 /// The columns a new record is written with (notes come later).
@@ -170,7 +199,64 @@ const INSERTED: &str = "id, project, description, state, created_at, started_at,
     exit_code, reason, container, image, workspace, branch, repo, workspace_state, \
     keep_failed_workspace, stop_grace_ms, session, owner_pid, owner_start, owner_boot, \
     lease_until, progress, progress_message, progress_at, cancel_requested, detached, \
-    keep_workspace, base, git_dir, spec, priority, max_parallel";
+    keep_workspace, base, git_dir, spec, priority, max_parallel, attempt, node_id, node, \
+    retries, constraints";
+
+/// Whether the attempt a write is made under still holds the task, inside
+/// the write's transaction.
+fn holds(
+    tx: &rusqlite::Transaction<'_>,
+    task: &Attempt,
+    err: &impl Fn(rusqlite::Error) -> Error,
+) -> Result<(), Error> {
+    let current: Option<i64> = tx
+        .query_row(
+            "SELECT attempt FROM tasks WHERE id = ?1",
+            [task.id.to_string()],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(err)?;
+    match current {
+        Some(current) if current == task.number => Ok(()),
+        Some(current) => Err(Error::Fenced {
+            id: task.id,
+            attempt: task.number,
+            current,
+        }),
+        None => Err(Error::NotFound(task.id.to_string())),
+    }
+}
+
+/// A live task whose lease ran out, as a rescuer found it.
+struct Expired {
+    id: String,
+    project: String,
+    state: String,
+    attempt: i64,
+    retries: i64,
+    node: Option<String>,
+    queued: bool,
+}
+
+impl Expired {
+    /// What a rescuer makes of it: the state it was in, the one it gets,
+    /// and why.
+    fn fate(&self) -> Option<(State, State, String)> {
+        let from: State = self.state.parse().ok()?;
+        let owner = match &self.node {
+            Some(node) => format!("node {node}"),
+            None => "its owner".to_owned(),
+        };
+        let again = self.queued && (from == State::Creating || self.attempt <= self.retries);
+        Some(crate::record::rescue_fate(from, again, &owner))
+    }
+}
+
+/// Milliseconds of a lease.
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
 
 impl Registry {
     /// Opens the registry at `path`, creating it if there is no file there.
@@ -263,7 +349,7 @@ impl Registry {
         let version = self.version()?;
         if version > known {
             return Err(Error::TooNew {
-                path: self.path.clone(),
+                place: self.path.display().to_string(),
                 found: version,
                 known,
             });
@@ -311,18 +397,35 @@ impl Registry {
         Ok(value)
     }
 
+    /// Runs one `UPDATE` about a task if `task`'s attempt still holds it.
+    fn fenced_update(
+        &self,
+        action: &'static str,
+        task: &Attempt,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<(), Error> {
+        self.write(action, |tx| {
+            let err = self.sql(action);
+            holds(tx, task, &err)?;
+            tx.execute(sql, params).map_err(&err).map(drop)
+        })
+    }
+
     /// Moves a task to `to` if the lifecycle allows it, applying `extra`
     /// (an `UPDATE ... SET` fragment with its parameters) in the same
     /// transaction. Returns the state it left.
     fn transition(
         &self,
-        id: &Uuid,
+        task: &Attempt,
         to: State,
         extra: &str,
         extra_params: &[&dyn rusqlite::ToSql],
     ) -> Result<State, Error> {
+        let id = &task.id;
         self.write("change a task's state", |tx| {
             let err = self.sql("change a task's state");
+            holds(tx, task, &err)?;
             let from: String = tx
                 .query_row(
                     "SELECT state FROM tasks WHERE id = ?1",
@@ -366,7 +469,7 @@ impl Store for Registry {
                 &format!(
                     "INSERT INTO tasks ({INSERTED}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
                      ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
-                     ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)"
+                     ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38)"
                 ),
                 params![
                     task.id.to_string(),
@@ -402,6 +505,11 @@ impl Store for Registry {
                     task.queue.spec,
                     task.queue.priority,
                     task.queue.max_parallel,
+                    task.owner.attempt,
+                    task.owner.node_id,
+                    task.owner.node,
+                    task.queue.retries,
+                    serde_json::to_string(&task.queue.constraints).unwrap_or_else(|_| "[]".into()),
                 ],
             )
             .map_err(&err)?;
@@ -410,9 +518,10 @@ impl Store for Registry {
     }
 
     /// `creating -> running`: the container started.
-    fn mark_running(&self, id: &Uuid, at: i64, lease_until: i64) -> Result<(), Error> {
+    fn mark_running(&self, task: &Attempt, at: i64, lease: Duration) -> Result<(), Error> {
+        let lease_until = now_ms().saturating_add(lease_ms(lease));
         self.transition(
-            id,
+            task,
             State::Running,
             "started_at = ?3, lease_until = ?4",
             &[&at, &lease_until],
@@ -421,16 +530,16 @@ impl Store for Registry {
     }
 
     /// Moves a live task to a terminal state.
-    fn finish(&self, id: &Uuid, finish: &Finish) -> Result<State, Error> {
+    fn finish(&self, task: &Attempt, finish: &Finish) -> Result<State, Error> {
         if !finish.state.is_terminal() {
             return Err(Error::IllegalTransition {
-                id: *id,
+                id: task.id,
                 from: State::Running,
                 to: finish.state,
             });
         }
         self.transition(
-            id,
+            task,
             finish.state,
             &format!(
                 "finished_at = ?3, exit_code = ?4, reason = ?5, lease_until = NULL, {WIPE_ENV}"
@@ -466,50 +575,51 @@ impl Store for Registry {
     }
 
     /// Stores a progress report.
-    fn set_progress(&self, id: &Uuid, percent: u8, message: &str, at: i64) -> Result<(), Error> {
-        self.conn()
-            .execute(
-                "UPDATE tasks SET progress = ?1, progress_message = ?2, progress_at = ?3 WHERE id = ?4",
-                params![percent, message, at, id.to_string()],
-            )
-            .map_err(self.sql("store progress"))
-            .map(drop)
+    fn set_progress(
+        &self,
+        task: &Attempt,
+        percent: u8,
+        message: &str,
+        at: i64,
+    ) -> Result<(), Error> {
+        self.fenced_update(
+            "store progress",
+            task,
+            "UPDATE tasks SET progress = ?1, progress_message = ?2, progress_at = ?3 WHERE id = ?4",
+            params![percent, message, at, task.id.to_string()],
+        )
     }
 
     /// Records what became of a task's workspace.
-    fn set_workspace_state(&self, id: &Uuid, state: WorkspaceState) -> Result<(), Error> {
-        self.conn()
-            .execute(
-                "UPDATE tasks SET workspace_state = ?1 WHERE id = ?2",
-                params![state.as_str(), id.to_string()],
-            )
-            .map_err(self.sql("record a workspace's state"))
-            .map(drop)
+    fn set_workspace_state(&self, task: &Attempt, state: WorkspaceState) -> Result<(), Error> {
+        self.fenced_update(
+            "record a workspace's state",
+            task,
+            "UPDATE tasks SET workspace_state = ?1 WHERE id = ?2",
+            params![state.as_str(), task.id.to_string()],
+        )
     }
 
     /// Adds a note to a task's record (a line of its own).
-    fn add_note(&self, id: &Uuid, note: &str) -> Result<(), Error> {
-        self.write("note something of a task", |tx| {
-            tx.execute(
-                "UPDATE tasks SET notes = CASE WHEN notes IS NULL THEN ?1 \
-                 ELSE notes || char(10) || ?1 END WHERE id = ?2",
-                params![note, id.to_string()],
-            )
-            .map_err(self.sql("note something of a task"))
-            .map(drop)
-        })
+    fn add_note(&self, task: &Attempt, note: &str) -> Result<(), Error> {
+        self.fenced_update(
+            "note something of a task",
+            task,
+            "UPDATE tasks SET notes = CASE WHEN notes IS NULL THEN ?1 \
+             ELSE notes || char(10) || ?1 END WHERE id = ?2",
+            params![note, task.id.to_string()],
+        )
     }
 
     /// Records the name the task's container got (when the planned one was
-    /// taken).
-    fn set_container(&self, id: &Uuid, name: &str) -> Result<(), Error> {
-        self.conn()
-            .execute(
-                "UPDATE tasks SET container = ?1 WHERE id = ?2",
-                params![name, id.to_string()],
-            )
-            .map_err(self.sql("record a container name"))
-            .map(drop)
+    /// taken), while it is `creating`.
+    fn set_container(&self, task: &Attempt, name: &str) -> Result<(), Error> {
+        self.fenced_update(
+            "record a container name",
+            task,
+            "UPDATE tasks SET container = ?1 WHERE id = ?2 AND state = 'creating'",
+            params![name, task.id.to_string()],
+        )
     }
 
     /// Deletes a task's record.
@@ -674,24 +784,35 @@ impl Store for Registry {
             .map(drop)
     }
 
-    /// Renews the leases of live tasks, in one transaction; returns those of
-    /// them whose cancellation was requested.
-    fn renew_leases(&self, ids: &[Uuid], until: i64) -> Result<Vec<Uuid>, Error> {
-        self.write("renew leases", |tx| {
+    /// Renews the leases of live tasks for `lease` from now, in one
+    /// transaction: those of them whose cancellation was requested, and
+    /// those the attempt no longer holds.
+    fn renew_leases(&self, tasks: &[Attempt], lease: Duration) -> Result<Renewal, Error> {
+        let until = now_ms().saturating_add(lease_ms(lease));
+        let lost = self.write("renew leases", |tx| {
             let err = self.sql("renew leases");
             let mut renew = tx
                 .prepare_cached(
-                    "UPDATE tasks SET lease_until = ?1 WHERE id = ?2 AND state IN ('creating', 'running')",
+                    "UPDATE tasks SET lease_until = ?1 WHERE id = ?2 AND attempt = ?3 \
+                     AND state IN ('creating', 'running')",
                 )
                 .map_err(&err)?;
-            for id in ids {
-                renew
-                    .execute(params![until, id.to_string()])
+            let mut lost = Vec::new();
+            for task in tasks {
+                let renewed = renew
+                    .execute(params![until, task.id.to_string(), task.number])
                     .map_err(&err)?;
+                if renewed == 0 {
+                    lost.push(task.id);
+                }
             }
-            Ok(())
+            Ok(lost)
         })?;
-        self.cancel_requests(ids)
+        let ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
+        Ok(Renewal {
+            cancel: self.cancel_requests(&ids)?,
+            lost,
+        })
     }
 
     /// Those of `ids` whose cancellation was requested.
@@ -718,32 +839,47 @@ impl Store for Registry {
     /// highest priority, then the oldest, whose project has fewer live tasks
     /// than its `max_parallel`. It becomes `creating`, owned by the
     /// claimant. Two claimants never get the same task.
-    fn claim(&self, claimant: &Claimant, lease_until: i64) -> Result<Option<TaskRecord>, Error> {
+    fn claim(&self, claimant: &Claimant, lease: Duration) -> Result<Option<TaskRecord>, Error> {
+        let lease_until = now_ms().saturating_add(lease_ms(lease));
         self.write("claim a queued task", |tx| {
             let err = self.sql("claim a queued task");
-            let id: Option<String> = tx
-                .query_row(
-                    "SELECT q.id FROM tasks q WHERE q.state = 'queued' AND (q.max_parallel IS NULL \
-                     OR (SELECT count(*) FROM tasks r WHERE r.project = q.project \
-                         AND r.state IN ('creating', 'running')) < q.max_parallel) \
-                     ORDER BY q.priority DESC, q.id LIMIT 1",
-                    [],
-                    |r| r.get(0),
+            let mut candidates = tx
+                .prepare_cached(
+                    "SELECT q.id, q.constraints FROM tasks q WHERE q.state = 'queued' \
+                     AND (q.max_parallel IS NULL OR (SELECT count(*) FROM tasks r \
+                         WHERE r.project = q.project AND r.state IN ('creating', 'running')) \
+                         < q.max_parallel) \
+                     ORDER BY q.priority DESC, q.id",
                 )
-                .optional()
                 .map_err(&err)?;
-            let Some(id) = id else {
+            let mut rows = candidates.query([]).map_err(&err)?;
+            let mut chosen = None;
+            while let Some(row) = rows.next().map_err(&err)? {
+                let constraints: String = row.get(1).map_err(&err)?;
+                let constraints: Vec<String> =
+                    serde_json::from_str(&constraints).unwrap_or_default();
+                if constraints.iter().all(|c| claimant.labels.contains(c)) {
+                    chosen = Some(row.get::<_, String>(0).map_err(&err)?);
+                    break;
+                }
+            }
+            drop(rows);
+            let Some(id) = chosen else {
                 return Ok(None);
             };
+            let (node_id, node) = claimant.node.clone().unzip();
             tx.execute(
                 "UPDATE tasks SET state = 'creating', session = ?1, owner_pid = ?2, owner_start = ?3, \
-                 owner_boot = ?4, lease_until = ?5 WHERE id = ?6 AND state = 'queued'",
+                 owner_boot = ?4, lease_until = ?5, attempt = attempt + 1, node_id = ?6, node = ?7 \
+                 WHERE id = ?8 AND state = 'queued'",
                 params![
                     claimant.session,
                     claimant.pid,
                     claimant.start,
                     claimant.boot,
                     lease_until,
+                    node_id,
+                    node,
                     id
                 ],
             )
@@ -779,10 +915,12 @@ impl Store for Registry {
     fn update_planned(&self, task: &TaskRecord) -> Result<(), Error> {
         self.write("record a claimed task's plan", |tx| {
             let err = self.sql("record a claimed task's plan");
+            holds(tx, &task.attempt(), &err)?;
             tx.execute(
                 "UPDATE tasks SET container = ?1, image = ?2, workspace = ?3, branch = ?4, repo = ?5, \
                  keep_failed_workspace = ?6, stop_grace_ms = ?7, keep_workspace = ?8, base = ?9, \
-                 git_dir = ?10, project = ?11 WHERE id = ?12 AND state = 'creating'",
+                 git_dir = ?10, project = ?11 WHERE id = ?12 AND state = 'creating' \
+                 AND attempt = ?13",
                 params![
                     task.container,
                     task.image,
@@ -795,7 +933,8 @@ impl Store for Registry {
                     task.workspace.base,
                     task.workspace.git_dir,
                     task.project,
-                    task.id.to_string()
+                    task.id.to_string(),
+                    task.owner.attempt
                 ],
             )
             .map_err(&err)?;
@@ -896,22 +1035,7 @@ impl Store for Registry {
     /// The one task whose id starts with `prefix` (at least 4 hex digits,
     /// hyphens optional).
     fn resolve(&self, prefix: &str) -> Result<Uuid, Error> {
-        let hex: String = prefix
-            .chars()
-            .filter(|c| *c != '-')
-            .collect::<String>()
-            .to_ascii_lowercase();
-        if hex.len() < 4 || hex.len() > 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::InvalidId(prefix.to_owned()));
-        }
-        // Stored ids are hyphenated: put the hyphens where they go.
-        let mut pattern = String::new();
-        for (i, c) in hex.chars().enumerate() {
-            if matches!(i, 8 | 12 | 16 | 20) {
-                pattern.push('-');
-            }
-            pattern.push(c);
-        }
+        let pattern = crate::record::id_pattern(prefix)?;
         let err = self.sql("look up a task id");
         let conn = self.conn();
         let mut statement = conn
@@ -924,17 +1048,188 @@ impl Store for Registry {
             .map_err(&err)?
             .collect::<Result<_, _>>()
             .map_err(&err)?;
-        match ids.as_slice() {
-            [] => Err(Error::NotFound(prefix.to_owned())),
-            [one] => one.parse().map_err(|_| Error::Corrupt {
-                path: self.path.clone(),
-                reason: format!("task id {one:?} is not a uuid"),
-            }),
-            many => Err(Error::Ambiguous {
-                prefix: prefix.to_owned(),
-                candidates: many.iter().take(10).cloned().collect(),
-            }),
+        crate::record::one_id(prefix, &ids, &self.place())
+    }
+
+    fn place(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn join(&self, node: &Node, lease: Duration) -> Result<(), Error> {
+        let now = now_ms();
+        let labels = serde_json::to_string(&node.labels).unwrap_or_else(|_| "[]".into());
+        self.write("record a node", |tx| {
+            tx.execute(
+                "INSERT INTO nodes (id, name, labels, concurrency, advertise, session, joined_at, \
+                 lease_until, left) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0) \
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, labels = excluded.labels, \
+                 concurrency = excluded.concurrency, advertise = excluded.advertise, \
+                 session = excluded.session, joined_at = excluded.joined_at, \
+                 lease_until = excluded.lease_until, left = 0",
+                params![
+                    node.id,
+                    node.name,
+                    labels,
+                    node.concurrency,
+                    node.advertise,
+                    node.session,
+                    now,
+                    now.saturating_add(lease_ms(lease))
+                ],
+            )
+            .map_err(self.sql("record a node"))
+            .map(drop)
+        })
+    }
+
+    fn renew_node(&self, node: &Node, lease: Duration) -> Result<(), Error> {
+        let renewed = self.write("renew a node's lease", |tx| {
+            tx.execute(
+                "UPDATE nodes SET lease_until = ?1, left = 0 WHERE id = ?2",
+                params![now_ms().saturating_add(lease_ms(lease)), node.id],
+            )
+            .map_err(self.sql("renew a node's lease"))
+        })?;
+        if renewed == 0 {
+            return self.join(node, lease);
         }
+        Ok(())
+    }
+
+    fn leave(&self, id: &str) -> Result<(), Error> {
+        self.write("record a node's leaving", |tx| {
+            tx.execute(
+                "UPDATE nodes SET left = 1, lease_until = min(lease_until, ?1) WHERE id = ?2",
+                params![now_ms(), id],
+            )
+            .map_err(self.sql("record a node's leaving"))
+            .map(drop)
+        })
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, Error> {
+        let err = self.sql("list nodes");
+        let now = now_ms();
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT id, name, labels, concurrency, advertise, session, joined_at, lease_until, \
+                 left FROM nodes ORDER BY name, id",
+            )
+            .map_err(&err)?;
+        let rows = statement
+            .query_map([], |r| {
+                let labels: String = r.get(2)?;
+                let lease_until: i64 = r.get(7)?;
+                Ok(NodeRecord {
+                    node: Node {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        labels: serde_json::from_str(&labels).unwrap_or_default(),
+                        concurrency: r.get(3)?,
+                        advertise: r.get(4)?,
+                        session: r.get(5)?,
+                    },
+                    joined_at: r.get(6)?,
+                    lease_until,
+                    alive: lease_until > now,
+                    left: r.get(8)?,
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(&err)
+    }
+
+    fn rescue(&self) -> Result<Vec<Rescued>, Error> {
+        let now = now_ms();
+        self.write("rescue tasks whose owner is gone", |tx| {
+            let err = self.sql("rescue tasks whose owner is gone");
+            let mut found = tx
+                .prepare_cached(
+                    "SELECT id, project, state, attempt, retries, node, spec IS NOT NULL FROM tasks \
+                     WHERE state IN ('creating', 'running') AND lease_until < ?1 ORDER BY id",
+                )
+                .map_err(&err)?;
+            let expired = found
+                .query_map([now], |r| {
+                    Ok(Expired {
+                        id: r.get(0)?,
+                        project: r.get(1)?,
+                        state: r.get(2)?,
+                        attempt: r.get(3)?,
+                        retries: r.get(4)?,
+                        node: r.get(5)?,
+                        queued: r.get(6)?,
+                    })
+                })
+                .map_err(&err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&err)?;
+            let mut rescued = Vec::new();
+            for task in expired {
+                let Some((from, to, reason)) = task.fate() else {
+                    continue;
+                };
+                // Written only if the task is still as it was found: an
+                // owner that came back and ended it first keeps its end.
+                let changed = if to == State::Queued {
+                    tx.execute(
+                        &format!(
+                            "UPDATE tasks SET state = 'queued', session = '', owner_pid = 0, \
+                             owner_start = 0, owner_boot = '', lease_until = NULL, node_id = NULL, \
+                             node = NULL, reason = ?1, started_at = NULL, container = '' \
+                             WHERE id = ?2 AND attempt = ?3 AND state = ?4 AND lease_until < ?5"
+                        ),
+                        params![reason, task.id, task.attempt, task.state, now],
+                    )
+                } else {
+                    tx.execute(
+                        &format!(
+                            "UPDATE tasks SET state = 'lost', finished_at = ?1, reason = ?2, \
+                             lease_until = NULL, {WIPE_ENV} \
+                             WHERE id = ?3 AND attempt = ?4 AND state = ?5 AND lease_until < ?6"
+                        ),
+                        params![now, reason, task.id, task.attempt, task.state, now],
+                    )
+                }
+                .map_err(&err)?;
+                if changed > 0 {
+                    rescued.push(Rescued {
+                        id: task.id.parse().map_err(|_| Error::Corrupt {
+                            path: self.path.clone(),
+                            reason: format!("bad task id {:?}", task.id),
+                        })?,
+                        project: task.project,
+                        from,
+                        to,
+                        reason,
+                    });
+                }
+            }
+            Ok(rescued)
+        })
+    }
+
+    fn keep_log(&self, id: &Uuid, log: &[u8]) -> Result<(), Error> {
+        self.write("keep a task's output", |tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO task_logs (id, content) VALUES (?1, ?2)",
+                params![id.to_string(), log],
+            )
+            .map_err(self.sql("keep a task's output"))
+            .map(drop)
+        })
+    }
+
+    fn kept_log(&self, id: &Uuid) -> Result<Option<Vec<u8>>, Error> {
+        self.conn()
+            .query_row(
+                "SELECT content FROM task_logs WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql("read a task's kept output"))
     }
 }
 
@@ -967,6 +1262,9 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
             boot: text(20)?,
             lease_until: row.get(21)?,
             detached: row.get(26)?,
+            attempt: row.get(34)?,
+            node_id: row.get(35)?,
+            node: row.get(36)?,
         },
         workspace: TaskWorkspace {
             path: row.get(11)?,
@@ -996,6 +1294,9 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
             spec: row.get(30)?,
             priority: row.get(31)?,
             max_parallel: row.get(32)?,
+            retries: row.get(37)?,
+            constraints: serde_json::from_str(&text(38)?)
+                .map_err(|e| bad(38, format!("bad constraints: {e}")))?,
         },
     })
 }

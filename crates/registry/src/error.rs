@@ -24,10 +24,12 @@ pub enum Error {
         reason: String,
     },
     /// The database was written by a newer orch.
-    #[error("the registry {} has schema version {found}, newer than this orch knows ({known}); upgrade orch", path.display())]
+    #[error(
+        "the registry {place} has schema version {found}, newer than this orch knows ({known}); upgrade orch"
+    )]
     TooNew {
-        /// The database file.
-        path: PathBuf,
+        /// The database (a file, or a URL without its password).
+        place: String,
         /// Its version.
         found: i64,
         /// Ours.
@@ -46,6 +48,32 @@ pub enum Error {
     /// No task has this id.
     #[error("no task {0}")]
     NotFound(String),
+    /// A write made under an attempt that no longer holds the task: a
+    /// rescuer queued it again and another claim holds it, so the writer's
+    /// view is stale and nothing was written.
+    #[error("task {id} is no longer on attempt {attempt} (now {current}): the write was refused")]
+    Fenced {
+        /// The task.
+        id: Uuid,
+        /// The attempt the write was made under.
+        attempt: i64,
+        /// The task's attempt now.
+        current: i64,
+    },
+    /// A PostgreSQL registry could not be used.
+    #[error("failed to {action} in the registry {place}")]
+    Postgres {
+        /// What was being done.
+        action: &'static str,
+        /// The database, as a URL without its password.
+        place: String,
+        /// The cause.
+        #[source]
+        source: postgres::Error,
+    },
+    /// A registry setting that cannot be used.
+    #[error("{0}")]
+    Setting(String),
     /// A prefix matches several tasks.
     #[error("task id prefix {prefix:?} is ambiguous: {}", candidates.join(", "))]
     Ambiguous {

@@ -11,18 +11,22 @@
 
 mod db;
 mod error;
+mod node;
+mod pg;
 mod record;
 mod state;
 mod store;
 
 pub use db::Registry;
 pub use error::Error;
+pub use node::{Node, NodeRecord};
+pub use pg::{POOL_SIZE, Postgres};
 pub use record::{
-    Claimant, Finish, Listing, TaskBrief, TaskOutcome, TaskOwner, TaskProgress, TaskQueue,
-    TaskRecord, TaskWorkspace, WorkspaceState,
+    Attempt, Claimant, Finish, Listing, Renewal, Rescued, TaskBrief, TaskOutcome, TaskOwner,
+    TaskProgress, TaskQueue, TaskRecord, TaskWorkspace, WorkspaceState,
 };
 pub use state::{ALL_STATES, State, UnknownState};
-pub use store::Store;
+pub use store::{KEPT_LOG, OnWake, Store, Wake};
 
 /// Now, in Unix milliseconds: the registry's unit of time.
 pub fn now_ms() -> i64 {

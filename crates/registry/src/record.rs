@@ -65,6 +65,16 @@ pub struct TaskOwner {
     pub lease_until: Option<i64>,
     /// Runs under a background supervisor.
     pub detached: bool,
+    /// How many times it was claimed (a task recorded by `orch task` is on
+    /// its first): the fencing token every write about it carries.
+    #[serde(default)]
+    pub attempt: i64,
+    /// The node that runs it, in a cluster: its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// That node's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A task's workspace, the repository it belongs to, and its fate.
@@ -133,6 +143,12 @@ pub struct TaskQueue {
     /// At most this many tasks of its project run at once (from its
     /// project's settings when submitted).
     pub max_parallel: Option<i64>,
+    /// How many times it may run again when the node running it dies.
+    #[serde(default)]
+    pub retries: i64,
+    /// Labels (`key=value`) a node must have to run it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
 }
 
 /// One task as recorded. Times are Unix milliseconds.
@@ -197,7 +213,12 @@ impl TaskRecord {
             image: image.to_owned(),
             stop_grace_ms: 10_000,
             cancel_requested: false,
-            owner: TaskOwner::default(),
+            // Recorded to run now, it is on its first attempt; queued, a
+            // claim makes it so.
+            owner: TaskOwner {
+                attempt: i64::from(state != State::Queued),
+                ..TaskOwner::default()
+            },
             workspace: TaskWorkspace::default(),
             progress: TaskProgress::default(),
             outcome: TaskOutcome::default(),
@@ -283,8 +304,9 @@ pub struct Finish {
     pub at: i64,
 }
 
-/// Who claims a queued task: a daemon's session and process.
-#[derive(Debug, Clone)]
+/// Who claims a queued task: a daemon's session and process, and in a
+/// cluster its node.
+#[derive(Debug, Clone, Default)]
 pub struct Claimant {
     /// The daemon's session.
     pub session: String,
@@ -294,6 +316,57 @@ pub struct Claimant {
     pub start: i64,
     /// Its boot id.
     pub boot: String,
+    /// Its node (id and name), in a cluster.
+    pub node: Option<(String, String)>,
+    /// The node's labels (`key=value`): a task is claimed only if all its
+    /// constraints are among them.
+    pub labels: Vec<String>,
+}
+
+/// A task and the attempt a write about it is made under: its fencing
+/// token. Once another attempt holds the task (a rescuer queued it again
+/// and someone claimed it), the write is refused ([`crate::Error::Fenced`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Attempt {
+    /// The task.
+    pub id: Uuid,
+    /// The attempt, as the writer holds it.
+    pub number: i64,
+}
+
+impl TaskRecord {
+    /// The attempt this record is on.
+    pub fn attempt(&self) -> Attempt {
+        Attempt {
+            id: self.id,
+            number: self.owner.attempt,
+        }
+    }
+}
+
+/// What the lease renewal of a process's live tasks found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Renewal {
+    /// Tasks whose cancellation was requested.
+    pub cancel: Vec<Uuid>,
+    /// Tasks this attempt no longer holds: ended or queued again by
+    /// someone else (a rescuer), or gone.
+    pub lost: Vec<Uuid>,
+}
+
+/// A task a rescuer took back from a dead owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rescued {
+    /// The task.
+    pub id: Uuid,
+    /// Its project.
+    pub project: String,
+    /// The state it was found in.
+    pub from: State,
+    /// The state it was given: `queued` (to run again) or `lost`.
+    pub to: State,
+    /// Why, in words (names the node).
+    pub reason: String,
 }
 
 /// Which tasks [`crate::Store::list`] returns.
@@ -303,4 +376,65 @@ pub enum Listing {
     Live,
     /// Everything.
     All,
+}
+
+/// What a rescuer makes of a live task whose owner (`owner`, in words)
+/// stopped renewing its lease: the state it was in, the one it gets (queued
+/// again if `again`: it was submitted to a queue, and either never started
+/// or has retries left; else lost), and why.
+pub(crate) fn rescue_fate(from: State, again: bool, owner: &str) -> (State, State, String) {
+    match (from, again) {
+        (State::Creating, true) => (
+            from,
+            State::Queued,
+            format!("{owner} stopped renewing its lease before the task started; queued again"),
+        ),
+        (_, true) => (
+            from,
+            State::Queued,
+            format!("{owner} stopped renewing its lease while the task ran; queued again to retry"),
+        ),
+        (_, false) => (
+            from,
+            State::Lost,
+            format!("{owner} stopped renewing its lease while the task ran"),
+        ),
+    }
+}
+
+/// The hyphenated form a task id prefix (at least 4 hex digits, hyphens
+/// optional) takes as stored, to look it up by range.
+pub(crate) fn id_pattern(prefix: &str) -> Result<String, crate::Error> {
+    let hex: String = prefix
+        .chars()
+        .filter(|c| *c != '-')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if hex.len() < 4 || hex.len() > 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(crate::Error::InvalidId(prefix.to_owned()));
+    }
+    // Stored ids are hyphenated: put the hyphens where they go.
+    let mut pattern = String::new();
+    for (i, c) in hex.chars().enumerate() {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            pattern.push('-');
+        }
+        pattern.push(c);
+    }
+    Ok(pattern)
+}
+
+/// The one id among those a prefix matched (at most eleven read).
+pub(crate) fn one_id(prefix: &str, ids: &[String], place: &str) -> Result<Uuid, crate::Error> {
+    match ids {
+        [] => Err(crate::Error::NotFound(prefix.to_owned())),
+        [one] => one.parse().map_err(|_| crate::Error::Corrupt {
+            path: place.into(),
+            reason: format!("task id {one:?} is not a uuid"),
+        }),
+        many => Err(crate::Error::Ambiguous {
+            prefix: prefix.to_owned(),
+            candidates: many.iter().take(10).cloned().collect(),
+        }),
+    }
 }

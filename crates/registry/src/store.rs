@@ -12,10 +12,30 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::{Claimant, Error, Finish, Listing, State, TaskBrief, TaskRecord, WorkspaceState};
+use crate::{
+    Attempt, Claimant, Error, Finish, Listing, Node, NodeRecord, Renewal, Rescued, State,
+    TaskBrief, TaskRecord, WorkspaceState,
+};
+
+/// What another process told the registry's listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// A task was queued (or queued again).
+    Queued,
+    /// A cancellation was requested.
+    Cancel,
+}
+
+/// The most of a task's output a cluster keeps in its registry: the end of
+/// a longer one, with a line saying so.
+pub const KEPT_LOG: usize = 8 << 20;
+
+/// Called on a listener's thread for each wake-up.
+pub type OnWake = Box<dyn Fn(Wake) + Send + Sync>;
 
 /// A registry of tasks, as orch uses one.
 pub trait Store: Send + Sync + std::fmt::Debug {
@@ -23,11 +43,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// resources exist.
     fn insert(&self, task: &TaskRecord) -> Result<(), Error>;
 
-    /// `creating -> running`: the container started.
-    fn mark_running(&self, id: &Uuid, at: i64, lease_until: i64) -> Result<(), Error>;
+    /// `creating -> running`: the container started; its lease runs for
+    /// `lease` from now (by the registry's clock).
+    fn mark_running(&self, task: &Attempt, at: i64, lease: Duration) -> Result<(), Error>;
 
     /// Moves a live task to a terminal state.
-    fn finish(&self, id: &Uuid, finish: &Finish) -> Result<State, Error>;
+    fn finish(&self, task: &Attempt, finish: &Finish) -> Result<State, Error>;
 
     /// Whether `orch cancel` asked for this task to stop.
     fn cancel_requested(&self, id: &Uuid) -> Result<bool, Error>;
@@ -37,17 +58,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn request_cancel(&self, id: &Uuid) -> Result<bool, Error>;
 
     /// Stores a progress report.
-    fn set_progress(&self, id: &Uuid, percent: u8, message: &str, at: i64) -> Result<(), Error>;
+    fn set_progress(
+        &self,
+        task: &Attempt,
+        percent: u8,
+        message: &str,
+        at: i64,
+    ) -> Result<(), Error>;
 
     /// Records what became of a task's workspace.
-    fn set_workspace_state(&self, id: &Uuid, state: WorkspaceState) -> Result<(), Error>;
+    fn set_workspace_state(&self, task: &Attempt, state: WorkspaceState) -> Result<(), Error>;
 
     /// Adds a note to a task's record (a line of its own).
-    fn add_note(&self, id: &Uuid, note: &str) -> Result<(), Error>;
+    fn add_note(&self, task: &Attempt, note: &str) -> Result<(), Error>;
 
     /// Records the name the task's container got (when the planned one was
-    /// taken).
-    fn set_container(&self, id: &Uuid, name: &str) -> Result<(), Error>;
+    /// taken), while it is `creating`.
+    fn set_container(&self, task: &Attempt, name: &str) -> Result<(), Error>;
 
     /// Deletes a task's record.
     fn delete(&self, id: &Uuid) -> Result<bool, Error>;
@@ -92,25 +119,29 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Forgets a branch that is gone from `repo`.
     fn forget_branch(&self, repo: &Path, name: &str) -> Result<(), Error>;
 
-    /// Renews the leases of live tasks, in one transaction; returns those of
-    /// them whose cancellation was requested.
-    fn renew_leases(&self, ids: &[Uuid], until: i64) -> Result<Vec<Uuid>, Error>;
+    /// Renews the leases of live tasks for `lease` from now (by the
+    /// registry's clock), in one transaction: those of them whose
+    /// cancellation was requested, and those the attempt no longer holds.
+    fn renew_leases(&self, tasks: &[Attempt], lease: Duration) -> Result<Renewal, Error>;
 
     /// Those of `ids` whose cancellation was requested.
     fn cancel_requests(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, Error>;
 
     /// Claims the next queued task for `claimant`, in one transaction: the
     /// highest priority, then the oldest, whose project has fewer live tasks
-    /// than its `max_parallel`. It becomes `creating`, owned by the
-    /// claimant. Two claimants never get the same task.
-    fn claim(&self, claimant: &Claimant, lease_until: i64) -> Result<Option<TaskRecord>, Error>;
+    /// than its `max_parallel` (counted over every claimant) and whose
+    /// constraints are all among the claimant's labels. It becomes
+    /// `creating`, owned by the claimant, on its next attempt, its lease
+    /// running for `lease`. Two claimants never get the same task.
+    fn claim(&self, claimant: &Claimant, lease: Duration) -> Result<Option<TaskRecord>, Error>;
 
     /// Ends a task that is still queued as cancelled; false if it is not
     /// queued (any more).
     fn cancel_queued(&self, id: &Uuid, reason: &str, at: i64) -> Result<bool, Error>;
 
     /// Fills in what a claimed task's run planned (container, image,
-    /// workspace, repository, policy), while it is `creating`.
+    /// workspace, repository, policy), while it is `creating` on the
+    /// record's attempt.
     fn update_planned(&self, task: &TaskRecord) -> Result<(), Error>;
 
     /// Tasks (`Listing`), narrowed to a state and a project if given,
@@ -135,4 +166,52 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The one task whose id starts with `prefix` (at least 4 hex digits,
     /// hyphens optional).
     fn resolve(&self, prefix: &str) -> Result<Uuid, Error>;
+
+    /// True if several hosts share this registry (a cluster): leases decide
+    /// who is alive, and dead owners' tasks are rescued.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Where the registry is, for messages (a path or a URL without its
+    /// password).
+    fn place(&self) -> String;
+
+    /// A node joins (or joins again): its row written, its lease running
+    /// for `lease` from now.
+    fn join(&self, node: &Node, lease: Duration) -> Result<(), Error>;
+
+    /// Renews a node's lease for `lease` from now. A node the registry
+    /// does not know (its row deleted) joins again with `node`.
+    fn renew_node(&self, node: &Node, lease: Duration) -> Result<(), Error>;
+
+    /// A node leaves cleanly.
+    fn leave(&self, id: &str) -> Result<(), Error>;
+
+    /// Every node known, by name.
+    fn nodes(&self) -> Result<Vec<NodeRecord>, Error>;
+
+    /// Takes back every task whose owner's lease has run out (by the
+    /// registry's clock), each in a write that holds only if the task is
+    /// still on the attempt and in the state it was found in: one that was
+    /// `creating` (claimed, not started) is queued again; one that was
+    /// `running` is queued again if it has retries left, else ends `lost`,
+    /// its reason naming the node.
+    fn rescue(&self) -> Result<Vec<Rescued>, Error>;
+
+    /// Keeps a finished task's output in the registry, for other nodes
+    /// (the caller bounds it: see [`KEPT_LOG`]).
+    fn keep_log(&self, id: &Uuid, log: &[u8]) -> Result<(), Error>;
+
+    /// A finished task's output kept by [`Store::keep_log`].
+    fn kept_log(&self, id: &Uuid) -> Result<Option<Vec<u8>>, Error>;
+
+    /// Calls `on` for each wake-up another process sends (submissions,
+    /// cancellations), from a thread of the registry's, until the process
+    /// ends. A registry without wake-ups never calls it: polling finds the
+    /// same work, later.
+    fn listen(&self, on: OnWake) -> Result<(), Error> {
+        drop(on);
+        Ok(())
+    }
 }

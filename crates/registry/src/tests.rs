@@ -15,8 +15,8 @@ pub(crate) fn record(state: State) -> TaskRecord {
         pid: 1,
         start: 2,
         boot: "b".into(),
-        lease_until: None,
-        detached: false,
+        attempt: r.owner.attempt,
+        ..TaskOwner::default()
     };
     r
 }
@@ -42,7 +42,29 @@ impl crate::conformance::Fresh for Sqlite {
     }
 }
 
-crate::conformance::conformance!(sqlite, Sqlite::new());
+crate::conformance::conformance!(sqlite, Some(Sqlite::new()));
+
+/// A fresh database on the test process's PostgreSQL server.
+pub(crate) struct Pg {
+    url: String,
+}
+
+impl Pg {
+    /// `None` where PostgreSQL is not installed (said loudly).
+    pub(crate) fn new() -> Option<Pg> {
+        orch_testkit::postgres::server().map(|server| Pg {
+            url: server.database(),
+        })
+    }
+}
+
+impl crate::conformance::Fresh for Pg {
+    fn handle(&self) -> Box<dyn Store> {
+        Box::new(Postgres::open(&self.url).unwrap())
+    }
+}
+
+crate::conformance::conformance!(postgres, Pg::new());
 
 fn fresh() -> (tempfile::TempDir, PathBuf, Registry) {
     let tmp = tempfile::tempdir().unwrap();
@@ -206,9 +228,10 @@ fn concurrent_writers_do_not_see_locked_errors() {
                 for _ in 0..50 {
                     let task = record(State::Creating);
                     reg.insert(&task).unwrap();
-                    reg.mark_running(&task.id, 1, 2).unwrap();
+                    reg.mark_running(&task.attempt(), 1, crate::conformance::LEASE)
+                        .unwrap();
                     reg.finish(
-                        &task.id,
+                        &task.attempt(),
                         &Finish {
                             state: State::Succeeded,
                             exit_code: Some(0),

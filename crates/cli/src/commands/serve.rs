@@ -103,7 +103,7 @@ pub(crate) async fn run(
         Some(_) => token(&home)?,
         None => String::new(),
     };
-    let orch = Orchestrator::connect(home.clone()).await?;
+    let orch = Orchestrator::connect_as(home.clone(), args.node_name.as_deref()).await?;
     let orch = match watchdog {
         Some(link) => orch.with_watchdog(link),
         None => orch,
@@ -124,6 +124,8 @@ pub(crate) async fn run(
             thresholds: Thresholds::resolve(&config.cleanup)?,
             config_path: GlobalConfig::default_path(),
             stuck_after: setting("ORCH_STUCK_AFTER", config.stuck_after, DEFAULT_STUCK_AFTER)?,
+            labels: args.labels.clone(),
+            advertise: args.advertise.clone(),
         },
     );
     // The one signal adapter, as `orch task` has it: the first signal

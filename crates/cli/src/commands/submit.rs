@@ -44,6 +44,8 @@ pub(crate) async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         user: task.user.clone(),
         no_workspace: task.no_workspace,
         priority: args.priority,
+        retries: args.retries,
+        constraints: args.constraints.clone(),
     };
     let answer = Client::new(&socket)
         .submit(&spec)

@@ -40,8 +40,9 @@ impl TaskRun<'_> {
                 }
                 ctx.runtime.create(&self.name, spec).await?;
                 let name = self.name.clone();
+                let holds = self.prepared.holds();
                 ctx.store
-                    .call(move |r| r.set_container(&task_id, &name))
+                    .call(move |r| r.set_container(&holds, &name))
                     .await?;
             }
             other => other?,
@@ -63,7 +64,7 @@ impl TaskRun<'_> {
             self.held.as_ref().map(|h| &h.workspace),
             &machine,
         );
-        crate::link::register(ctx.watchdog.as_ref(), &self.facts(), &self.name);
+        crate::link::register(ctx.watchdog.as_deref(), &self.facts(), &self.name);
         if !egress.is_empty() {
             // Known before it exists: whatever goes wrong from here, the
             // teardown removes it (and its network).
@@ -121,8 +122,9 @@ impl TaskRun<'_> {
             return Err(e);
         }
         if self.held.is_some() {
+            let holds = self.prepared.holds();
             ctx.store
-                .call(move |r| r.set_workspace_state(&task_id, WorkspaceState::Present))
+                .call(move |r| r.set_workspace_state(&holds, WorkspaceState::Present))
                 .await?;
         }
         created?;

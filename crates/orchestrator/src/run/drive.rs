@@ -40,7 +40,9 @@ pub(crate) async fn drive(
 ) -> Result<Outcome, Error> {
     let (request, claimed) = match start {
         Start::Request(request) => (Ok(*request), None),
-        Start::Claimed { record, config } => (submitted(ctx, &record, config), Some(record.id)),
+        Start::Claimed { record, config } => {
+            (submitted(ctx, &record, config), Some(record.attempt()))
+        }
     };
     let prepared = match request {
         Ok(request) => tokio::select! {
@@ -52,7 +54,7 @@ pub(crate) async fn drive(
     let mut prepared = match (prepared, claimed) {
         (Ok(prepared), _) => prepared,
         (Err(e), None) => return Err(e),
-        (Err(e), Some(id)) => {
+        (Err(e), Some(task)) => {
             // Nothing was made: the record alone ends.
             let finish = Finish {
                 state: if matches!(e, Error::Interrupted { .. }) {
@@ -64,11 +66,14 @@ pub(crate) async fn drive(
                 reason: format!("not started: {}", crate::runtime::display_chain(&e)),
                 at: now_ms(),
             };
-            ctx.store.call(move |r| r.finish(&id, &finish)).await?;
+            ctx.store.call(move |r| r.finish(&task, &finish)).await?;
             return Err(e);
         }
     };
-    prepared.claimed = claimed.is_some();
+    if let Some(task) = claimed {
+        prepared.claimed = true;
+        prepared.attempt = task.number;
+    }
     sink.send(crate::events::Event::Prepared {
         stuck_after: prepared.request.project.settings.stuck_after,
     });

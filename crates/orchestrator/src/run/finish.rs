@@ -35,7 +35,7 @@ impl TaskRun<'_> {
         if let Some(pump) = self.pump.take() {
             finish_pump(pump).await;
         }
-        crate::link::done(self.ctx.watchdog.as_ref(), &self.prepared.task_id);
+        crate::link::done(self.ctx.watchdog.as_deref(), &self.prepared.task_id);
         if let Some(error) = error {
             return Err(error);
         }

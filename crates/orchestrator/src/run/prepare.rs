@@ -39,6 +39,7 @@ pub(crate) async fn prepare(
         task_id,
         repo,
         claimed: false,
+        attempt: 1,
     })
 }
 

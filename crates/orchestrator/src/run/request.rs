@@ -65,6 +65,19 @@ pub struct PreparedTask {
     /// Its record exists already, queued and claimed by this process: the
     /// run fills it in rather than writing it.
     pub(crate) claimed: bool,
+    /// The attempt the run holds (a claim's; the first for `orch task`):
+    /// every write about the task carries it.
+    pub(crate) attempt: i64,
+}
+
+impl PreparedTask {
+    /// The task and the attempt this run holds.
+    pub(crate) fn holds(&self) -> orch_registry::Attempt {
+        orch_registry::Attempt {
+            id: self.task_id,
+            number: self.attempt,
+        }
+    }
 }
 
 impl PreparedTask {

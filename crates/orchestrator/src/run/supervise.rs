@@ -7,7 +7,6 @@ use orch_workspace::failpoint;
 
 use crate::Error;
 use crate::events::{Event, StopReason};
-use crate::leases;
 use crate::run::task::{TaskRun, stopped_by};
 use crate::runtime::RuntimeError;
 use crate::teardown::Ending;
@@ -28,12 +27,13 @@ impl TaskRun<'_> {
     /// if its command could not be invoked (126/127, as `docker run`).
     async fn start_container(&mut self) -> Result<Option<Ending>, Error> {
         let ctx = self.ctx;
-        let task_id = self.prepared.task_id;
+        let holds = self.prepared.holds();
+        let lease = ctx.leases.lease();
         // Recorded running before the start call: if orch dies around it,
         // whoever finds the task assumes it may have run (and keeps what
         // the policy keeps) rather than that it never did.
         ctx.store
-            .call(move |r| r.mark_running(&task_id, now_ms(), leases::lease_until()))
+            .call(move |r| r.mark_running(&holds, now_ms(), lease))
             .await?;
         match ctx.runtime.start(&self.name).await {
             Ok(()) => {}

@@ -87,7 +87,8 @@ impl TaskRun<'_> {
         });
 
         let (progress_tx, progress_rx) = watch::channel(None);
-        ctx.leases.add(task_id, self.shutdown.clone(), progress_rx);
+        ctx.leases
+            .add(self.prepared.holds(), self.shutdown.clone(), progress_rx);
         let ending = match self.create(progress_tx).await {
             Ok(None) => self.supervise().await,
             Ok(Some(ending)) => Ok(ending),
@@ -119,8 +120,11 @@ impl TaskRun<'_> {
             pid: i64::from(session.owner.pid),
             start: i64::try_from(session.owner.start).unwrap_or(i64::MAX),
             boot: session.owner.boot.clone(),
-            lease_until: Some(leases::lease_until()),
+            lease_until: Some(leases::lease_until(self.ctx.leases.lease())),
             detached: request.detached,
+            attempt: self.prepared.attempt,
+            node_id: self.ctx.node.as_ref().map(|n| n.id.clone()),
+            node: self.ctx.node.as_ref().map(|n| n.name.clone()),
         };
         record.workspace = TaskWorkspace {
             path: planned.as_ref().map(|w| w.path.display().to_string()),
@@ -162,6 +166,7 @@ impl TaskRun<'_> {
         });
         TaskFacts {
             id: self.prepared.task_id,
+            attempt: self.prepared.attempt,
             project: request.project.name.clone(),
             state: Some(if self.started {
                 State::Running

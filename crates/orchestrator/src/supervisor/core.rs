@@ -38,6 +38,11 @@ pub struct SupervisorConfig {
     /// A running task with no progress and no output for this long is
     /// stuck, unless its project says otherwise.
     pub stuck_after: Duration,
+    /// This node's labels (`key=value`), in a cluster: it claims only
+    /// tasks whose constraints are all among them.
+    pub labels: Vec<String>,
+    /// The URL other nodes reach this one at, in a cluster.
+    pub advertise: Option<String>,
 }
 
 /// When a live task last showed a sign of life, if its silence counts.

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::events::{Event, EventSink};
 use crate::supervisor::core::{Live, Sign, mark};
 use crate::supervisor::{DaemonEvent, SubmitSpec, Supervisor};
-use crate::{Error, Shutdown, leases, run, session};
+use crate::{Error, Shutdown, run, session};
 
 impl Supervisor {
     /// Claims queued tasks while fewer than the concurrency run.
@@ -23,11 +23,18 @@ impl Supervisor {
                 pid: i64::from(session.owner.pid),
                 start: i64::try_from(session.owner.start).unwrap_or(i64::MAX),
                 boot: session.owner.boot.clone(),
+                node: self
+                    .ctx()
+                    .node
+                    .as_ref()
+                    .map(|n| (n.id.clone(), n.name.clone())),
+                labels: self.config.labels.clone(),
             };
+            let lease = self.ctx().leases.lease();
             let claimed = self
                 .ctx()
                 .store
-                .call(move |r| r.claim(&claimant, leases::lease_until()))
+                .call(move |r| r.claim(&claimant, lease))
                 .await;
             match claimed {
                 Ok(Some(record)) => self.start(record),
@@ -186,6 +193,8 @@ impl Supervisor {
             })?),
             priority: spec.priority,
             max_parallel: settings.max_parallel.map(i64::from),
+            retries: i64::from(spec.retries),
+            constraints: spec.constraints.clone(),
         };
         let inserted = record.clone();
         self.ctx().store.call(move |r| r.insert(&inserted)).await?;

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use orch_registry::{Finish, State, WorkspaceState, now_ms};
+use orch_registry::{Attempt, Finish, State, WorkspaceState, now_ms};
 use orch_workspace::{Saved, TaskLock};
 
 use crate::context::Ctx;
@@ -48,6 +48,7 @@ pub(crate) async fn execute(
         plan,
         on_step,
         done: Executed::default(),
+        fenced: false,
     };
     let recorded = run.end_record().await;
     let Some((saved, held_lock)) = run.containers(options.held_lock).await else {
@@ -72,6 +73,8 @@ struct Execution<'a> {
     plan: &'a Teardown,
     on_step: &'a mut (dyn FnMut(&Step) + Send),
     done: Executed,
+    /// The record is another attempt's: nothing more is written to it.
+    fenced: bool,
 }
 
 impl Execution<'_> {
@@ -80,18 +83,20 @@ impl Execution<'_> {
         self.done.steps.push(step);
     }
 
-    /// The record, if it stays, and the task's id.
-    fn kept_record(&self) -> Option<uuid::Uuid> {
-        self.plan.task.filter(|_| !self.plan.delete_record)
+    /// The record, if it stays: the task and the attempt the plan writes
+    /// as.
+    fn kept_record(&self) -> Option<Attempt> {
+        self.plan.writes_as().filter(|_| !self.plan.delete_record)
     }
 
     /// 1. The record's end. False if it could not be recorded (then
     ///    nothing of the task may be lost).
     async fn end_record(&mut self) -> bool {
         let (ctx, plan) = (self.ctx, self.plan);
-        let Some(id) = plan.task else {
+        let Some(task) = plan.writes_as() else {
             return true;
         };
+        let id = task.id;
         let ending = match &plan.record {
             RecordEnd::Leave => None,
             RecordEnd::Finish(ending) => Some(ending.clone()),
@@ -111,7 +116,7 @@ impl Execution<'_> {
             at: now_ms(),
         };
         let reason = finish.reason.clone();
-        match ctx.store.call(move |r| r.finish(&id, &finish)).await {
+        match ctx.store.call(move |r| r.finish(&task, &finish)).await {
             Ok(_) => {
                 self.done.state = Some(ending.state());
                 self.report(Step::RecordEnded {
@@ -126,6 +131,13 @@ impl Execution<'_> {
             Err(Error::Registry(orch_registry::Error::NotFound(_))) => {
                 self.done.state = Some(ending.state());
             }
+            // Another attempt holds the task (a rescuer queued it again and
+            // someone claimed it): its record is theirs; this one's
+            // resources are still this plan's to settle.
+            Err(Error::Registry(orch_registry::Error::Fenced { .. })) => {
+                self.done.state = Some(State::Lost);
+                self.fenced = true;
+            }
             Err(e) => {
                 self.done
                     .errors
@@ -138,11 +150,11 @@ impl Execution<'_> {
 
     /// Sets the workspace's state on a record that stays.
     async fn workspace_state(&mut self, state: WorkspaceState) -> Result<(), Error> {
-        match self.kept_record() {
-            Some(id) => {
+        match self.kept_record().filter(|_| !self.fenced) {
+            Some(task) => {
                 self.ctx
                     .store
-                    .call(move |r| r.set_workspace_state(&id, state))
+                    .call(move |r| r.set_workspace_state(&task, state))
                     .await
             }
             None => Ok(()),
@@ -264,16 +276,16 @@ impl Execution<'_> {
                     step.target.path.display(),
                     chain(&e)
                 ));
-                if let Some(id) = self.kept_record() {
-                    note(ctx, id, &format!("workspace kept: {}", chain(&e))).await;
+                if let Some(task) = self.kept_record().filter(|_| !self.fenced) {
+                    note(ctx, task, &format!("workspace kept: {}", chain(&e))).await;
                     let _ = self.workspace_state(WorkspaceState::Kept).await;
                 }
                 return false;
             }
         };
-        if let Some(id) = self.kept_record() {
+        if let Some(task) = self.kept_record().filter(|_| !self.fenced) {
             if let Some(warning) = fate.warning() {
-                note(ctx, id, &format!("workspace: {warning}")).await;
+                note(ctx, task, &format!("workspace: {warning}")).await;
             }
             let state = match fate {
                 WorkspaceFate::Kept { .. } => WorkspaceState::Kept,
@@ -325,10 +337,10 @@ async fn exit_of(ctx: &Ctx, plan: &Teardown, reason: &str) -> Ending {
 
 /// Adds a note to the task's record: what its end left for the user to
 /// know, in `orch show` and the API whichever process ended it.
-async fn note(ctx: &Ctx, id: uuid::Uuid, text: &str) {
+async fn note(ctx: &Ctx, task: Attempt, text: &str) {
     let text = text.to_owned();
-    if let Err(e) = ctx.store.call(move |r| r.add_note(&id, &text)).await {
-        tracing::warn!(task = %id, error = %format!("{e:#}"), "cannot note on the task's record");
+    if let Err(e) = ctx.store.call(move |r| r.add_note(&task, &text)).await {
+        tracing::warn!(task = %task.id, error = %format!("{e:#}"), "cannot note on the task's record");
     }
 }
 

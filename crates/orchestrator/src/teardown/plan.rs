@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use orch_registry::{State, TaskRecord};
+use orch_registry::{Attempt, State, TaskRecord};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -60,6 +60,9 @@ pub struct WorkspaceFacts {
 pub struct TaskFacts {
     /// The task.
     pub id: Uuid,
+    /// The attempt its owner holds (every write about it carries it).
+    #[serde(default)]
+    pub attempt: i64,
     /// Its project.
     pub project: String,
     /// Its recorded state; `None` if there is no record.
@@ -95,6 +98,7 @@ impl From<&TaskRecord> for TaskFacts {
         };
         TaskFacts {
             id: row.id,
+            attempt: row.owner.attempt,
             project: row.project.clone(),
             state: Some(row.state),
             started: row.started_at.is_some(),
@@ -296,6 +300,8 @@ pub struct WorkspaceStep {
 pub struct Teardown {
     /// The task, if there is a record (or a label) for it.
     pub task: Option<Uuid>,
+    /// The attempt the plan's writes about the task are made under.
+    pub attempt: i64,
     /// How its record ends.
     pub record: RecordEnd,
     /// Its containers.
@@ -318,6 +324,7 @@ impl Teardown {
     ) -> Teardown {
         Teardown {
             task,
+            attempt: 0,
             record: RecordEnd::Leave,
             containers: containers
                 .into_iter()
@@ -384,6 +391,14 @@ impl Teardown {
             RecordEnd::FromExit(_) => step.policy.keeps(State::Failed),
             RecordEnd::Leave => step.policy.keeps(State::Failed),
         }
+    }
+
+    /// The task and attempt the plan writes about, if it has a task.
+    pub fn writes_as(&self) -> Option<Attempt> {
+        self.task.map(|id| Attempt {
+            id,
+            number: self.attempt,
+        })
     }
 
     /// Bytes this plan frees: the workspace it removes and the log.
@@ -463,6 +478,7 @@ pub(crate) fn plan(facts: &TaskFacts, cause: Cause, found: Found) -> Teardown {
     let whole = matches!(cause, Cause::Retention | Cause::Everything);
     Teardown {
         task: Some(facts.id),
+        attempt: facts.attempt,
         record,
         containers,
         workspace,

@@ -1,0 +1,204 @@
+//! A small pool of connections to one PostgreSQL database, and the one way
+//! every call goes through it: a connection that breaks (the server
+//! restarted, the network dropped it) is dropped and the call tried again
+//! on a new one, with backoff, for a bounded time.
+
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use orch_retry::Backoff;
+use postgres::{Client, NoTls};
+
+use crate::Error;
+
+/// Connections a node holds at most for its calls (one more listens for
+/// wake-ups).
+pub const POOL_SIZE: usize = 3;
+
+/// How long a call keeps trying while the database cannot be reached: a
+/// server restart is ridden out; a longer outage is the caller's to handle
+/// (a lease loop self-fences, a run keeps what it could not record).
+const RIDE_OUT: Duration = Duration::from_secs(20);
+
+/// How long connecting may take.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections to one database, at most [`POOL_SIZE`] at once.
+pub(super) struct Pool {
+    config: postgres::Config,
+    place: String,
+    state: Mutex<State>,
+    freed: Condvar,
+}
+
+struct State {
+    idle: Vec<Client>,
+    open: usize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("place", &self.place).finish()
+    }
+}
+
+impl Pool {
+    pub(super) fn new(config: postgres::Config, place: String) -> Pool {
+        Pool {
+            config,
+            place,
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    pub(super) fn place(&self) -> &str {
+        &self.place
+    }
+
+    pub(super) fn config(&self) -> &postgres::Config {
+        &self.config
+    }
+
+    /// A new connection, outside the pool (the listener's).
+    pub(super) fn connect(&self) -> Result<Client, postgres::Error> {
+        self.config.connect(NoTls)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes an idle connection, opens one if fewer than the pool's size
+    /// are open, else waits for one.
+    fn take(&self) -> Result<Client, postgres::Error> {
+        let mut state = self.state();
+        loop {
+            if let Some(client) = state.idle.pop() {
+                if !client.is_closed() {
+                    return Ok(client);
+                }
+                state.open -= 1;
+                continue;
+            }
+            if state.open < POOL_SIZE {
+                state.open += 1;
+                drop(state);
+                return self.config.connect(NoTls).inspect_err(|_| {
+                    self.state().open -= 1;
+                    self.freed.notify_one();
+                });
+            }
+            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Gives a connection back, or forgets a broken one.
+    fn give(&self, client: Option<Client>) {
+        let mut state = self.state();
+        match client {
+            Some(client) if !client.is_closed() => state.idle.push(client),
+            _ => state.open -= 1,
+        }
+        drop(state);
+        self.freed.notify_one();
+    }
+
+    /// Runs `work` on a pooled connection. A call that fails because the
+    /// connection broke or the server is going away is tried again on a
+    /// new connection, for [`RIDE_OUT`] at most; any other error is the
+    /// call's.
+    pub(super) fn with<T>(
+        &self,
+        action: &'static str,
+        mut work: impl FnMut(&mut Client) -> Result<T, Failure>,
+    ) -> Result<T, Error> {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2))
+            .within(RIDE_OUT)
+            .jittered();
+        loop {
+            let outcome = match self.take() {
+                Ok(mut client) => {
+                    let outcome = work(&mut client);
+                    let broken = matches!(&outcome, Err(Failure::Db(e)) if transient(e));
+                    self.give((!broken).then_some(client));
+                    outcome
+                }
+                Err(e) => Err(Failure::Db(e)),
+            };
+            match outcome {
+                Ok(value) => return Ok(value),
+                Err(Failure::Orch(e)) => return Err(e),
+                Err(Failure::Db(e)) if transient(&e) && backoff.sleep() => {
+                    tracing::debug!(registry = %self.place, error = %e, "the registry is out of reach; trying again");
+                }
+                Err(Failure::Db(source)) => {
+                    return Err(Error::Postgres {
+                        action,
+                        place: self.place.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Pool {
+    /// Each connection runs a small runtime of its own, which must not be
+    /// dropped on an async runtime's thread: they are dropped on a thread
+    /// of their own.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.state().idle);
+        if !idle.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("orch-pool-close".into())
+                .spawn(move || drop(idle));
+        }
+    }
+}
+
+/// Why a call failed: the database, or orch's own rule (a fenced write, an
+/// illegal transition).
+pub(super) enum Failure {
+    Db(postgres::Error),
+    Orch(Error),
+}
+
+impl From<postgres::Error> for Failure {
+    fn from(e: postgres::Error) -> Failure {
+        Failure::Db(e)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Orch(e)
+    }
+}
+
+/// True for an error that a new connection may not have: the connection
+/// closed or broke, the server shuts down or restarts, or cannot take
+/// connections yet; and a serialization failure or deadlock, which the
+/// same transaction run again resolves.
+pub(super) fn transient(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code == "53300"
+                || code == "40001"
+                || code == "40P01"
+        }
+        // No SQLSTATE: an I/O error on the connection, or a refused one
+        // (a wrong password has one).
+        None => true,
+    }
+}
