@@ -314,71 +314,172 @@ fn idle_connections_cannot_take_the_daemon_down() {
     assert!(env.containers().is_empty());
 }
 
-/// A failed task set `core.fsmonitor` (and hooks, and an alias) in its own
-/// repository, and a nested one: the workspace orch hands back is safe
-/// for plain git, and nothing of the task runs when the user debugs it.
+/// A task set `core.fsmonitor` (and hooks, and an alias) in its own
+/// repository, in a nested one, and in a bare-style git directory it made
+/// in a subdirectory; its workspace is kept because it failed, or because
+/// it succeeded with work the save could not bring home. Either way the
+/// workspace orch hands back is safe for plain git: nothing of the task
+/// runs when the user debugs it, wherever in it they run git.
 #[test]
 fn a_kept_workspace_runs_nothing_when_the_user_debugs_it() {
     require_docker!();
     if !helper::shell_image_ready() {
         return;
     }
+    let endings = [
+        ("failed", "exit 1", 1),
+        (
+            "succeeded, work not saved",
+            "rm -f .gitignore; mkfifo .gitignore; exit 0",
+            0,
+        ),
+    ];
     for user in USERS {
-        let env = TestEnv::new();
-        env.git_project(
-            SHELL_IMAGE,
-            &format!("command = [\"sh\", \"-c\", \"{{desc}}\"]\nuser = \"{user}\""),
-        );
-        let marker = env.project.parent().unwrap().join("MARKER");
-        let touch = format!("touch {}", marker.display());
-        let out = env.task(
-            &format!(
-                "printf '#!/bin/sh\\n{touch}\\n' > evil.sh; chmod +x evil.sh; \
-                 git config core.fsmonitor \"$PWD/evil.sh\"; git config core.pager \"$PWD/evil.sh\"; \
-                 git config alias.st '!{touch}'; cp evil.sh .git/hooks/post-checkout; \
-                 git init -q inner; git -C inner config core.fsmonitor \"$PWD/evil.sh\"; \
-                 echo wip > wip.txt; exit 1"
-            ),
-            &[],
-        );
-        let err = stderr(&out);
-        assert_eq!(code(&out), 1, "{user}: {err}");
-        let id = helper::task_id(&err);
-        let kept = env
-            .task_dirs()
-            .into_iter()
-            .find(|d| d.ends_with(&id))
-            .expect("kept");
-        assert!(
-            err.contains(&format!("workspace kept at {}", kept.display())),
-            "{err}"
-        );
-        for dir in [kept.clone(), kept.join("inner")] {
-            for args in [
-                &["status"][..],
-                &["diff"],
-                &["log", "-1"],
-                &["checkout", "-b", "debug"],
-            ] {
-                let _ = std::process::Command::new("git")
-                    .arg("-C")
-                    .arg(&dir)
-                    .args(args)
-                    .output()
-                    .unwrap();
+        for (ending, end, want) in endings {
+            let env = TestEnv::new();
+            env.git_project(
+                SHELL_IMAGE,
+                &format!("command = [\"sh\", \"-c\", \"{{desc}}\"]\nuser = \"{user}\""),
+            );
+            let marker = env.project.parent().unwrap().join("MARKER");
+            let touch = format!("touch {}", marker.display());
+            let out = env.task(
+                &format!(
+                    "printf '#!/bin/sh\\n{touch}\\n' > evil.sh; chmod +x evil.sh; \
+                     git config core.fsmonitor \"$PWD/evil.sh\"; git config core.pager \"$PWD/evil.sh\"; \
+                     git config alias.st '!{touch}'; cp evil.sh .git/hooks/post-checkout; \
+                     git init -q inner; git -C inner config core.fsmonitor \"$PWD/evil.sh\"; \
+                     mkdir tools; git init -q --bare tools; git -C tools config core.bare false; \
+                     git -C tools config core.worktree ..; git -C tools config core.fsmonitor \"$PWD/evil.sh\"; \
+                     echo wip > wip.txt; {end}"
+                ),
+                &[],
+            );
+            let err = stderr(&out);
+            assert_eq!(code(&out), want, "{user}, {ending}: {err}");
+            let id = helper::task_id(&err);
+            let kept = env
+                .task_dirs()
+                .into_iter()
+                .find(|d| d.ends_with(&id))
+                .unwrap_or_else(|| panic!("{user}, {ending}: kept: {err}"));
+            assert!(
+                err.contains(&format!("workspace kept at {}", kept.display())),
+                "{user}, {ending}: {err}"
+            );
+            assert_eq!(env.show(&id)["workspace_state"], "kept", "{user}, {ending}");
+            for dir in [kept.clone(), kept.join("inner"), kept.join("tools")] {
+                for args in [
+                    &["status"][..],
+                    &["diff"],
+                    &["log", "-1"],
+                    &["checkout", "-b", "debug"],
+                ] {
+                    let _ = std::process::Command::new("git")
+                        .arg("-C")
+                        .arg(&dir)
+                        .args(args)
+                        .output()
+                        .unwrap();
+                }
             }
+            assert!(
+                !marker.exists(),
+                "{user}, {ending}: git in the kept workspace ran the task's code"
+            );
+            if want == 1 {
+                assert_eq!(
+                    env.git(&["show", &format!("orch/{id}:wip.txt")]),
+                    "wip",
+                    "{user}: its work is on its branch already"
+                );
+            }
+            env.ok(&["cleanup", "--older-than", "0s"]);
+            assert!(!marker.exists());
+            assert!(env.containers().is_empty());
         }
-        assert!(
-            !marker.exists(),
-            "{user}: git in the kept workspace ran the task's code"
-        );
-        assert_eq!(
-            env.git(&["show", &format!("orch/{id}:wip.txt")]),
-            "wip",
-            "{user}: its work is on its branch already"
-        );
-        env.ok(&["cleanup", "--older-than", "0s"]);
-        assert!(!marker.exists());
-        assert!(env.containers().is_empty());
     }
+}
+
+/// The user's repository tracks a `.gitignore` that is a link (to a file
+/// beside it): the host's git never follows it, so it is no hazard, and the
+/// task's work comes home as usual.
+#[test]
+fn a_linked_gitignore_the_user_tracks_keeps_nothing_from_home() {
+    require_docker!();
+    if !helper::shell_image_ready() {
+        return;
+    }
+    let env = TestEnv::new();
+    env.git_project(SHELL_IMAGE, "command = [\"sh\", \"-c\", \"{desc}\"]");
+    std::fs::write(env.project.join("gitignore.common"), "*.log\n").unwrap();
+    let _ = std::fs::remove_file(env.project.join(".gitignore"));
+    std::os::unix::fs::symlink("gitignore.common", env.project.join(".gitignore")).unwrap();
+    env.git(&["add", "-A"]);
+    env.git(&["commit", "-q", "-m", "linked ignore file"]);
+    let out = env.task("echo new > work.txt", &[]);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 0, "{err}");
+    let id = helper::task_id(&err);
+    assert_eq!(env.git(&["show", &format!("orch/{id}:work.txt")]), "new");
+    assert!(env.task_dirs().is_empty(), "removed: {:?}", env.task_dirs());
+}
+
+/// orch not root, a root task: a directory the task made unreadable holds
+/// work neither orch nor git can read. Nothing is lost: the rest comes
+/// home, and the workspace is kept with a note naming the directory.
+#[test]
+fn a_directory_orch_cannot_read_keeps_its_workspace() {
+    require_docker!();
+    if !helper::shell_image_ready() {
+        return;
+    }
+    let env = TestEnv::new();
+    env.git_project(
+        SHELL_IMAGE,
+        "command = [\"sh\", \"-c\", \"{desc}\"]\nuser = \"root\"",
+    );
+    let out = crate::workspace::task_as_unprivileged(
+        &env,
+        "mkdir -p d/e; echo x > d/e/f; chmod 000 d/e d; echo y > readable.txt",
+        &[],
+    );
+    let err = stderr(&out);
+    assert_eq!(code(&out), 0, "{err}");
+    let id = helper::task_id(&err);
+    assert_eq!(env.show(&id)["workspace_state"], "kept", "{err}");
+    let noted = notes(&env, &id);
+    assert!(
+        noted.contains("cannot read") && noted.contains("\"d\""),
+        "{noted}"
+    );
+    assert_eq!(
+        env.git(&["show", &format!("orch/{id}:readable.txt")]),
+        "y",
+        "the rest came home"
+    );
+    env.ok(&["cleanup", "--all"]);
+    assert!(env.containers().is_empty());
+}
+
+/// A kept workspace's task git directory, moved out of the workspace when
+/// it was kept, counts in `orch du` with its workspace.
+#[test]
+fn du_counts_a_kept_workspaces_git_directory() {
+    require_docker!();
+    if !helper::shell_image_ready() {
+        return;
+    }
+    let env = TestEnv::new();
+    env.git_project(SHELL_IMAGE, "command = [\"sh\", \"-c\", \"{desc}\"]");
+    let out = env.task(
+        "mkdir -p .git/junk; head -c 8388608 /dev/urandom > .git/junk/blob; exit 1",
+        &[],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let du = env.ok(&["du", "--json"]);
+    let du: serde_json::Value = serde_json::from_str(&du).unwrap();
+    let bytes = du["total"]["bytes"].as_u64().unwrap();
+    assert!(bytes >= 8 << 20, "the kept git directory is counted: {du}");
+    env.ok(&["cleanup", "--older-than", "0s"]);
 }

@@ -10,6 +10,7 @@
 
 mod chaos;
 mod cleanup;
+mod cluster;
 mod daemon;
 mod faults;
 mod helper;

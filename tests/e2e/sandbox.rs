@@ -250,6 +250,25 @@ fn egress_reaches_what_it_allows_and_nothing_else() {
         ]);
         assert_eq!(left, "", "{user}: the task's network is gone");
     }
+    // An empty allowlist allows nowhere: not even what the list above
+    // allowed, on the very network the project names.
+    let env = shell_project("host", &format!("network = \"{network}\"\negress = []"));
+    let out = env.task(
+        &format!(
+            "nc -w 3 {allowed} 9000 > allowed.txt 2>&1; nc -w 3 {denied_ip} 9000 > by-address.txt 2>&1; \
+             nc -w 3 {gateway} {host_port} > host.txt 2>&1; exit 0"
+        ),
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = helper::task_id(&stderr(&out));
+    for file in ["allowed.txt", "by-address.txt", "host.txt"] {
+        let text = env.git(&["show", &format!("orch/{id}:{file}")]);
+        assert!(
+            !text.contains("served-"),
+            "egress = []: {file} reached: {text}"
+        );
+    }
 }
 
 /// `egress` with no network to go out through is refused before anything

@@ -143,7 +143,11 @@ fn removal_never_follows_a_symlink_out_of_the_workspace() {
 /// `orch task` as a user who cannot delete root's files: this user, or,
 /// when the tests run as root, `nobody` with access to the Docker socket
 /// (the whole test directory is handed to it).
-fn task_as_unprivileged(env: &TestEnv, desc: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn task_as_unprivileged(
+    env: &TestEnv,
+    desc: &str,
+    args: &[&str],
+) -> std::process::Output {
     use std::os::unix::fs::MetadataExt;
     let mut cmd = env.orch();
     if rustix::process::geteuid().is_root() {

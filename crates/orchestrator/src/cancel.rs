@@ -13,7 +13,6 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::context::Ctx;
-use crate::owner::Owner;
 use crate::reconcile::found_of;
 use crate::teardown::{self, Cause, ExecOptions, TaskFacts};
 
@@ -50,18 +49,26 @@ pub(crate) async fn cancel(ctx: &Ctx, id: &Uuid) -> Result<Cancelled, Error> {
     }
     ctx.store.call(move |r| r.request_cancel(&id)).await?;
     let facts = TaskFacts::from(&row);
-    let owner = Owner::from(&row);
+    let node = ctx.node_id().map(str::to_owned);
+    let foreign = crate::owner::is_foreign(&row, node.as_deref());
+    let alive = || async {
+        match ctx.store.call(move |r| r.get(&id)).await {
+            Ok(Some(now)) => crate::owner::runs(&now, node.as_deref()),
+            _ => false,
+        }
+    };
     let deadline = tokio::time::Instant::now() + facts.stop_grace + OWNER_SLACK;
     let has_containers = || async {
         let mut selector = ctx.selector(None);
         selector.task = Some(id);
         ctx.runtime.list(&selector).await.map(|c| !c.is_empty())
     };
-    while owner.is_alive() && tokio::time::Instant::now() < deadline {
+    while alive().await && tokio::time::Instant::now() < deadline {
         if let Some(now) = ctx.store.call(move |r| r.get(&id)).await? {
             // Ended, and its resources dealt with: container gone,
-            // workspace settled.
-            if now.state.is_terminal() && now.workspace_settled() && !has_containers().await? {
+            // workspace settled. Another node's are its own to see to.
+            let settled = now.workspace_settled() && (foreign || !has_containers().await?);
+            if now.state.is_terminal() && settled {
                 return Ok(Cancelled::Ended(now.state));
             }
         }
@@ -72,10 +79,21 @@ pub(crate) async fn cancel(ctx: &Ctx, id: &Uuid) -> Result<Cancelled, Error> {
     let Some(now) = ctx.store.call(move |r| r.get(&id)).await? else {
         return Ok(Cancelled::Ended(State::Cancelled));
     };
-    if now.state.is_terminal() && now.workspace_settled() {
+    if now.state.is_terminal() && (now.workspace_settled() || foreign) {
         return Ok(Cancelled::Ended(now.state));
     }
-    if owner.is_alive() {
+    if foreign && !crate::owner::runs(&now, node.as_deref()) {
+        // Another node's task whose lease ran out: a rescuer's to end, and
+        // this is one. Its resources are that node's own to settle.
+        ctx.store.call(|r| r.rescue()).await?;
+        let state = ctx
+            .store
+            .call(move |r| r.get(&id))
+            .await?
+            .map_or(State::Lost, |r| r.state);
+        return Ok(Cancelled::Ended(state));
+    }
+    if crate::owner::runs(&now, node.as_deref()) {
         return Err(Error::Timeout {
             action: "wait for the owner to cancel",
             target: format!("task {id}"),

@@ -122,3 +122,106 @@ impl LeasePolicy {
         self.lease * 3 / 4
     }
 }
+
+/// Keeps a task's output in a shared registry when it ends, for the other
+/// nodes: the last [`orch_registry::KEPT_LOG`] bytes of it, after a line
+/// saying what was left out (the whole log stays in this node's home).
+pub(crate) async fn keep_log(ctx: &crate::context::Ctx, id: uuid::Uuid) {
+    let path = ctx.home.log_path(&id);
+    let node = ctx
+        .node
+        .as_ref()
+        .map_or_else(|| "its node".to_owned(), |n| format!("node {}", n.name));
+    let log = tokio::task::spawn_blocking(move || log_tail(&path, &node)).await;
+    let Ok(Some(log)) = log else {
+        return;
+    };
+    if let Err(e) = ctx.store.call(move |r| r.keep_log(&id, &log)).await {
+        tracing::warn!(task = %id, error = %format!("{e:#}"), "cannot keep the task's output in the registry");
+    }
+}
+
+/// The end of the log at `path`, at most [`orch_registry::KEPT_LOG`]
+/// bytes, after a line naming what was cut and where the rest is.
+fn log_tail(path: &std::path::Path, node: &str) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let keep = orch_registry::KEPT_LOG as u64;
+    let mut out = Vec::new();
+    if len > keep {
+        out.extend_from_slice(
+            format!(
+                "[orch: the first {} bytes of this output are in {} on {node}]\n",
+                len - keep,
+                path.display()
+            )
+            .as_bytes(),
+        );
+        file.seek(SeekFrom::Start(len - keep)).ok()?;
+    }
+    file.take(keep).read_to_end(&mut out).ok()?;
+    Some(out)
+}
+
+/// Where a task's output is to be read from, by this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogSource {
+    /// This home's log file (it ran here, or nowhere yet).
+    Local(std::path::PathBuf),
+    /// Kept in the registry when it ended on another node.
+    Kept(Vec<u8>),
+    /// Still running on another node, which serves it at this URL.
+    Remote {
+        /// The owner's advertised API URL.
+        url: String,
+    },
+    /// Running on another node that advertises no URL.
+    Unreachable {
+        /// That node's name.
+        node: String,
+    },
+}
+
+/// Where the output of `task` is, for a process of `home` that is `node`
+/// (none on one host): here, in the registry, or on its owner. Reads the
+/// registry: call it on the blocking pool.
+pub fn log_source(
+    store: &dyn orch_registry::Store,
+    home: &std::path::Path,
+    node: Option<&str>,
+    task: &orch_registry::TaskRecord,
+) -> Result<LogSource, orch_registry::Error> {
+    let local = home.join("logs").join(format!("{}.log", task.id));
+    if local.exists() || !crate::owner::is_foreign(task, node) {
+        return Ok(LogSource::Local(local));
+    }
+    if task.state.is_terminal() {
+        return Ok(match store.kept_log(&task.id)? {
+            Some(bytes) => LogSource::Kept(bytes),
+            None => LogSource::Local(local),
+        });
+    }
+    let owner = store
+        .nodes()?
+        .into_iter()
+        .find(|n| Some(n.node.id.as_str()) == task.owner.node_id.as_deref());
+    Ok(match owner {
+        Some(owner) => match owner.node.advertise {
+            Some(url) => LogSource::Remote { url },
+            None => LogSource::Unreachable {
+                node: owner.node.name,
+            },
+        },
+        None => LogSource::Unreachable {
+            node: task.owner.node.clone().unwrap_or_default(),
+        },
+    })
+}
+
+/// Whether the owner of `task` still runs it, as far as a process that is
+/// `node` (none on one host) can tell: another node's task while its lease
+/// holds; this host's while its process lives.
+pub fn runs(task: &orch_registry::TaskRecord, node: Option<&str>) -> bool {
+    crate::owner::runs(task, node)
+}

@@ -147,8 +147,9 @@ pub struct Sandbox {
     /// The OCI runtime (`runsc`, ...), if not the engine's default.
     pub runtime: Option<String>,
     /// The only places the task may reach (`host:port`), if set: every
-    /// other address, the host's included, is unreachable.
-    pub egress: Vec<String>,
+    /// other address, the host's included, is unreachable. Set and empty:
+    /// nowhere (the task has no network but its own loopback).
+    pub egress: Option<Vec<String>>,
 }
 
 impl Default for Sandbox {
@@ -159,7 +160,7 @@ impl Default for Sandbox {
             no_new_privileges: true,
             pids_limit: Some(DEFAULT_PIDS_LIMIT),
             runtime: None,
-            egress: Vec::new(),
+            egress: None,
         }
     }
 }
@@ -655,11 +656,13 @@ impl FileSettings {
             sandbox.runtime = Some(runtime);
         }
         if let Some(egress) = self.egress {
-            sandbox.egress = egress
-                .iter()
-                .map(|e| egress_entry(e))
-                .collect::<Result<_, _>>()
-                .map_err(|m| invalid("egress", m))?;
+            sandbox.egress = Some(
+                egress
+                    .iter()
+                    .map(|e| egress_entry(e))
+                    .collect::<Result<_, _>>()
+                    .map_err(|m| invalid("egress", m))?,
+            );
         }
         Ok(())
     }

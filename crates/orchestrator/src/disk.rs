@@ -25,7 +25,7 @@ impl DuReport {
     pub fn measure(layout: &Layout) -> Result<DuReport, Error> {
         let mut report = DuReport::default();
         for dir in layout.task_dirs()? {
-            let size = du::measure(&dir.path)?;
+            let size = orch_workspace::workspace_size(&dir.path)?;
             let entry = report.projects.entry(dir.project.clone()).or_default();
             entry.0 += size;
             entry.1 += 1;

@@ -40,6 +40,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// The latest progress report of a task.
 pub(crate) type Progress = Option<(u8, String)>;
 
+/// A progress report to store, and the attempt it is made under.
+type Report = (Attempt, (u8, String));
+
 /// The end of a lease of `lease` taken now.
 pub(crate) fn lease_until(lease: Duration) -> i64 {
     now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
@@ -270,7 +273,7 @@ impl Leases {
 
     /// The live tasks, and the progress reports not yet stored (marked
     /// stored).
-    fn pending_reports(&self) -> (Vec<Attempt>, Vec<(Attempt, (u8, String))>) {
+    fn pending_reports(&self) -> (Vec<Attempt>, Vec<Report>) {
         let mut inner = self.lock();
         let mut reports = Vec::new();
         let mut tasks = Vec::new();

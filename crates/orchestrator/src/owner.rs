@@ -47,6 +47,26 @@ impl From<&orch_registry::TaskRecord> for Owner {
     }
 }
 
+/// Whether `row` is a task another node of a cluster owns (`node`: this
+/// process's): its owner's liveness is its lease, never this host's
+/// processes, and rescuers settle it when that runs out.
+pub(crate) fn is_foreign(row: &orch_registry::TaskRecord, node: Option<&str>) -> bool {
+    matches!((row.owner.node_id.as_deref(), node), (Some(theirs), Some(mine)) if theirs != mine)
+}
+
+/// Whether the owner of `row` still runs it, as far as this process can
+/// tell: another node's task while its lease holds; this host's while its
+/// process lives.
+pub(crate) fn runs(row: &orch_registry::TaskRecord, node: Option<&str>) -> bool {
+    if is_foreign(row, node) {
+        return row
+            .owner
+            .lease_until
+            .is_some_and(|until| until > orch_registry::now_ms());
+    }
+    Owner::from(row).is_alive()
+}
+
 /// The start time of `pid`, or `None` if there is no such process.
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
     let stat =

@@ -177,59 +177,83 @@ pub(crate) async fn save_ahead(
 /// failure of either is said in the fate's warning: the workspace is kept
 /// all the same.
 pub(crate) async fn keep(ctx: &Ctx, target: &WorkspaceTarget, lock: TaskLock) -> WorkspaceFate {
-    let kept = |saved_commit, warning| WorkspaceFate::Kept {
+    let Some(repo) = &target.repo else {
+        return kept(target, None, Vec::new());
+    };
+    let layout = ctx.home.layout();
+    let workspace = match known(&layout, target, repo) {
+        Ok(workspace) => workspace,
+        Err(e) => return kept(target, None, vec![format!("{e:#}")]),
+    };
+    let settled = tokio::task::spawn_blocking(move || {
+        let saved = workspace.save(&layout, &lock).map_err(|e| {
+            format!(
+                "its work could not be saved ({}); it stays in the workspace",
+                crate::runtime::display_chain(&e)
+            )
+        });
+        hand_back(&workspace, &layout, lock, saved)
+    })
+    .await;
+    match settled {
+        Ok((commit, notes)) => kept(target, commit, notes),
+        Err(e) => kept(
+            target,
+            None,
+            vec![format!("failed to settle the workspace: {e}")],
+        ),
+    }
+}
+
+/// A kept workspace's fate.
+fn kept(
+    target: &WorkspaceTarget,
+    saved_commit: Option<String>,
+    notes: Vec<String>,
+) -> WorkspaceFate {
+    WorkspaceFate::Kept {
         path: target.path.clone(),
         branch: target
             .repo
             .as_ref()
             .map(|_| format!("orch/{}", target.dir_name)),
         saved_commit,
-        warning,
-    };
-    let Some(repo) = &target.repo else {
-        return kept(None, None);
-    };
-    let layout = ctx.home.layout();
-    let workspace = match known(&layout, target, repo) {
-        Ok(workspace) => workspace,
-        Err(e) => return kept(None, Some(format!("{e:#}"))),
-    };
-    let settled = tokio::task::spawn_blocking(move || {
-        let mut notes = Vec::new();
-        let saved = match workspace.save(&layout, &lock) {
-            Ok(saved) => {
-                notes.extend(saved.warning.clone());
-                Some(saved)
-            }
-            Err(e) => {
-                notes.push(format!(
-                    "its work could not be saved ({}); it stays in the workspace",
-                    crate::runtime::display_chain(&e)
-                ));
-                None
-            }
-        };
-        let tip = saved
-            .as_ref()
-            .and_then(|s| s.tip.clone())
-            .unwrap_or_else(|| workspace.branch_tip(&layout));
-        if let Err(e) = workspace.hand_back(&layout, &lock, &tip) {
-            notes.push(format!(
-                "its git directory could not be replaced ({}): git there may run what the task wrote",
-                crate::runtime::display_chain(&e)
-            ));
-        }
-        drop(lock);
-        (
-            saved.and_then(|s| s.pending_commit),
-            (!notes.is_empty()).then(|| notes.join("; ")),
-        )
-    })
-    .await;
-    match settled {
-        Ok((commit, warning)) => kept(commit, warning),
-        Err(e) => kept(None, Some(format!("failed to settle the workspace: {e}"))),
+        warning: (!notes.is_empty()).then(|| notes.join("; ")),
     }
+}
+
+/// Hands a kept workspace back safe to use, after `saved` (its save, or
+/// why the workspace is kept, in words): the commit it made, and what the
+/// user should know.
+fn hand_back(
+    workspace: &Workspace,
+    layout: &Layout,
+    lock: TaskLock,
+    saved: Result<Saved, String>,
+) -> (Option<String>, Vec<String>) {
+    let mut notes = Vec::new();
+    let saved = match saved {
+        Ok(saved) => {
+            notes.extend(saved.warning.clone());
+            Some(saved)
+        }
+        Err(why) => {
+            notes.push(why);
+            None
+        }
+    };
+    let tip = saved
+        .as_ref()
+        .and_then(|s| s.tip.clone())
+        .unwrap_or_else(|| workspace.branch_tip(layout));
+    if let Err(e) = workspace.hand_back(layout, &lock, &tip) {
+        notes.push(format!(
+            "its git directory could not be replaced ({}): git there may run what the task wrote",
+            crate::runtime::display_chain(&e)
+        ));
+    }
+    drop(lock);
+    (saved.and_then(|s| s.pending_commit), notes)
 }
 
 /// Removes a workspace whose lock is held: its work brought home to its
@@ -318,7 +342,20 @@ pub(crate) async fn remove(
                 took: started.elapsed(),
             }
         }
-        Err(e) => return Err(e.into()),
+        // The work could not be saved (or the directory could not go): the
+        // workspace stays, handed back safe as every kept one is.
+        Err(e) => {
+            let (layout, kept_one) = (ctx.home.layout(), workspace.clone());
+            let why = format!(
+                "{}; the workspace is kept",
+                crate::runtime::display_chain(&e)
+            );
+            let settled =
+                tokio::task::spawn_blocking(move || hand_back(&kept_one, &layout, lock, Err(why)))
+                    .await
+                    .map_err(|e| Error::io("keep", &workspace.path, std::io::Error::other(e)))?;
+            return Ok(kept(target, settled.0, settled.1));
+        }
     };
     blocking(move || {
         lock.release_and_delete();

@@ -397,6 +397,29 @@ impl Registry {
         Ok(value)
     }
 
+    /// Whether a task's submission holds values (of `env`) to wipe.
+    fn has_values(&self, id: &Uuid) -> bool {
+        self.conn()
+            .query_row(
+                "SELECT spec IS NOT NULL AND json_valid(spec) AND json_type(spec, '$.env') IS NOT NULL \
+                 FROM tasks WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap_or(false)
+    }
+
+    /// Values wiped from a record still sit in the write-ahead log's older
+    /// copies of its page until a checkpoint: one is made now, and the log
+    /// truncated, if no reader holds it (briefly waited for; else the next
+    /// checkpoint does it).
+    fn forget_old_pages(&self) {
+        let conn = self.conn();
+        let _ = conn.busy_timeout(Duration::from_millis(200));
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+    }
+
     /// Runs one `UPDATE` about a task if `task`'s attempt still holds it.
     fn fenced_update(
         &self,
@@ -407,7 +430,11 @@ impl Registry {
     ) -> Result<(), Error> {
         self.write(action, |tx| {
             let err = self.sql(action);
-            holds(tx, task, &err)?;
+            match holds(tx, task, &err) {
+                // Nothing to write about: a task whose record is gone.
+                Err(Error::NotFound(_)) => return Ok(()),
+                other => other?,
+            }
             tx.execute(sql, params).map_err(&err).map(drop)
         })
     }
@@ -538,14 +565,19 @@ impl Store for Registry {
                 to: finish.state,
             });
         }
-        self.transition(
+        let had_values = self.has_values(&task.id);
+        let from = self.transition(
             task,
             finish.state,
             &format!(
                 "finished_at = ?3, exit_code = ?4, reason = ?5, lease_until = NULL, {WIPE_ENV}"
             ),
             &[&finish.at, &finish.exit_code, &finish.reason],
-        )
+        )?;
+        if had_values {
+            self.forget_old_pages();
+        }
+        Ok(from)
     }
 
     /// Whether `orch cancel` asked for this task to stop.
@@ -897,7 +929,8 @@ impl Store for Registry {
     /// Ends a task that is still queued as cancelled; false if it is not
     /// queued (any more).
     fn cancel_queued(&self, id: &Uuid, reason: &str, at: i64) -> Result<bool, Error> {
-        self.write("cancel a queued task", |tx| {
+        let had_values = self.has_values(id);
+        let cancelled = self.write("cancel a queued task", |tx| {
             tx.execute(
                 &format!(
                     "UPDATE tasks SET state = 'cancelled', finished_at = ?1, reason = ?2, \
@@ -907,7 +940,11 @@ impl Store for Registry {
             )
             .map_err(self.sql("cancel a queued task"))
             .map(|n| n > 0)
-        })
+        })?;
+        if cancelled && had_values {
+            self.forget_old_pages();
+        }
+        Ok(cancelled)
     }
 
     /// Fills in what a claimed task's run planned (container, image,
@@ -915,7 +952,10 @@ impl Store for Registry {
     fn update_planned(&self, task: &TaskRecord) -> Result<(), Error> {
         self.write("record a claimed task's plan", |tx| {
             let err = self.sql("record a claimed task's plan");
-            holds(tx, &task.attempt(), &err)?;
+            match holds(tx, &task.attempt(), &err) {
+                Err(Error::NotFound(_)) => return Ok(()),
+                other => other?,
+            }
             tx.execute(
                 "UPDATE tasks SET container = ?1, image = ?2, workspace = ?3, branch = ?4, repo = ?5, \
                  keep_failed_workspace = ?6, stop_grace_ms = ?7, keep_workspace = ?8, base = ?9, \
@@ -1174,12 +1214,10 @@ impl Store for Registry {
                 // owner that came back and ended it first keeps its end.
                 let changed = if to == State::Queued {
                     tx.execute(
-                        &format!(
-                            "UPDATE tasks SET state = 'queued', session = '', owner_pid = 0, \
-                             owner_start = 0, owner_boot = '', lease_until = NULL, node_id = NULL, \
-                             node = NULL, reason = ?1, started_at = NULL, container = '' \
-                             WHERE id = ?2 AND attempt = ?3 AND state = ?4 AND lease_until < ?5"
-                        ),
+                        "UPDATE tasks SET state = 'queued', session = '', owner_pid = 0, \
+                         owner_start = 0, owner_boot = '', lease_until = NULL, node_id = NULL, \
+                         node = NULL, reason = ?1, started_at = NULL, container = '' \
+                         WHERE id = ?2 AND attempt = ?3 AND state = ?4 AND lease_until < ?5",
                         params![reason, task.id, task.attempt, task.state, now],
                     )
                 } else {

@@ -295,3 +295,43 @@ fn the_page_cache_stays_small_whatever_the_registry_holds() {
         "{used} bytes of page cache for a {size}-byte registry"
     );
 }
+
+/// Values wiped from a record are gone from every file of the registry,
+/// the write-ahead log's older pages included.
+#[test]
+fn wiped_values_leave_no_copy_in_the_files() {
+    let (tmp, _path, reg) = fresh();
+    let secret = "s3cret-in-the-wal-9f2";
+    for ending in ["finish", "cancel"] {
+        let mut task = crate::conformance::queued("p", 0, None);
+        task.queue.spec = Some(format!(r#"{{"env":{{"TOKEN":"{secret}"}}}}"#));
+        reg.insert(&task).unwrap();
+        if ending == "finish" {
+            let claimed = reg
+                .claim(
+                    &crate::conformance::claimant("c"),
+                    crate::conformance::LEASE,
+                )
+                .unwrap()
+                .unwrap();
+            reg.finish(
+                &claimed.attempt(),
+                &Finish {
+                    state: State::Failed,
+                    exit_code: None,
+                    reason: "x".into(),
+                    at: 1,
+                },
+            )
+            .unwrap();
+        } else {
+            assert!(reg.cancel_queued(&task.id, "cancelled", 1).unwrap());
+        }
+    }
+    for entry in std::fs::read_dir(tmp.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+        assert!(!found, "{} still holds the value", path.display());
+    }
+}

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::Stream;
+use orch_orchestrator::cluster::LogSource;
 use orch_orchestrator::supervisor::{SubmitSpec, Supervisor};
 use orch_orchestrator::{CleanupOptions, Strategy, Thresholds, parse_duration};
 use orch_registry::State;
@@ -24,6 +25,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use crate::Client;
 use crate::error::ApiError;
 
 /// The largest request body taken.
@@ -38,6 +40,9 @@ pub(crate) struct Shared {
     /// Fires when the daemon stops: endless answers (events, followed
     /// logs) end with it, so that shutting down never waits on a client.
     pub(crate) stop: tokio_util::sync::CancellationToken,
+    /// The daemon's token: in a cluster every node has the same, and a
+    /// node relaying another's answer presents it there.
+    pub(crate) token: Arc<str>,
 }
 
 /// The API's routes (no authentication: the listeners add it).
@@ -190,12 +195,37 @@ async fn logs(
 ) -> Result<Response, ApiError> {
     let follow = flag(query(q)?.follow.as_deref())?;
     let task = s.supervisor.task(&id).await?;
-    let path = s.supervisor.log_path(&task.id);
     let text = |body| {
         Response::builder()
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
             .body(body)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    };
+    let path = match s.supervisor.log_source(&task).await? {
+        LogSource::Local(path) => path,
+        LogSource::Kept(bytes) => return text(Body::from(bytes)),
+        // Running on another node: its owner serves it, relayed as it comes.
+        LogSource::Remote { url } => {
+            let relayed = Client::tcp(&url, Some(s.token.to_string()))
+                .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?
+                .open_logs(&task.id.to_string(), follow)
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("the task runs on {url}, which could not be reached: {e}"),
+                    )
+                })?;
+            return text(Body::new(relayed));
+        }
+        LogSource::Unreachable { node } => {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "the task runs on node {node}, which advertises no URL (orch serve --advertise) to read its output from"
+                ),
+            ));
+        }
     };
     if !follow {
         let bytes = match tokio::fs::read(&path).await {

@@ -60,10 +60,19 @@ pub enum ClientError {
     },
 }
 
-/// A client of one daemon socket.
+/// A client of one daemon: its unix socket, or its TCP listener (with the
+/// token, which every request but `/healthz` needs there).
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
+    tcp: Option<Tcp>,
+}
+
+#[derive(Debug, Clone)]
+struct Tcp {
+    /// `host:port`.
+    authority: String,
+    token: Option<String>,
 }
 
 impl Client {
@@ -71,10 +80,35 @@ impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Client {
         Client {
             socket: socket.into(),
+            tcp: None,
         }
     }
 
-    /// The socket.
+    /// A client of the daemon whose API is at `url` (`http://host:port`),
+    /// sending `token` with each request.
+    pub fn tcp(url: &str, token: Option<String>) -> Result<Client, ClientError> {
+        let authority = url
+            .strip_prefix("http://")
+            .map(|rest| rest.trim_end_matches('/'))
+            .filter(|a| {
+                !a.is_empty()
+                    && !a.contains(['/', '?', '#', '@'])
+                    && !a.contains(char::is_whitespace)
+            })
+            .ok_or_else(|| ClientError::Refused {
+                status: 0,
+                message: format!("{url:?} is not an http://host:port URL"),
+            })?;
+        Ok(Client {
+            socket: PathBuf::from(url),
+            tcp: Some(Tcp {
+                authority: authority.to_owned(),
+                token,
+            }),
+        })
+    }
+
+    /// The socket (or the URL).
     pub fn socket(&self) -> &Path {
         &self.socket
     }
@@ -90,48 +124,8 @@ impl Client {
             path: self.socket.clone(),
             source,
         };
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::PermissionDenied => ClientError::Denied {
-                    path: self.socket.clone(),
-                    source,
-                },
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                    ClientError::NoDaemon {
-                        path: self.socket.clone(),
-                        source,
-                    }
-                }
-                _ => ClientError::Transport {
-                    path: self.socket.clone(),
-                    source: Box::new(source),
-                },
-            })?;
         let work = async {
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| transport(Box::new(e)))?;
-            tokio::spawn(connection);
-            let mut builder = Request::builder()
-                .method(method)
-                .uri(path)
-                .header(hyper::header::HOST, "orch");
-            let payload = match body {
-                Some(json) => {
-                    builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
-                    Bytes::from(json)
-                }
-                None => Bytes::new(),
-            };
-            let request = builder
-                .body(Full::new(payload))
-                .map_err(|e| transport(Box::new(e)))?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| transport(Box::new(e)))?;
+            let response = self.send(method, path, body).await?;
             let status = response.status();
             let body = response
                 .into_body()
@@ -144,6 +138,109 @@ impl Client {
         tokio::time::timeout(REQUEST_DEADLINE, work)
             .await
             .map_err(|_| transport("no answer in time".into()))?
+    }
+
+    /// Sends one request and returns the answer once its head is in; its
+    /// body streams.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let transport = |source: Box<dyn std::error::Error + Send + Sync>| ClientError::Transport {
+            path: self.socket.clone(),
+            source,
+        };
+        let mut builder = Request::builder().method(method).uri(path);
+        builder = match &self.tcp {
+            Some(tcp) => {
+                let mut builder = builder.header(hyper::header::HOST, &tcp.authority);
+                if let Some(token) = &tcp.token {
+                    builder =
+                        builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+                }
+                builder
+            }
+            None => builder.header(hyper::header::HOST, "orch"),
+        };
+        let payload = match body {
+            Some(json) => {
+                builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+                Bytes::from(json)
+            }
+            None => Bytes::new(),
+        };
+        let request = builder
+            .body(Full::new(payload))
+            .map_err(|e| transport(Box::new(e)))?;
+        let head = async {
+            match &self.tcp {
+                Some(tcp) => {
+                    let stream = tokio::net::TcpStream::connect(&tcp.authority)
+                        .await
+                        .map_err(|source| self.connect_error(source))?;
+                    exchange(stream, request).await.map_err(transport)
+                }
+                None => {
+                    let stream = tokio::net::UnixStream::connect(&self.socket)
+                        .await
+                        .map_err(|source| self.connect_error(source))?;
+                    exchange(stream, request).await.map_err(transport)
+                }
+            }
+        };
+        tokio::time::timeout(REQUEST_DEADLINE, head)
+            .await
+            .map_err(|_| transport("no answer in time".into()))?
+    }
+
+    fn connect_error(&self, source: std::io::Error) -> ClientError {
+        match source.kind() {
+            std::io::ErrorKind::PermissionDenied => ClientError::Denied {
+                path: self.socket.clone(),
+                source,
+            },
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                ClientError::NoDaemon {
+                    path: self.socket.clone(),
+                    source,
+                }
+            }
+            _ => ClientError::Transport {
+                path: self.socket.clone(),
+                source: Box::new(source),
+            },
+        }
+    }
+
+    /// `GET /v1/tasks/{id}/logs`, streamed (`follow`: until the task ends).
+    pub async fn open_logs(
+        &self,
+        id: &str,
+        follow: bool,
+    ) -> Result<hyper::body::Incoming, ClientError> {
+        let path = format!(
+            "/v1/tasks/{}/logs{}",
+            segment(id),
+            if follow { "?follow=1" } else { "" }
+        );
+        let response = self.send(Method::GET, &path, None).await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response.into_body());
+        }
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+            .unwrap_or_default();
+        Err(ClientError::Refused {
+            status: status.as_u16(),
+            message: serde_json::from_slice::<ErrorBody>(&bytes)
+                .map_or_else(|_| format!("the daemon answered {status}"), |e| e.error),
+        })
     }
 
     /// Sends `body` (JSON) and reads the answer as `T`; an error status
@@ -268,4 +365,18 @@ fn segment(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// One HTTP/1.1 exchange on `stream`: the answer once its head is in.
+async fn exchange<S>(
+    stream: S,
+    request: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, Box<dyn std::error::Error + Send + Sync>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender.send_request(request).await?)
 }

@@ -178,6 +178,7 @@ impl Bound {
         let shared = Shared {
             supervisor,
             stop: stop.clone(),
+            token: Arc::from(token.as_str()),
         };
         let tcp = self.tcp.map(|listener| {
             let token = Token(Arc::from(token.as_str()));

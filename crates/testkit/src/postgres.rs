@@ -68,7 +68,36 @@ extern "C" fn stop_at_exit() {
 }
 
 impl Server {
+    /// A server of the caller's own (for a test that restarts it), stopped
+    /// and removed when dropped; `None` as [`server`] says.
+    pub fn dedicated() -> Option<Dedicated> {
+        match bin_dir() {
+            Some(bin) => Some(Dedicated(Server::start_in(bin))),
+            None if crate::required() => {
+                panic!(
+                    "ORCH_REQUIRE_DOCKER=1 but PostgreSQL is not installed (apt install postgresql)"
+                )
+            }
+            None => {
+                eprintln!(
+                    "SKIPPED: PostgreSQL is not installed (apt install postgresql); its tests do not run"
+                );
+                None
+            }
+        }
+    }
+
     fn start(bin: PathBuf) -> Server {
+        let server = Server::start_in(bin);
+        // SAFETY: registering a plain extern "C" function has no
+        // preconditions.
+        unsafe {
+            libc::atexit(stop_at_exit);
+        }
+        server
+    }
+
+    fn start_in(bin: PathBuf) -> Server {
         sweep_abandoned();
         let dir = tempfile::Builder::new()
             .prefix("orch-testpg-")
@@ -109,11 +138,6 @@ impl Server {
             String::from_utf8_lossy(&status.stderr)
         );
         server.pg_ctl("start");
-        // SAFETY: registering a plain extern "C" function has no
-        // preconditions.
-        unsafe {
-            libc::atexit(stop_at_exit);
-        }
         server
     }
 
@@ -246,5 +270,23 @@ fn sweep_abandoned() {
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// A server of one test's own; stopped and removed when dropped.
+#[derive(Debug)]
+pub struct Dedicated(Server);
+
+impl std::ops::Deref for Dedicated {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.0
+    }
+}
+
+impl Drop for Dedicated {
+    fn drop(&mut self) {
+        self.0.stop();
+        let _ = std::fs::remove_dir_all(&self.0.dir);
     }
 }

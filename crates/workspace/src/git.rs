@@ -789,6 +789,34 @@ impl Repo {
     }
 }
 
+/// Whether the host's git opens `.gitignore` and `.gitattributes` without
+/// following links, as git 2.32 and later do (a link there is then no more
+/// than a warning). Asked once.
+pub(crate) fn ignores_linked_ignore_files() -> bool {
+    static KNOWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KNOWN.get_or_init(|| {
+        let out = Command::new("git")
+            .arg("--version")
+            .env_remove("GIT_CONFIG_PARAMETERS")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output();
+        let Ok(out) = out else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut numbers = text
+            .trim()
+            .trim_start_matches("git version ")
+            .split(['.', ' '])
+            .map(|n| n.parse::<u32>().ok());
+        matches!(
+            (numbers.next().flatten(), numbers.next().flatten()),
+            (Some(major), Some(minor)) if (major, minor) >= (2, 32)
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

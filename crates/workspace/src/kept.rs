@@ -37,12 +37,29 @@ impl Workspace {
             }
             std::fs::rename(&dotgit, &moved).map_err(|e| Error::io("move", &dotgit, e))?;
         }
-        for nested in nested_git_dirs(&self.path) {
+        let (nested, bare) = nested_git_dirs(&self.path);
+        for nested in nested {
             let disabled = nested.with_file_name(DISABLED);
             if disabled.symlink_metadata().is_err() {
-                if let Err(e) = std::fs::rename(&nested, &disabled) {
-                    tracing::warn!(path = %nested.display(), error = %e, "cannot disable a nested repository");
+                match std::fs::rename(&nested, &disabled) {
+                    // Entered, it would be a git directory still.
+                    Ok(()) => disarm_git_dir(&disabled),
+                    Err(e) => {
+                        tracing::warn!(path = %nested.display(), error = %e, "cannot disable a nested repository");
+                    }
                 }
+            }
+        }
+        for dir in bare {
+            disarm_git_dir(&dir);
+        }
+        for special in special_ignore_files(&self.path) {
+            // A FIFO there would hang every git command run in the
+            // workspace; it holds no data.
+            let mut disabled = special.clone().into_os_string();
+            disabled.push(".orch-disabled");
+            if let Err(e) = std::fs::rename(&special, &disabled) {
+                tracing::warn!(path = %special.display(), error = %e, "cannot disable a special file git would open");
             }
         }
         // A repository of orch's making, non-bare, on the task's branch.
@@ -81,8 +98,61 @@ impl Workspace {
 }
 
 /// The `.git` of every repository nested in the work tree at `root` (not
-/// its own), found without following links.
-fn nested_git_dirs(root: &Path) -> Vec<PathBuf> {
+/// its own), and every other directory git would take for a git directory
+/// if someone ran it there (a `HEAD`, an `objects` and a `refs`: a "bare"
+/// repository the task made anywhere), found without following links.
+fn nested_git_dirs(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut found = Vec::new();
+    let mut bare = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        if dir != root && looks_like_git_dir(&dir) {
+            bare.push(dir.clone());
+        }
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > 2_000_000 {
+                return (found, bare);
+            }
+            let name = entry.file_name();
+            if name.as_bytes() == b".git" {
+                if dir != root {
+                    found.push(entry.path());
+                }
+                continue;
+            }
+            if entry.file_type().is_ok_and(|k| k.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    (found, bare)
+}
+
+/// What git checks to take a directory for a git directory.
+fn looks_like_git_dir(dir: &Path) -> bool {
+    let is_dir = |name: &str| dir.join(name).symlink_metadata().is_ok_and(|m| m.is_dir());
+    dir.join("HEAD").symlink_metadata().is_ok() && is_dir("objects") && is_dir("refs")
+}
+
+/// Makes a git directory one git no longer recognises: its `HEAD` renamed.
+fn disarm_git_dir(dir: &Path) {
+    let head = dir.join("HEAD");
+    if head.symlink_metadata().is_ok() {
+        if let Err(e) = std::fs::rename(&head, dir.join("HEAD.orch-disabled")) {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot disable a git directory");
+        }
+    }
+}
+
+/// Every `.gitignore` or `.gitattributes` in the work tree at `root` that is
+/// neither a regular file nor a link nor a directory (a FIFO, socket or
+/// device), found without following links.
+fn special_ignore_files(root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     let mut seen = 0usize;
@@ -95,15 +165,19 @@ fn nested_git_dirs(root: &Path) -> Vec<PathBuf> {
             if seen > 2_000_000 {
                 return found;
             }
-            let name = entry.file_name();
-            if name.as_bytes() == b".git" {
-                if dir != root {
-                    found.push(entry.path());
-                }
+            let Ok(kind) = entry.file_type() else {
                 continue;
-            }
-            if entry.file_type().is_ok_and(|k| k.is_dir()) {
-                stack.push(entry.path());
+            };
+            let name = entry.file_name();
+            if kind.is_dir() {
+                if name.as_bytes() != b".git" {
+                    stack.push(entry.path());
+                }
+            } else if !kind.is_file()
+                && !kind.is_symlink()
+                && [&b".gitignore"[..], b".gitattributes"].contains(&name.as_bytes())
+            {
+                found.push(entry.path());
             }
         }
     }

@@ -178,6 +178,26 @@ pub fn validate_project_name(name: &str) -> Result<(), Error> {
     }
 }
 
+/// What the task workspace at `path` (`<home>/workspaces/<project>/tasks/
+/// <id>`) takes on disk: its directory, and the task's git directory moved
+/// out of it (`.../<project>/kept/<id>.git`) when it was kept.
+pub fn workspace_size(path: &Path) -> Result<crate::du::Size, Error> {
+    let mut size = crate::du::measure(path)?;
+    let kept = path
+        .parent()
+        .and_then(Path::parent)
+        .zip(path.file_name())
+        .map(|(project, id)| {
+            let mut name = id.to_os_string();
+            name.push(".git");
+            project.join("kept").join(name)
+        });
+    if let Some(kept) = kept.filter(|k| k.symlink_metadata().is_ok()) {
+        size += crate::du::measure(&kept)?;
+    }
+    Ok(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

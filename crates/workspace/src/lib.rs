@@ -37,7 +37,7 @@ mod worktree;
 pub use branches::{EmptyBranch, delete_branch, empty_branches, prune_worktrees};
 pub use error::Error;
 pub use git::Repo;
-pub use layout::{Layout, TaskDir, validate_project_name};
+pub use layout::{Layout, TaskDir, validate_project_name, workspace_size};
 pub use lock::TaskLock;
 pub use outcome::{Mount, RemovedWorkspace, Saved, Unsaved};
 pub use remove::Removal;

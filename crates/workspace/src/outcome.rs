@@ -60,6 +60,10 @@ pub struct Saved {
     /// would open is a FIFO, say); the workspace that holds them is not
     /// removed.
     pub not_staged: Option<String>,
+    /// Directories of the task's work orch could not read (a task running
+    /// as another user made them unreadable): their files are not on the
+    /// branch, and the workspace that holds them is not removed. Relative.
+    pub unreadable: Vec<PathBuf>,
 }
 
 /// What removing a workspace does with work it could not save.

@@ -138,6 +138,7 @@ impl Workspace {
             budget: Budget::default(),
             nested: Vec::new(),
             hazard: None,
+            unreadable: Vec::new(),
         }
         .run();
         let cleaned = crate::fsgit::remove_dir_if_present(&shadow);
@@ -188,6 +189,8 @@ struct Save<'a> {
     nested: Vec<PathBuf>,
     /// Why none of the work tree was handed to git, if it was not.
     hazard: Option<String>,
+    /// Directories that could not be read, relative to the workspace.
+    unreadable: Vec<PathBuf>,
 }
 
 /// The tree entries of the commit the work goes on: mode and id by path.
@@ -213,6 +216,14 @@ impl Save<'_> {
                 if matches!(e, Error::SaveDeadline { .. }) {
                     return outcome.map(|_| Saved::default());
                 }
+                // Whatever failed, a second try may not start past the
+                // deadline.
+                if self.deadline.passed() {
+                    return Err(Error::SaveDeadline {
+                        action: "bring in the task's commits",
+                        after: self.deadline.length,
+                    });
+                }
                 // Its HEAD names objects that are nowhere to be found (in
                 // another repository the task could name but not reach,
                 // say): its commits stay out, its files come home.
@@ -223,6 +234,7 @@ impl Save<'_> {
                 self.budget = Budget::default();
                 self.nested.clear();
                 self.hazard = None;
+                self.unreadable.clear();
                 imported = false;
                 outcome = self.commit(&git, None, hints.as_ref());
             }
@@ -238,6 +250,7 @@ impl Save<'_> {
             left_out: self.budget.left_out.count,
             left_out_first,
             not_staged: self.hazard.clone(),
+            unreadable: self.unreadable.clone(),
         })
     }
 
@@ -315,7 +328,9 @@ impl Save<'_> {
             return Ok(None);
         };
         if commit != self.ws.base {
-            if let Err(why) = treecheck::check(git, &tree, TREE_LIMITS) {
+            let measured = treecheck::check(git, &tree, TREE_LIMITS)
+                .and_then(|()| treecheck::check_files(git, &commit, &self.ws.base, &self.shadow));
+            if let Err(why) = measured {
                 past_deadline("measure the task's tree")?;
                 notes.push(format!(
                     "the task's HEAD was not used ({why}): its commits were not brought in; its files were saved on its branch"
@@ -356,6 +371,17 @@ impl Save<'_> {
                     &self.relative(&self.budget.special.first),
                     self.budget.special.count
                 )
+            ));
+        }
+        if !self.unreadable.is_empty() {
+            let shown: Vec<String> = self
+                .unreadable
+                .iter()
+                .map(|p| format!("{}/", p.display()))
+                .collect();
+            notes.push(format!(
+                "directories orch cannot read ({}) were not saved; they stay in the workspace",
+                shown.join(", ")
             ));
         }
         if !self.nested.is_empty() {
@@ -536,17 +562,41 @@ impl Save<'_> {
             }
         };
         // Submodules stay as the tree records them: git never enters them,
-        // and neither does the save.
-        let gitlinks: HashSet<Vec<u8>> = tracked
-            .iter()
-            .filter(|(_, (mode, _))| *mode == 0o160000)
-            .map(|(path, _)| path.clone())
-            .collect();
+        // and neither does the save. Unless the task put something else
+        // there: a file or a link is staged as one, as `git add -A` would;
+        // a repository of its own making is staged as plain files, as any
+        // repository nested in the work is.
+        let mut gitlinks: HashSet<Vec<u8>> = HashSet::new();
+        let mut replaced: Vec<Vec<u8>> = Vec::new();
+        for (path, (mode, _)) in &tracked {
+            if *mode != 0o160000 {
+                continue;
+            }
+            let on_disk = work_tree.join(OsStr::from_bytes(path));
+            match on_disk.symlink_metadata() {
+                Ok(meta) if !meta.is_dir() => replaced.push(path.clone()),
+                Ok(_)
+                    if on_disk
+                        .join(".git")
+                        .symlink_metadata()
+                        .is_ok_and(|m| m.is_dir()) => {}
+                _ => {
+                    gitlinks.insert(path.clone());
+                }
+            }
+        }
         let scan = worktree::scan(work_tree, &gitlinks);
         if let Some(why) = scan.hazard {
             self.hazard = Some(why);
             return Ok(None);
         }
+        self.unreadable.extend(scan.unreadable.iter().map(|rel| {
+            work_tree
+                .join(rel)
+                .strip_prefix(&self.ws.path)
+                .unwrap_or(rel)
+                .to_path_buf()
+        }));
         let untracked = self.untracked(&indexed, &scan.nested)?;
         let mut level = Level {
             work_tree,
@@ -556,6 +606,14 @@ impl Save<'_> {
             missing: HashMap::new(),
         };
         self.plan_tracked(&mut level, &tracked);
+        for path in &replaced {
+            let on_disk = work_tree.join(OsStr::from_bytes(path));
+            if let Ok(meta) = on_disk.symlink_metadata() {
+                if self.budget.take(&on_disk, staged_len(&meta)) {
+                    level.plan.take(path);
+                }
+            }
+        }
         self.plan_untracked(&mut level, &untracked);
         level.plan.apply(&indexed, &self.shadow.join("staged"))?;
         for path in &scan.nested {
@@ -708,6 +766,8 @@ impl Save<'_> {
                 OsStr::new("--cached"),
                 OsStr::new("-r"),
                 OsStr::new("-q"),
+                // A submodule the task replaced: its gitlink goes as well.
+                OsStr::new("-f"),
                 OsStr::new("--ignore-unmatch"),
                 OsStr::new("--"),
                 &literal,

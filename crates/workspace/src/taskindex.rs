@@ -25,7 +25,11 @@ use std::path::Path;
 /// The largest index read.
 const MAX_INDEX: u64 = 512 << 20;
 /// The most entries taken from it.
-const MAX_ENTRIES: u32 = 5_000_000;
+const MAX_ENTRIES: u32 = 2_000_000;
+/// The most bytes of path names taken from it, all entries together: a
+/// version 4 index names each path by what it shares with the previous
+/// one, so a small file can name far more bytes than it holds.
+const MAX_NAME_BYTES: usize = 128 << 20;
 
 /// What `lstat` said of a file when the index recorded it; seconds and
 /// nanoseconds as git keeps them (32 bits each; nanoseconds are 0 where
@@ -168,6 +172,7 @@ fn parse(data: &[u8], id_len: usize) -> Option<TaskIndex> {
     let mut index = TaskIndex::default();
     let mut at = 12usize;
     let mut previous: Vec<u8> = Vec::new();
+    let mut named = 0usize;
     for _ in 0..count {
         let start = at;
         let word = |i: usize| be32(data, start + 4 * i);
@@ -208,7 +213,8 @@ fn parse(data: &[u8], id_len: usize) -> Option<TaskIndex> {
             at = start + len.div_ceil(8) * 8;
             name
         };
-        if at > data.len() {
+        named += name.len();
+        if at > data.len() || named > MAX_NAME_BYTES {
             return None;
         }
         previous.clone_from(&name);
@@ -296,6 +302,37 @@ mod tests {
             let meta = std::fs::symlink_metadata(dir.join("sub/a.txt")).unwrap();
             assert!(!a.stat.matches(&meta), "version {version}");
         }
+    }
+
+    #[test]
+    fn names_that_expand_past_the_bound_are_no_index() {
+        // Version 4: each name keeps all of the previous one and adds two
+        // bytes, so 20,000 entries of a few bytes name 400 MB in all.
+        let count: u32 = 20_000;
+        let mut data = b"DIRC".to_vec();
+        data.extend_from_slice(&4u32.to_be_bytes());
+        data.extend_from_slice(&count.to_be_bytes());
+        for _ in 0..count {
+            data.extend_from_slice(&[0; 24]);
+            data.extend_from_slice(&0o100644u32.to_be_bytes());
+            data.extend_from_slice(&[0; 12]);
+            data.extend_from_slice(&[7; 20]);
+            data.extend_from_slice(&0u16.to_be_bytes());
+            data.extend_from_slice(&[0, b'a', b'b', 0]);
+        }
+        assert!(parse(&data, 20).is_none());
+        // The same, few enough, is read.
+        let small = count_entries(&data, 1_000);
+        assert_eq!(parse(&small, 20).map(|i| i.entries.len()), Some(1_000));
+    }
+
+    /// `data` (a version 4 index) cut to its first `n` entries.
+    fn count_entries(data: &[u8], n: u32) -> Vec<u8> {
+        let mut cut = data[..8].to_vec();
+        cut.extend_from_slice(&n.to_be_bytes());
+        let entry = 24 + 4 + 12 + 20 + 2 + 4;
+        cut.extend_from_slice(&data[12..12 + entry * n as usize]);
+        cut
     }
 
     #[test]

@@ -577,10 +577,11 @@ fn files_and_directories_that_swapped_places_are_saved() {
     );
 }
 
-/// A large file of the tree the work goes on, left as it was, is saved
-/// whatever its size: it costs what the user's own tree costs.
+/// A large file the task committed is held to the save's budget as an
+/// uncommitted one is: its commit does not come home, the file is left out
+/// and named, the rest of the work comes home, and the workspace is kept.
 #[test]
-fn a_large_file_the_tree_already_holds_is_not_left_out() {
+fn a_large_file_the_task_committed_is_held_to_the_budget() {
     let f = fixture();
     let (ws, lock) = f.workspace("b1b1b1b1");
     let big = std::fs::File::create(ws.path.join("big.bin")).unwrap();
@@ -589,14 +590,20 @@ fn a_large_file_the_tree_already_holds_is_not_left_out() {
     git(&ws.path, &["commit", "--quiet", "-m", "a big file"]);
     std::fs::write(ws.path.join("new.txt"), "new\n").unwrap();
 
-    let removed = ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
-    assert_eq!(removed.saved.left_out, 0, "{:?}", removed.saved);
+    let err = ws
+        .remove(&f.layout, &lock, Unsaved::Keep, None)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::TooLargeToSave { left_out: 1, .. }),
+        "{err}"
+    );
+    assert!(ws.path.join("big.bin").exists(), "kept");
     let files = git(
         &f.repo.top,
         &["ls-tree", "-r", "--name-only", "orch/b1b1b1b1"],
     );
     assert!(
-        files.contains("big.bin") && files.contains("new.txt"),
+        !files.contains("big.bin") && files.contains("new.txt"),
         "{files}"
     );
 }
@@ -707,10 +714,10 @@ fn fifos_and_sockets_do_not_stop_the_save() {
     assert!(log.contains("committed by the task"), "{log}");
 }
 
-/// A large file of the tree, renamed by the task, is saved under its new
-/// name: its blob is already the user's. Each blob covers one file.
+/// A large file the task committed and then renamed, and a copy of it:
+/// both are held to the budget, as anything the task brings is.
 #[test]
-fn a_renamed_large_file_is_saved_and_each_blob_covers_one_file() {
+fn a_renamed_large_file_is_held_to_the_budget_too() {
     let f = fixture();
     let (ws, lock) = f.workspace("e1e1e1e1");
     let size = (100 << 20) + 1;
@@ -721,7 +728,6 @@ fn a_renamed_large_file_is_saved_and_each_blob_covers_one_file() {
     git(&ws.path, &["add", "big.bin"]);
     git(&ws.path, &["commit", "--quiet", "-m", "a big file"]);
     std::fs::rename(ws.path.join("big.bin"), ws.path.join("renamed.bin")).unwrap();
-    // A second file of the same length has no blob left to cover it.
     std::fs::File::create(ws.path.join("copy.bin"))
         .unwrap()
         .set_len(size)
@@ -730,19 +736,13 @@ fn a_renamed_large_file_is_saved_and_each_blob_covers_one_file() {
     let removed = ws
         .remove(&f.layout, &lock, Unsaved::KeepOnFailure, None)
         .unwrap();
+    assert_eq!(removed.saved.left_out, 2, "{:?}", removed.saved);
     let files = git(
         &f.repo.top,
         &["ls-tree", "-r", "--name-only", "orch/e1e1e1e1"],
     );
     let files: Vec<&str> = files.lines().collect();
-    assert_eq!(removed.saved.left_out, 1, "{:?}", removed.saved);
-    assert!(
-        files.contains(&"renamed.bin") || files.contains(&"copy.bin"),
-        "{files:?}"
-    );
-    assert!(!files.contains(&"big.bin"), "{files:?}");
-    assert!(
-        !(files.contains(&"renamed.bin") && files.contains(&"copy.bin")),
-        "{files:?}"
-    );
+    for name in ["big.bin", "renamed.bin", "copy.bin"] {
+        assert!(!files.contains(&name), "{name}: {files:?}");
+    }
 }

@@ -180,6 +180,84 @@ fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Checks that the files `tip`'s commits bring (what `base` lacks) stay
+/// within what the save takes of uncommitted work: no file larger than
+/// `MAX_SAVED_FILE`, and not more than `MAX_SAVED_BYTES` in all. Their
+/// sizes are asked of git (the objects are never expanded); `Err` says
+/// why not, in words for the user. `shadow` holds the list of objects.
+pub(crate) fn check_files(
+    git: &Git,
+    tip: &str,
+    base: &str,
+    shadow: &std::path::Path,
+) -> Result<(), String> {
+    use crate::outcome::{MAX_SAVED_BYTES, MAX_SAVED_FILE};
+    let limit = format!("--filter=blob:limit={}", MAX_SAVED_FILE + 1);
+    let listed = git
+        .clone()
+        .timeout(std::time::Duration::from_secs(120))
+        .run_bytes(
+            "list the objects the task's commits bring",
+            &[
+                "rev-list",
+                "--objects",
+                "--no-object-names",
+                &limit,
+                "--filter-print-omitted",
+                tip,
+                &format!("^{base}"),
+            ],
+        )
+        .map_err(|e| {
+            format!(
+                "its commits could not be listed: {}",
+                crate::error::one_line(&e)
+            )
+        })?;
+    let mut ids = Vec::new();
+    for line in listed.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        if line.first() == Some(&b'~') {
+            return Err(format!(
+                "its commits hold a file larger than {} MiB",
+                MAX_SAVED_FILE >> 20
+            ));
+        }
+        ids.extend_from_slice(line);
+        ids.push(b'\n');
+    }
+    let list = shadow.join("brought");
+    std::fs::write(&list, &ids).map_err(|e| format!("{}: {e}", list.display()))?;
+    let sizes = git
+        .clone()
+        .stdin_file(&list)
+        .timeout(std::time::Duration::from_secs(120))
+        .run_bytes(
+            "measure the files the task's commits bring",
+            &["cat-file", "--batch-check=%(objecttype) %(objectsize)"],
+        )
+        .map_err(|e| {
+            format!(
+                "its commits could not be measured: {}",
+                crate::error::one_line(&e)
+            )
+        })?;
+    let _ = std::fs::remove_file(&list);
+    let mut total = 0u64;
+    for line in sizes.split(|b| *b == b'\n') {
+        let text = String::from_utf8_lossy(line);
+        if let Some(size) = text.strip_prefix("blob ") {
+            total = total.saturating_add(size.trim().parse::<u64>().unwrap_or(u64::MAX));
+        }
+    }
+    if total > MAX_SAVED_BYTES {
+        return Err(format!(
+            "its commits hold more than {} MiB of files",
+            MAX_SAVED_BYTES >> 20
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

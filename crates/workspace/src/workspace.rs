@@ -220,6 +220,17 @@ impl Workspace {
             Some(saved) => saved,
             None => self.save_for_removal(layout, lock, unsaved)?,
         };
+        if unsaved != Unsaved::Discard && !saved.unreadable.is_empty() {
+            let shown: Vec<String> = saved
+                .unreadable
+                .iter()
+                .map(|p| format!("{:?}", p.display().to_string()))
+                .collect();
+            return Err(Error::NotSaved {
+                path: self.path.clone(),
+                why: format!("directories orch cannot read: {}", shown.join(", ")),
+            });
+        }
         if unsaved == Unsaved::Keep {
             if let Some(why) = &saved.not_staged {
                 return Err(Error::NotSaved {

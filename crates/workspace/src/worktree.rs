@@ -5,7 +5,8 @@
 //! every directory it lists, `.gitattributes` along every path it stages,
 //! and the `.git` of a directory that looks like a repository. A task may
 //! have made any of them a FIFO (git's `open` would block for ever), a
-//! device, or a link. So orch walks the tree first (never following a
+//! device, or a link (which git 2.32 and later never follow: with such a
+//! git a link there is harmless). So orch walks the tree first (never following a
 //! link, bounded), notes every such name that is not a regular file, finds
 //! the repositories nested inside (which git must not enter; they are
 //! staged on their own), and checks that each of those can be named in an
@@ -31,6 +32,9 @@ pub(crate) struct Scan {
     pub(crate) nested: Vec<PathBuf>,
     /// Why git must not be handed this work tree, if it must not.
     pub(crate) hazard: Option<String>,
+    /// Directories that could not be read (relative): neither orch nor git
+    /// can save what they hold.
+    pub(crate) unreadable: Vec<PathBuf>,
 }
 
 /// Names git opens as files when it meets them in a directory it lists or
@@ -45,9 +49,14 @@ pub(crate) fn scan(root: &Path, skip: &HashSet<Vec<u8>>) -> Scan {
     let mut seen = 0usize;
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(root.join(&rel)) else {
-            // git cannot list it either.
-            continue;
+        let entries = match std::fs::read_dir(root.join(&rel)) {
+            Ok(entries) => entries,
+            // git cannot list it either: what it holds cannot be saved.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                scan.unreadable.push(rel);
+                continue;
+            }
+            Err(_) => continue,
         };
         for entry in entries.flatten() {
             seen += 1;
@@ -67,6 +76,10 @@ pub(crate) fn scan(root: &Path, skip: &HashSet<Vec<u8>>) -> Scan {
                 if kind.is_dir() {
                     // git reads nothing from a directory of that name.
                     stack.push(path);
+                    continue;
+                }
+                if kind.is_symlink() && crate::git::ignores_linked_ignore_files() {
+                    // This git never follows it.
                     continue;
                 }
                 scan.hazard = Some(format!(

@@ -124,7 +124,8 @@ fn forward(client: UnixStream, shared: &Arc<Shared>) {
         open.push(client.try_clone().unwrap());
         open.push(engine.try_clone().unwrap());
     }
-    let pipe = |mut from: UnixStream, mut to: UnixStream| {
+    // `whole`: when this direction ends, so does the connection.
+    let pipe = |mut from: UnixStream, mut to: UnixStream, whole: bool| {
         std::thread::spawn(move || {
             let mut buf = [0u8; 64 * 1024];
             loop {
@@ -137,9 +138,22 @@ fn forward(client: UnixStream, shared: &Arc<Shared>) {
                     }
                 }
             }
-            let _ = to.shutdown(std::net::Shutdown::Write);
+            if whole {
+                // On the sockets themselves (clones are kept for `cut`): an
+                // engine connection left open with nobody reading it blocks
+                // the engine's writer of an attach stream, and with it that
+                // container's state, for good.
+                let _ = to.shutdown(std::net::Shutdown::Both);
+                let _ = from.shutdown(std::net::Shutdown::Both);
+            } else {
+                let _ = to.shutdown(std::net::Shutdown::Write);
+            }
         });
     };
-    pipe(client.try_clone().unwrap(), engine.try_clone().unwrap());
-    pipe(engine, client);
+    pipe(
+        client.try_clone().unwrap(),
+        engine.try_clone().unwrap(),
+        false,
+    );
+    pipe(engine, client, true);
 }

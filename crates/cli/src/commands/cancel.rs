@@ -8,22 +8,23 @@ use orch_orchestrator::{Cancelled, Orchestrator};
 
 use crate::args::CancelArgs;
 use crate::exit;
-use orch_registry::Store;
 
 pub(crate) async fn run(args: &CancelArgs) -> anyhow::Result<ExitCode> {
-    let registry = super::ps::require_registry()?;
-    let mut ids = Vec::new();
-    let mut failed = false;
-    for given in &args.ids {
-        match registry.resolve(given) {
-            Ok(id) => ids.push(id),
-            Err(e) => {
-                crate::output::say(&format!("orch: error: {e}"));
-                failed = true;
+    let (ids, mut failed) = super::blocking(|| -> anyhow::Result<_> {
+        let registry = super::ps::require_registry()?;
+        let mut ids = Vec::new();
+        let mut failed = false;
+        for given in &args.ids {
+            match registry.resolve(given) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    crate::output::say(&format!("orch: error: {e}"));
+                    failed = true;
+                }
             }
         }
-    }
-    drop(registry);
+        Ok((ids, failed))
+    })?;
     let home = super::open_home()?;
     let orch = Orchestrator::connect(home).await?;
     let cancels = ids.iter().map(|id| orch.cancel(id));

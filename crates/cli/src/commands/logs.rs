@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::args::LogsArgs;
-use orch_registry::Store;
+use orch_orchestrator::cluster::LogSource;
 
 /// How often a followed log is looked at.
 const POLL: Duration = Duration::from_millis(100);
@@ -15,17 +15,56 @@ const POLL: Duration = Duration::from_millis(100);
 /// out, 128+N stopped by signal N, 125 lost), so that scripts can follow
 /// a task as they would run it.
 pub(crate) async fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
-    let registry = super::ps::require_registry()?;
-    let id = registry.resolve(&args.id)?;
-    let path = super::home_path()?.join("logs").join(format!("{id}.log"));
+    let registry = super::blocking(super::ps::require_registry)?;
+    let id = super::blocking(|| registry.resolve(&args.id))?;
+    let home = super::home_path()?;
+    let node = if registry.shared() {
+        let home = orch_orchestrator::Home::open(&home)?;
+        Some(home.node_id()?)
+    } else {
+        None
+    };
+    let record = super::blocking(|| registry.get(&id))?;
+    if let Some(task) = &record {
+        let source = super::blocking(|| {
+            orch_orchestrator::cluster::log_source(&*registry, &home, node.as_deref(), task)
+        })?;
+        match source {
+            LogSource::Local(_) => {}
+            LogSource::Kept(bytes) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&bytes)?;
+                out.flush()?;
+                return Ok(if args.follow {
+                    crate::exit::for_record(task)
+                } else {
+                    ExitCode::SUCCESS
+                });
+            }
+            LogSource::Remote { url } => {
+                relay(&url, &id.to_string(), args.follow).await?;
+                if !args.follow {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let ended = super::blocking(|| registry.get(&id))?;
+                return Ok(ended.map_or(ExitCode::SUCCESS, |r| crate::exit::for_record(&r)));
+            }
+            LogSource::Unreachable { node } => {
+                anyhow::bail!(
+                    "task {id} runs on node {node}, which advertises no URL (orch serve --advertise) to read its output from"
+                );
+            }
+        }
+    }
+    let path = home.join("logs").join(format!("{id}.log"));
     let mut offset = 0u64;
     loop {
         // Whether it had ended *before* this read: then the read gets all.
-        // A live record whose owner is dead will not end by itself.
-        let record = registry.get(&id)?;
-        let ended = record
-            .as_ref()
-            .is_none_or(|t| t.state.is_terminal() || !orch_orchestrator::Owner::from(t).is_alive());
+        // A live record whose owner is gone will not end by itself.
+        let record = super::blocking(|| registry.get(&id))?;
+        let ended = record.as_ref().is_none_or(|t| {
+            t.state.is_terminal() || !orch_orchestrator::cluster::runs(t, node.as_deref())
+        });
         offset = copy_new(&path, offset)?;
         if !args.follow {
             return Ok(ExitCode::SUCCESS);
@@ -35,6 +74,32 @@ pub(crate) async fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Copies a task's output from the node that runs it, as it comes.
+async fn relay(url: &str, id: &str, follow: bool) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let token = std::env::var("ORCH_TOKEN").ok().or_else(|| {
+        let home = super::home_path().ok()?;
+        std::fs::read_to_string(home.join("api-token"))
+            .ok()
+            .map(|t| t.trim().to_owned())
+    });
+    let mut body = orch_server::Client::tcp(url, token)?
+        .open_logs(id, follow)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("task {id} runs on {url}, whose output could not be read: {e}")
+        })?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| anyhow::anyhow!("the output from {url} broke off: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&data)?;
+            out.flush()?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies what the log holds past `offset` to stdout; returns the new

@@ -36,12 +36,12 @@ pub(crate) async fn run(
                 .map_err(Into::into),
             exit::FAILED,
         ),
-        Command::Ps(args) => (ps::ps(&args), exit::FAILED),
-        Command::Show(args) => (ps::show(&args), exit::FAILED),
+        Command::Ps(args) => (blocking(|| ps::ps(&args)), exit::FAILED),
+        Command::Show(args) => (blocking(|| ps::show(&args)), exit::FAILED),
         Command::Logs(args) => (logs::run(&args).await, exit::FAILED),
         Command::Cancel(args) => (cancel::run(&args).await, exit::FAILED),
         Command::Cleanup(args) => (cleanup::run(args).await, exit::FAILED),
-        Command::Du(args) => (du::run(&args), exit::FAILED),
+        Command::Du(args) => (blocking(|| du::run(&args)), exit::FAILED),
         Command::Serve(args) => (serve::run(args, watchdog).await, exit::ORCH_FAILED),
         Command::Submit(args) => (submit::run(args).await, exit::ORCH_FAILED),
     };
@@ -100,4 +100,10 @@ fn note_tightened(home: &orch_orchestrator::Home) {
     if let Some(note) = home.tightened() {
         crate::output::say(&format!("orch: note: {note}"));
     }
+}
+
+/// Runs `work`, which blocks (a registry's calls do: a cluster's client
+/// runs a small runtime of its own), off the async runtime's workers.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(work)
 }

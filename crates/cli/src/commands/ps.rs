@@ -3,24 +3,31 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use orch_registry::{Listing, Registry, Store, TaskRecord, WorkspaceState, now_ms};
+use orch_orchestrator::GlobalConfig;
+use orch_registry::{Listing, Postgres, Registry, Store, TaskRecord, WorkspaceState, now_ms};
 
 use crate::args::{PsArgs, ShowArgs};
 
-/// The registry of this instance, if there is one yet.
-pub(crate) fn open_registry() -> anyhow::Result<Option<Registry>> {
+/// The registry this home uses, if there is one yet: a cluster's database
+/// (`ORCH_REGISTRY`, `[registry] url`), else the home's own. Its calls
+/// block: call them on a blocking thread (see [`super::blocking`]).
+pub(crate) fn open_registry() -> anyhow::Result<Option<Box<dyn Store>>> {
+    let config = GlobalConfig::load(GlobalConfig::default_path().as_deref())?;
+    if let Some(url) = orch_orchestrator::cluster::registry_url(&config)? {
+        return Ok(Some(Box::new(Postgres::open(&url)?)));
+    }
     let home = super::home_path()?;
     let db = home.join("orch.db");
     if !super::exists_in_home(&home, &db)? {
         return Ok(None);
     }
     Registry::open(&db)
-        .map(Some)
+        .map(|r| Some(Box::new(r) as Box<dyn Store>))
         .map_err(|e| super::unusable_home(&home, e.into()))
 }
 
 /// The registry, or an error saying there are no tasks.
-pub(crate) fn require_registry() -> anyhow::Result<Registry> {
+pub(crate) fn require_registry() -> anyhow::Result<Box<dyn Store>> {
     open_registry()?.ok_or_else(|| anyhow::anyhow!("no tasks yet: this orch home has no registry"))
 }
 
@@ -44,6 +51,9 @@ pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let now = now_ms();
+    if let Some(registry) = registry.as_ref().filter(|r| r.shared()) {
+        return cluster_table(&**registry, listing, &mut out, now);
+    }
     writeln!(
         out,
         "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  WORKSPACE",
@@ -79,6 +89,49 @@ pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
         })?;
     }
     written?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `orch ps` of a cluster: every node's tasks, with the node that runs each.
+fn cluster_table(
+    registry: &dyn Store,
+    listing: Listing,
+    out: &mut impl Write,
+    now: i64,
+) -> anyhow::Result<ExitCode> {
+    writeln!(
+        out,
+        "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  {:<16}  WORKSPACE",
+        "ID", "PROJECT", "STATUS", "PROGRESS", "AGE", "NODE"
+    )?;
+    for task in registry.list(listing)? {
+        let id = task.id.to_string();
+        let workspace = match (&task.workspace.path, task.workspace.state) {
+            (None, _) => "-",
+            (Some(_), Some(WorkspaceState::Removed)) => "(removed)",
+            (Some(path), _) => path.as_str(),
+        };
+        writeln!(
+            out,
+            "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  {:<16}  {workspace}",
+            &id[..13],
+            truncate(&crate::output::safe(&task.project), 16),
+            if task.workspace.state == Some(WorkspaceState::Saving) {
+                "saving"
+            } else {
+                task.state.as_str()
+            },
+            task.progress
+                .percent
+                .map_or_else(|| "-".into(), |p| format!("{p}%")),
+            age(now - task.created_at),
+            truncate(
+                &crate::output::safe(task.owner.node.as_deref().unwrap_or("-")),
+                16
+            ),
+        )?;
+    }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
@@ -123,7 +176,13 @@ pub(crate) fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
         ("branch", opt(&task.workspace.branch)),
         (
             "owner",
-            format!("pid {} (session {})", task.owner.pid, task.owner.session),
+            match &task.owner.node {
+                Some(node) => format!(
+                    "node {node}, pid {} (session {}), attempt {}",
+                    task.owner.pid, task.owner.session, task.owner.attempt
+                ),
+                None => format!("pid {} (session {})", task.owner.pid, task.owner.session),
+            },
         ),
         ("detached", task.owner.detached.to_string()),
         (

@@ -115,7 +115,7 @@ pub(crate) fn plan(snapshot: &Snapshot, own_session: Uuid, status: Option<State>
     if status.is_none() {
         for dir in &snapshot.dirs {
             let id: Option<Uuid> = dir.task_id.parse().ok();
-            if id.is_some_and(|id| rows.contains_key(&id)) {
+            if id.is_some_and(|id| rows.contains_key(&id) || snapshot.foreign.contains(&id)) {
                 continue;
             }
             let target = WorkspaceTarget::of_dir(dir, None, None).measured();

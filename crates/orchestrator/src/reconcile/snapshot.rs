@@ -22,7 +22,13 @@ use crate::teardown::{Found, TaskFacts, WorkspaceTarget};
 /// The data a plan is made from.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
+    /// The records of this node's tasks (all of them, on one host).
     pub(crate) rows: Vec<TaskRecord>,
+    /// In a cluster, the tasks another node owns now: neither their
+    /// records nor their resources are this node's to settle. A container
+    /// of this instance for one is what an earlier attempt left here; a
+    /// directory of one is left as it is (it may hold unsaved work).
+    pub(crate) foreign: BTreeSet<Uuid>,
     pub(crate) containers: Vec<OwnedContainer>,
     pub(crate) dirs: Vec<TaskDir>,
     pub(crate) now: i64,
@@ -84,8 +90,13 @@ impl Snapshot {
                 Ok(rows)
             })
             .await?;
+        let node = ctx.node_id();
+        let (foreign, rows): (Vec<TaskRecord>, Vec<TaskRecord>) = rows
+            .into_iter()
+            .partition(|row| crate::owner::is_foreign(row, node));
         Ok(Snapshot {
             rows,
+            foreign: foreign.into_iter().map(|row| row.id).collect(),
             containers,
             dirs,
             now: now_ms(),

@@ -55,7 +55,14 @@ impl TaskRun<'_> {
     async fn spec_with_way_out(&mut self) -> Result<ContainerSpec, Error> {
         let ctx = self.ctx;
         let task_id = self.prepared.task_id;
-        let egress = &self.prepared.request.project.settings.sandbox.egress;
+        let egress = self
+            .prepared
+            .request
+            .project
+            .settings
+            .sandbox
+            .egress
+            .as_deref();
         let machine = ctx.runtime.machine().await?;
         let mut spec = spec(
             ctx,
@@ -65,14 +72,19 @@ impl TaskRun<'_> {
             &machine,
         );
         crate::link::register(ctx.watchdog.as_deref(), &self.facts(), &self.name);
-        if !egress.is_empty() {
-            // Known before it exists: whatever goes wrong from here, the
-            // teardown removes it (and its network).
-            self.egress = Some(crate::runtime::egress_name(&self.name));
-            let (network, hosts) =
-                crate::egress::open(ctx, task_id, &self.name, &spec, egress).await?;
-            spec.network = network;
-            spec.extra_hosts = hosts;
+        match egress {
+            None => {}
+            // Allowed nowhere: no network but its own loopback.
+            Some([]) => spec.network = "none".into(),
+            Some(egress) => {
+                // Known before it exists: whatever goes wrong from here, the
+                // teardown removes it (and its network).
+                self.egress = Some(crate::runtime::egress_name(&self.name));
+                let (network, hosts) =
+                    crate::egress::open(ctx, task_id, &self.name, &spec, egress).await?;
+                spec.network = network;
+                spec.extra_hosts = hosts;
+            }
         }
         Ok(spec)
     }

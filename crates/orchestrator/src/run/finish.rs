@@ -19,6 +19,11 @@ impl TaskRun<'_> {
         self.over.send_replace(true);
         self.sink.send(Event::Ended);
         self.drain().await;
+        if self.ctx.store.shared() {
+            // Before the record ends: whoever reads it ended finds the
+            // output in the registry.
+            crate::cluster::keep_log(self.ctx, self.prepared.holds().id).await;
+        }
         let (ending, error) = match ending {
             Ok(ending) => (ending, None),
             Err(e) => {

@@ -66,7 +66,11 @@ pub(crate) async fn check(
         .into());
     }
     let network = settings.network.as_str();
-    if !settings.sandbox.egress.is_empty()
+    if settings
+        .sandbox
+        .egress
+        .as_ref()
+        .is_some_and(|e| !e.is_empty())
         && (matches!(network, "none" | "host") || network.starts_with("container:"))
     {
         return Err(ConfigError::Flag {

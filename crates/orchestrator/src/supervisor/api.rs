@@ -73,6 +73,18 @@ impl Supervisor {
         self.ctx().home.log_path(id)
     }
 
+    /// Where `task`'s output is to be read from: this home, the registry
+    /// (ended on another node), or the node that runs it.
+    pub async fn log_source(&self, task: &TaskRecord) -> Result<crate::cluster::LogSource, Error> {
+        let home = self.ctx().home.path().to_path_buf();
+        let node = self.ctx().node_id().map(str::to_owned);
+        let task = task.clone();
+        self.ctx()
+            .store
+            .call(move |r| crate::cluster::log_source(r, &home, node.as_deref(), &task))
+            .await
+    }
+
     /// Cancels a task: a queued one where it waits, one this daemon runs
     /// through its own shutdown, one another process owns through the
     /// registry (or, its owner dead, by doing the owner's work). With

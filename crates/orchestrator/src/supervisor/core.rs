@@ -140,16 +140,26 @@ impl Supervisor {
     /// The metrics in the Prometheus text format, with live tasks per
     /// state and the home's reaped counts read now.
     pub async fn metrics_text(&self) -> Result<String, Error> {
-        let (live, reaped) = self
+        let (live, reaped, nodes) = self
             .ctx()
             .store
-            .call(|r| Ok::<_, orch_registry::Error>((r.count_by_state()?, r.counters("reaped.")?)))
+            .call(|r| {
+                let nodes = if r.shared() { r.nodes()? } else { Vec::new() };
+                Ok::<_, orch_registry::Error>((r.count_by_state()?, r.counters("reaped.")?, nodes))
+            })
             .await?;
+        let mut by_state: Vec<(String, u64)> = Vec::new();
+        for node in &nodes {
+            match by_state.iter_mut().find(|(s, _)| s == node.state()) {
+                Some((_, n)) => *n += 1,
+                None => by_state.push((node.state().to_owned(), 1)),
+            }
+        }
         let live: Vec<(String, u64)> = live
             .into_iter()
             .map(|(s, n)| (s, u64::try_from(n).unwrap_or(0)))
             .collect();
-        Ok(self.metrics.encode(&live, self.stuck(), &reaped))
+        Ok(self.metrics.encode(&live, self.stuck(), &reaped, &by_state))
     }
 
     /// Every event from now on.
@@ -242,6 +252,13 @@ impl Supervisor {
         self.ctx().tracker.spawn(async move {
             schedule.cleanup_schedule(schedule_stop).await;
         });
+        if self.ctx().store.shared() {
+            let node = self.clone();
+            let node_stop = shutdown.clone();
+            self.ctx().tracker.spawn(async move {
+                node.node_loop(node_stop).await;
+            });
+        }
         loop {
             self.fill().await;
             self.watch_stuck();
@@ -265,5 +282,6 @@ impl Supervisor {
                 () = tokio::time::sleep(TICK) => {}
             }
         }
+        self.leave().await;
     }
 }

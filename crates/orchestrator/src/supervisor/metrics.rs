@@ -62,6 +62,7 @@ pub struct Metrics {
     stuck: Gauge,
     workspace_bytes: Gauge,
     webhook_failures: Family<EventLabel, Counter>,
+    nodes: Family<StateLabel, Gauge>,
 }
 
 /// Buckets from 100 ms to about 1.5 days.
@@ -133,7 +134,7 @@ impl Metrics {
         let reaped = Family::<ByLabel, Counter>::default();
         registry.register(
             "orch_reaped",
-            "Tasks of this home whose owner died, ended by the watchdog, reconciliation or the stale cleanup",
+            "Tasks of this home whose owner died, ended by the watchdog, reconciliation, the stale cleanup or (in a cluster) a rescue",
             reaped.clone(),
         );
         let stuck = Gauge::default();
@@ -154,6 +155,12 @@ impl Metrics {
             "orch_webhook_failures",
             "Webhook deliveries given up after their retries, or dropped, by event",
             webhook_failures.clone(),
+        );
+        let nodes = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "orch_nodes",
+            "Nodes of the cluster sharing this daemon's registry, by state (live, dead, left); none on one host",
+            nodes.clone(),
         );
         for state in ["queued", "creating", "running"] {
             drop(tasks.get_or_create(&label(state)));
@@ -176,7 +183,7 @@ impl Metrics {
                 event: event.into(),
             }));
         }
-        for by in ["watchdog", "reconcile", "cleanup"] {
+        for by in ["watchdog", "reconcile", "cleanup", "rescue"] {
             drop(reaped.get_or_create(&ByLabel { by: by.into() }));
         }
         Metrics {
@@ -193,6 +200,7 @@ impl Metrics {
             stuck,
             workspace_bytes,
             webhook_failures,
+            nodes,
         }
     }
 
@@ -258,7 +266,17 @@ impl Metrics {
         live: &[(String, u64)],
         stuck: usize,
         reaped: &[(String, u64)],
+        nodes: &[(String, u64)],
     ) -> String {
+        for state in ["live", "dead", "left"] {
+            if let Some((_, n)) = nodes.iter().find(|(s, _)| s == state) {
+                self.nodes
+                    .get_or_create(&label(state))
+                    .set(i64::try_from(*n).unwrap_or(i64::MAX));
+            } else if !nodes.is_empty() {
+                self.nodes.get_or_create(&label(state)).set(0);
+            }
+        }
         for state in ["queued", "creating", "running", "saving"] {
             let n = live.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
             self.tasks
@@ -330,7 +348,7 @@ mod tests {
             orch_registry::State::Failed,
             Some(std::time::Duration::from_secs(2)),
         );
-        let open = metrics.encode(&[("queued".to_owned(), 3)], 1, &[]);
+        let open = metrics.encode(&[("queued".to_owned(), 3)], 1, &[], &[]);
         assert!(open.contains("# TYPE orch_tasks_submitted counter"));
         assert!(open.ends_with("# EOF\n"));
         let text = classic(&open);

@@ -14,6 +14,7 @@
 mod api;
 mod core;
 mod metrics;
+mod node;
 mod queue;
 mod schedule;
 mod spec;

@@ -247,7 +247,7 @@ impl WorkspaceTarget {
     /// With its size filled in, for plans that report what they free.
     /// Walks the tree: call it on the blocking pool.
     pub fn measured(mut self) -> WorkspaceTarget {
-        self.bytes = orch_workspace::du::measure(&self.path).map_or(0, |s| s.bytes);
+        self.bytes = orch_workspace::workspace_size(&self.path).map_or(0, |s| s.bytes);
         self
     }
 }

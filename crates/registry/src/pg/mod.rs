@@ -145,7 +145,11 @@ impl Postgres {
             let mut all: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&id, &task.number];
             all.extend_from_slice(params);
             if tx.execute(&sql, &all)? == 0 {
-                return Err(refusal(tx, task)?.into());
+                match refusal(tx, task)? {
+                    // Nothing to write about: a task whose record is gone.
+                    Error::NotFound(_) => {}
+                    refused => return Err(refused.into()),
+                }
             }
             Ok(())
         })
@@ -480,7 +484,9 @@ impl Store for Postgres {
             )?;
             if changed == 0 {
                 let refused = refusal(tx, task)?;
-                if !matches!(refused, Error::Fenced { current, .. } if current == task.number) {
+                let holds =
+                    matches!(refused, Error::Fenced { current, .. } if current == task.number);
+                if !holds && !matches!(refused, Error::NotFound(_)) {
                     return Err(refused.into());
                 }
             }
@@ -766,8 +772,9 @@ impl Store for Postgres {
             )?;
             if changed == 0 {
                 let refused = refusal(tx, &task.attempt())?;
-                if !matches!(refused, Error::Fenced { current, .. } if current == task.owner.attempt)
-                {
+                let holds =
+                    matches!(refused, Error::Fenced { current, .. } if current == task.owner.attempt);
+                if !holds && !matches!(refused, Error::NotFound(_)) {
                     return Err(refused.into());
                 }
             }

@@ -77,6 +77,9 @@ function renderTasks(tasks) {
   const body = $("tasks").tBodies[0];
   body.replaceChildren();
   const counts = {};
+  // A cluster: each task's node, in a column of its own.
+  const cluster = tasks.some((t) => t.node);
+  for (const th of $("tasks").querySelectorAll("th.node")) th.hidden = !cluster;
   for (const t of tasks) {
     counts[t.state] = (counts[t.state] || 0) + 1;
     const cancel = el("button", { type: "button", class: "danger cancel" }, "Cancel");
@@ -92,6 +95,7 @@ function renderTasks(tasks) {
       el("td", { class: `state state-${t.state}` }, t.state),
       el("td", { class: "progress" }, progress),
       el("td", {}, age(t.created_at)),
+      ...(cluster ? [el("td", { class: "node" }, t.node || "—")] : []),
       el("td", {}, cancel)));
   }
   $("no-tasks").hidden = tasks.length > 0;

@@ -1,0 +1,700 @@
+//! Many hosts (SPEC 12): three `orch serve` nodes, each with its own home
+//! and, where the machine allows, its own Docker engine, sharing one real
+//! PostgreSQL database. Hosts die, freeze and come back; the database
+//! restarts; a task is cancelled and followed from a node that does not run
+//! it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orch_testkit::dockerd::Engine;
+use orch_testkit::postgres;
+use rustix::process::Signal;
+
+use crate::helper::{self, IMAGE, Running, TestEnv, code, stderr, wait_for, wait_for_opt};
+use crate::require_docker;
+
+/// The node lease of these tests: short, so that deaths are seen soon.
+const LEASE: &str = "4s";
+const LEASE_TIME: Duration = Duration::from_secs(4);
+/// Every node's token (a cluster shares one).
+const TOKEN: &str = "cluster-test-token-1234567890";
+
+/// One node: its own home, engine and daemon.
+struct Node {
+    name: String,
+    dir: tempfile::TempDir,
+    port: u16,
+    docker_host: Option<String>,
+    daemon: Option<Running>,
+    db: String,
+    config: PathBuf,
+}
+
+impl Node {
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// `orch` as this node's host runs it.
+    fn orch(&self) -> Command {
+        let mut cmd = Command::new(helper::orch_bin());
+        cmd.env("ORCH_HOME", self.home())
+            .env("ORCH_CONFIG", &self.config)
+            .env("ORCH_REGISTRY", &self.db)
+            .env("ORCH_TOKEN", TOKEN)
+            .env("ORCH_NODE_LEASE", LEASE)
+            .env("ORCH_NODE_NAME", &self.name)
+            .env_remove("RUST_LOG")
+            .env_remove("ORCH_FAIL_POINT")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        match &self.docker_host {
+            Some(host) => cmd.env("DOCKER_HOST", host),
+            None => cmd.env_remove("DOCKER_HOST"),
+        };
+        cmd
+    }
+
+    /// Starts its daemon and waits until it answers.
+    fn start(&mut self, concurrency: usize) {
+        let mut cmd = self.orch();
+        let listen = format!("127.0.0.1:{}", self.port);
+        cmd.args(["serve", "--concurrency", &concurrency.to_string()])
+            .args(["--listen", &listen])
+            .args(["--advertise", &format!("http://{listen}")])
+            .args(["--node-name", &self.name]);
+        let running = Running::spawn(cmd);
+        let socket = self.home().join("orch.sock");
+        wait_for("the node to answer", Duration::from_secs(30), || {
+            let said = running.stderr_text();
+            assert!(!said.contains("orch: error"), "{}: {said}", self.name);
+            healthy(&socket).then_some(())
+        });
+        self.daemon = Some(running);
+    }
+
+    fn signal(&self, signal: Signal) {
+        if let Some(daemon) = &self.daemon {
+            daemon.signal(signal);
+        }
+    }
+
+    /// Stops its daemon gracefully (its tasks stop, its watchdog is told).
+    fn stop(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(daemon.pid()).unwrap(),
+                Signal::TERM,
+            );
+            daemon.wait(Duration::from_secs(60));
+        }
+    }
+
+    /// `orch submit` through this node; the task's id.
+    fn submit(&self, project: &Path, desc: &str, args: &[&str]) -> String {
+        let out = self
+            .orch()
+            .arg("submit")
+            .args(args)
+            .arg(project)
+            .arg(desc)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}: submit: {}", self.name, stderr(&out));
+        helper::stdout(&out).trim().to_owned()
+    }
+
+    /// Every record of the cluster, as this node's `orch ps -a --json`
+    /// (none while the database cannot be reached).
+    fn tasks(&self) -> Vec<serde_json::Value> {
+        let out = self.orch().args(["ps", "-a", "--json"]).output().unwrap();
+        if code(&out) != 0 {
+            eprintln!("{}: ps: {}", self.name, stderr(&out));
+            return Vec::new();
+        }
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// This node's instance id.
+    fn instance(&self) -> String {
+        std::fs::read_to_string(self.home().join("instance-id"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// `docker` against this node's engine.
+    fn docker(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        if let Some(host) = &self.docker_host {
+            cmd.args(["-H", host]);
+        }
+        cmd
+    }
+
+    /// This node's containers: `(task id, state)`.
+    fn containers(&self) -> Vec<(String, String)> {
+        let out = self
+            .docker()
+            .args(["ps", "-a", "--filter"])
+            .arg(format!("label=orch.instance={}", self.instance()))
+            .args(["--format", "{{.Label \"orch.task\"}} {{.State}}"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(t, s)| (t.to_owned(), s.to_owned()))
+            .collect()
+    }
+
+    /// When (Unix milliseconds) this node's containers died since `since`
+    /// (Unix seconds), by the engine's own event log.
+    fn died_since(&self, since: u64) -> Vec<i64> {
+        let out = self
+            .docker()
+            .args(["events", "--since", &since.to_string(), "--until"])
+            .arg(now_secs().to_string())
+            .args([
+                "--filter",
+                "type=container",
+                "--filter",
+                "event=die",
+                "--filter",
+            ])
+            .arg(format!("label=orch.instance={}", self.instance()))
+            .args(["--format", "{{.TimeNano}}"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse::<i64>().ok())
+            .map(|ns| ns / 1_000_000)
+            .collect()
+    }
+
+    /// Task ids of every container this node's engine created since
+    /// `since` (Unix seconds), by the engine's own event log.
+    fn created_since(&self, since: u64) -> Vec<String> {
+        let out = self
+            .docker()
+            .args(["events", "--since", &since.to_string(), "--until"])
+            .arg(now_secs().to_string())
+            .args([
+                "--filter",
+                "type=container",
+                "--filter",
+                "event=create",
+                "--filter",
+            ])
+            .arg(format!("label=orch.instance={}", self.instance()))
+            .args(["--format", "{{index .Actor.Attributes \"orch.task\"}}"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(daemon) = &self.daemon {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(daemon.pid()).unwrap(),
+                Signal::CONT,
+            );
+        }
+        self.stop();
+        let _ = self.orch().args(["cleanup", "--all"]).output();
+    }
+}
+
+/// Whether a daemon answers `GET /healthz` on `socket`.
+fn healthy(socket: &Path) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: orch\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A database, a project every node can reach, and three nodes (not
+/// started). Engines 1 and 2 of the test's own, where the machine allows
+/// (else the one engine, said loudly); `own` engines for nodes that must
+/// die alone.
+struct Cluster {
+    project: TestEnv,
+    nodes: Vec<Node>,
+    // Dropped after the nodes (fields drop in order).
+    _engines: Vec<Engine>,
+}
+
+impl Cluster {
+    /// `None` where PostgreSQL is not installed (said loudly).
+    fn new(engine_base: u8, project_extra: &str) -> Option<Cluster> {
+        let db = postgres::server()?.database();
+        Cluster::with_db(engine_base, project_extra, db)
+    }
+
+    fn with_db(engine_base: u8, project_extra: &str, db: String) -> Option<Cluster> {
+        let project = TestEnv::new();
+        project.write_project_config(project_extra);
+        let mut engines = Vec::new();
+        let mut nodes = Vec::new();
+        for (i, name) in ["alpha", "beta", "gamma"].into_iter().enumerate() {
+            let engine = Engine::start(engine_base + i as u8, &[IMAGE]);
+            let docker_host = engine.as_ref().map(Engine::host);
+            if let Some(engine) = engine {
+                engines.push(engine);
+            }
+            nodes.push(Node {
+                name: name.to_owned(),
+                dir: tempfile::Builder::new()
+                    .prefix("orch-e2e-node-")
+                    .tempdir()
+                    .unwrap(),
+                port: helper::web::free_port(),
+                docker_host,
+                daemon: None,
+                db: db.clone(),
+                config: project.config.clone(),
+            });
+        }
+        Some(Cluster {
+            project,
+            nodes,
+            _engines: engines,
+        })
+    }
+
+    fn start(&mut self, concurrency: usize) {
+        for node in &mut self.nodes {
+            node.start(concurrency);
+        }
+    }
+
+    /// Waits until every task named is in a terminal state; the records.
+    fn wait_ended(&self, ids: &[String], limit: Duration) -> BTreeMap<String, serde_json::Value> {
+        let wanted: BTreeSet<&String> = ids.iter().collect();
+        wait_for("every task to end", limit, || {
+            let tasks: BTreeMap<String, serde_json::Value> = self.nodes[0]
+                .tasks()
+                .into_iter()
+                .filter(|t| wanted.contains(&t["id"].as_str().unwrap_or("").to_owned()))
+                .map(|t| (t["id"].as_str().unwrap().to_owned(), t))
+                .collect();
+            let ended = tasks.len() == ids.len()
+                && tasks.values().all(|t| {
+                    !["queued", "creating", "running"].contains(&t["state"].as_str().unwrap())
+                });
+            ended.then_some(tasks)
+        })
+    }
+}
+
+/// 60 tasks submitted to one node run on all three, each exactly once: one
+/// container per task across every engine, on its first attempt, and every
+/// result recorded.
+#[test]
+fn sixty_tasks_submitted_to_one_node_run_once_across_three() {
+    require_docker!();
+    let Some(mut cluster) = Cluster::new(11, "") else {
+        return;
+    };
+    cluster.start(3);
+    let since = now_secs();
+    let project = cluster.project.project.clone();
+    let ids: Vec<String> = (0..60)
+        .map(|i| cluster.nodes[0].submit(&project, &format!("sleep 1; echo done {i}"), &[]))
+        .collect();
+    let tasks = cluster.wait_ended(&ids, Duration::from_secs(240));
+    let mut by_node: BTreeMap<String, usize> = BTreeMap::new();
+    for (id, task) in &tasks {
+        assert_eq!(task["state"], "succeeded", "{id}: {task}");
+        assert_eq!(task["attempt"], 1, "{id}: one attempt");
+        *by_node
+            .entry(task["node"].as_str().unwrap_or("-").to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(by_node.len(), 3, "all three nodes ran tasks: {by_node:?}");
+    // Every engine's own event log: one container per task, in all.
+    let mut created: Vec<String> = cluster
+        .nodes
+        .iter()
+        .flat_map(|n| n.created_since(since))
+        .collect();
+    created.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(
+        created, expected,
+        "one container per task across the engines"
+    );
+    // The output of a task that ran elsewhere reads from any node.
+    let (elsewhere, _) = tasks
+        .iter()
+        .find(|(_, t)| t["node"] != "alpha")
+        .expect("a task another node ran");
+    let out = cluster.nodes[0]
+        .orch()
+        .args(["logs", elsewhere])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        helper::stdout(&out).contains("done"),
+        "{}",
+        helper::stdout(&out)
+    );
+    for node in &cluster.nodes {
+        assert!(
+            node.containers().is_empty(),
+            "{}: {:?}",
+            node.name,
+            node.containers()
+        );
+    }
+}
+
+/// `max_parallel = 2` holds across three nodes under a burst of 30.
+#[test]
+fn max_parallel_holds_across_the_cluster() {
+    require_docker!();
+    let Some(mut cluster) = Cluster::new(14, "max_parallel = 2") else {
+        return;
+    };
+    cluster.start(4);
+    let project = cluster.project.project.clone();
+    let ids: Vec<String> = (0..30)
+        .map(|_| cluster.nodes[1].submit(&project, "sleep 1", &[]))
+        .collect();
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let tasks = cluster.nodes[2].tasks();
+        let live = tasks
+            .iter()
+            .filter(|t| ["creating", "running"].contains(&t["state"].as_str().unwrap()))
+            .count();
+        most = most.max(live);
+        let done = tasks.iter().filter(|t| t["state"] == "succeeded").count();
+        if done == ids.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the burst did not finish: {done} done"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(most <= 2, "{most} ran at once across the cluster");
+    assert!(most == 2, "the cap was reached: {most}");
+}
+
+/// A host dies: node beta's daemon is killed and its engine with it while
+/// it runs tasks. Its running tasks end lost, or run again elsewhere when
+/// they may (`--retries 1`), within the lease and 5 s; queued ones run on
+/// the others; nothing runs twice at once; when beta and its engine come
+/// back, beta reaps what it left.
+#[test]
+fn a_host_that_dies_loses_nothing_and_reaps_when_it_returns() {
+    require_docker!();
+    let Some(mut cluster) = Cluster::new(17, "") else {
+        return;
+    };
+    // Beta alone first, so that it holds the long tasks (and, full, no
+    // other).
+    cluster.nodes[1].start(2);
+    let project = cluster.project.project.clone();
+    let retried = cluster.nodes[1].submit(&project, "echo started; sleep 30", &["--retries", "1"]);
+    let lost = cluster.nodes[1].submit(&project, "echo started; sleep 30", &[]);
+    wait_for("beta to run both", Duration::from_secs(60), || {
+        let running = cluster.nodes[1]
+            .containers()
+            .iter()
+            .filter(|(_, s)| s == "running")
+            .count();
+        (running == 2).then_some(())
+    });
+    cluster.nodes[0].start(2);
+    cluster.nodes[2].start(2);
+    let queued: Vec<String> = (0..4)
+        .map(|_| cluster.nodes[0].submit(&project, "sleep 1", &[]))
+        .collect();
+    // The host dies: its daemon, and its engine with every container.
+    let killed_at = orch_registry::now_ms();
+    cluster.nodes[1].signal(Signal::KILL);
+    let dead = cluster._engines.get_mut(1).map(|e| e.stop(true));
+    if dead.is_none() {
+        eprintln!("NOTE: one engine only: beta's containers stay until beta returns");
+    }
+    let limit = LEASE_TIME + Duration::from_secs(5);
+    let rescued_by = Instant::now() + limit;
+    let lost_task = wait_for(
+        "the lost task to end lost",
+        limit + Duration::from_secs(5),
+        || {
+            cluster.nodes[0]
+                .tasks()
+                .into_iter()
+                .find(|t| t["id"] == lost.as_str() && t["state"] == "lost")
+        },
+    );
+    assert!(Instant::now() <= rescued_by + Duration::from_secs(5));
+    let reason = lost_task["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("node beta"), "{reason}");
+    let tasks = cluster.wait_ended(
+        &[vec![retried.clone()], queued.clone()].concat(),
+        Duration::from_secs(120),
+    );
+    let again = &tasks[&retried];
+    assert_eq!(again["attempt"], 2, "{again}");
+    assert_ne!(again["node"], "beta");
+    assert!(
+        again["started_at"].as_i64().unwrap() > killed_at,
+        "its second run started after the first one's host died"
+    );
+    for id in &queued {
+        assert_eq!(tasks[id]["state"], "succeeded", "{}", tasks[id]);
+    }
+    // Beta comes back, its engine first: it reaps what it left.
+    if let Some(engine) = cluster._engines.get_mut(1) {
+        engine.restart();
+    }
+    cluster.nodes[1].start(2);
+    let beta = &cluster.nodes[1];
+    assert!(
+        wait_for_opt(Duration::from_secs(60), || beta.containers().is_empty()),
+        "beta reaped its leftovers: {:?}",
+        beta.containers()
+    );
+    let lost_now = cluster.nodes[1]
+        .tasks()
+        .into_iter()
+        .find(|t| t["id"] == lost.as_str())
+        .unwrap();
+    assert_eq!(lost_now["state"], "lost", "the rescuer's outcome stands");
+}
+
+/// A partition: node beta is frozen (SIGSTOP) past its lease. Its
+/// watchdog removes its containers before the lease runs out (the node
+/// fences itself); a rescuer ends its task; when beta thaws, its late
+/// writes are refused and the record keeps the rescuer's outcome.
+#[test]
+fn a_frozen_node_fences_itself_and_its_late_writes_are_refused() {
+    require_docker!();
+    let Some(mut cluster) = Cluster::new(20, "") else {
+        return;
+    };
+    cluster.nodes[1].start(2);
+    let project = cluster.project.project.clone();
+    let id = cluster.nodes[1].submit(&project, "echo started; sleep 60", &[]);
+    wait_for("beta to run it", Duration::from_secs(60), || {
+        cluster.nodes[1]
+            .containers()
+            .iter()
+            .any(|(_, s)| s == "running")
+            .then_some(())
+    });
+    cluster.nodes[0].start(2);
+    let since = now_secs();
+    cluster.nodes[1].signal(Signal::STOP);
+    let rescued = wait_for("a rescuer to end it", LEASE_TIME * 4, || {
+        cluster.nodes[0]
+            .tasks()
+            .into_iter()
+            .find(|t| t["id"] == id.as_str() && t["state"] == "lost")
+    });
+    // Its watchdog, not frozen, fenced it: the container died before the
+    // lease ran out and the rescuer wrote its end.
+    let died = cluster.nodes[1].died_since(since);
+    let rescued_at = rescued["finished_at"].as_i64().unwrap();
+    assert!(
+        died.first().is_some_and(|&at| at < rescued_at),
+        "died at {died:?}, rescued at {rescued_at}"
+    );
+    cluster.nodes[1].signal(Signal::CONT);
+    // Beta wakes, finds its task gone, and writes nothing over it.
+    std::thread::sleep(LEASE_TIME);
+    let after = cluster.nodes[0]
+        .tasks()
+        .into_iter()
+        .find(|t| t["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(after["state"], "lost", "{after}");
+    assert_eq!(after["reason"], rescued["reason"]);
+    assert_eq!(after["finished_at"], rescued["finished_at"]);
+    assert!(
+        wait_for_opt(Duration::from_secs(30), || cluster.nodes[1]
+            .containers()
+            .is_empty()),
+        "{:?}",
+        cluster.nodes[1].containers()
+    );
+}
+
+/// PostgreSQL restarts while tasks run and queue: no task is lost, no
+/// record is left live, every node goes on claiming.
+#[test]
+fn the_database_restarting_loses_nothing() {
+    require_docker!();
+    // A server of its own: restarting it must not reach other tests.
+    let Some(server) = postgres::Server::dedicated() else {
+        return;
+    };
+    let Some(mut cluster) = Cluster::with_db(23, "", server.database()) else {
+        return;
+    };
+    cluster.start(2);
+    let project = cluster.project.project.clone();
+    let mut ids: Vec<String> = (0..9)
+        .map(|i| cluster.nodes[i % 3].submit(&project, "sleep 2", &[]))
+        .collect();
+    wait_for("tasks to run", Duration::from_secs(60), || {
+        cluster
+            .nodes
+            .iter()
+            .any(|n| !n.containers().is_empty())
+            .then_some(())
+    });
+    server.restart();
+    ids.extend((0..3).map(|i| cluster.nodes[i].submit(&project, "sleep 1", &[])));
+    let tasks = cluster.wait_ended(&ids, Duration::from_secs(180));
+    for (id, task) in &tasks {
+        assert_eq!(task["state"], "succeeded", "{id}: {task}");
+    }
+    let nodes = tasks
+        .values()
+        .map(|t| t["node"].as_str().unwrap_or("-").to_owned())
+        .collect::<BTreeSet<_>>();
+    assert_eq!(nodes.len(), 3, "every node claimed: {nodes:?}");
+}
+
+/// Cancel on gamma of a task running on alpha: its container is gone when
+/// `orch cancel` returns; `logs -f` of it from gamma streams its output,
+/// relayed from alpha.
+#[test]
+fn cancel_and_logs_reach_a_task_on_another_node() {
+    require_docker!();
+    let Some(mut cluster) = Cluster::new(26, "") else {
+        return;
+    };
+    cluster.nodes[0].start(2);
+    let project = cluster.project.project.clone();
+    let id = cluster.nodes[0].submit(&project, "echo hello-from-alpha; sleep 120", &[]);
+    let alpha_runs = |cluster: &Cluster| {
+        cluster.nodes[0]
+            .containers()
+            .iter()
+            .any(|(t, s)| t == &id && s == "running")
+    };
+    wait_for("alpha to run it", Duration::from_secs(60), || {
+        alpha_runs(&cluster).then_some(())
+    });
+    cluster.nodes[2].start(2);
+    let mut follow = cluster.nodes[2].orch();
+    follow.args(["logs", "-f", &id]);
+    let following = Running::spawn(follow);
+    wait_for("the output through gamma", Duration::from_secs(30), || {
+        following
+            .stdout_text()
+            .contains("hello-from-alpha")
+            .then_some(())
+    });
+    let started = Instant::now();
+    let out = cluster.nodes[2]
+        .orch()
+        .args(["cancel", &id])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let took = started.elapsed();
+    assert!(!alpha_runs(&cluster), "gone when cancel returned");
+    eprintln!("cluster: cancel from another node took {took:?}");
+    let finished = following.wait(Duration::from_secs(30));
+    assert_ne!(
+        finished.code(),
+        Some(0),
+        "logs -f ends with the task: {}",
+        finished.stderr
+    );
+    let record = cluster.nodes[2]
+        .tasks()
+        .into_iter()
+        .find(|t| t["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(record["state"], "cancelled", "{record}");
+}
+
+/// Bad registry settings: an unreachable database, a wrong password, a
+/// schema newer than this orch: one line each, exit 125, nothing made.
+#[test]
+fn bad_registry_settings_are_one_line_errors() {
+    require_docker!();
+    let Some(server) = postgres::server() else {
+        return;
+    };
+    let env = TestEnv::new();
+    let db = server.database();
+    let newer = server.database();
+    // Migrate it, then play a newer orch.
+    let first = env
+        .orch()
+        .env("ORCH_REGISTRY", &newer)
+        .args(["ps"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    server.execute(&newer, "UPDATE orch_schema SET version = 99");
+    let unreachable = format!(
+        "postgres://orch:x@127.0.0.1:{}/none",
+        helper::web::free_port()
+    );
+    let wrong = server.url_with(db.rsplit('/').next().unwrap(), "not-the-password");
+    for (url, says) in [
+        (unreachable.as_str(), "connect"),
+        (wrong.as_str(), "password"),
+        (newer.as_str(), "newer than this orch"),
+        ("mysql://nope", "ORCH_REGISTRY"),
+    ] {
+        let out = env
+            .orch()
+            .env("ORCH_REGISTRY", url)
+            .arg("task")
+            .arg(&env.project)
+            .arg("exit 0")
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(code(&out), 125, "{url}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{url}: one line: {err}");
+        assert!(err.contains(says), "{url}: {err}");
+        assert!(
+            !err.contains("not-the-password"),
+            "never the password: {err}"
+        );
+        assert!(env.containers().is_empty());
+    }
+}
