@@ -73,6 +73,58 @@ fn memory(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// `clients` clients submitting `per_client` tasks each through `socket`,
+/// all at once: the median, p95 and p99 of the answers' latency.
+pub(crate) fn submission_latency(
+    socket: &Path,
+    project: &Path,
+    clients: usize,
+    per_client: usize,
+) -> (crate::Stats, Duration) {
+    let barrier = Arc::new(Barrier::new(clients));
+    // The submitted tasks queue behind one slot; the daemon's stop leaves
+    // them queued, and the home goes with the bench.
+    let body = Arc::new(json!({ "project": project, "desc": "exit 0" }).to_string());
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (barrier, body, socket) = (barrier.clone(), body.clone(), socket.to_path_buf());
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..per_client)
+                    .map(|_| {
+                        let start = Instant::now();
+                        let (status, answer) = request(&socket, "POST", "/v1/tasks", Some(&body));
+                        assert_eq!(status, 201, "submit: {answer}");
+                        start.elapsed()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let samples: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("client thread"))
+        .collect();
+    let p99 = {
+        let mut sorted = samples.clone();
+        sorted.sort();
+        sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
+    };
+    (stats(&samples), p99)
+}
+
+/// Submits `desc` of `project` through a daemon's socket: the status and
+/// the answer.
+pub(crate) fn submit_to(socket: &Path, project: &Path, desc: &str) -> (u16, String) {
+    let body = json!({ "project": project, "desc": desc }).to_string();
+    request(socket, "POST", "/v1/tasks", Some(&body))
+}
+
+/// One HTTP request over a daemon's socket (for the cluster's bench).
+pub(crate) fn get(socket: &Path, path: &str) -> (u16, String) {
+    request(socket, "GET", path, None)
+}
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -217,38 +269,7 @@ impl Bench {
         let daemon = self.serve(&home, 1);
         let clients = 50;
         let per_client = config.latency_rounds;
-        let barrier = Arc::new(Barrier::new(clients));
-        // The submitted tasks queue behind one slot; the daemon's stop
-        // leaves them queued, and the home goes with the bench.
-        let body = Arc::new(json!({ "project": project, "desc": "exit 0" }).to_string());
-        let threads: Vec<_> = (0..clients)
-            .map(|_| {
-                let (barrier, body, socket) =
-                    (barrier.clone(), body.clone(), daemon.socket.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    (0..per_client)
-                        .map(|_| {
-                            let start = Instant::now();
-                            let (status, answer) =
-                                request(&socket, "POST", "/v1/tasks", Some(&body));
-                            assert_eq!(status, 201, "submit: {answer}");
-                            start.elapsed()
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let samples: Vec<Duration> = threads
-            .into_iter()
-            .flat_map(|t| t.join().expect("client thread"))
-            .collect();
-        let s = stats(&samples);
-        let p99 = {
-            let mut sorted = samples.clone();
-            sorted.sort();
-            sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
-        };
+        let (s, p99) = submission_latency(&daemon.socket, &project, clients, per_client);
         drop(daemon);
         report.table(
             &format!(

@@ -4,7 +4,7 @@
 //! BENCHMARKS.md.
 //!
 //! Run with `just bench` (or `cargo run --release -p orch-bench -- --quick`);
-//! name sections (`trivial worktree ctrl-c orphans registry memory daemon`) to run
+//! name sections (`trivial worktree ctrl-c orphans registry memory daemon queue cluster`) to run
 //! only those.
 //! Needs a Docker engine, the image `orch-agent:dev` and a release build of
 //! `orch` next to this binary.
@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 const IMAGE: &str = "orch-agent:dev";
 
+mod cluster;
 mod daemon;
 
 pub(crate) struct Config {
@@ -37,6 +38,12 @@ pub(crate) struct Config {
     submissions: usize,
     /// Submissions per client for the latency figure.
     latency_rounds: usize,
+    /// Tasks through the cluster's queue alone.
+    queue_tasks: usize,
+    /// Kills of a node, for the rescue latency.
+    rescues: usize,
+    /// Trivial tasks through one node, then three.
+    spread: usize,
 }
 
 fn main() {
@@ -61,6 +68,9 @@ fn main() {
             throughput: 100,
             submissions: 1_000,
             latency_rounds: 5,
+            queue_tasks: 2_000,
+            rescues: 1,
+            spread: 30,
         }
     } else {
         Config {
@@ -72,6 +82,9 @@ fn main() {
             throughput: 1_000,
             submissions: 10_000,
             latency_rounds: 20,
+            queue_tasks: 10_000,
+            rescues: 3,
+            spread: 120,
         }
     };
     let bench = match Bench::new() {
@@ -120,6 +133,12 @@ fn main() {
     if run("daemon") {
         bench.daemon(&config, &mut report);
     }
+    if run("queue") {
+        bench.queue(&config, &mut report);
+    }
+    if run("cluster") {
+        bench.cluster(&config, &mut report);
+    }
 
     let text = report.text();
     print!("{text}");
@@ -158,7 +177,7 @@ impl Report {
 }
 
 /// Median and p95 of samples.
-struct Stats {
+pub(crate) struct Stats {
     median: Duration,
     p95: Duration,
 }
@@ -838,8 +857,14 @@ impl Bench {
 /// real orch would have left them: created over the last half hour, finished (so the default thresholds select none).
 fn fill_registry(db: &Path, size: usize) {
     let registry = Registry::open(db).expect("open the registry");
+    fill(&registry, 0..size, size);
+}
+
+/// Adds the finished tasks `range` of `size` to `registry` (see
+/// [`fill_registry`]).
+pub(crate) fn fill(registry: &dyn Store, range: std::ops::Range<usize>, size: usize) {
     let now = now_ms();
-    for i in 0..size {
+    for i in range {
         let created = now - 1_800_000 + (i as i64 * 1_800_000 / size as i64);
         let id = Uuid::new_v7(uuid::Timestamp::from_unix_time(
             u64::try_from(created / 1000).unwrap_or(0),
