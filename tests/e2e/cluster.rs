@@ -698,3 +698,69 @@ fn bad_registry_settings_are_one_line_errors() {
         assert!(env.containers().is_empty());
     }
 }
+
+/// A project from a git server on three nodes: each node makes its own
+/// mirror, and every task's branch arrives on the server.
+#[test]
+fn a_url_project_runs_on_three_nodes_and_every_branch_arrives() {
+    require_docker!();
+    let Some(mut cluster) = Cluster::new(29, "") else {
+        return;
+    };
+    let server = crate::remote::GitServer::start();
+    let url = server.repo(
+        "shared",
+        &format!(
+            "image = \"{IMAGE}\"\ncommand = [\"/orch-agent\", \"{{desc}}\"]\nstop_grace = \"2s\"\n"
+        ),
+    );
+    cluster.start(2);
+    let ids: Vec<String> = (0..9)
+        .map(|i| {
+            let out = cluster.nodes[0]
+                .orch()
+                .args(["submit", &url, &format!("sleep 1; write n.txt {i}")])
+                .output()
+                .unwrap();
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+            helper::stdout(&out).trim().to_owned()
+        })
+        .collect();
+    cluster.wait_ended(&ids, Duration::from_secs(240));
+    // Ended, then pushed while the workspace is settled.
+    let tasks = wait_for("every branch pushed", Duration::from_secs(120), || {
+        let tasks: BTreeMap<String, serde_json::Value> = cluster.nodes[0]
+            .tasks()
+            .into_iter()
+            .filter(|t| ids.contains(&t["id"].as_str().unwrap_or("").to_owned()))
+            .map(|t| (t["id"].as_str().unwrap().to_owned(), t))
+            .collect();
+        tasks
+            .values()
+            .all(|t| t["workspace_state"] == "removed")
+            .then_some(tasks)
+    });
+    let branches = server.branches("shared");
+    for (id, task) in &tasks {
+        assert_eq!(task["state"], "succeeded", "{task}");
+        assert_eq!(task["delivered"], true, "{task}");
+        assert!(
+            branches.contains(&format!("orch/{id}")),
+            "{id}: {branches:?}"
+        );
+    }
+    let ran: BTreeSet<&str> = tasks.values().filter_map(|t| t["node"].as_str()).collect();
+    for node in &cluster.nodes {
+        let mirrors = std::fs::read_dir(node.home().join("mirrors"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "git"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if ran.contains(node.name.as_str()) {
+            assert_eq!(mirrors, 1, "{}: its own mirror", node.name);
+        }
+    }
+    assert!(ran.len() >= 2, "the tasks spread: {ran:?}");
+}

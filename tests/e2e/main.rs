@@ -20,6 +20,7 @@ mod newuser;
 mod observe;
 mod policy;
 mod registry;
+mod remote;
 mod sandbox;
 mod task;
 mod watchdog;

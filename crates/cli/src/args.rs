@@ -30,6 +30,9 @@ pub(crate) enum Command {
     Logs(LogsArgs),
     /// Stop tasks gracefully from any terminal.
     Cancel(CancelArgs),
+    /// Push a finished task's branch to its project's git server again
+    /// (after a push that failed; the work waits in this node's mirror).
+    Push(PushArgs),
     /// Remove what orch left behind, by retention policy.
     Cleanup(CleanupArgs),
     /// Disk use of workspaces: each, per project, in total.
@@ -79,6 +82,12 @@ pub(crate) struct LogsArgs {
     /// Keep printing new output until the task ends.
     #[arg(short, long)]
     pub(crate) follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PushArgs {
+    /// The task's id, or a unique prefix of at least 4 hex digits.
+    pub(crate) id: String,
 }
 
 #[derive(Debug, Args)]

@@ -320,10 +320,85 @@ pub struct Overrides {
 pub struct Project {
     /// Name used in labels and paths.
     pub name: String,
-    /// Canonical directory of the project.
+    /// Canonical directory of the project (for one from a git server: its
+    /// mirror, once fetched).
     pub path: PathBuf,
     /// Resolved settings.
     pub settings: Settings,
+    /// A project from a git server: its URL, and what its settings are
+    /// made of until its `orch.toml` is read from the mirror.
+    pub remote: Option<Remote>,
+}
+
+/// A project from a git server, as resolved before its mirror is fetched.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// The repository URL.
+    pub url: String,
+    configured_name: Option<String>,
+    global_layer: Option<FileSettings>,
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+}
+
+impl Project {
+    /// For a project from a git server, once its mirror is fetched: its
+    /// settings made again with the `orch.toml` of the ref being run
+    /// (`text`, read from the mirror as data), and its path the mirror's.
+    pub fn with_remote_file(
+        &mut self,
+        text: Option<&[u8]>,
+        mirror: &Path,
+    ) -> Result<(), ConfigError> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        let shown = PathBuf::from(format!("orch.toml of {}", remote.url));
+        let mut settings = Settings::default();
+        let mut name = remote.configured_name.clone();
+        if let Some(text) = text {
+            let text = String::from_utf8_lossy(text);
+            let mut layer: FileSettings = parse_toml(&text, &shown)?;
+            if let Some(file_name) = layer.name.take() {
+                orch_workspace::validate_project_name(&file_name).map_err(|e| {
+                    ConfigError::Invalid {
+                        path: shown.clone(),
+                        key: "name".into(),
+                        message: e.to_string(),
+                    }
+                })?;
+                name.get_or_insert(file_name);
+            }
+            layer.apply(&mut settings, &shown)?;
+        }
+        if let (Some(layer), Some(config)) = (&remote.global_layer, &remote.config_path) {
+            layer.clone().apply(&mut settings, config)?;
+        }
+        let name = match name {
+            Some(name) => name,
+            None => {
+                let guess = orch_workspace::mirror::name_of(&remote.url);
+                orch_workspace::validate_project_name(&guess).map_err(|_| {
+                    ConfigError::UnnamedProject {
+                        path: PathBuf::from(&remote.url),
+                        dir_name: guess.clone(),
+                    }
+                })?;
+                guess
+            }
+        };
+        remote.overrides.apply(&mut settings)?;
+        if settings.image.is_empty() {
+            return Err(ConfigError::NoImage {
+                project: name,
+                path: shown,
+            });
+        }
+        self.name = name;
+        self.settings = settings;
+        self.path = mirror.to_path_buf();
+        Ok(())
+    }
 }
 
 /// Retention thresholds from the `[cleanup]` table of the global config.
@@ -360,6 +435,8 @@ pub struct Webhook {
 pub struct GlobalConfig {
     path: Option<PathBuf>,
     projects: BTreeMap<String, (PathBuf, FileSettings)>,
+    /// Configured projects from a git server: name to URL.
+    remote_projects: BTreeMap<String, (String, FileSettings)>,
     /// `[cleanup]` thresholds.
     pub cleanup: CleanupThresholds,
     /// `stuck_after`: the default for every project.
@@ -385,6 +462,9 @@ struct FileSettings {
     stop_grace: Option<DurationValue>,
     timeout: Option<DurationValue>,
     network: Option<String>,
+    /// Only in the global config: the project's repository URL (instead of
+    /// `path`).
+    repo: Option<String>,
     memory: Option<MemoryValue>,
     cpus: Option<f64>,
     workspace: Option<WorkspaceMode>,
@@ -535,6 +615,12 @@ impl FileSettings {
         if self.path.is_some() {
             return Err(invalid(
                 "path",
+                "belongs in the global config's [projects.<name>]".into(),
+            ));
+        }
+        if self.repo.is_some() {
+            return Err(invalid(
+                "repo",
                 "belongs in the global config's [projects.<name>]".into(),
             ));
         }
@@ -805,17 +891,33 @@ impl GlobalConfig {
             });
         }
         let mut projects = BTreeMap::new();
+        let mut remote_projects = BTreeMap::new();
         for (name, mut entry) in file.projects {
             let key = format!("projects.{name}");
             orch_workspace::validate_project_name(&name)
                 .map_err(|e| invalid(&key, e.to_string()))?;
-            let Some(dir) = entry.path.take() else {
-                return Err(invalid(
-                    &format!("{key}.path"),
-                    "missing: the project's directory".into(),
-                ));
-            };
-            projects.insert(name, (dir, entry));
+            match (entry.path.take(), entry.repo.take()) {
+                (Some(dir), None) => {
+                    projects.insert(name, (dir, entry));
+                }
+                (None, Some(url)) => {
+                    orch_workspace::mirror::check_url(&url)
+                        .map_err(|e| invalid(&format!("{key}.repo"), e.to_string()))?;
+                    remote_projects.insert(name, (url, entry));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        &key,
+                        "give path (a directory) or repo (a URL), not both".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        &format!("{key}.path"),
+                        "missing: the project's directory (or repo = \"<url>\")".into(),
+                    ));
+                }
+            }
         }
         let registry_url = match file.registry.url.map(|u| u.trim().to_owned()) {
             Some(url) if !url.starts_with("postgres://") && !url.starts_with("postgresql://") => {
@@ -829,6 +931,7 @@ impl GlobalConfig {
         Ok(GlobalConfig {
             path: Some(path.to_path_buf()),
             projects,
+            remote_projects,
             cleanup,
             stuck_after,
             webhooks,
@@ -843,6 +946,16 @@ impl GlobalConfig {
         arg: &str,
         overrides: &Overrides,
     ) -> Result<Project, ConfigError> {
+        if orch_workspace::mirror::is_url(arg) {
+            orch_workspace::mirror::check_url(arg).map_err(|e| ConfigError::Flag {
+                flag: "project".into(),
+                message: e.to_string(),
+            })?;
+            return Ok(self.remote_project(arg, None, None, overrides));
+        }
+        if let Some((url, layer)) = self.remote_projects.get(arg) {
+            return Ok(self.remote_project(url, Some(arg), Some(layer.clone()), overrides));
+        }
         let is_path = arg.contains('/') || arg == "." || arg == "..";
         let (dir, global_layer, configured_name) = if is_path {
             let dir = PathBuf::from(arg);
@@ -925,7 +1038,41 @@ impl GlobalConfig {
             name,
             path,
             settings,
+            remote: None,
         })
+    }
+
+    /// A project from a git server, settled once its mirror is fetched
+    /// ([`Project::with_remote_file`]). A URL that is also a configured
+    /// project's gets that entry.
+    fn remote_project(
+        &self,
+        url: &str,
+        name: Option<&str>,
+        layer: Option<FileSettings>,
+        overrides: &Overrides,
+    ) -> Project {
+        let (name, layer) = match (name, layer) {
+            (Some(name), layer) => (Some(name.to_owned()), layer),
+            (None, _) => match self.remote_projects.iter().find(|(_, (u, _))| u == url) {
+                Some((name, (_, layer))) => (Some(name.clone()), Some(layer.clone())),
+                None => (None, None),
+            },
+        };
+        Project {
+            name: name
+                .clone()
+                .unwrap_or_else(|| orch_workspace::mirror::name_of(url)),
+            path: PathBuf::new(),
+            settings: Settings::default(),
+            remote: Some(Remote {
+                url: url.to_owned(),
+                configured_name: name,
+                global_layer: layer,
+                config_path: self.path.clone(),
+                overrides: overrides.clone(),
+            }),
+        }
     }
 }
 

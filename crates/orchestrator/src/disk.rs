@@ -17,6 +17,8 @@ pub struct DuReport {
     pub projects: BTreeMap<String, (du::Size, usize)>,
     /// All of them.
     pub total: du::Size,
+    /// Mirrors of projects from a git server, and their sizes.
+    pub mirrors: Vec<(orch_workspace::Mirror, du::Size)>,
 }
 
 impl DuReport {
@@ -31,6 +33,10 @@ impl DuReport {
             entry.1 += 1;
             report.total += size;
             report.workspaces.push((dir, size));
+        }
+        for mirror in orch_workspace::mirror::mirrors(layout) {
+            let size = du::measure(&mirror.path)?;
+            report.mirrors.push((mirror, size));
         }
         Ok(report)
     }
@@ -64,6 +70,15 @@ impl DuReport {
                 bytes: self.total.bytes,
                 files: self.total.files,
             },
+            mirrors: self
+                .mirrors
+                .iter()
+                .map(|(mirror, size)| orch_protocol::MirrorCleanup {
+                    url: mirror.url.clone(),
+                    path: mirror.path.clone(),
+                    bytes: size.bytes,
+                })
+                .collect(),
         }
     }
 }

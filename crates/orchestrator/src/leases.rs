@@ -50,6 +50,9 @@ pub(crate) fn lease_until(lease: Duration) -> i64 {
 
 struct Entry {
     attempt: i64,
+    /// Its run is ending it: the registry saying it is no longer live is
+    /// that run's own doing.
+    ending: bool,
     shutdown: Shutdown,
     progress: watch::Receiver<Progress>,
     stored: Progress,
@@ -134,6 +137,7 @@ impl Leases {
                 task.id,
                 Entry {
                     attempt: task.number,
+                    ending: false,
                     shutdown,
                     progress,
                     stored: None,
@@ -148,6 +152,13 @@ impl Leases {
         if start {
             let leases = self.clone();
             self.tracker.spawn(async move { leases.run().await });
+        }
+    }
+
+    /// The task's run is ending it (its own end is about to be recorded).
+    pub(crate) fn ending(&self, id: &Uuid) {
+        if let Some(entry) = self.lock().tasks.get_mut(id) {
+            entry.ending = true;
         }
     }
 
@@ -307,7 +318,10 @@ impl Leases {
             }
         }
         for id in &renewal.lost {
-            if let Some(entry) = inner.tasks.get(id) {
+            if !self.policy.fenced {
+                break;
+            }
+            if let Some(entry) = inner.tasks.get(id).filter(|e| !e.ending) {
                 if !entry.shutdown.is_forced() {
                     tracing::warn!(task = %id, "the registry says another node holds this task now; stopping it");
                     entry

@@ -61,6 +61,7 @@ pub use events::{Discard, Event, Observer, StopReason, Stream};
 pub use fate::WorkspaceFate;
 pub use home::Home;
 pub use link::{Registered, WatchdogLink};
+pub use orch_workspace::mirror::is_url;
 pub use orchestrator::Orchestrator;
 pub use owner::Owner;
 pub use reconcile::{

@@ -117,6 +117,46 @@ impl Orchestrator {
         result
     }
 
+    /// Pushes a finished task's branch from this node's mirror to its
+    /// project's URL (what `orch push` does after a push that failed);
+    /// returns the URL.
+    pub async fn push(&self, id: &Uuid) -> Result<String, Error> {
+        let id = *id;
+        let record = self
+            .ctx
+            .store
+            .call(move |r| r.get(&id))
+            .await?
+            .ok_or_else(|| orch_registry::Error::NotFound(id.to_string()))?;
+        let refuse = |message: String| {
+            Error::Config(crate::ConfigError::Flag {
+                flag: "push".into(),
+                message,
+            })
+        };
+        let Some(url) = record.workspace.remote.clone() else {
+            return Err(refuse(format!(
+                "task {id} is not of a project from a git server: its branch is in its repository already"
+            )));
+        };
+        if record.state.is_live() {
+            return Err(refuse(format!(
+                "task {id} is {}: its work is pushed when it ends",
+                record.state
+            )));
+        }
+        crate::workspace::deliver(&self.ctx, &id.to_string(), &url)
+            .await
+            .map_err(|why| {
+                Error::io(
+                    "push the task's branch to",
+                    std::path::Path::new(&url),
+                    std::io::Error::other(format!("{why} (the work stays in this node's mirror)")),
+                )
+            })?;
+        Ok(url)
+    }
+
     /// Stops a live task gracefully and waits until it has ended.
     pub async fn cancel(&self, id: &Uuid) -> Result<Cancelled, Error> {
         cancel::cancel(&self.ctx, id).await

@@ -48,6 +48,7 @@ fn request(timeout: Option<Duration>, grace: Duration) -> TaskRequest {
         project: Project {
             name: "p".into(),
             path: "/nonexistent".into(),
+            remote: None,
             settings: Settings {
                 image: "img:1".into(),
                 workspace: WorkspaceMode::None,
@@ -580,6 +581,7 @@ fn work_is_saved_alongside_container_removal_only_after_a_plain_exit() {
             bytes: 0,
             image: None,
             repo: repo.then(|| crate::teardown::RepoFacts {
+                remote: None,
                 top: "/r".into(),
                 git_dir: "/r/.git".into(),
                 base: "0".repeat(40),

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::Error;
 use crate::context::Ctx;
 use crate::fate::WorkspaceFate;
+use crate::run::TaskRequest;
 use crate::runtime::{ContainerSpec, Mount, Ownership};
 use crate::teardown::{RepoFacts, WorkspaceTarget};
 
@@ -53,13 +54,41 @@ pub(crate) async fn find_repo(
     layout: Layout,
     dir: PathBuf,
     git_ref: Option<String>,
+    mirror: bool,
 ) -> Result<(Repo, String), Error> {
     blocking(move || {
-        let repo = Repo::discover(&dir, &layout)?;
+        let repo = if mirror {
+            Repo::stored(&dir, &dir)
+        } else {
+            Repo::discover(&dir, &layout)?
+        };
         let base = repo.resolve(&layout, git_ref.as_deref().unwrap_or("HEAD"))?;
         Ok((repo, base))
     })
     .await
+}
+
+/// For a project from a git server: fetches its mirror (made first if
+/// there is none), reads the `orch.toml` of the ref being run from it as
+/// data, and settles the project's settings and path (the mirror) with it.
+pub(crate) async fn fetch_remote(ctx: &Ctx, request: &mut TaskRequest) -> Result<(), Error> {
+    let Some(remote) = &request.project.remote else {
+        return Ok(());
+    };
+    let layout = ctx.home.layout();
+    let url = remote.url.clone();
+    let git_ref = request.git_ref.clone().unwrap_or_else(|| "HEAD".into());
+    let (mirror, text) = blocking(move || {
+        let mirror = orch_workspace::Mirror::of(&layout, &url)?;
+        mirror.fetch(&layout)?;
+        let text = mirror.file(&layout, &git_ref, "orch.toml")?;
+        Ok((mirror, text))
+    })
+    .await?;
+    request
+        .project
+        .with_remote_file(text.as_deref(), &mirror.path)?;
+    Ok(())
 }
 
 /// Takes the task's lock and begins its workspace: the directory and the
@@ -195,14 +224,76 @@ pub(crate) async fn keep(ctx: &Ctx, target: &WorkspaceTarget, lock: TaskLock) ->
         hand_back(&workspace, &layout, lock, saved)
     })
     .await;
-    match settled {
-        Ok((commit, notes)) => kept(target, commit, notes),
-        Err(e) => kept(
-            target,
-            None,
-            vec![format!("failed to settle the workspace: {e}")],
-        ),
+    let (commit, mut notes) = match settled {
+        Ok(settled) => settled,
+        Err(e) => (None, vec![format!("failed to settle the workspace: {e}")]),
+    };
+    if let Some(url) = &repo.remote {
+        if let Err(why) = deliver(ctx, &target.dir_name, url).await {
+            notes.push(undelivered(&target.dir_name, url, &why));
+        }
     }
+    kept(target, commit, notes)
+}
+
+/// How often a push is tried before the work is left in the mirror.
+const PUSHES: usize = 3;
+
+/// Pushes a finished task's branch from the node's mirror to its project's
+/// URL, tried again with backoff, and records whether it got there. `Err`:
+/// why it did not (git's own words), for the record and `orch push`.
+pub(crate) async fn deliver(ctx: &Ctx, task: &str, url: &str) -> Result<(), String> {
+    let layout = ctx.home.layout();
+    let branch = format!("orch/{task}");
+    let (url2, branch2) = (url.to_owned(), branch.clone());
+    let pushed = tokio::task::spawn_blocking(move || {
+        let mirror = orch_workspace::Mirror::of(&layout, &url2)?;
+        let mut backoff = orch_retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(4));
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match mirror.push(&layout, &branch2) {
+                Ok(()) => return Ok(mirror),
+                Err(e) if tries < PUSHES => {
+                    tracing::debug!(branch = %branch2, error = %e, "push failed; trying again");
+                    backoff.sleep();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| {
+        r.map_err(|e| match e {
+            orch_workspace::Error::Git { stderr, .. } => stderr,
+            other => crate::runtime::display_chain(&other),
+        })
+    });
+    let delivered = pushed.is_ok();
+    if let Ok(id) = task.parse::<Uuid>() {
+        if let Err(e) = ctx
+            .store
+            .call(move |r| r.set_delivered(&id, delivered))
+            .await
+        {
+            tracing::warn!(task = %id, error = %format!("{e:#}"), "cannot record where the task's work is");
+        }
+    }
+    match pushed {
+        Ok(mirror) => {
+            tracing::info!(branch = %branch, url = %url, mirror = %mirror.path.display(), "work delivered");
+            Ok(())
+        }
+        Err(why) => Err(why),
+    }
+}
+
+/// What the record says of work a push could not deliver.
+fn undelivered(task: &str, url: &str, why: &str) -> String {
+    format!(
+        "its work is on orch/{task} in this node's mirror of {url}, not on the server ({why}); `orch push {task}` delivers it"
+    )
 }
 
 /// A kept workspace's fate.
@@ -310,6 +401,50 @@ pub(crate) async fn remove(
         .await?;
         return Ok(WorkspaceFate::Unwound { path });
     }
+    // A project from a git server: its work reaches the server before its
+    // workspace goes; if it cannot, the workspace stays.
+    let (saved, lock) = match &repo.remote {
+        Some(url) => {
+            let (layout2, saving) = (layout.clone(), workspace.clone());
+            let (result, lock) = tokio::task::spawn_blocking(move || {
+                let result = match saved {
+                    Some(saved) => Ok(saved),
+                    None => saving.save_for_removal(&layout2, &lock, unsaved),
+                };
+                (result, lock)
+            })
+            .await
+            .map_err(|e| Error::io("save", &workspace.path, std::io::Error::other(e)))?;
+            let undelivered = match result {
+                Ok(saved) => match deliver(ctx, &target.dir_name, url).await {
+                    Ok(()) => Ok(saved),
+                    Err(why) => Err((Ok(saved), undelivered(&target.dir_name, url, &why))),
+                },
+                Err(e) => Err((
+                    Err(format!(
+                        "{}; the workspace is kept",
+                        crate::runtime::display_chain(&e)
+                    )),
+                    String::new(),
+                )),
+            };
+            match undelivered {
+                Ok(saved) => (Some(saved), lock),
+                Err((saved, why)) => {
+                    let (layout, kept_one) = (ctx.home.layout(), workspace.clone());
+                    let settled = tokio::task::spawn_blocking(move || {
+                        let mut settled = hand_back(&kept_one, &layout, lock, saved);
+                        settled.1.extend((!why.is_empty()).then_some(why));
+                        settled
+                    })
+                    .await
+                    .map_err(|e| Error::io("keep", &workspace.path, std::io::Error::other(e)))?;
+                    return Ok(kept(target, settled.0, settled.1));
+                }
+            }
+        }
+        None => (saved, lock),
+    };
     let attempt = {
         let (layout, workspace) = (layout.clone(), workspace.clone());
         tokio::task::spawn_blocking(move || {

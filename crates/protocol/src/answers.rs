@@ -75,6 +75,21 @@ pub struct CleanupAnswer {
     pub items: Vec<CleanupItem>,
     /// Repositories whose branches or worktree entries were seen to.
     pub repos: Vec<RepoCleanup>,
+    /// Mirrors of projects from a git server no task used for
+    /// `ORCH_MIRROR_MAX_AGE`, removed (or, in a dry run, to be).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorCleanup>,
+}
+
+/// A mirror a cleanup removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorCleanup {
+    /// Its repository URL.
+    pub url: String,
+    /// Its directory.
+    pub path: std::path::PathBuf,
+    /// What it took on disk.
+    pub bytes: u64,
 }
 
 /// One task a cleanup planned.
@@ -164,8 +179,11 @@ pub struct DuAnswer {
     pub workspaces: Vec<DuWorkspace>,
     /// Per project.
     pub projects: Vec<DuProject>,
-    /// In all.
+    /// In all (workspaces).
     pub total: DuTotal,
+    /// Mirrors of projects from a git server, each with its size.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorCleanup>,
 }
 
 /// One workspace's disk use.

@@ -28,7 +28,8 @@ mod requests;
 
 pub use answers::{
     Alert, CleanupAnswer, CleanupItem, Counts, DuAnswer, DuProject, DuTotal, DuWorkspace,
-    ErrorBody, ItemLog, ItemWorkspace, Progress, RecentCleanup, RepoCleanup, Submitted,
+    ErrorBody, ItemLog, ItemWorkspace, MirrorCleanup, Progress, RecentCleanup, RepoCleanup,
+    Submitted,
 };
 pub use events::DaemonEvent;
 pub use orch_registry::{State, TaskRecord};

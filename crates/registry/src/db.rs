@@ -145,6 +145,12 @@ const MIGRATIONS: &[&str] = &[
         content BLOB NOT NULL
     ) STRICT;
 ",
+    // Projects from a git server: where a task's branch is pushed, and
+    // whether it got there.
+    r"
+    ALTER TABLE tasks ADD COLUMN remote TEXT;
+    ALTER TABLE tasks ADD COLUMN delivered INTEGER;
+",
 ];
 
 /// Records a task's repository and its branch's base (for `cleanup
@@ -191,7 +197,7 @@ const COLUMNS: &str = concat!(
     keep_failed_workspace, stop_grace_ms, session, owner_pid, owner_start, owner_boot, \
     lease_until, progress, progress_message, progress_at, cancel_requested, detached, \
     keep_workspace, base, git_dir, spec, priority, max_parallel",
-    ", notes, attempt, node_id, node, retries, constraints"
+    ", notes, attempt, node_id, node, retries, constraints, remote, delivered"
 );
 
 /// The columns a new record is written with (notes come later).
@@ -200,7 +206,7 @@ const INSERTED: &str = "id, project, description, state, created_at, started_at,
     keep_failed_workspace, stop_grace_ms, session, owner_pid, owner_start, owner_boot, \
     lease_until, progress, progress_message, progress_at, cancel_requested, detached, \
     keep_workspace, base, git_dir, spec, priority, max_parallel, attempt, node_id, node, \
-    retries, constraints";
+    retries, constraints, remote, delivered";
 
 /// Whether the attempt a write is made under still holds the task, inside
 /// the write's transaction.
@@ -496,7 +502,7 @@ impl Store for Registry {
                 &format!(
                     "INSERT INTO tasks ({INSERTED}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
                      ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
-                     ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38)"
+                     ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40)"
                 ),
                 params![
                     task.id.to_string(),
@@ -537,6 +543,8 @@ impl Store for Registry {
                     task.owner.node,
                     task.queue.retries,
                     serde_json::to_string(&task.queue.constraints).unwrap_or_else(|_| "[]".into()),
+                    task.workspace.remote,
+                    task.workspace.delivered,
                 ],
             )
             .map_err(&err)?;
@@ -847,6 +855,30 @@ impl Store for Registry {
         })
     }
 
+    fn set_delivered(&self, id: &Uuid, delivered: bool) -> Result<(), Error> {
+        self.write("record where a task's work is", |tx| {
+            tx.execute(
+                "UPDATE tasks SET delivered = ?1 WHERE id = ?2",
+                params![delivered, id.to_string()],
+            )
+            .map_err(self.sql("record where a task's work is"))
+            .map(drop)
+        })
+    }
+
+    fn remotes_in_use(&self) -> Result<Vec<String>, Error> {
+        let err = self.sql("list repositories in use");
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare_cached(&format!(
+                "SELECT DISTINCT remote FROM tasks WHERE remote IS NOT NULL \
+                 AND ({LIVE} OR delivered = 0 OR delivered IS NULL)"
+            ))
+            .map_err(&err)?;
+        let rows = statement.query_map([], |r| r.get(0)).map_err(&err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(&err)
+    }
+
     /// Those of `ids` whose cancellation was requested.
     fn cancel_requests(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, Error> {
         let err = self.sql("read cancel requests");
@@ -959,7 +991,7 @@ impl Store for Registry {
             tx.execute(
                 "UPDATE tasks SET container = ?1, image = ?2, workspace = ?3, branch = ?4, repo = ?5, \
                  keep_failed_workspace = ?6, stop_grace_ms = ?7, keep_workspace = ?8, base = ?9, \
-                 git_dir = ?10, project = ?11 WHERE id = ?12 AND state = 'creating' \
+                 git_dir = ?10, project = ?11, remote = ?14 WHERE id = ?12 AND state = 'creating' \
                  AND attempt = ?13",
                 params![
                     task.container,
@@ -974,7 +1006,8 @@ impl Store for Registry {
                     task.workspace.git_dir,
                     task.project,
                     task.id.to_string(),
-                    task.owner.attempt
+                    task.owner.attempt,
+                    task.workspace.remote
                 ],
             )
             .map_err(&err)?;
@@ -1316,6 +1349,8 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
             keep_workspace: row.get(27)?,
             base: row.get(28)?,
             git_dir: row.get(29)?,
+            remote: row.get(39)?,
+            delivered: row.get(40)?,
         },
         progress: TaskProgress {
             percent: row.get(22)?,

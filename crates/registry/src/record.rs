@@ -99,6 +99,14 @@ pub struct TaskWorkspace {
     pub base: Option<String>,
     /// The repository's common git directory.
     pub git_dir: Option<String>,
+    /// For a project from a git server: the URL its branch is pushed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// For a project from a git server: whether its branch reached the
+    /// URL (`false`: the work waits in this node's mirror, and `orch push`
+    /// delivers it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<bool>,
 }
 
 /// A task's last progress report.

@@ -119,6 +119,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Forgets a branch that is gone from `repo`.
     fn forget_branch(&self, repo: &Path, name: &str) -> Result<(), Error>;
 
+    /// Records whether a task's branch reached its project's URL.
+    fn set_delivered(&self, id: &Uuid, delivered: bool) -> Result<(), Error>;
+
+    /// The URLs of projects from a git server that tasks still need: live
+    /// ones, and those whose work was not delivered yet.
+    fn remotes_in_use(&self) -> Result<Vec<String>, Error>;
+
     /// Renews the leases of live tasks for `lease` from now (by the
     /// registry's clock), in one transaction: those of them whose
     /// cancellation was requested, and those the attempt no longer holds.

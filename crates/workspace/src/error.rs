@@ -94,6 +94,14 @@ pub enum Error {
         /// The first of them, relative to it.
         first: Vec<PathBuf>,
     },
+    /// A project URL orch will not use.
+    #[error("invalid repository URL {url}: {why}")]
+    BadUrl {
+        /// The URL (its password, if any, hidden).
+        url: String,
+        /// Why.
+        why: String,
+    },
     /// None of the task's uncommitted files could be handed to git (the
     /// reason names the file); its commits were saved, and the workspace is
     /// kept so that nothing is lost.

@@ -114,6 +114,7 @@ pub(crate) struct Git {
     stdin_file: Option<PathBuf>,
     deadline: Option<Deadline>,
     memory: u64,
+    network: bool,
 }
 
 impl Git {
@@ -142,6 +143,7 @@ impl Git {
             stdin_file: None,
             deadline: None,
             memory: git_memory(),
+            network: false,
         }
     }
 
@@ -174,6 +176,14 @@ impl Git {
     /// No system or global config: for calls that read what a task wrote.
     pub(crate) fn isolated(mut self) -> Git {
         self.isolated = true;
+        self
+    }
+
+    /// A call that reaches a git server (a mirror's fetch or push): the host
+    /// user's own git setup for the network holds (credential helpers,
+    /// `url.*.insteadOf`, ssh and its keys and agent); git never prompts.
+    pub(crate) fn network(mut self) -> Git {
+        self.network = true;
         self
     }
 
@@ -258,6 +268,10 @@ impl Git {
         if let Some(work_tree) = &self.work_tree {
             cmd.arg(format!("--work-tree={}", work_tree.display()));
         }
+        if !self.network {
+            // No ssh for a call that reaches no server.
+            cmd.arg("-c").arg("core.sshCommand=false");
+        }
         for setting in [
             &format!("core.hooksPath={}", self.hooks.display()),
             "core.fsmonitor=false",
@@ -267,7 +281,6 @@ impl Git {
             "core.commitGraph=false",
             "core.multiPackIndex=false",
             "pack.useBitmaps=false",
-            "core.sshCommand=false",
             "core.pager=cat",
             "commit.gpgSign=false",
             "tag.gpgSign=false",

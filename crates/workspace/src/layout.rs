@@ -31,6 +31,11 @@ impl Layout {
         self.home.join("git-empty")
     }
 
+    /// `<home>/mirrors`: a bare mirror of each project repository URL.
+    pub fn mirrors_dir(&self) -> PathBuf {
+        self.home.join("mirrors")
+    }
+
     /// Creates the directories git calls rely on ([`Layout::empty_dir`]),
     /// private.
     pub fn prepare(&self) -> Result<(), Error> {

@@ -142,6 +142,24 @@ impl RepoLock {
 }
 
 impl RepoLock {
+    /// Takes the lock of `common_dir` if no one holds it; `None` if someone
+    /// does.
+    pub(crate) fn try_acquire(
+        layout: &Layout,
+        common_dir: &Path,
+    ) -> Result<Option<RepoLock>, Error> {
+        let dir = layout.home().join("locks").join("repos");
+        crate::layout::private_dir(&dir)?;
+        let path = dir.join(format!(
+            "{:016x}.lock",
+            fnv1a(common_dir.as_os_str().as_encoded_bytes())
+        ));
+        Ok(
+            take_file_lock(&path, FlockOperation::NonBlockingLockExclusive)?
+                .map(|file| RepoLock { file }),
+        )
+    }
+
     /// The lock's descriptor, for a git child to share the hold.
     pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(&self.file)

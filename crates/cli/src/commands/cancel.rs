@@ -54,3 +54,17 @@ pub(crate) async fn run(args: &CancelArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+/// `orch push <id>`: delivers a finished task's branch to its project's
+/// git server from this node's mirror.
+pub(crate) async fn push(args: &crate::args::PushArgs) -> anyhow::Result<ExitCode> {
+    let id = super::blocking(|| -> anyhow::Result<_> {
+        let registry = super::ps::require_registry()?;
+        Ok(registry.resolve(&args.id)?)
+    })?;
+    let home = super::open_home()?;
+    let orch = Orchestrator::connect(home).await?;
+    let url = orch.push(&id).await?;
+    crate::outln!("pushed orch/{id} to {url}")?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -111,6 +111,19 @@ fn print_human(out: &mut impl Write, report: &CleanupReport) -> std::io::Result<
             say(&format!("orch: error: {who} [{strategy}]: {}", safe(error)));
         }
     }
+    for mirror in &report.mirrors {
+        writeln!(
+            out,
+            "{} mirror of {} ({} bytes, unused)",
+            if report.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            },
+            safe(&mirror.url),
+            mirror.bytes
+        )?;
+    }
     for repo in &report.repos {
         if repo.pruned > 0 {
             writeln!(
@@ -186,6 +199,7 @@ mod tests {
             dry_run: true,
             items,
             repos: Vec::new(),
+            mirrors: Vec::new(),
         };
         assert_eq!(
             report.summary(),

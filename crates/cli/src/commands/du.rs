@@ -42,5 +42,13 @@ pub(crate) fn run(args: &DuArgs) -> anyhow::Result<ExitCode> {
         report.workspaces.len(),
         human_bytes(report.total.bytes)
     )?;
+    for (mirror, size) in &report.mirrors {
+        crate::outln!(
+            "mirror of {}: {}  {}",
+            crate::output::safe(&mirror.url),
+            human_bytes(size.bytes),
+            mirror.path.display()
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }

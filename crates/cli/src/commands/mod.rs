@@ -40,6 +40,7 @@ pub(crate) async fn run(
         Command::Show(args) => (blocking(|| ps::show(&args)), exit::FAILED),
         Command::Logs(args) => (logs::run(&args).await, exit::FAILED),
         Command::Cancel(args) => (cancel::run(&args).await, exit::FAILED),
+        Command::Push(args) => (cancel::push(&args).await, exit::ORCH_FAILED),
         Command::Cleanup(args) => (cleanup::run(args).await, exit::FAILED),
         Command::Du(args) => (blocking(|| du::run(&args)), exit::FAILED),
         Command::Serve(args) => (serve::run(args, watchdog).await, exit::ORCH_FAILED),

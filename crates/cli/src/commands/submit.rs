@@ -17,7 +17,9 @@ pub(crate) async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         None => super::home_path()?.join("orch.sock"),
     };
     // A path means the same to the daemon as here: made absolute.
-    let project = if task.project.contains('/') || task.project == "." || task.project == ".." {
+    let is_path = (task.project.contains('/') || task.project == "." || task.project == "..")
+        && !orch_orchestrator::is_url(&task.project);
+    let project = if is_path {
         std::path::absolute(&task.project)
             .with_context(|| format!("failed to resolve {}", task.project))?
             .display()

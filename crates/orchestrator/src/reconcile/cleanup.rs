@@ -62,14 +62,40 @@ pub(crate) async fn cleanup(
     })
     .await
     .map_err(|e| Error::io("plan", "the cleanup", std::io::Error::other(e)))?;
+    let retains = options.all
+        || options
+            .strategy
+            .includes(crate::reconcile::Strategy::Completed)
+        || options.strategy.includes(crate::reconcile::Strategy::Old);
     let mut report = CleanupReport {
         dry_run: options.dry_run,
         items,
         repos: plan_repos(ctx, options.branches).await?,
+        mirrors: if retains {
+            stale_mirrors(ctx).await?
+        } else {
+            Vec::new()
+        },
     };
     if options.dry_run {
         return Ok(report);
     }
+    let layout = ctx.home.layout();
+    let planned = std::mem::take(&mut report.mirrors);
+    report.mirrors = crate::workspace::blocking(move || {
+        Ok(planned
+            .into_iter()
+            .filter(|m| {
+                let mirror = orch_workspace::Mirror {
+                    url: m.url.clone(),
+                    path: m.path.clone(),
+                };
+                // In use right now (a fetch, a push): left for next time.
+                mirror.remove(&layout).unwrap_or(false)
+            })
+            .collect())
+    })
+    .await?;
     let lock_wait = if options.all {
         let stopped = cancel_live(ctx, &snapshot, options).await?;
         for item in &mut report.items {
@@ -82,6 +108,40 @@ pub(crate) async fn cleanup(
     execute(ctx, &mut report.items, lock_wait, None).await;
     execute_repos(ctx, &mut report.repos).await;
     Ok(report)
+}
+
+/// Mirrors no task fetched for `ORCH_MIRROR_MAX_AGE` (default 7 days) and
+/// no task still needs (live, or with work not yet delivered).
+async fn stale_mirrors(ctx: &Ctx) -> Result<Vec<orch_protocol::MirrorCleanup>, Error> {
+    let max_age = match std::env::var("ORCH_MIRROR_MAX_AGE") {
+        Ok(text) => crate::parse_duration(&text).map_err(|message| {
+            Error::Config(crate::ConfigError::Flag {
+                flag: "ORCH_MIRROR_MAX_AGE".into(),
+                message,
+            })
+        })?,
+        Err(_) => orch_workspace::mirror::MIRROR_MAX_AGE,
+    };
+    let in_use = ctx.store.call(|r| r.remotes_in_use()).await?;
+    let layout = ctx.home.layout();
+    crate::workspace::blocking(move || {
+        let now = std::time::SystemTime::now();
+        Ok(orch_workspace::mirror::mirrors(&layout)
+            .into_iter()
+            .filter(|m| !in_use.contains(&m.url))
+            .filter(|m| {
+                m.last_used()
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_none_or(|age| age >= max_age)
+            })
+            .map(|m| orch_protocol::MirrorCleanup {
+                bytes: orch_workspace::du::measure(&m.path).map_or(0, |s| s.bytes),
+                url: m.url,
+                path: m.path,
+            })
+            .collect())
+    })
+    .await
 }
 
 /// Reconciliation alone (the orphans strategy), as every `orch task`
@@ -102,6 +162,7 @@ pub(crate) async fn reconcile(
             dry_run: false,
             items,
             repos: plan_repos(ctx, false).await?,
+            mirrors: Vec::new(),
         };
         execute(ctx, &mut report.items, Duration::ZERO, Some(stop)).await;
         if !stop.is_cancelled() {
@@ -277,7 +338,7 @@ async fn plan_repos(ctx: &Ctx, branches: bool) -> Result<Vec<RepoItem>, Error> {
             let bases = ctx.store.call(move |r| r.branch_bases(&key)).await?;
             let layout = ctx.home.layout();
             let found = workspace::blocking(move || {
-                let repo = orch_workspace::Repo::discover(&top, &layout)?;
+                let repo = repo_at(&top, &layout)?;
                 orch_workspace::empty_branches(&repo, &layout, &bases)
             })
             .await;
@@ -289,6 +350,18 @@ async fn plan_repos(ctx: &Ctx, branches: bool) -> Result<Vec<RepoItem>, Error> {
         items.push(item);
     }
     Ok(items)
+}
+
+/// The repository a record names: a mirror of this home as orch made it,
+/// else the user's, discovered.
+fn repo_at(
+    top: &std::path::Path,
+    layout: &orch_workspace::Layout,
+) -> Result<orch_workspace::Repo, orch_workspace::Error> {
+    if top.starts_with(layout.mirrors_dir()) {
+        return Ok(orch_workspace::Repo::stored(top, top));
+    }
+    orch_workspace::Repo::discover(top, layout)
 }
 
 /// Prunes vanished worktree entries and deletes the planned branches.
@@ -306,7 +379,7 @@ async fn execute_repos(ctx: &Ctx, repos: &mut [RepoItem]) {
         };
         let branches = item.branches.clone();
         let done = workspace::blocking(move || {
-            let repo = orch_workspace::Repo::discover(&top, &layout)?;
+            let repo = repo_at(&top, &layout)?;
             let pruned = orch_workspace::prune_worktrees(&repo, &layout)?;
             let mut deleted = Vec::new();
             let mut errors = Vec::new();

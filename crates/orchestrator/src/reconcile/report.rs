@@ -216,6 +216,8 @@ pub struct CleanupReport {
     pub items: Vec<Item>,
     /// Per repository.
     pub repos: Vec<RepoItem>,
+    /// Mirrors of projects from a git server, unused too long: removed.
+    pub mirrors: Vec<orch_protocol::MirrorCleanup>,
 }
 
 impl CleanupReport {
@@ -388,6 +390,7 @@ impl CleanupReport {
             total,
             items,
             repos,
+            mirrors: self.mirrors.clone(),
         }
     }
 }

@@ -34,7 +34,7 @@ fn whole(row: &TaskRecord, snapshot: &Snapshot, logs: &Path, cause: Cause) -> Te
         log_of(logs, row),
     );
     if let Some(target) = &mut found.workspace {
-        target.bytes = orch_workspace::du::measure(&target.path).map_or(0, |s| s.bytes);
+        target.bytes = orch_workspace::workspace_size(&target.path).map_or(0, |s| s.bytes);
     }
     teardown::plan(&facts, cause, found)
 }
@@ -49,6 +49,12 @@ pub(crate) fn plan(
     let t = &options.thresholds;
     let strategy = options.strategy;
     let age = |since: Option<i64>| since.map(|s| snapshot.now - s);
+    // Work not yet on its project's git server waits in this node's mirror
+    // (and its workspace): retention never takes it (`orch push`, or
+    // `cleanup --all`, does).
+    if row.workspace.delivered == Some(false) {
+        return None;
+    }
 
     if strategy.includes(Strategy::Completed) && row.state.is_terminal() {
         let limit = if row.state.is_completed() {

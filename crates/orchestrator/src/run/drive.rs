@@ -23,7 +23,7 @@ pub(crate) enum Start {
         /// The claimed record.
         record: Box<TaskRecord>,
         /// The global config, as read now (or why not).
-        config: Result<GlobalConfig, ConfigError>,
+        config: Box<Result<GlobalConfig, ConfigError>>,
     },
 }
 
@@ -41,7 +41,7 @@ pub(crate) async fn drive(
     let (request, claimed) = match start {
         Start::Request(request) => (Ok(*request), None),
         Start::Claimed { record, config } => {
-            (submitted(ctx, &record, config), Some(record.attempt()))
+            (submitted(ctx, &record, *config), Some(record.attempt()))
         }
     };
     let prepared = match request {

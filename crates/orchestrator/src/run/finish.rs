@@ -16,6 +16,7 @@ impl TaskRun<'_> {
     /// of how it ended, carried out by the one executor.
     pub(super) async fn finish(&mut self, ending: Result<Ending, Error>) -> Result<Outcome, Error> {
         let ended = Instant::now();
+        self.ctx.leases.ending(&self.prepared.task_id);
         self.over.send_replace(true);
         self.sink.send(Event::Ended);
         self.drain().await;
@@ -101,6 +102,7 @@ impl TaskRun<'_> {
                     top: repo.top.clone(),
                     git_dir: repo.common_dir.clone(),
                     base: base.clone(),
+                    remote: self.remote(),
                 }),
             }),
             log: None,

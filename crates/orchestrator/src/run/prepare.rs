@@ -18,9 +18,10 @@ use crate::{session, workspace};
 /// and ref of a workspace. Bad input fails here, leaving no trace.
 pub(crate) async fn prepare(
     ctx: &Ctx,
-    request: TaskRequest,
+    mut request: TaskRequest,
     sink: &EventSink,
 ) -> Result<PreparedTask, Error> {
+    workspace::fetch_remote(ctx, &mut request).await?;
     let settings = &request.project.settings;
     // A malformed reference fails before any pull.
     crate::runtime::validate_reference(&settings.image).map_err(|message| ConfigError::Flag {
@@ -92,6 +93,7 @@ pub(crate) async fn check(
         ctx.home.layout(),
         request.project.path.clone(),
         request.git_ref.clone(),
+        request.project.remote.is_some(),
     )
     .await
     .map(Some)

@@ -135,9 +135,22 @@ impl TaskRun<'_> {
             keep_workspace: request.keep_workspace,
             base: repo.map(|(_, base)| base.clone()),
             git_dir: repo.map(|(r, _)| r.common_dir.display().to_string()),
+            remote: repo.and_then(|_| self.remote()),
+            delivered: None,
         };
         record.queue.max_parallel = settings.max_parallel.map(i64::from);
         record
+    }
+
+    /// The URL the task's branch is pushed to, for a project from a git
+    /// server.
+    pub(super) fn remote(&self) -> Option<String> {
+        self.prepared
+            .request
+            .project
+            .remote
+            .as_ref()
+            .map(|r| r.url.clone())
     }
 
     pub(super) fn planned_workspace(&self) -> Option<orch_workspace::Workspace> {
@@ -162,6 +175,7 @@ impl TaskRun<'_> {
                 top: repo.top.clone(),
                 git_dir: repo.common_dir.clone(),
                 base: base.clone(),
+                remote: self.remote(),
             }),
         });
         TaskFacts {

@@ -133,7 +133,7 @@ impl Supervisor {
         }));
         let start = run::Start::Claimed {
             record: Box::new(record),
-            config: self.global_config(),
+            config: Box::new(self.global_config()),
         };
         run::drive(self.ctx(), start, shutdown, sink)
             .await
@@ -167,8 +167,9 @@ impl Supervisor {
             });
         }
         let config = self.global_config()?;
-        let request = crate::supervisor::request_of(&spec, &config, None)?;
+        let mut request = crate::supervisor::request_of(&spec, &config, None)?;
         let id = session::new_task_id();
+        crate::workspace::fetch_remote(self.ctx(), &mut request).await?;
         // As `orch task` would: no engine, no task.
         self.ctx().runtime.ping().await?;
         run::check(self.ctx(), &request, id).await?;

@@ -42,6 +42,10 @@ pub struct RepoFacts {
     pub git_dir: PathBuf,
     /// The commit the task's branch started from.
     pub base: String,
+    /// For a project from a git server: the URL the branch is pushed to
+    /// (`top` is then the node's mirror of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
 }
 
 /// A task's workspace as its record describes it.
@@ -93,6 +97,7 @@ impl From<&TaskRecord> for TaskFacts {
                 top: top.into(),
                 git_dir: git_dir.into(),
                 base: base.clone(),
+                remote: row.workspace.remote.clone(),
             }),
             _ => None,
         };

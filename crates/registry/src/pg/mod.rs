@@ -50,7 +50,7 @@ const COLUMNS: &str = "id, project, description, state, created_at, started_at, 
     keep_failed_workspace, stop_grace_ms, session, owner_pid, owner_start, owner_boot, \
     lease_until, progress, progress_message, progress_at, cancel_requested, detached, \
     keep_workspace, base, git_dir, spec, priority, max_parallel, notes, attempt, node_id, node, \
-    retries, constraints";
+    retries, constraints, remote, delivered";
 
 /// The channels wake-ups go on.
 const QUEUE_CHANNEL: &str = "orch_queue";
@@ -275,6 +275,8 @@ fn record_from_row(row: &Row) -> Result<TaskRecord, Error> {
             keep_workspace: row.get(27),
             base: row.get(28),
             git_dir: row.get(29),
+            remote: row.get(39),
+            delivered: row.get(40),
         },
         progress: TaskProgress {
             percent: row.get(22),
@@ -333,10 +335,10 @@ impl Store for Postgres {
                  workspace_state, keep_failed_workspace, stop_grace_ms, session, owner_pid, \
                  owner_start, owner_boot, lease_until, progress, progress_message, progress_at, \
                  cancel_requested, detached, keep_workspace, base, git_dir, spec, priority, \
-                 max_parallel, attempt, node_id, node, retries, constraints) VALUES ($1, $2, $3, \
-                 $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-                 $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, \
-                 $37, $38) ON CONFLICT (id) DO NOTHING",
+                 max_parallel, attempt, node_id, node, retries, constraints, remote, delivered) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                 $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, \
+                 $33, $34, $35, $36, $37, $38, $39, $40) ON CONFLICT (id) DO NOTHING",
                 &[
                     &id,
                     &task.project,
@@ -376,6 +378,8 @@ impl Store for Postgres {
                     &task.owner.node,
                     &task.queue.retries,
                     &task.queue.constraints,
+                    &task.workspace.remote,
+                    &task.workspace.delivered,
                 ],
             )?;
             note_repo(tx, task)?;
@@ -654,6 +658,32 @@ impl Store for Postgres {
         Ok(renewal)
     }
 
+    fn set_delivered(&self, id: &Uuid, delivered: bool) -> Result<(), Error> {
+        let id = id.to_string();
+        self.with("record where a task's work is", |c| {
+            c.execute(
+                "UPDATE tasks SET delivered = $1 WHERE id = $2",
+                &[&delivered, &id],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn remotes_in_use(&self) -> Result<Vec<String>, Error> {
+        self.with("list repositories in use", |c| {
+            Ok(c.query(
+                &format!(
+                    "SELECT DISTINCT remote FROM tasks WHERE remote IS NOT NULL \
+                     AND ({LIVE} OR delivered IS NOT TRUE)"
+                ),
+                &[],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+        })
+    }
+
     fn cancel_requests(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, Error> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -752,7 +782,7 @@ impl Store for Postgres {
             let changed = tx.execute(
                 "UPDATE tasks SET container = $3, image = $4, workspace = $5, branch = $6, \
                  repo = $7, keep_failed_workspace = $8, stop_grace_ms = $9, keep_workspace = $10, \
-                 base = $11, git_dir = $12, project = $13 \
+                 base = $11, git_dir = $12, project = $13, remote = $14 \
                  WHERE id = $1 AND attempt = $2 AND state = 'creating'",
                 &[
                     &id,
@@ -768,6 +798,7 @@ impl Store for Postgres {
                     &task.workspace.base,
                     &task.workspace.git_dir,
                     &task.project,
+                    &task.workspace.remote,
                 ],
             )?;
             if changed == 0 {

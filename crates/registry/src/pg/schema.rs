@@ -12,7 +12,8 @@ use crate::store::{OnWake, Wake};
 
 /// Migrations, applied in order; the schema version is how many have been
 /// applied. Never edit one that has shipped: add another.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
     CREATE TABLE tasks (
         id text PRIMARY KEY,
         project text NOT NULL,
@@ -82,7 +83,12 @@ const MIGRATIONS: &[&str] = &[r"
         left_cleanly boolean NOT NULL DEFAULT false
     );
     CREATE TABLE task_logs (id text PRIMARY KEY, content bytea NOT NULL);
-"];
+",
+    r"
+    ALTER TABLE tasks ADD COLUMN remote text;
+    ALTER TABLE tasks ADD COLUMN delivered boolean;
+",
+];
 
 /// The advisory lock migrations take, so that nodes starting together
 /// migrate one at a time.
