@@ -4,7 +4,7 @@
 //! BENCHMARKS.md.
 //!
 //! Run with `just bench` (or `cargo run --release -p orch-bench -- --quick`);
-//! name sections (`trivial worktree ctrl-c orphans registry memory daemon queue cluster`) to run
+//! name sections (`trivial worktree ctrl-c orphans registry memory daemon gitrepo queue cluster`) to run
 //! only those.
 //! Needs a Docker engine, the image `orch-agent:dev` and a release build of
 //! `orch` next to this binary.
@@ -25,6 +25,7 @@ const IMAGE: &str = "orch-agent:dev";
 
 mod cluster;
 mod daemon;
+mod gitrepo;
 
 pub(crate) struct Config {
     rounds: usize,
@@ -132,6 +133,9 @@ fn main() {
     }
     if run("daemon") {
         bench.daemon(&config, &mut report);
+    }
+    if run("gitrepo") {
+        bench.gitrepo(&config, &mut report);
     }
     if run("queue") {
         bench.queue(&config, &mut report);
@@ -261,13 +265,13 @@ fn wait_rusage(pid: u32) -> (ExitStatus, u64) {
     )
 }
 
-fn quiet(cmd: &mut Command) -> &mut Command {
+pub(crate) fn quiet(cmd: &mut Command) -> &mut Command {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
 }
 
-fn sh(program: &str, args: &[&str]) -> String {
+pub(crate) fn sh(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
