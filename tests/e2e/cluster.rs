@@ -13,7 +13,7 @@ use orch_testkit::dockerd::Engine;
 use orch_testkit::postgres;
 use rustix::process::Signal;
 
-use crate::helper::{self, IMAGE, Running, TestEnv, code, stderr, wait_for, wait_for_opt};
+use crate::helper::{self, Certs, IMAGE, Running, TestEnv, code, stderr, wait_for, wait_for_opt};
 use crate::require_docker;
 
 /// The node lease of these tests: short, so that deaths are seen soon.
@@ -31,6 +31,8 @@ struct Node {
     daemon: Option<Running>,
     db: String,
     config: PathBuf,
+    /// Mutual TLS between nodes and their users, where the test asks.
+    tls: Option<std::sync::Arc<Certs>>,
 }
 
 impl Node {
@@ -55,6 +57,11 @@ impl Node {
             Some(host) => cmd.env("DOCKER_HOST", host),
             None => cmd.env_remove("DOCKER_HOST"),
         };
+        if let Some(certs) = &self.tls {
+            cmd.env("ORCH_TLS_CA", certs.path("ca.pem"))
+                .env("ORCH_TLS_CERT", certs.path("client.pem"))
+                .env("ORCH_TLS_KEY", certs.path("client.key"));
+        }
         cmd
     }
 
@@ -64,8 +71,18 @@ impl Node {
         let listen = format!("127.0.0.1:{}", self.port);
         cmd.args(["serve", "--concurrency", &concurrency.to_string()])
             .args(["--listen", &listen])
-            .args(["--advertise", &format!("http://{listen}")])
             .args(["--node-name", &self.name]);
+        match &self.tls {
+            Some(certs) => cmd
+                .args(["--advertise", &format!("https://localhost:{}", self.port)])
+                .arg("--tls-cert")
+                .arg(certs.path("server.pem"))
+                .arg("--tls-key")
+                .arg(certs.path("server.key"))
+                .arg("--tls-client-ca")
+                .arg(certs.path("ca.pem")),
+            None => cmd.args(["--advertise", &format!("http://{listen}")]),
+        };
         let running = Running::spawn(cmd);
         let socket = self.home().join("orch.sock");
         wait_for("the node to answer", Duration::from_secs(30), || {
@@ -280,6 +297,7 @@ impl Cluster {
                 daemon: None,
                 db: db.clone(),
                 config: project.config.clone(),
+                tls: None,
             });
         }
         Some(Cluster {
@@ -594,13 +612,18 @@ fn the_database_restarting_loses_nothing() {
 
 /// Cancel on gamma of a task running on alpha: its container is gone when
 /// `orch cancel` returns; `logs -f` of it from gamma streams its output,
-/// relayed from alpha.
+/// relayed from alpha. The nodes speak mutual TLS: the relay presents the
+/// node's client certificate, and a caller without one is refused.
 #[test]
 fn cancel_and_logs_reach_a_task_on_another_node() {
     require_docker!();
     let Some(mut cluster) = Cluster::new(26, "") else {
         return;
     };
+    let certs = std::sync::Arc::new(Certs::make());
+    for node in &mut cluster.nodes {
+        node.tls = Some(certs.clone());
+    }
     cluster.nodes[0].start(2);
     let project = cluster.project.project.clone();
     let id = cluster.nodes[0].submit(&project, "echo hello-from-alpha; sleep 120", &[]);
@@ -623,6 +646,30 @@ fn cancel_and_logs_reach_a_task_on_another_node() {
             .contains("hello-from-alpha")
             .then_some(())
     });
+    // Gamma's API relays it too, presenting gamma's client certificate.
+    let socket = cluster.nodes[2].home().join("orch.sock");
+    let answer = helper::get(&socket, &format!("/v1/tasks/{id}/logs")).unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.body.contains("hello-from-alpha"), "{}", answer.body);
+    // Without a client certificate alpha takes no one, token or not.
+    let out = cluster.nodes[2]
+        .orch()
+        .env_remove("ORCH_TLS_CERT")
+        .env_remove("ORCH_TLS_KEY")
+        .env(
+            "ORCH_HOST",
+            format!("https://localhost:{}", cluster.nodes[0].port),
+        )
+        .args(["logs", &id])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("requires a client certificate"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!helper::stdout(&out).contains("hello-from-alpha"));
     let started = Instant::now();
     let out = cluster.nodes[2]
         .orch()

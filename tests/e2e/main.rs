@@ -16,6 +16,7 @@ mod faults;
 mod helper;
 mod hostile;
 mod hostile_save;
+mod network;
 mod newuser;
 mod observe;
 mod policy;

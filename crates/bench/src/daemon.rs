@@ -14,9 +14,9 @@ use serde_json::json;
 use crate::{Bench, Config, IMAGE, Report, fill_registry, ms, ratio, stats};
 
 /// A daemon of a bench home; stopped with SIGTERM when dropped.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) socket: PathBuf,
 }
 
 impl Drop for Daemon {
@@ -60,7 +60,7 @@ fn request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16,
 }
 
 /// Resident and peak resident memory of a process, KiB (`VmRSS`, `VmHWM`).
-fn memory(pid: u32) -> (u64, u64) {
+pub(crate) fn memory(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -81,19 +81,35 @@ pub(crate) fn submission_latency(
     clients: usize,
     per_client: usize,
 ) -> (crate::Stats, Duration) {
+    let socket = socket.to_path_buf();
+    latency_of(project, clients, per_client, move |body| {
+        request(&socket, "POST", "/v1/tasks", Some(body))
+    })
+}
+
+/// `clients` clients submitting `per_client` tasks each with `submit`
+/// (which sends a body and answers the status and body), all at once: the
+/// median, p95 and p99 of the answers' latency.
+pub(crate) fn latency_of(
+    project: &Path,
+    clients: usize,
+    per_client: usize,
+    submit: impl Fn(&str) -> (u16, String) + Send + Sync + 'static,
+) -> (crate::Stats, Duration) {
     let barrier = Arc::new(Barrier::new(clients));
+    let submit = Arc::new(submit);
     // The submitted tasks queue behind one slot; the daemon's stop leaves
     // them queued, and the home goes with the bench.
     let body = Arc::new(json!({ "project": project, "desc": "exit 0" }).to_string());
     let threads: Vec<_> = (0..clients)
         .map(|_| {
-            let (barrier, body, socket) = (barrier.clone(), body.clone(), socket.to_path_buf());
+            let (barrier, body, submit) = (barrier.clone(), body.clone(), submit.clone());
             std::thread::spawn(move || {
                 barrier.wait();
                 (0..per_client)
                     .map(|_| {
                         let start = Instant::now();
-                        let (status, answer) = request(&socket, "POST", "/v1/tasks", Some(&body));
+                        let (status, answer) = submit(&body);
                         assert_eq!(status, 201, "submit: {answer}");
                         start.elapsed()
                     })
@@ -131,12 +147,21 @@ fn mib(kib: u64) -> String {
 
 impl Bench {
     fn serve(&self, home: &Path, concurrency: usize) -> Daemon {
-        let child = self
-            .orch(home)
-            .args(["serve", "--concurrency", &concurrency.to_string()])
-            .env("ORCH_CLEANUP_INTERVAL", "1h")
-            .spawn()
-            .expect("spawn orch serve");
+        self.serve_with(home, concurrency, |_| ())
+    }
+
+    /// A daemon of `home`, its command changed by `change` first.
+    pub(crate) fn serve_with(
+        &self,
+        home: &Path,
+        concurrency: usize,
+        change: impl FnOnce(&mut Command),
+    ) -> Daemon {
+        let mut cmd = self.orch(home);
+        cmd.args(["serve", "--concurrency", &concurrency.to_string()])
+            .env("ORCH_CLEANUP_INTERVAL", "1h");
+        change(&mut cmd);
+        let child = cmd.spawn().expect("spawn orch serve");
         let socket = home.join("orch.sock");
         let deadline = Instant::now() + Duration::from_secs(30);
         while UnixStream::connect(&socket).is_err() {

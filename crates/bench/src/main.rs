@@ -4,7 +4,7 @@
 //! BENCHMARKS.md.
 //!
 //! Run with `just bench` (or `cargo run --release -p orch-bench -- --quick`);
-//! name sections (`trivial worktree ctrl-c orphans registry memory daemon gitrepo queue cluster`) to run
+//! name sections (`trivial worktree ctrl-c orphans registry memory daemon gitrepo queue cluster network`) to run
 //! only those.
 //! Needs a Docker engine, the image `orch-agent:dev` and a release build of
 //! `orch` next to this binary.
@@ -26,6 +26,7 @@ const IMAGE: &str = "orch-agent:dev";
 mod cluster;
 mod daemon;
 mod gitrepo;
+mod network;
 
 pub(crate) struct Config {
     rounds: usize,
@@ -142,6 +143,9 @@ fn main() {
     }
     if run("cluster") {
         bench.cluster(&config, &mut report);
+    }
+    if run("network") {
+        bench.network(&config, &mut report);
     }
 
     let text = report.text();

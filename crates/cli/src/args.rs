@@ -13,6 +13,14 @@ pub(crate) struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub(crate) verbose: u8,
 
+    /// Talk to the daemon at this address instead of the local home:
+    /// https://host:port, http://host:port or unix:///path/orch.sock (with
+    /// ORCH_TOKEN or ORCH_TOKEN_FILE; ORCH_TLS_CA to trust a CA of your
+    /// own, ORCH_TLS_CERT and ORCH_TLS_KEY for a client certificate). For
+    /// ps, show, logs, cancel, submit, cleanup, du and task.
+    #[arg(long, global = true, env = "ORCH_HOST", value_name = "URL")]
+    pub(crate) host: Option<String>,
+
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -132,6 +140,20 @@ pub(crate) struct ServeArgs {
     /// from it.
     #[arg(long, value_name = "URL")]
     pub(crate) advertise: Option<String>,
+    /// Serve --listen over TLS with this certificate chain (PEM); SIGHUP
+    /// reads it and the key again, open connections keep theirs.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub(crate) tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub(crate) tls_key: Option<std::path::PathBuf>,
+    /// Require a client certificate this CA (PEM) signed (mutual TLS).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub(crate) tls_client_ca: Option<std::path::PathBuf>,
+    /// Serve plain HTTP on a --listen address other than loopback (the
+    /// token then crosses the network in the clear).
+    #[arg(long)]
+    pub(crate) insecure_http: bool,
 }
 
 #[derive(Debug, Args)]

@@ -43,6 +43,8 @@ fn main() -> ExitCode {
     // Before the runtime and before any container: the watchdog of the
     // commands that create containers.
     let creates_containers = match &cli.command {
+        // Against a remote daemon, the daemon's own watchdog guards it.
+        _ if cli.host.is_some() => false,
         Command::Task(args) => !args.detach,
         Command::Supervise(_) | Command::Serve(_) => true,
         _ => false,
@@ -69,7 +71,12 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::ORCH_FAILED);
         }
     };
-    let code = runtime.block_on(commands::run(cli.command, cli.verbose > 0, watchdog));
+    let code = runtime.block_on(commands::run(
+        cli.command,
+        cli.verbose > 0,
+        watchdog,
+        cli.host,
+    ));
     // Output pumps of removed containers may still be winding down; they hold
     // nothing that needs cleaning.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

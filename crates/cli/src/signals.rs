@@ -47,6 +47,14 @@ pub(crate) struct SignalWatch {
     handle: signal_hook_tokio::Handle,
 }
 
+/// What a hang-up (SIGHUP) does.
+pub(crate) enum Hangup {
+    /// Stops, as the first SIGINT does (and never forces).
+    Stop,
+    /// Calls this (a daemon reading its certificate again) and goes on.
+    Reload(Box<dyn Fn() + Send + Sync>),
+}
+
 /// What Ctrl+Z does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CtrlZ {
@@ -58,7 +66,11 @@ pub(crate) enum CtrlZ {
 
 impl SignalWatch {
     /// Starts turning signals into steps of `shutdown`.
-    pub(crate) fn start(shutdown: &Shutdown, ctrl_z: CtrlZ) -> std::io::Result<SignalWatch> {
+    pub(crate) fn start(
+        shutdown: &Shutdown,
+        ctrl_z: CtrlZ,
+        hangup: Hangup,
+    ) -> std::io::Result<SignalWatch> {
         let mut wanted = vec![SIGINT, SIGTERM, SIGHUP, SIGQUIT];
         if ctrl_z == CtrlZ::Freeze {
             wanted.extend([SIGTSTP, SIGCONT]);
@@ -77,6 +89,10 @@ impl SignalWatch {
                 if signal == SIGCONT {
                     tracing::info!("continued: thawing the task");
                     shutdown.resume();
+                    continue;
+                }
+                if let (SIGHUP, Hangup::Reload(reload)) = (signal, &hangup) {
+                    reload();
                     continue;
                 }
                 let name = signal_name(signal);

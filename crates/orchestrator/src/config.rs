@@ -428,6 +428,9 @@ pub struct Webhook {
     pub events: Vec<String>,
     /// Signs each body (`X-Orch-Signature: sha256=<hmac>`), if set.
     pub secret: Option<String>,
+    /// For an `https://` receiver: a CA (PEM) to verify it against instead
+    /// of the system's roots.
+    pub ca: Option<PathBuf>,
 }
 
 /// The user's global configuration (`$ORCH_CONFIG`).
@@ -508,6 +511,7 @@ struct WebhookFile {
     #[serde(default)]
     events: Vec<String>,
     secret: Option<String>,
+    ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -848,26 +852,24 @@ impl GlobalConfig {
         for (i, hook) in file.webhooks.into_iter().enumerate() {
             let key = format!("webhooks[{i}]");
             let url = hook.url.trim().to_owned();
-            // orch carries no TLS stack: https receivers go through a relay.
             let host = url
                 .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"))
                 .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or_default());
             match host {
                 Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {}
-                _ if url.starts_with("https://") => {
-                    return Err(invalid(
-                        &format!("{key}.url"),
-                        format!(
-                            "{url:?}: https is not supported (orch carries no TLS stack); use an http:// receiver or a relay on this host"
-                        ),
-                    ));
-                }
                 _ => {
                     return Err(invalid(
                         &format!("{key}.url"),
-                        format!("{url:?} is not an http://host[:port][/path] URL"),
+                        format!("{url:?} is not an https://host[:port][/path] (or http://) URL"),
                     ));
                 }
+            }
+            if hook.ca.is_some() && !url.starts_with("https://") {
+                return Err(invalid(
+                    &format!("{key}.ca"),
+                    "a CA is for an https:// receiver".into(),
+                ));
             }
             for event in &hook.events {
                 if !WEBHOOK_EVENTS.contains(&event.as_str()) {
@@ -888,6 +890,7 @@ impl GlobalConfig {
                     hook.events
                 },
                 secret: hook.secret,
+                ca: hook.ca,
             });
         }
         let mut projects = BTreeMap::new();

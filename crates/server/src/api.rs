@@ -206,16 +206,20 @@ async fn logs(
         LogSource::Kept(bytes) => return text(Body::from(bytes)),
         // Running on another node: its owner serves it, relayed as it comes.
         LogSource::Remote { url } => {
-            let relayed = Client::tcp(&url, Some(s.token.to_string()))
-                .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?
-                .open_logs(&task.id.to_string(), follow)
-                .await
-                .map_err(|e| {
-                    ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        format!("the task runs on {url}, which could not be reached: {e}"),
-                    )
-                })?;
+            let relayed = Client::remote(
+                &url,
+                Some(s.token.to_string()),
+                &crate::ClientTls::from_env(),
+            )
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?
+            .open_logs(&task.id.to_string(), follow)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the task runs on {url}, which could not be reached: {e}"),
+                )
+            })?;
             return text(Body::new(relayed));
         }
         LogSource::Unreachable { node } => {

@@ -1,6 +1,7 @@
 //! Who may use the TCP listener: whoever shows the bearer token
 //! (`Authorization: Bearer <token>`), or the cookie the dashboard was given
-//! for it. `GET /healthz` is open. The unix socket needs none of this: its
+//! for it; a read-only token, if one is set, may only read. `GET /healthz`
+//! is open. The unix socket needs none of this: its
 //! mode (0600) is the access control.
 
 use axum::extract::{Request, State};
@@ -13,9 +14,27 @@ use crate::error::ApiError;
 /// The cookie that carries the token for the dashboard.
 pub(crate) const COOKIE: &str = "orch_token";
 
-/// The token a listener expects.
+/// The tokens a listener takes: the full one, and a read-only one (for
+/// dashboard viewers and scrapers: list, show, follow, scrape; no submit,
+/// cancel or cleanup), if set.
 #[derive(Clone)]
-pub(crate) struct Token(pub(crate) std::sync::Arc<str>);
+pub(crate) struct Token(
+    pub(crate) std::sync::Arc<str>,
+    pub(crate) Option<std::sync::Arc<str>>,
+);
+
+impl Token {
+    /// What `given` may do: `Some(true)` everything, `Some(false)` read.
+    pub(crate) fn grants(&self, given: &str) -> Option<bool> {
+        if same(given, &self.0) {
+            return Some(true);
+        }
+        self.1
+            .as_deref()
+            .filter(|read| same(given, read))
+            .map(|_| false)
+    }
+}
 
 /// Compares without stopping at the first difference.
 pub(crate) fn same(a: &str, b: &str) -> bool {
@@ -107,10 +126,23 @@ pub(crate) async fn require(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
+    let read_only = || {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "refused: this token may only read (list, show, follow, scrape)",
+        ))
+    };
     match shown(&request) {
-        Some(Shown::Bearer(given)) if same(&given, &token.0) => Ok(next.run(request).await),
-        Some(Shown::Cookie(given)) if same(&given, &token.0) => {
-            if safe || same_site(&request) {
+        Some(Shown::Bearer(given)) => match token.grants(&given) {
+            Some(true) => Ok(next.run(request).await),
+            Some(false) if safe => Ok(next.run(request).await),
+            Some(false) => read_only(),
+            None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong token")),
+        },
+        Some(Shown::Cookie(given)) if token.grants(&given).is_some() => {
+            if token.grants(&given) == Some(false) && !safe {
+                read_only()
+            } else if safe || same_site(&request) {
                 Ok(next.run(request).await)
             } else {
                 Err(ApiError::new(

@@ -50,6 +50,15 @@ pub enum ClientError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The TLS handshake failed: the server's certificate was not
+    /// trusted, or the server refused ours.
+    #[error("TLS with {} failed: {message}", path.display())]
+    Tls {
+        /// The daemon's URL.
+        path: PathBuf,
+        /// rustls's own words.
+        message: String,
+    },
     /// The daemon answered with an error.
     #[error("{message}")]
     Refused {
@@ -61,18 +70,30 @@ pub enum ClientError {
 }
 
 /// A client of one daemon: its unix socket, or its TCP listener (with the
-/// token, which every request but `/healthz` needs there).
-#[derive(Debug, Clone)]
+/// token, which every request but `/healthz` needs there), over TLS when
+/// its URL says `https://`.
+#[derive(Clone)]
 pub struct Client {
     socket: PathBuf,
     tcp: Option<Tcp>,
 }
 
-#[derive(Debug, Clone)]
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("target", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
 struct Tcp {
     /// `host:port`.
     authority: String,
+    /// The host, as its certificate must name it.
+    host: String,
     token: Option<String>,
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Client {
@@ -87,23 +108,72 @@ impl Client {
     /// A client of the daemon whose API is at `url` (`http://host:port`),
     /// sending `token` with each request.
     pub fn tcp(url: &str, token: Option<String>) -> Result<Client, ClientError> {
-        let authority = url
-            .strip_prefix("http://")
-            .map(|rest| rest.trim_end_matches('/'))
-            .filter(|a| {
-                !a.is_empty()
-                    && !a.contains(['/', '?', '#', '@'])
-                    && !a.contains(char::is_whitespace)
-            })
-            .ok_or_else(|| ClientError::Refused {
+        Client::remote(url, token, &crate::ClientTls::default())
+    }
+
+    /// A client of the daemon at `url`: `https://host:port` (verified
+    /// against `tls`: the system's roots or its CA), `http://host:port`,
+    /// or `unix:///path/to/orch.sock`; sending `token` over TCP.
+    pub fn remote(
+        url: &str,
+        token: Option<String>,
+        tls: &crate::ClientTls,
+    ) -> Result<Client, ClientError> {
+        let bad = |why: &str| ClientError::Refused {
+            status: 0,
+            message: format!("{url:?} is not a daemon's address: {why}"),
+        };
+        if let Some(path) = url.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err(bad("give unix:///absolute/path/orch.sock"));
+            }
+            return Ok(Client::new(path));
+        }
+        let (secure, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(bad(
+                "expected https://host:port, http://host:port or unix:///path",
+            ));
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty()
+            || authority.contains(['/', '?', '#', '@'])
+            || authority.contains(char::is_whitespace)
+        {
+            return Err(bad(
+                "expected https://host:port, http://host:port or unix:///path",
+            ));
+        }
+        let host = match authority.rsplit_once(':') {
+            Some((host, port)) if port.parse::<u16>().is_ok() => host.to_owned(),
+            _ => authority.to_owned(),
+        };
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_owned()
+        } else {
+            format!("{authority}:{}", if secure { 443 } else { 80 })
+        };
+        let tls = if secure {
+            Some(tls.connector().map_err(|e| ClientError::Refused {
                 status: 0,
-                message: format!("{url:?} is not an http://host:port URL"),
-            })?;
+                message: e.to_string(),
+            })?)
+        } else {
+            None
+        };
         Ok(Client {
             socket: PathBuf::from(url),
             tcp: Some(Tcp {
-                authority: authority.to_owned(),
+                authority,
+                host,
                 token,
+                tls,
             }),
         })
     }
@@ -180,7 +250,29 @@ impl Client {
                     let stream = tokio::net::TcpStream::connect(&tcp.authority)
                         .await
                         .map_err(|source| self.connect_error(source))?;
-                    exchange(stream, request).await.map_err(transport)
+                    match &tcp.tls {
+                        Some(connector) => {
+                            let name = crate::tls::server_name(&tcp.host)
+                                .map_err(|e| transport(e.into()))?;
+                            let stream = connector.connect(name, stream).await.map_err(|e| {
+                                // rustls's own words: which certificate, and why.
+                                ClientError::Tls {
+                                    path: self.socket.clone(),
+                                    message: e.to_string(),
+                                }
+                            })?;
+                            exchange(stream, request).await.map_err(|e| {
+                                match refused_certificate(&*e) {
+                                    Some(message) => ClientError::Tls {
+                                        path: self.socket.clone(),
+                                        message,
+                                    },
+                                    None => transport(e),
+                                }
+                            })
+                        }
+                        None => exchange(stream, request).await.map_err(transport),
+                    }
                 }
                 None => {
                     let stream = tokio::net::UnixStream::connect(&self.socket)
@@ -377,6 +469,38 @@ where
 {
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    Ok(sender.send_request(request).await?)
+    let connection = tokio::spawn(connection);
+    match sender.send_request(request).await {
+        Ok(response) => Ok(response),
+        // The connection's own error says why (a TLS alert, a reset), where
+        // the request's says only that it was cancelled.
+        Err(e) if e.is_canceled() => match connection.await {
+            Ok(Err(why)) => Err(why.into()),
+            _ => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The daemon's refusal of our client certificate, which TLS 1.3 reports
+/// only after the handshake: an alert on the first exchange.
+fn refused_certificate(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(rustls::Error::AlertReceived(alert)) = e.downcast_ref::<rustls::Error>() {
+            return Some(match alert {
+                rustls::AlertDescription::CertificateRequired => {
+                    "the daemon requires a client certificate: set ORCH_TLS_CERT and ORCH_TLS_KEY"
+                        .to_owned()
+                }
+                other => format!("the daemon refused our client certificate ({other:?})"),
+            });
+        }
+        // An I/O error carries rustls's as its payload, not as its source.
+        cause = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as _),
+            None => e.source(),
+        };
+    }
+    None
 }

@@ -85,6 +85,7 @@ pub(crate) async fn serve<L: Listener>(
     router: Router,
     limits: Limits,
     stop: CancellationToken,
+    tls: Option<Arc<crate::tls::ServerTls>>,
 ) {
     let router = router.layer(axum::middleware::map_request(bounded_body));
     let permits = Arc::new(Semaphore::new(limits.connections));
@@ -113,26 +114,50 @@ pub(crate) async fn serve<L: Listener>(
         };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let stop = stop.clone();
+        // The handshake happens on the connection's own task (a slow one
+        // never holds the accept loop), within the head's deadline.
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         connections.spawn(async move {
             let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_DEADLINE)
-                .keep_alive(true);
-            let conn = builder.serve_connection(TokioIo::new(io), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN, conn).await;
+            match acceptor {
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEAD_DEADLINE, acceptor.accept(io)).await {
+                        Ok(Ok(tls)) => serve_io(tls, service, stop).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake did not finish in time"),
+                    }
                 }
+                None => serve_io(io, service, stop).await,
             }
         });
     }
     connections.close();
     let _ = tokio::time::timeout(DRAIN * 2, connections.wait()).await;
+}
+
+/// Serves HTTP/1.1 on one connection until it closes, or, once `stop`
+/// fires, for a moment more.
+async fn serve_io<IO>(
+    io: IO,
+    service: hyper_util::service::TowerToHyperService<Router>,
+    stop: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_DEADLINE)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN, conn).await;
+        }
+    }
 }
 
 /// Gives a request's body its deadline.

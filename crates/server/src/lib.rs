@@ -16,9 +16,11 @@ mod conn;
 mod dashboard;
 mod error;
 mod listen;
+mod tls;
 mod webhooks;
 
 pub use client::{Client, ClientError};
 pub use error::ApiError;
 pub use listen::{Bound, Listeners, ServeError, bind};
+pub use tls::{ClientTls, ServerTls, TlsError, TlsFiles};
 pub use webhooks::{WebhookError, Webhooks, signature};

@@ -24,6 +24,10 @@ pub struct Listeners {
     /// A TCP address (every request there must show the token given to
     /// [`Bound::serve`]).
     pub tcp: Option<SocketAddr>,
+    /// TLS on the TCP address, if given.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// A read-only token the TCP address also takes, if set.
+    pub read_token: Option<String>,
 }
 
 /// Why the API could not be served.
@@ -181,16 +185,25 @@ impl Bound {
             token: Arc::from(token.as_str()),
         };
         let tcp = self.tcp.map(|listener| {
-            let token = Token(Arc::from(token.as_str()));
+            let token = Token(
+                Arc::from(token.as_str()),
+                self.listeners.read_token.as_deref().map(Arc::from),
+            );
             let router = crate::api::with_dashboard(routes(shared.clone()), token.clone())
                 .layer(middleware::from_fn_with_state(token, require));
             (listener, router)
         });
-        let on_socket =
-            crate::conn::serve(self.unix, routes(shared), crate::conn::UNIX, stop.clone());
+        let on_socket = crate::conn::serve(
+            self.unix,
+            routes(shared),
+            crate::conn::UNIX,
+            stop.clone(),
+            None,
+        );
+        let tls = self.listeners.tls.clone();
         let on_tcp = async move {
             if let Some((listener, router)) = tcp {
-                crate::conn::serve(listener, router, crate::conn::TCP, stop).await;
+                crate::conn::serve(listener, router, crate::conn::TCP, stop, tls).await;
             }
         };
         tokio::join!(on_socket, on_tcp);

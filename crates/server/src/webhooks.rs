@@ -51,12 +51,25 @@ struct Delivery {
 }
 
 /// A receiver: where, what it wants, and its key.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Receiver {
     url: String,
     uri: Uri,
     events: Vec<String>,
     secret: Option<String>,
+    /// For an `https://` receiver: its certificate verified against the
+    /// system's roots, or the hook's own CA.
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The running webhook senders; [`Webhooks::finish`] lets them drain.
@@ -80,11 +93,21 @@ impl Webhooks {
             };
             // The config checked the scheme and the host.
             let uri: Uri = hook.url.parse().map_err(|_| refuse("not a valid URL"))?;
+            let tls = if uri.scheme_str() == Some("https") {
+                let settings = crate::ClientTls {
+                    ca: hook.ca.clone(),
+                    identity: None,
+                };
+                Some(settings.connector().map_err(|e| refuse(&e.to_string()))?)
+            } else {
+                None
+            };
             receivers.push(Receiver {
                 url: hook.url.clone(),
                 uri,
                 events: hook.events.clone(),
                 secret: hook.secret.clone(),
+                tls,
             });
         }
         let mut tasks = tokio::task::JoinSet::new();
@@ -289,10 +312,37 @@ async fn post(
 ) -> Result<(), String> {
     let uri = &receiver.uri;
     let host = uri.host().unwrap_or_default();
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri
+        .port_u16()
+        .unwrap_or(if receiver.tls.is_some() { 443 } else { 80 });
     let stream = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    match &receiver.tls {
+        Some(tls) => {
+            let name = crate::tls::server_name(host)?;
+            let stream = tls
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            post_on(stream, receiver, delivery, signature).await
+        }
+        None => post_on(stream, receiver, delivery, signature).await,
+    }
+}
+
+/// The POST itself, on a connection made.
+async fn post_on<S>(
+    stream: S,
+    receiver: &Receiver,
+    delivery: &Delivery,
+    signature: Option<&str>,
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let uri = &receiver.uri;
+    let host = uri.host().unwrap_or_default();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;

@@ -147,6 +147,14 @@ impl Daemon {
     }
 }
 
+/// `GET path` over the socket of a daemon this test did not start through
+/// [`TestEnv::serve`](crate::helper::TestEnv::serve).
+pub(crate) fn get(socket: &PathBuf, path: &str) -> std::io::Result<Answer> {
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: orch\r\nConnection: close\r\n\r\n");
+    let answer = exchange(socket, raw.as_bytes(), false, Duration::from_secs(120))?;
+    Ok(parse_answer(&answer))
+}
+
 /// Writes `raw` to the socket, closes our side (so a truncated request
 /// ends there), and reads whatever comes back until the daemon closes the
 /// connection (or `limit` passes).

@@ -6,12 +6,14 @@
 //! instance are left and fails the test if there were any. Every wait has a
 //! deadline.
 
+mod certs;
 mod daemon;
 mod proxy;
 mod pty;
 pub(crate) mod web;
 
-pub(crate) use daemon::{Answer, parse_answer, send_raw};
+pub(crate) use certs::Certs;
+pub(crate) use daemon::{Answer, Daemon, get, parse_answer, send_raw};
 pub(crate) use proxy::{Mode, Proxy};
 pub(crate) use pty::OnPty;
 use std::io::Read;

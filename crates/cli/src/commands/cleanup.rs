@@ -5,9 +5,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use orch_orchestrator::{
-    CleanupOptions, CleanupReport, GlobalConfig, Home, Item, Orchestrator, Thresholds, human_bytes,
-    teardown::{Ending, RecordEnd},
+    CleanupOptions, CleanupReport, GlobalConfig, Home, Orchestrator, Thresholds, human_bytes,
 };
+use orch_protocol::{CleanupAnswer, CleanupItem};
 
 use crate::args::CleanupArgs;
 use crate::exit;
@@ -39,14 +39,20 @@ pub(crate) async fn run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
             ..CleanupReport::default()
         },
     };
+    print(&report.answer(), args.json)
+}
+
+/// Prints what a cleanup planned or did (`--json`: the API's answer), and
+/// the exit code it makes: failed if any step failed.
+pub(crate) fn print(answer: &CleanupAnswer, json: bool) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    if args.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&report.answer())?)?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(answer)?)?;
     } else {
-        print_human(&mut out, &report)?;
+        print_human(&mut out, answer)?;
     }
     out.flush()?;
-    Ok(if report.failures().next().is_some() {
+    Ok(if answer.items.iter().any(|i| !i.errors.is_empty()) {
         ExitCode::from(exit::FAILED)
     } else {
         ExitCode::SUCCESS
@@ -54,42 +60,41 @@ pub(crate) async fn run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// What a plan would do, in a few words each.
-fn planned(item: &Item) -> Vec<String> {
-    let plan = &item.plan;
+fn planned(item: &CleanupItem) -> Vec<String> {
     let mut what = Vec::new();
-    match &plan.record {
-        RecordEnd::Finish(Ending::Lost(_)) => what.push("mark lost".to_owned()),
-        RecordEnd::Finish(ending) => what.push(format!("end as {}", ending.state())),
-        RecordEnd::FromExit(_) => what.push("record its exit".to_owned()),
-        RecordEnd::Leave => {}
+    match item.mark.as_deref() {
+        Some("lost") => what.push("mark lost".to_owned()),
+        Some("exited") => what.push("record its exit".to_owned()),
+        Some(state) => what.push(format!("end as {state}")),
+        None => {}
     }
-    for container in &plan.containers {
-        what.push(format!("container {}", container.name));
+    for container in &item.containers {
+        what.push(format!("container {container}"));
     }
-    if let Some(workspace) = plan.removed_workspace() {
-        what.push(format!(
+    match &item.workspace {
+        Some(w) if w.kept => what.push("keep workspace".to_owned()),
+        Some(w) => what.push(format!(
             "workspace {} ({})",
-            workspace.path.display(),
-            human_bytes(workspace.bytes)
-        ));
-    } else if plan.workspace.is_some() {
-        what.push("keep workspace".to_owned());
+            w.path.display(),
+            human_bytes(w.bytes)
+        )),
+        None => {}
     }
-    if plan.delete_record {
+    if item.record {
         what.push("record".to_owned());
     }
-    if let Some((_, bytes)) = &plan.log {
-        what.push(format!("log ({})", human_bytes(*bytes)));
+    if let Some(log) = &item.log {
+        what.push(format!("log ({})", human_bytes(log.bytes)));
     }
     what
 }
 
-fn print_human(out: &mut impl Write, report: &CleanupReport) -> std::io::Result<()> {
+fn print_human(out: &mut impl Write, report: &CleanupAnswer) -> std::io::Result<()> {
     for item in &report.items {
         let who = item
-            .task_id()
+            .task_id
             .map_or_else(|| "ownerless objects".to_owned(), |t| format!("task {t}"));
-        let strategy = item.strategy.name();
+        let strategy = &item.strategy;
         let reason = safe(&item.reason);
         if report.dry_run {
             writeln!(
@@ -99,12 +104,11 @@ fn print_human(out: &mut impl Write, report: &CleanupReport) -> std::io::Result<
             )?;
             continue;
         }
-        if !item.steps.is_empty() {
-            let done = item.done();
+        if !item.done.is_empty() {
             writeln!(
                 out,
                 "cleaned {who} [{strategy}]: {}: {reason}",
-                done.join(", ")
+                item.done.join(", ")
             )?;
         }
         for error in &item.errors {
@@ -149,13 +153,13 @@ fn print_human(out: &mut impl Write, report: &CleanupReport) -> std::io::Result<
             ));
         }
     }
-    writeln!(out, "{}", report.summary())
+    writeln!(out, "{}", report.summary)
 }
 
 #[cfg(test)]
 mod tests {
-    use orch_orchestrator::Strategy;
     use orch_orchestrator::teardown::{ContainerStep, Teardown, WorkspaceTarget};
+    use orch_orchestrator::{Item, Strategy};
 
     use super::*;
 

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use orch_orchestrator::{DuReport, human_bytes};
+use orch_protocol::DuAnswer;
 use orch_workspace::Layout;
 
 use crate::args::DuArgs;
@@ -13,8 +14,13 @@ pub(crate) fn run(args: &DuArgs) -> anyhow::Result<ExitCode> {
     super::exists_in_home(&home, &workspaces)?;
     let report = DuReport::measure(&Layout::new(&home))
         .map_err(|e| super::unusable_home(&home, e.into()))?;
-    if args.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&report.answer())?)?;
+    print(&report.answer(), args.json)
+}
+
+/// `orch du`'s output of `answer` (`--json`: the API's answer itself).
+pub(crate) fn print(answer: &DuAnswer, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        crate::outln!("{}", serde_json::to_string_pretty(answer)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     crate::outln!(
@@ -24,29 +30,34 @@ pub(crate) fn run(args: &DuArgs) -> anyhow::Result<ExitCode> {
         "SIZE",
         "FILES"
     )?;
-    for (dir, size) in &report.workspaces {
+    for w in &answer.workspaces {
         crate::outln!(
             "{:<20} {:<36} {:>10} {:>8}  {}",
-            dir.project,
-            dir.task_id,
-            human_bytes(size.bytes),
-            size.files,
-            dir.path.display()
+            w.project,
+            w.task_id,
+            human_bytes(w.bytes),
+            w.files,
+            w.path.display()
         )?;
     }
-    for (name, (size, count)) in &report.projects {
-        crate::outln!("{name}: {count} workspace(s), {}", human_bytes(size.bytes))?;
+    for p in &answer.projects {
+        crate::outln!(
+            "{}: {} workspace(s), {}",
+            p.project,
+            p.workspaces,
+            human_bytes(p.bytes)
+        )?;
     }
     crate::outln!(
         "total: {} workspace(s), {}",
-        report.workspaces.len(),
-        human_bytes(report.total.bytes)
+        answer.total.workspaces,
+        human_bytes(answer.total.bytes)
     )?;
-    for (mirror, size) in &report.mirrors {
+    for mirror in &answer.mirrors {
         crate::outln!(
             "mirror of {}: {}  {}",
             crate::output::safe(&mirror.url),
-            human_bytes(size.bytes),
+            human_bytes(mirror.bytes),
             mirror.path.display()
         )?;
     }

@@ -79,13 +79,7 @@ pub(crate) async fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
 /// Copies a task's output from the node that runs it, as it comes.
 async fn relay(url: &str, id: &str, follow: bool) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
-    let token = std::env::var("ORCH_TOKEN").ok().or_else(|| {
-        let home = super::home_path().ok()?;
-        std::fs::read_to_string(home.join("api-token"))
-            .ok()
-            .map(|t| t.trim().to_owned())
-    });
-    let mut body = orch_server::Client::tcp(url, token)?
+    let mut body = super::remote::client(url)?
         .open_logs(id, follow)
         .await
         .map_err(|e| {

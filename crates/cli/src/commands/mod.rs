@@ -6,6 +6,7 @@ mod cleanup;
 mod du;
 mod logs;
 mod ps;
+mod remote;
 mod serve;
 mod submit;
 mod task;
@@ -21,30 +22,11 @@ pub(crate) async fn run(
     command: Command,
     verbose: bool,
     watchdog: Option<orch_orchestrator::WatchdogLink>,
+    host: Option<String>,
 ) -> ExitCode {
-    let (result, failure_code) = match command {
-        Command::Task(args) => (task::run(args, verbose, watchdog).await, exit::ORCH_FAILED),
-        Command::Supervise(args) => (
-            task::run_supervisor(args, watchdog).await,
-            exit::ORCH_FAILED,
-        ),
-        Command::Watchdog => (Ok(ExitCode::SUCCESS), exit::FAILED),
-        Command::Egress { entries } => (
-            orch_orchestrator::egress::forward(entries)
-                .await
-                .map(|()| ExitCode::SUCCESS)
-                .map_err(Into::into),
-            exit::FAILED,
-        ),
-        Command::Ps(args) => (blocking(|| ps::ps(&args)), exit::FAILED),
-        Command::Show(args) => (blocking(|| ps::show(&args)), exit::FAILED),
-        Command::Logs(args) => (logs::run(&args).await, exit::FAILED),
-        Command::Cancel(args) => (cancel::run(&args).await, exit::FAILED),
-        Command::Push(args) => (cancel::push(&args).await, exit::ORCH_FAILED),
-        Command::Cleanup(args) => (cleanup::run(args).await, exit::FAILED),
-        Command::Du(args) => (blocking(|| du::run(&args)), exit::FAILED),
-        Command::Serve(args) => (serve::run(args, watchdog).await, exit::ORCH_FAILED),
-        Command::Submit(args) => (submit::run(args).await, exit::ORCH_FAILED),
+    let (result, failure_code) = match (command, host) {
+        (command, Some(host)) => remote::run(command, &host).await,
+        (command, None) => local(command, verbose, watchdog).await,
     };
     result.unwrap_or_else(|error| {
         // A reader that went away (`orch ps | head`) is not an error.
@@ -107,4 +89,36 @@ fn note_tightened(home: &orch_orchestrator::Home) {
 /// runs a small runtime of its own), off the async runtime's workers.
 fn blocking<T>(work: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(work)
+}
+
+/// A command on this host's own home.
+async fn local(
+    command: Command,
+    verbose: bool,
+    watchdog: Option<orch_orchestrator::WatchdogLink>,
+) -> (anyhow::Result<ExitCode>, u8) {
+    match command {
+        Command::Task(args) => (task::run(args, verbose, watchdog).await, exit::ORCH_FAILED),
+        Command::Supervise(args) => (
+            task::run_supervisor(args, watchdog).await,
+            exit::ORCH_FAILED,
+        ),
+        Command::Watchdog => (Ok(ExitCode::SUCCESS), exit::FAILED),
+        Command::Egress { entries } => (
+            orch_orchestrator::egress::forward(entries)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(Into::into),
+            exit::FAILED,
+        ),
+        Command::Ps(args) => (blocking(|| ps::ps(&args)), exit::FAILED),
+        Command::Show(args) => (blocking(|| ps::show(&args)), exit::FAILED),
+        Command::Logs(args) => (logs::run(&args).await, exit::FAILED),
+        Command::Cancel(args) => (cancel::run(&args).await, exit::FAILED),
+        Command::Push(args) => (cancel::push(&args).await, exit::ORCH_FAILED),
+        Command::Cleanup(args) => (cleanup::run(args).await, exit::FAILED),
+        Command::Du(args) => (blocking(|| du::run(&args)), exit::FAILED),
+        Command::Serve(args) => (serve::run(args, watchdog).await, exit::ORCH_FAILED),
+        Command::Submit(args) => (submit::run(args, None).await, exit::ORCH_FAILED),
+    }
 }

@@ -52,7 +52,7 @@ pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
     }
     let now = now_ms();
     if let Some(registry) = registry.as_ref().filter(|r| r.shared()) {
-        return cluster_table(&**registry, listing, &mut out, now);
+        return print_table(&registry.list(listing)?, true, &mut out, now);
     }
     writeln!(
         out,
@@ -93,28 +93,48 @@ pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `orch ps` of a cluster: every node's tasks, with the node that runs each.
-fn cluster_table(
-    registry: &dyn Store,
-    listing: Listing,
+/// `orch ps` of records read whole (a cluster's, or a remote daemon's),
+/// with the node that runs each if `nodes`.
+pub(crate) fn print_table(
+    tasks: &[TaskRecord],
+    nodes: bool,
     out: &mut impl Write,
     now: i64,
 ) -> anyhow::Result<ExitCode> {
-    writeln!(
-        out,
-        "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  {:<16}  WORKSPACE",
-        "ID", "PROJECT", "STATUS", "PROGRESS", "AGE", "NODE"
-    )?;
-    for task in registry.list(listing)? {
+    if nodes {
+        writeln!(
+            out,
+            "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  {:<16}  WORKSPACE",
+            "ID", "PROJECT", "STATUS", "PROGRESS", "AGE", "NODE"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  WORKSPACE",
+            "ID", "PROJECT", "STATUS", "PROGRESS", "AGE"
+        )?;
+    }
+    for task in tasks {
         let id = task.id.to_string();
         let workspace = match (&task.workspace.path, task.workspace.state) {
             (None, _) => "-",
             (Some(_), Some(WorkspaceState::Removed)) => "(removed)",
             (Some(path), _) => path.as_str(),
         };
+        let node = if nodes {
+            format!(
+                "{:<16}  ",
+                truncate(
+                    &crate::output::safe(task.owner.node.as_deref().unwrap_or("-")),
+                    16
+                )
+            )
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  {:<16}  {workspace}",
+            "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  {node}{workspace}",
             &id[..13],
             truncate(&crate::output::safe(&task.project), 16),
             if task.workspace.state == Some(WorkspaceState::Saving) {
@@ -126,10 +146,6 @@ fn cluster_table(
                 .percent
                 .map_or_else(|| "-".into(), |p| format!("{p}%")),
             age(now - task.created_at),
-            truncate(
-                &crate::output::safe(task.owner.node.as_deref().unwrap_or("-")),
-                16
-            ),
         )?;
     }
     out.flush()?;
@@ -142,7 +158,17 @@ pub(crate) fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
     let task = registry
         .get(&id)?
         .ok_or_else(|| anyhow::anyhow!("no task {id}"))?;
-    if args.json {
+    let log = super::home_path()?
+        .join("logs")
+        .join(format!("{}.log", task.id))
+        .display()
+        .to_string();
+    print_show(&task, args.json, &log)
+}
+
+/// `orch show` of `task`, whose log is at `log`.
+pub(crate) fn print_show(task: &TaskRecord, json: bool, log: &str) -> anyhow::Result<ExitCode> {
+    if json {
         crate::outln!("{}", serde_json::to_string_pretty(&task)?)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -172,7 +198,7 @@ pub(crate) fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
         ),
         ("image", task.image.clone()),
         ("container", task.container.clone()),
-        ("workspace", workspace(&task)),
+        ("workspace", workspace(task)),
         ("branch", opt(&task.workspace.branch)),
         (
             "owner",
@@ -185,14 +211,7 @@ pub(crate) fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
             },
         ),
         ("detached", task.owner.detached.to_string()),
-        (
-            "log",
-            super::home_path()?
-                .join("logs")
-                .join(format!("{}.log", task.id))
-                .display()
-                .to_string(),
-        ),
+        ("log", log.to_owned()),
     ];
     for (key, value) in rows {
         crate::outln!("{key:<12} {}", crate::output::safe(&value))?;

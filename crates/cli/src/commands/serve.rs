@@ -2,7 +2,8 @@
 //! queue, behind the API on the home's socket (and on TCP with a token),
 //! with cleanup at start, on a schedule and after submissions.
 //!
-//! SIGTERM, SIGINT or SIGHUP: stop taking tasks, stop the running ones
+//! SIGTERM, SIGINT or SIGHUP (with TLS, SIGHUP reads the certificate and
+//! key again instead): stop taking tasks, stop the running ones
 //! gracefully (recorded `cancelled (daemon shutdown)`, torn down by their
 //! policy), leave the queued ones queued, exit 0. A second such signal
 //! forces the running ones. SIGKILL: the watchdog reaps the running ones.
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::ServeArgs;
 use crate::output::say;
-use crate::signals::{CtrlZ, SignalWatch};
+use crate::signals::{CtrlZ, Hangup, SignalWatch};
 
 /// The cleanup schedule's default period.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
@@ -38,8 +39,9 @@ fn setting(var: &str, configured: Option<Duration>, default: Duration) -> anyhow
     }
 }
 
-/// The TCP listener's token: `ORCH_TOKEN`, else `$ORCH_HOME/api-token`,
-/// made (0600) on first use.
+/// The TCP listener's token: `ORCH_TOKEN`, else the file
+/// `ORCH_TOKEN_FILE` names, else `$ORCH_HOME/api-token`, made (0600) on
+/// first use.
 fn token(home: &Home) -> anyhow::Result<String> {
     // It travels in a header, a cookie and a URL: no character that any of
     // them would need to escape, and long enough not to be guessed.
@@ -55,6 +57,9 @@ fn token(home: &Home) -> anyhow::Result<String> {
     };
     if let Ok(token) = std::env::var("ORCH_TOKEN") {
         return check(token.trim(), "ORCH_TOKEN");
+    }
+    if let Some(token) = token_file("ORCH_TOKEN_FILE")? {
+        return check(&token, "the token in ORCH_TOKEN_FILE");
     }
     let path = home.path().join("api-token");
     match std::fs::read_to_string(&path) {
@@ -81,6 +86,48 @@ fn token(home: &Home) -> anyhow::Result<String> {
     Ok(fresh)
 }
 
+/// The token in the file the environment variable `var` names, if set.
+pub(crate) fn token_file(var: &str) -> anyhow::Result<Option<String>> {
+    let Some(path) = std::env::var_os(var) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("failed to read {var} ({})", path.to_string_lossy()))?;
+    anyhow::ensure!(
+        !text.trim().is_empty(),
+        "{var} ({}) holds no token",
+        path.to_string_lossy()
+    );
+    Ok(Some(text.trim().to_owned()))
+}
+
+/// The TCP listener's TLS, from the flags; refuses plain HTTP on an
+/// address other than loopback unless asked (`--insecure-http`, said on
+/// stderr).
+fn tls(args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<orch_server::ServerTls>>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        if let Some(addr) = args.listen {
+            if !addr.ip().is_loopback() {
+                anyhow::ensure!(
+                    args.insecure_http,
+                    "--listen {addr} is not a loopback address: serve it over TLS (--tls-cert, --tls-key), or pass --insecure-http to send the token in the clear"
+                );
+                say(&format!(
+                    "orch: warning: --listen {addr} serves plain HTTP: the token crosses the network in the clear"
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    anyhow::ensure!(args.listen.is_some(), "--tls-cert needs --listen");
+    let files = orch_server::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: args.tls_client_ca.clone(),
+    };
+    Ok(Some(orch_server::ServerTls::load(files)?))
+}
+
 pub(crate) async fn run(
     args: ServeArgs,
     watchdog: Option<WatchdogLink>,
@@ -92,9 +139,13 @@ pub(crate) async fn run(
         .socket
         .clone()
         .unwrap_or_else(|| home.path().join("orch.sock"));
+    let tls = tls(&args)?;
+    let read_token = token_file("ORCH_READ_TOKEN_FILE")?;
     let bound = orch_server::bind(orch_server::Listeners {
         socket: socket.clone(),
         tcp: args.listen,
+        tls: tls.clone(),
+        read_token,
     })
     .await?;
     // Only once the socket is ours: a daemon refused for a live one's
@@ -131,7 +182,21 @@ pub(crate) async fn run(
     // The one signal adapter, as `orch task` has it: the first signal
     // stops (no new tasks; running ones stop gracefully), a second forces.
     let shutdown = Shutdown::new();
-    let signals = SignalWatch::start(&shutdown, CtrlZ::Default)
+    // With TLS, a hang-up reads the certificate again (as a daemon's
+    // SIGHUP does); without, it stops the daemon as SIGTERM does.
+    let hangup = match &tls {
+        Some(tls) => {
+            let tls = std::sync::Arc::clone(tls);
+            Hangup::Reload(Box::new(move || match tls.reload() {
+                Ok(()) => say("orch: SIGHUP: certificate and key read again"),
+                Err(e) => say(&format!(
+                    "orch: error: SIGHUP: {e}; the certificate in use stays"
+                )),
+            }))
+        }
+        None => Hangup::Stop,
+    };
+    let signals = SignalWatch::start(&shutdown, CtrlZ::Default, hangup)
         .context("failed to install signal handlers")?;
     // The HTTP listeners stop taking connections at the first signal.
     let stop = CancellationToken::new();
@@ -153,7 +218,10 @@ pub(crate) async fn run(
         socket.display(),
         bound
             .tcp_addr()
-            .map(|a| format!(" and http://{a}"))
+            .map(|a| format!(
+                " and {}://{a}",
+                if tls.is_some() { "https" } else { "http" }
+            ))
             .unwrap_or_default()
     ));
     // Webhooks go out until every task has ended, then drain (bounded).

@@ -8,14 +8,37 @@ use anyhow::Context;
 use orch_orchestrator::supervisor::SubmitSpec;
 use orch_server::{Client, ClientError};
 
-use crate::args::SubmitArgs;
+use crate::args::{SubmitArgs, TaskArgs};
 
-pub(crate) async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let task = &args.task;
-    let socket = match args.socket {
-        Some(socket) => socket,
-        None => super::home_path()?.join("orch.sock"),
+pub(crate) async fn run(args: SubmitArgs, remote: Option<Client>) -> anyhow::Result<ExitCode> {
+    let client = match remote {
+        Some(client) => client,
+        None => Client::new(match &args.socket {
+            Some(socket) => socket.clone(),
+            None => super::home_path()?.join("orch.sock"),
+        }),
     };
+    let spec = spec(&args.task, args.priority, args.retries, &args.constraints)?;
+    let answer = client.submit(&spec).await.map_err(refused)?;
+    crate::outln!("{}", answer.id)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A daemon's refusal as its own one line; anything else as it is.
+pub(crate) fn refused(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Refused { message, .. } => anyhow::anyhow!(message),
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// What `task` asks of a daemon.
+pub(crate) fn spec(
+    task: &TaskArgs,
+    priority: i64,
+    retries: u32,
+    constraints: &[String],
+) -> anyhow::Result<SubmitSpec> {
     // A path means the same to the daemon as here: made absolute.
     let is_path = (task.project.contains('/') || task.project == "." || task.project == "..")
         && !orch_orchestrator::is_url(&task.project);
@@ -30,7 +53,7 @@ pub(crate) async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let duration = |d: Option<Duration>| {
         d.map(|d| orch_orchestrator::supervisor::DurationText::Text(format!("{}ms", d.as_millis())))
     };
-    let spec = SubmitSpec {
+    Ok(SubmitSpec {
         project,
         desc: task.desc.clone(),
         image: task.image.clone(),
@@ -45,17 +68,8 @@ pub(crate) async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         },
         user: task.user.clone(),
         no_workspace: task.no_workspace,
-        priority: args.priority,
-        retries: args.retries,
-        constraints: args.constraints.clone(),
-    };
-    let answer = Client::new(&socket)
-        .submit(&spec)
-        .await
-        .map_err(|e| match e {
-            ClientError::Refused { message, .. } => anyhow::anyhow!(message),
-            other => anyhow::Error::new(other),
-        })?;
-    crate::outln!("{}", answer.id)?;
-    Ok(ExitCode::SUCCESS)
+        priority,
+        retries,
+        constraints: constraints.to_vec(),
+    })
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::args::{SuperviseArgs, TaskArgs, TaskCommand};
 use crate::exit;
 use crate::output::Terminal;
-use crate::signals::{CtrlZ, SignalWatch};
+use crate::signals::{CtrlZ, Hangup, SignalWatch};
 
 /// How long reconciliation may run beside a new task.
 const RECONCILE_LIMIT: Duration = Duration::from_secs(30);
@@ -80,7 +80,7 @@ pub(crate) async fn run(
     // a Ctrl+C would reach the cleanup path.
     let shutdown = Shutdown::new();
     crate::signals::force_on_panic(&shutdown);
-    let signals = SignalWatch::start(&shutdown, CtrlZ::Freeze)
+    let signals = SignalWatch::start(&shutdown, CtrlZ::Freeze, Hangup::Stop)
         .context("failed to install signal handlers")?;
     let request = request(&args, args.environment()?, None)?;
     let orch = connect(watchdog).await?;
@@ -102,7 +102,7 @@ pub(crate) async fn run_supervisor(
 ) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::new();
     crate::signals::force_on_panic(&shutdown);
-    let signals = SignalWatch::start(&shutdown, CtrlZ::Freeze)
+    let signals = SignalWatch::start(&shutdown, CtrlZ::Freeze, Hangup::Stop)
         .context("failed to install signal handlers")?;
     // The environment comes on stdin, never on the command line (which
     // anyone on the machine can read).
