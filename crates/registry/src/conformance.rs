@@ -137,6 +137,12 @@ macro_rules! conformance {
                 }
             }
             #[test]
+            fn remote_work_is_in_use_until_delivered() {
+                if let Some(fresh) = $fresh {
+                    crate::conformance::remote_work_is_in_use_until_delivered(&fresh);
+                }
+            }
+            #[test]
             fn output_is_kept_for_other_nodes() {
                 if let Some(fresh) = $fresh {
                     crate::conformance::output_is_kept_for_other_nodes(&fresh);
@@ -841,4 +847,62 @@ pub(crate) fn output_is_kept_for_other_nodes(db: &impl Fresh) {
     reg.keep_log(&task.id, &bytes).unwrap();
     assert_eq!(reg.kept_log(&task.id).unwrap(), Some(bytes));
     reg.delete(&task.id).unwrap();
+}
+
+/// A project from a git server is in use while a task of it lives, and
+/// after, until its work reached the server.
+pub(crate) fn remote_work_is_in_use_until_delivered(db: &impl Fresh) {
+    let reg = db.handle();
+    let from = |url: &str, state: State| {
+        let mut task = record(state);
+        task.workspace.remote = Some(url.into());
+        reg.insert(&task).unwrap();
+        task
+    };
+    let running = from("git://a/live.git", State::Running);
+    let pushed = from("git://a/pushed.git", State::Succeeded);
+    let waiting = from("git://a/waiting.git", State::Failed);
+    let unknown = from("git://a/unknown.git", State::Succeeded);
+    reg.insert(&record(State::Succeeded)).unwrap();
+    reg.set_delivered(&pushed.id, true).unwrap();
+    reg.set_delivered(&waiting.id, false).unwrap();
+    let in_use = |reg: &dyn Store| {
+        let mut urls = reg.remotes_in_use().unwrap();
+        urls.sort();
+        urls
+    };
+    // Not known to have arrived (never tried, or tried and failed): in use.
+    assert_eq!(
+        in_use(&*reg),
+        vec![
+            "git://a/live.git",
+            "git://a/unknown.git",
+            "git://a/waiting.git"
+        ]
+    );
+    let got = reg.get(&waiting.id).unwrap().unwrap();
+    assert_eq!(
+        (got.workspace.remote.as_deref(), got.workspace.delivered),
+        (Some("git://a/waiting.git"), Some(false))
+    );
+    // `orch push` delivered it; the running one ended and was pushed.
+    reg.set_delivered(&waiting.id, true).unwrap();
+    reg.set_delivered(&unknown.id, true).unwrap();
+    reg.finish(
+        &running.attempt(),
+        &Finish {
+            state: State::Succeeded,
+            exit_code: Some(0),
+            reason: "exited 0".into(),
+            at: 60,
+        },
+    )
+    .unwrap();
+    reg.set_delivered(&running.id, true).unwrap();
+    // Seen from another handle (another node) too.
+    assert!(in_use(&*db.handle()).is_empty());
+    assert_eq!(
+        reg.get(&pushed.id).unwrap().unwrap().workspace.delivered,
+        Some(true)
+    );
 }
