@@ -67,7 +67,15 @@ impl Node {
 
     /// Starts its daemon and waits until it answers.
     fn start(&mut self, concurrency: usize) {
+        self.start_failing(concurrency, None);
+    }
+
+    /// The same, the daemon failing at `fail_point` (`ORCH_FAIL_POINT`).
+    fn start_failing(&mut self, concurrency: usize, fail_point: Option<&str>) {
         let mut cmd = self.orch();
+        if let Some(point) = fail_point {
+            cmd.env("ORCH_FAIL_POINT", point);
+        }
         let listen = format!("127.0.0.1:{}", self.port);
         cmd.args(["serve", "--concurrency", &concurrency.to_string()])
             .args(["--listen", &listen])
@@ -514,6 +522,80 @@ fn a_host_that_dies_loses_nothing_and_reaps_when_it_returns() {
         .find(|t| t["id"] == lost.as_str())
         .unwrap();
     assert_eq!(lost_now["state"], "lost", "the rescuer's outcome stands");
+}
+
+/// A node killed between claiming a task and starting its container (its
+/// record `creating`, its workspace made): its watchdog puts the task back
+/// in the queue, and another node runs it, on its second attempt, exactly
+/// once; the dead node created no container and left no workspace.
+#[test]
+fn a_task_claimed_but_not_started_runs_elsewhere() {
+    require_docker!();
+    let Some(mut cluster) = Cluster::new(32, "") else {
+        return;
+    };
+    // With worktrees, so that beta has a workspace to leave.
+    cluster.project.git_project(IMAGE, "");
+    let since = now_secs();
+    cluster.nodes[1].start_failing(1, Some("after-workspace:sigkill"));
+    let project = cluster.project.project.clone();
+    let id = cluster.nodes[1].submit(&project, "echo ran-here", &[]);
+    let beta = cluster.nodes[1].daemon.take().unwrap();
+    let died = beta.wait(Duration::from_secs(60));
+    assert_eq!(
+        died.code(),
+        None,
+        "killed at the fail point: {}",
+        died.stderr
+    );
+    let queued = wait_for("it to be queued again", Duration::from_secs(30), || {
+        cluster.nodes[0]
+            .tasks()
+            .into_iter()
+            .find(|t| t["id"] == id.as_str() && t["state"] == "queued")
+    });
+    let reason = queued["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("queued again before it started"),
+        "{queued}"
+    );
+    assert_eq!(queued["attempt"], 1, "{queued}");
+    let beta_workspaces = cluster.nodes[1].home().join("workspaces");
+    cluster.nodes[0].start(2);
+    let tasks = cluster.wait_ended(std::slice::from_ref(&id), Duration::from_secs(60));
+    let task = &tasks[&id];
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert_eq!(task["attempt"], 2, "{task}");
+    assert_eq!(task["node"], "alpha", "{task}");
+    // Once: one container for it, on alpha; none on beta, nor a workspace.
+    let created: Vec<String> = cluster
+        .nodes
+        .iter()
+        .flat_map(|n| n.created_since(since))
+        .filter(|t| t == &id)
+        .collect();
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert!(cluster.nodes[1].created_since(since).is_empty());
+    let left: Vec<_> = walk_files(&beta_workspaces);
+    assert!(left.is_empty(), "beta left {left:?}");
+}
+
+/// Every file under `dir` (none if it does not exist).
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                walk_files(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
 }
 
 /// A partition: node beta is frozen (SIGSTOP) past its lease. Its

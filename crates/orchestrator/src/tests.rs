@@ -480,6 +480,47 @@ async fn reconciliation_ends_a_dead_owners_task_lost() {
     assert!(h.fake.names().is_empty());
 }
 
+/// A queued task claimed by a daemon that died before its container
+/// started goes back to the queue; one started by `orch task` (no queued
+/// spec) ends lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_queues_again_a_claimed_task_that_never_started() {
+    let h = harness(Behaviour::default()).await;
+    let store = h.orch.ctx_for_tests().store.clone();
+    let mut ids = Vec::new();
+    for spec in [Some("{}".to_owned()), None] {
+        let id = crate::session::new_task_id();
+        let name = crate::session::container_name(&id);
+        let mut record = TaskRecord::new(id, "p", "d", State::Creating, &name, "img:1");
+        record.created_at = now_ms() - 3_600_000;
+        record.queue.spec = spec;
+        record.owner = orch_registry::TaskOwner {
+            session: Uuid::new_v4().to_string(),
+            pid: i64::from(u32::MAX - 1),
+            start: 1,
+            boot: "another boot".into(),
+            lease_until: Some(now_ms() - 3_500_000),
+            attempt: 1,
+            ..orch_registry::TaskOwner::default()
+        };
+        store.call(move |r| r.insert(&record)).await.unwrap();
+        ids.push(id);
+    }
+    h.orch.reconcile(Duration::from_secs(30)).await.unwrap();
+    let queued = h.record(ids[0]).await;
+    assert_eq!(queued.state, State::Queued, "{queued:#?}");
+    assert!(
+        queued
+            .outcome
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .ends_with("queued again before it started"),
+        "{queued:#?}"
+    );
+    assert_eq!(h.record(ids[1]).await.state, State::Lost);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watchdog_builds_the_plan_from_the_registration_when_there_is_no_record() {
     let h = harness(Behaviour::default()).await;
@@ -571,6 +612,7 @@ fn work_is_saved_alongside_container_removal_only_after_a_plain_exit() {
         },
         workspace: None,
         workspace_settled: false,
+        requeue: false,
     };
     let found = |state, repo: bool| Found {
         containers: vec![("c".into(), state)],
@@ -639,6 +681,7 @@ fn the_tasks_own_keep_or_remove_choice_holds_on_every_path() {
         },
         workspace: None,
         workspace_settled: false,
+        requeue: false,
     };
     let found = || Found {
         containers: vec![("c".into(), ContainerState::Running)],

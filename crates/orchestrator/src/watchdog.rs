@@ -317,6 +317,7 @@ mod tests {
             },
             workspace: None,
             workspace_settled: false,
+            requeue: false,
         };
         let line = |id| {
             format!(

@@ -143,6 +143,12 @@ macro_rules! conformance {
                 }
             }
             #[test]
+            fn a_claimed_task_never_started_goes_back_to_the_queue_once() {
+                if let Some(fresh) = $fresh {
+                    crate::conformance::a_claimed_task_never_started_goes_back_to_the_queue_once(&fresh);
+                }
+            }
+            #[test]
             fn output_is_kept_for_other_nodes() {
                 if let Some(fresh) = $fresh {
                     crate::conformance::output_is_kept_for_other_nodes(&fresh);
@@ -905,4 +911,39 @@ pub(crate) fn remote_work_is_in_use_until_delivered(db: &impl Fresh) {
         reg.get(&pushed.id).unwrap().unwrap().workspace.delivered,
         Some(true)
     );
+}
+
+/// A claimed task whose owner died before its container started goes back
+/// to the queue, once, only from its own attempt, and never once it runs.
+pub(crate) fn a_claimed_task_never_started_goes_back_to_the_queue_once(db: &impl Fresh) {
+    let reg = db.handle();
+    let task = queued("p", 0, None);
+    reg.insert(&task).unwrap();
+    let d = claimant("d");
+    assert_eq!(reg.claim(&d, LEASE).unwrap().map(|r| r.id), Some(task.id));
+    let stale = Attempt {
+        id: task.id,
+        number: 0,
+    };
+    assert!(!reg.requeue(&stale, "no").unwrap(), "another attempt's");
+    assert!(
+        reg.requeue(&first(&task), "owner gone; queued again")
+            .unwrap()
+    );
+    assert!(!reg.requeue(&first(&task), "twice").unwrap(), "once");
+    let got = reg.get(&task.id).unwrap().unwrap();
+    assert_eq!(got.state, State::Queued);
+    assert_eq!(
+        got.outcome.reason.as_deref(),
+        Some("owner gone; queued again")
+    );
+    assert_eq!(got.owner.session, "");
+    // Claimed again: its next attempt, which may not be requeued as the
+    // first, and a running one is not requeued at all.
+    let again = reg.claim(&claimant("e"), LEASE).unwrap().unwrap();
+    assert_eq!((again.id, again.owner.attempt), (task.id, 2));
+    assert!(!reg.requeue(&first(&task), "late").unwrap());
+    reg.mark_running(&again.attempt(), 5, LEASE).unwrap();
+    assert!(!reg.requeue(&again.attempt(), "running").unwrap());
+    assert_eq!(reg.get(&task.id).unwrap().unwrap().state, State::Running);
 }

@@ -960,6 +960,20 @@ impl Store for Registry {
 
     /// Ends a task that is still queued as cancelled; false if it is not
     /// queued (any more).
+    fn requeue(&self, task: &Attempt, reason: &str) -> Result<bool, Error> {
+        self.write("queue a task again", |tx| {
+            tx.execute(
+                "UPDATE tasks SET state = 'queued', session = '', owner_pid = 0, \
+                 owner_start = 0, owner_boot = '', lease_until = NULL, node_id = NULL, \
+                 node = NULL, reason = ?1, started_at = NULL, container = '' \
+                 WHERE id = ?2 AND attempt = ?3 AND state = 'creating'",
+                params![reason, task.id.to_string(), task.number],
+            )
+            .map_err(self.sql("queue a task again"))
+            .map(|n| n > 0)
+        })
+    }
+
     fn cancel_queued(&self, id: &Uuid, reason: &str, at: i64) -> Result<bool, Error> {
         let had_values = self.has_values(id);
         let cancelled = self.write("cancel a queued task", |tx| {

@@ -142,6 +142,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// running for `lease`. Two claimants never get the same task.
     fn claim(&self, claimant: &Claimant, lease: Duration) -> Result<Option<TaskRecord>, Error>;
 
+    /// Puts a claimed task whose container never started back in the
+    /// queue (its owner is gone): false unless it is still `creating` on
+    /// this attempt. The next claim is its next attempt.
+    fn requeue(&self, task: &Attempt, reason: &str) -> Result<bool, Error>;
+
     /// Ends a task that is still queued as cancelled; false if it is not
     /// queued (any more).
     fn cancel_queued(&self, id: &Uuid, reason: &str, at: i64) -> Result<bool, Error>;

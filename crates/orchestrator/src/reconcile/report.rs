@@ -354,6 +354,7 @@ impl CleanupReport {
                     mark: match &plan.record {
                         crate::teardown::RecordEnd::Finish(e) => Some(e.state().as_str().into()),
                         crate::teardown::RecordEnd::FromExit(_) => Some("exited".into()),
+                        crate::teardown::RecordEnd::Requeue(_) => Some("queued".into()),
                         crate::teardown::RecordEnd::Leave => None,
                     },
                     containers: plan.containers.iter().map(|c| c.name.clone()).collect(),

@@ -196,6 +196,7 @@ impl TaskRun<'_> {
             },
             workspace,
             workspace_settled: false,
+            requeue: self.prepared.claimed,
         }
     }
 }

@@ -101,6 +101,7 @@ impl Execution<'_> {
             RecordEnd::Leave => None,
             RecordEnd::Finish(ending) => Some(ending.clone()),
             RecordEnd::FromExit(reason) => Some(exit_of(ctx, plan, reason).await),
+            RecordEnd::Requeue(reason) => return self.requeue(task, reason.clone()).await,
         };
         let Some(ending) = ending else {
             self.done.state = match ctx.store.call(move |r| r.get(&id)).await {
@@ -146,6 +147,39 @@ impl Execution<'_> {
             }
         }
         true
+    }
+
+    /// 1, for a task claimed and never started: back to the queue. The
+    /// record is then no longer this attempt's to write.
+    async fn requeue(&mut self, task: Attempt, reason: String) -> bool {
+        let id = task.id;
+        let said = reason.clone();
+        match self.ctx.store.call(move |r| r.requeue(&task, &said)).await {
+            Ok(true) => {
+                self.done.state = Some(State::Queued);
+                self.fenced = true;
+                self.report(Step::RecordEnded {
+                    state: State::Queued,
+                    reason,
+                });
+                true
+            }
+            // It moved on meanwhile (ended, or claimed again): as it is.
+            Ok(false) => {
+                self.fenced = true;
+                self.done.state = match self.ctx.store.call(move |r| r.get(&id)).await {
+                    Ok(row) => row.map(|r| r.state),
+                    Err(_) => None,
+                };
+                true
+            }
+            Err(e) => {
+                self.done
+                    .errors
+                    .push(format!("failed to queue the task again: {e:#}"));
+                false
+            }
+        }
     }
 
     /// Sets the workspace's state on a record that stays.

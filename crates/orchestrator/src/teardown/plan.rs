@@ -84,6 +84,11 @@ pub struct TaskFacts {
     pub workspace: Option<WorkspaceFacts>,
     /// Its workspace was already kept or removed.
     pub workspace_settled: bool,
+    /// It was claimed from the queue: if its owner dies before its
+    /// container starts, it goes back there (no task ran; the next claim
+    /// is its next attempt).
+    #[serde(default)]
+    pub requeue: bool,
 }
 
 impl From<&TaskRecord> for TaskFacts {
@@ -118,6 +123,7 @@ impl From<&TaskRecord> for TaskFacts {
                 repo,
             }),
             workspace_settled: row.workspace_settled(),
+            requeue: row.queue.spec.is_some(),
         }
     }
 }
@@ -204,6 +210,9 @@ pub enum RecordEnd {
     Finish(Ending),
     /// With the exit code its exited container holds; this reason if none.
     FromExit(String),
+    /// Back in the queue, for its next attempt: claimed, never started,
+    /// and its owner gone.
+    Requeue(String),
 }
 
 /// A container to remove.
@@ -395,6 +404,8 @@ impl Teardown {
             // Decided by the exit code; a failure keeps it.
             RecordEnd::FromExit(_) => step.policy.keeps(State::Failed),
             RecordEnd::Leave => step.policy.keeps(State::Failed),
+            // Nothing ran in it.
+            RecordEnd::Requeue(_) => false,
         }
     }
 
@@ -435,8 +446,13 @@ pub(crate) fn plan(facts: &TaskFacts, cause: Cause, found: Found) -> Teardown {
                 .containers
                 .iter()
                 .any(|(_, state)| *state == ContainerState::Exited);
+            let ran = found.containers.iter().any(|(_, state)| {
+                matches!(state, ContainerState::Running | ContainerState::Exited)
+            });
             if exited && facts.state == Some(State::Running) {
                 RecordEnd::FromExit(reason.clone())
+            } else if facts.requeue && facts.state == Some(State::Creating) && !ran {
+                RecordEnd::Requeue(format!("{reason}; queued again before it started"))
             } else {
                 RecordEnd::Finish(Ending::Lost(reason.clone()))
             }

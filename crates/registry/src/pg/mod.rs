@@ -763,6 +763,23 @@ impl Store for Postgres {
         })
     }
 
+    fn requeue(&self, task: &Attempt, reason: &str) -> Result<bool, Error> {
+        let id = task.id.to_string();
+        self.transaction("queue a task again", |tx| {
+            let changed = tx.execute(
+                "UPDATE tasks SET state = 'queued', session = '', owner_pid = 0, \
+                 owner_start = 0, owner_boot = '', lease_until = NULL, node_id = NULL, \
+                 node = NULL, reason = $1, started_at = NULL, container = '' \
+                 WHERE id = $2 AND attempt = $3 AND state = 'creating'",
+                &[&reason, &id, &task.number],
+            )?;
+            if changed > 0 {
+                tx.execute(&format!("NOTIFY {QUEUE_CHANNEL}"), &[])?;
+            }
+            Ok(changed > 0)
+        })
+    }
+
     fn cancel_queued(&self, id: &Uuid, reason: &str, at: i64) -> Result<bool, Error> {
         let id = id.to_string();
         self.with("cancel a queued task", |c| {
