@@ -25,4 +25,5 @@ mod remote;
 mod sandbox;
 mod task;
 mod watchdog;
+mod workflow;
 mod workspace;

@@ -6,8 +6,35 @@ use clap::{Args, Parser, Subcommand};
 
 /// Run tasks in throwaway Docker containers; nothing they own outlives its
 /// policy.
+/// Shown after `orch --help`.
+const EXAMPLES: &str = "\
+Examples:
+  orch task . \"make test\"                 run in the foreground; Ctrl+C stops it and cleans up
+  orch task -d ./api \"cargo build\"        in the background: prints the id
+  orch ps -a                              every task; orch show <id> for one
+  orch logs -f <id>                       follow its output; exits with the task's code
+  orch serve & orch submit ./api \"lint\"   the daemon and its queue
+  orch cleanup --dry-run                  what retention would remove; orch cleanup --all
+  orch completions bash > ~/.local/share/bash-completion/completions/orch
+
+Exit codes: orch task exits with the task's own code; 124 timed out; 130, 143, 129
+stopped by SIGINT, SIGTERM, SIGHUP; 125 orch itself failed; 126/127 the command
+could not be invoked / was not found. Other commands: 0, 1 failed, 2 bad usage.";
+
+/// Shown after `orch task --help`.
+const TASK_EXIT_CODES: &str = "\
+Exit codes: the task's own; 124 timed out; 130, 143, 129 stopped by SIGINT,
+SIGTERM, SIGHUP (a second Ctrl+C forces); 125 orch itself failed before or
+around the task; 126/127 the command could not be invoked / was not found.";
+
 #[derive(Debug, Parser)]
-#[command(name = "orch", version, about, max_term_width = 100)]
+#[command(
+    name = "orch",
+    version,
+    about,
+    max_term_width = 100,
+    after_help = EXAMPLES
+)]
 pub(crate) struct Cli {
     /// More diagnostics on stderr (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -49,6 +76,15 @@ pub(crate) enum Command {
     Serve(ServeArgs),
     /// Queue a task with the daemon; print its id.
     Submit(SubmitArgs),
+    /// Print a shell's completion script for orch (bash, zsh, fish,
+    /// elvish, powershell), e.g. `orch completions bash >
+    /// ~/.local/share/bash-completion/completions/orch`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print orch's man page (roff), e.g. `orch man > orch.1; man ./orch.1`.
+    Man,
     /// Run a detached task (started by `orch task -d`).
     #[command(name = "__supervise", hide = true)]
     Supervise(SuperviseArgs),
@@ -257,6 +293,7 @@ pub(crate) struct TaskArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = TASK_EXIT_CODES)]
 pub(crate) struct TaskCommand {
     /// Run in the background under a supervising orch process; print the
     /// task id and return.

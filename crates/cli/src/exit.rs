@@ -100,7 +100,18 @@ pub(crate) fn usage_error(error: &clap::Error) -> ExitCode {
         .collect();
     let message = first.join(" ");
     let message = message.strip_prefix("error: ").unwrap_or(&message);
-    crate::output::say(&format!("orch: error: {message} (see orch --help)"));
+    // clap's own hint ("a similar subcommand exists: 'ps'"), kept.
+    let tips: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter_map(|line| line.strip_prefix("tip: "))
+        .collect();
+    let tip = if tips.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", tips.join("; "))
+    };
+    crate::output::say(&format!("orch: error: {message}{tip} (see orch --help)"));
     let is_task = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))

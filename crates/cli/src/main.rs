@@ -17,6 +17,7 @@ macro_rules! outln {
 
 mod args;
 mod commands;
+mod docs;
 mod exit;
 mod logging;
 mod output;
@@ -34,8 +35,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return exit::usage_error(&error),
     };
-    if let Command::Watchdog = cli.command {
-        return watchdog::run();
+    match cli.command {
+        Command::Watchdog => return watchdog::run(),
+        Command::Completions { shell } => return docs::completions(shell),
+        Command::Man => return docs::man(),
+        _ => {}
     }
     init_tracing(cli.verbose);
     signals::install_panic_hook();

@@ -103,7 +103,10 @@ async fn local(
             task::run_supervisor(args, watchdog).await,
             exit::ORCH_FAILED,
         ),
-        Command::Watchdog => (Ok(ExitCode::SUCCESS), exit::FAILED),
+        // Run before the runtime starts (`main`).
+        Command::Watchdog | Command::Completions { .. } | Command::Man => {
+            (Ok(ExitCode::SUCCESS), exit::FAILED)
+        }
         Command::Egress { entries } => (
             orch_orchestrator::egress::forward(entries)
                 .await
