@@ -92,6 +92,21 @@ fn the_cli_runs_every_verb_against_a_remote_daemon() {
         .unwrap();
     assert_eq!(code(&logs), 3, "logs -f exits with the task's code");
     assert!(stdout(&logs).contains("from-remote"));
+    let tail = remote(&env, &host, &ca)
+        .args(["logs", "--tail", "1", &id])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&tail), "from-remote\n", "{}", stderr(&tail));
+    let waited = remote(&env, &host, &ca)
+        .args(["wait", &id])
+        .output()
+        .unwrap();
+    assert_eq!((stdout(&waited).as_str(), code(&waited)), ("3\n", 3));
+    let quiet = remote(&env, &host, &ca)
+        .args(["ps", "-q", "--state", "failed"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&quiet).trim(), &id[..13], "{}", stderr(&quiet));
     // submit, then cancel it while it runs.
     let out = remote(&env, &host, &ca)
         .args(["submit"])

@@ -3,8 +3,10 @@
 //! help with examples and exit codes.
 
 use std::process::Command;
+use std::time::Duration;
 
-use crate::helper::{TestEnv, code, stderr, stdout};
+use crate::helper::{self, TestEnv, code, stderr, stdout};
+use crate::require_docker;
 
 /// `orch completions bash` loads into a real bash (`complete -p orch`) and
 /// completes subcommands and flags; zsh and fish scripts are made too.
@@ -120,4 +122,96 @@ fn a_typo_gets_a_hint_and_help_shows_examples() {
     assert!(stdout(&out).contains("124 timed out"));
     let out = env.orch().args(["task", "--help"]).output().unwrap();
     assert!(stdout(&out).contains("124 timed out"), "{}", stdout(&out));
+}
+
+/// `ps -q`, `--state` and `--project` pick tasks as docker's filters do;
+/// `logs --tail N` prints the last N lines (then follows with -f); `wait`
+/// prints each task's exit code and exits with it, as `orch task` did.
+#[test]
+fn listing_tailing_and_waiting() {
+    require_docker!();
+    let env = TestEnv::new();
+    let out = env
+        .orch()
+        .arg("task")
+        .arg(&env.project)
+        .arg("echo one; echo two; echo three; exit 3")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let failed = helper::task_id(&stderr(&out));
+    let out = env
+        .orch()
+        .args(["task", "-d"])
+        .arg(&env.project)
+        .arg("echo started; sleep 120")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let running = stdout(&out).trim().to_owned();
+    helper::wait_for("it to run", Duration::from_secs(60), || {
+        let out = env
+            .orch()
+            .args(["ps", "-q", "--state", "running"])
+            .output()
+            .unwrap();
+        (stdout(&out).trim() == &running[..13]).then_some(())
+    });
+    let ids = |args: &[&str]| {
+        let out = env.orch().arg("ps").args(args).output().unwrap();
+        assert_eq!(code(&out), 0, "{args:?}: {}", stderr(&out));
+        let mut ids: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+        ids.sort();
+        ids
+    };
+    let mut both = vec![failed[..13].to_owned(), running[..13].to_owned()];
+    both.sort();
+    assert_eq!(ids(&["-q"]), vec![running[..13].to_owned()], "live only");
+    assert_eq!(ids(&["-qa"]), both);
+    assert_eq!(
+        ids(&["-q", "--state", "failed"]),
+        vec![failed[..13].to_owned()],
+        "implies -a"
+    );
+    assert_eq!(ids(&["-qa", "--project", "proj"]), both);
+    assert!(ids(&["-qa", "--project", "another"]).is_empty());
+    let json = env
+        .orch()
+        .args(["ps", "--json", "--state", "failed"])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 1, "{json}");
+    // --tail.
+    let out = env
+        .orch()
+        .args(["logs", "--tail", "2", &failed])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "two\nthree\n");
+    let out = env
+        .orch()
+        .args(["logs", "-n", "1", "-f", &failed])
+        .output()
+        .unwrap();
+    assert_eq!((stdout(&out).as_str(), code(&out)), ("three\n", 3));
+    let out = env
+        .orch()
+        .args(["logs", "-n", "0", &failed])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "");
+    // wait: at once for an ended task; until the end for a running one.
+    let out = env.orch().args(["wait", &failed]).output().unwrap();
+    assert_eq!((stdout(&out).as_str(), code(&out)), ("3\n", 3));
+    let mut waiting = env.orch();
+    waiting.args(["wait", &running]);
+    let waiting = helper::Running::spawn(waiting);
+    let out = env.orch().args(["cancel", &running]).output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let waited = waiting.wait(Duration::from_secs(60));
+    assert_eq!(waited.code(), Some(130), "cancelled: {}", waited.stderr);
+    let out = env.orch().args(["wait", "ffffffff"]).output().unwrap();
+    assert_eq!(code(&out), 1);
+    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
 }

@@ -65,6 +65,9 @@ pub(crate) enum Command {
     Logs(LogsArgs),
     /// Stop tasks gracefully from any terminal.
     Cancel(CancelArgs),
+    /// Wait until tasks end; print each one's exit code (as `orch task`
+    /// gave it) and exit with the last one's.
+    Wait(WaitArgs),
     /// Push a finished task's branch to its project's git server again
     /// (after a push that failed; the work waits in this node's mirror).
     Push(PushArgs),
@@ -105,9 +108,30 @@ pub(crate) struct PsArgs {
     /// All tasks, finished ones included.
     #[arg(short, long)]
     pub(crate) all: bool,
+    /// Only ids, one per line (as the ID column shows them).
+    #[arg(short, long, conflicts_with = "json")]
+    pub(crate) quiet: bool,
+    /// Only tasks in this state (queued, creating, running, succeeded,
+    /// failed, cancelled, timed_out, lost); a finished state implies -a.
+    #[arg(long, value_name = "STATE")]
+    pub(crate) state: Option<orch_registry::State>,
+    /// Only this project's tasks (its name, as the PROJECT column shows it).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) project: Option<String>,
     /// Print JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+impl PsArgs {
+    /// The listing asked for, as the API takes it.
+    pub(crate) fn query(&self) -> orch_protocol::TaskQuery {
+        orch_protocol::TaskQuery {
+            all: self.all || self.state.is_some_and(orch_registry::State::is_terminal),
+            state: self.state,
+            project: self.project.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +150,17 @@ pub(crate) struct LogsArgs {
     /// Keep printing new output until the task ends.
     #[arg(short, long)]
     pub(crate) follow: bool,
+    /// Only the last N lines of what was written so far (then, with -f,
+    /// everything new).
+    #[arg(short = 'n', long, value_name = "N")]
+    pub(crate) tail: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WaitArgs {
+    /// Task ids, or unique prefixes of at least 4 hex digits.
+    #[arg(required = true)]
+    pub(crate) ids: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -39,8 +39,13 @@ pub(crate) fn for_outcome(outcome: &Outcome, signal: Option<i32>) -> ExitCode {
 /// The exit code `orch task` gave, or would have given, for a task that
 /// ended as `record` says: what `orch logs -f` exits with.
 pub(crate) fn for_record(record: &orch_registry::TaskRecord) -> ExitCode {
+    ExitCode::from(code_of(record))
+}
+
+/// The same, as a number (what `orch wait` prints).
+pub(crate) fn code_of(record: &orch_registry::TaskRecord) -> u8 {
     use orch_registry::State;
-    let code = match record.state {
+    match record.state {
         State::Succeeded => 0,
         State::Failed => record
             .outcome
@@ -63,8 +68,7 @@ pub(crate) fn for_record(record: &orch_registry::TaskRecord) -> ExitCode {
         }
         State::Lost => ORCH_FAILED,
         State::Queued | State::Creating | State::Running => 0,
-    };
-    ExitCode::from(code)
+    }
 }
 
 /// 128 + the signal that stopped orch; 130 if none did (a cancel request).

@@ -7,6 +7,7 @@
 //! (`ORCH_NODE_LEASE`, default 30 s), and a task whose lease ran out is
 //! rescued by a live node.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::config::{GlobalConfig, parse_duration};
@@ -224,4 +225,91 @@ pub fn log_source(
 /// holds; this host's while its process lives.
 pub fn runs(task: &orch_registry::TaskRecord, node: Option<&str>) -> bool {
     crate::owner::runs(task, node)
+}
+
+/// Where the last `lines` lines of `bytes` start (a last line without its
+/// newline counts as one).
+pub fn tail_start(bytes: &[u8], lines: usize) -> usize {
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    if lines == 0 {
+        return bytes.len();
+    }
+    body.iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(lines - 1)
+        .map_or(0, |(at, _)| at + 1)
+}
+
+/// Where the last `lines` lines of the file at `path` start, read backwards
+/// in blocks (a log may be large); 0 if it does not exist.
+pub fn tail_offset(path: &Path, lines: usize) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    const BLOCK: u64 = 64 * 1024;
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    if lines == 0 {
+        return Ok(len);
+    }
+    // Newlines still to pass, the last byte's own not counted.
+    let mut wanted = lines;
+    let mut end = len;
+    let mut block = vec![0u8; BLOCK as usize];
+    while end > 0 {
+        let start = end.saturating_sub(BLOCK);
+        let chunk = &mut block[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        for (i, byte) in chunk.iter().enumerate().rev() {
+            let at = start + i as u64;
+            if *byte == b'\n' && at + 1 != len {
+                wanted -= 1;
+                if wanted == 0 {
+                    return Ok(at + 1);
+                }
+            }
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tails_count_lines_from_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        for (text, lines, from) in [
+            ("a\nb\nc\n", 2, 2),
+            ("a\nb\nc\n", 1, 4),
+            ("a\nb\nc", 2, 2),
+            ("a\nb\nc\n", 5, 0),
+            ("a\nb\nc\n", 0, 6),
+            ("", 3, 0),
+            ("\n\n\n", 1, 2),
+        ] {
+            assert_eq!(tail_start(text.as_bytes(), lines), from, "{text:?} {lines}");
+            std::fs::write(&path, text).unwrap();
+            assert_eq!(
+                tail_offset(&path, lines).unwrap(),
+                from as u64,
+                "{text:?} {lines}"
+            );
+        }
+        // Across blocks.
+        let long: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, &long).unwrap();
+        let at = tail_offset(&path, 3).unwrap() as usize;
+        assert_eq!(&long[at..], "line 19997\nline 19998\nline 19999\n");
+        assert_eq!(at, tail_start(long.as_bytes(), 3));
+        assert_eq!(tail_offset(&dir.path().join("none"), 3).unwrap(), 0);
+    }
 }

@@ -186,6 +186,8 @@ async fn cancel(
 #[serde(deny_unknown_fields)]
 struct FollowQuery {
     follow: Option<String>,
+    /// Only the last this many lines of what the log holds now.
+    tail: Option<usize>,
 }
 
 async fn logs(
@@ -193,7 +195,8 @@ async fn logs(
     Path(id): Path<String>,
     q: Result<Query<FollowQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let follow = flag(query(q)?.follow.as_deref())?;
+    let q = query(q)?;
+    let (follow, tail) = (flag(q.follow.as_deref())?, q.tail);
     let task = s.supervisor.task(&id).await?;
     let text = |body| {
         Response::builder()
@@ -203,7 +206,12 @@ async fn logs(
     };
     let path = match s.supervisor.log_source(&task).await? {
         LogSource::Local(path) => path,
-        LogSource::Kept(bytes) => return text(Body::from(bytes)),
+        LogSource::Kept(mut bytes) => {
+            if let Some(lines) = tail {
+                bytes.drain(..orch_orchestrator::cluster::tail_start(&bytes, lines));
+            }
+            return text(Body::from(bytes));
+        }
         // Running on another node: its owner serves it, relayed as it comes.
         LogSource::Remote { url } => {
             let relayed = Client::remote(
@@ -212,7 +220,7 @@ async fn logs(
                 &crate::ClientTls::from_env(),
             )
             .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?
-            .open_logs(&task.id.to_string(), follow)
+            .open_logs(&task.id.to_string(), follow, tail)
             .await
             .map_err(|e| {
                 ApiError::new(
@@ -231,9 +239,27 @@ async fn logs(
             ));
         }
     };
+    let start = match tail {
+        Some(lines) => {
+            let at = path.clone();
+            tokio::task::spawn_blocking(move || orch_orchestrator::cluster::tail_offset(&at, lines))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("failed to read {}: {e}", path.display()),
+                    )
+                })?
+        }
+        None => 0,
+    };
     if !follow {
         let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
+            Ok(mut bytes) => {
+                bytes.drain(..usize::try_from(start).unwrap_or(0).min(bytes.len()));
+                bytes
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => {
                 return Err(ApiError::new(
@@ -248,7 +274,7 @@ async fn logs(
     let id = task.id.to_string();
     // Each step: whether the task had ended before the read, then whatever
     // the log holds past `offset`; ends after a read that followed the end.
-    let stream = futures_util::stream::unfold((0u64, false), move |(offset, over)| {
+    let stream = futures_util::stream::unfold((start, false), move |(offset, over)| {
         let (supervisor, path, id) = (supervisor.clone(), path.clone(), id.clone());
         async move {
             if over {

@@ -311,11 +311,20 @@ impl Client {
         &self,
         id: &str,
         follow: bool,
+        tail: Option<usize>,
     ) -> Result<hyper::body::Incoming, ClientError> {
+        let mut query = Vec::new();
+        if follow {
+            query.push("follow=1".to_owned());
+        }
+        if let Some(lines) = tail {
+            query.push(format!("tail={lines}"));
+        }
         let path = format!(
-            "/v1/tasks/{}/logs{}",
+            "/v1/tasks/{}/logs{}{}",
             segment(id),
-            if follow { "?follow=1" } else { "" }
+            if query.is_empty() { "" } else { "?" },
+            query.join("&")
         );
         let response = self.send(Method::GET, &path, None).await?;
         let status = response.status();

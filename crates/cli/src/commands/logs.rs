@@ -4,7 +4,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::args::LogsArgs;
+use crate::args::{LogsArgs, WaitArgs};
 use orch_orchestrator::cluster::LogSource;
 
 /// How often a followed log is looked at.
@@ -32,8 +32,11 @@ pub(crate) async fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
         match source {
             LogSource::Local(_) => {}
             LogSource::Kept(bytes) => {
+                let from = args.tail.map_or(0, |lines| {
+                    orch_orchestrator::cluster::tail_start(&bytes, lines)
+                });
                 let mut out = std::io::stdout().lock();
-                out.write_all(&bytes)?;
+                out.write_all(&bytes[from..])?;
                 out.flush()?;
                 return Ok(if args.follow {
                     crate::exit::for_record(task)
@@ -42,7 +45,7 @@ pub(crate) async fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
                 });
             }
             LogSource::Remote { url } => {
-                relay(&url, &id.to_string(), args.follow).await?;
+                relay(&url, &id.to_string(), args.follow, args.tail).await?;
                 if !args.follow {
                     return Ok(ExitCode::SUCCESS);
                 }
@@ -57,7 +60,10 @@ pub(crate) async fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let path = home.join("logs").join(format!("{id}.log"));
-    let mut offset = 0u64;
+    let mut offset = match args.tail {
+        Some(lines) => orch_orchestrator::cluster::tail_offset(&path, lines)?,
+        None => 0,
+    };
     loop {
         // Whether it had ended *before* this read: then the read gets all.
         // A live record whose owner is gone will not end by itself.
@@ -76,11 +82,43 @@ pub(crate) async fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `orch wait`: until every task named has ended (or its owner is gone);
+/// prints each one's exit code as `orch task` gave it, and exits with the
+/// last one's.
+pub(crate) async fn wait(args: &WaitArgs) -> anyhow::Result<ExitCode> {
+    let registry = super::blocking(super::ps::require_registry)?;
+    let ids = args
+        .ids
+        .iter()
+        .map(|given| super::blocking(|| registry.resolve(given)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let node = if registry.shared() {
+        Some(orch_orchestrator::Home::open(&super::home_path()?)?.node_id()?)
+    } else {
+        None
+    };
+    let mut last = 0;
+    for id in ids {
+        last = loop {
+            let record = super::blocking(|| registry.get(&id))?
+                .ok_or_else(|| anyhow::anyhow!("task {id} is gone from the registry"))?;
+            if record.state.is_terminal()
+                || !orch_orchestrator::cluster::runs(&record, node.as_deref())
+            {
+                break crate::exit::code_of(&record);
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        crate::outln!("{last}")?;
+    }
+    Ok(ExitCode::from(last))
+}
+
 /// Copies a task's output from the node that runs it, as it comes.
-async fn relay(url: &str, id: &str, follow: bool) -> anyhow::Result<()> {
+async fn relay(url: &str, id: &str, follow: bool, tail: Option<usize>) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
     let mut body = super::remote::client(url)?
-        .open_logs(id, follow)
+        .open_logs(id, follow, tail)
         .await
         .map_err(|e| {
             anyhow::anyhow!("task {id} runs on {url}, whose output could not be read: {e}")

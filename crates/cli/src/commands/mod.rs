@@ -117,6 +117,7 @@ async fn local(
         Command::Ps(args) => (blocking(|| ps::ps(&args)), exit::FAILED),
         Command::Show(args) => (blocking(|| ps::show(&args)), exit::FAILED),
         Command::Logs(args) => (logs::run(&args).await, exit::FAILED),
+        Command::Wait(args) => (logs::wait(&args).await, exit::FAILED),
         Command::Cancel(args) => (cancel::run(&args).await, exit::FAILED),
         Command::Push(args) => (cancel::push(&args).await, exit::ORCH_FAILED),
         Command::Cleanup(args) => (cleanup::run(args).await, exit::FAILED),

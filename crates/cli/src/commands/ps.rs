@@ -32,7 +32,8 @@ pub(crate) fn require_registry() -> anyhow::Result<Box<dyn Store>> {
 }
 
 pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
-    let listing = if args.all {
+    let query = args.query();
+    let listing = if query.all {
         Listing::All
     } else {
         Listing::Live
@@ -40,20 +41,18 @@ pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
     let registry = open_registry()?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    if args.json {
+    let filtered = query.state.is_some() || query.project.is_some();
+    let shared = registry.as_ref().is_some_and(|r| r.shared());
+    if args.json || args.quiet || filtered || shared {
         let tasks = match &registry {
-            Some(registry) => registry.list(listing)?,
+            Some(registry) => {
+                registry.list_where(listing, query.state, query.project.as_deref())?
+            }
             None => Vec::new(),
         };
-        serde_json::to_writer(&mut out, &tasks)?;
-        writeln!(out)?;
-        out.flush()?;
-        return Ok(ExitCode::SUCCESS);
+        return print_listing(&tasks, args, shared, &mut out);
     }
     let now = now_ms();
-    if let Some(registry) = registry.as_ref().filter(|r| r.shared()) {
-        return print_table(&registry.list(listing)?, true, &mut out, now);
-    }
     writeln!(
         out,
         "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  WORKSPACE",
@@ -93,8 +92,30 @@ pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `orch ps` of records read whole (a cluster's, or a remote daemon's),
-/// with the node that runs each if `nodes`.
+/// `orch ps` of records read whole (filtered, a cluster's, or a remote
+/// daemon's) as `args` asks: JSON, ids only, or the table (with the node
+/// that runs each if `nodes`).
+pub(crate) fn print_listing(
+    tasks: &[TaskRecord],
+    args: &PsArgs,
+    nodes: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    if args.json {
+        serde_json::to_writer(&mut *out, &tasks)?;
+        writeln!(out)?;
+    } else if args.quiet {
+        for task in tasks {
+            writeln!(out, "{}", &task.id.to_string()[..13])?;
+        }
+    } else {
+        return print_table(tasks, nodes, out, now_ms());
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The table of `orch ps`, with the node that runs each if `nodes`.
 pub(crate) fn print_table(
     tasks: &[TaskRecord],
     nodes: bool,

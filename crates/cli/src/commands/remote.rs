@@ -11,8 +11,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use http_body_util::BodyExt;
-use orch_protocol::{CleanupRequest, TaskQuery};
-use orch_registry::now_ms;
+use orch_protocol::CleanupRequest;
 use orch_server::{Client, ClientTls};
 
 use crate::args::Command;
@@ -45,10 +44,11 @@ pub(crate) async fn run(command: Command, host: &str) -> (anyhow::Result<ExitCod
         Err(e) => return (Err(e), exit::ORCH_FAILED),
     };
     match command {
-        Command::Ps(args) => (ps(&client, args.all, args.json).await, exit::FAILED),
+        Command::Ps(args) => (ps(&client, &args).await, exit::FAILED),
         Command::Show(args) => (show(&client, &args.id, args.json).await, exit::FAILED),
-        Command::Logs(args) => (logs(&client, &args.id, args.follow).await, exit::FAILED),
+        Command::Logs(args) => (logs(&client, &args).await, exit::FAILED),
         Command::Cancel(args) => (cancel(&client, &args.ids).await, exit::FAILED),
+        Command::Wait(args) => (wait(&client, &args.ids).await, exit::FAILED),
         Command::Submit(args) => (
             super::submit::run(args, Some(client)).await,
             exit::ORCH_FAILED,
@@ -58,30 +58,20 @@ pub(crate) async fn run(command: Command, host: &str) -> (anyhow::Result<ExitCod
         Command::Task(command) => (task(&client, &command).await, exit::ORCH_FAILED),
         _ => (
             Err(anyhow::anyhow!(
-                "--host (ORCH_HOST) is for ps, show, logs, cancel, submit, cleanup, du and task; run this command on the daemon's own host"
+                "--host (ORCH_HOST) is for ps, show, logs, wait, cancel, submit, cleanup, du and task; run this command on the daemon's own host"
             )),
             exit::ORCH_FAILED,
         ),
     }
 }
 
-async fn ps(client: &Client, all: bool, json: bool) -> anyhow::Result<ExitCode> {
+async fn ps(client: &Client, args: &crate::args::PsArgs) -> anyhow::Result<ExitCode> {
     let tasks = client
-        .tasks(&TaskQuery {
-            all,
-            ..TaskQuery::default()
-        })
+        .tasks(&args.query())
         .await
         .map_err(super::submit::refused)?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer(&mut out, &tasks)?;
-        writeln!(out)?;
-        out.flush()?;
-        return Ok(ExitCode::SUCCESS);
-    }
     let nodes = tasks.iter().any(|t| t.owner.node.is_some());
-    super::ps::print_table(&tasks, nodes, &mut out, now_ms())
+    super::ps::print_listing(&tasks, args, nodes, &mut std::io::stdout().lock())
 }
 
 async fn show(client: &Client, id: &str, json: bool) -> anyhow::Result<ExitCode> {
@@ -96,10 +86,14 @@ async fn show(client: &Client, id: &str, json: bool) -> anyhow::Result<ExitCode>
 
 /// Copies the task's output as the daemon sends it; with `follow`, until
 /// it ends, then exits with the task's code (as `orch logs -f` does).
-async fn logs(client: &Client, id: &str, follow: bool) -> anyhow::Result<ExitCode> {
-    let task = client.task(id).await.map_err(super::submit::refused)?;
+async fn logs(client: &Client, args: &crate::args::LogsArgs) -> anyhow::Result<ExitCode> {
+    let follow = args.follow;
+    let task = client
+        .task(&args.id)
+        .await
+        .map_err(super::submit::refused)?;
     let mut body = client
-        .open_logs(&task.id.to_string(), follow)
+        .open_logs(&task.id.to_string(), follow, args.tail)
         .await
         .map_err(super::submit::refused)?;
     while let Some(frame) = body.frame().await {
@@ -118,6 +112,22 @@ async fn logs(client: &Client, id: &str, follow: bool) -> anyhow::Result<ExitCod
         .await
         .map_err(super::submit::refused)?;
     Ok(exit::for_record(&ended))
+}
+
+/// `orch wait` through the API.
+async fn wait(client: &Client, ids: &[String]) -> anyhow::Result<ExitCode> {
+    let mut last = 0;
+    for given in ids {
+        last = loop {
+            let task = client.task(given).await.map_err(super::submit::refused)?;
+            if task.state.is_terminal() {
+                break exit::code_of(&task);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        };
+        crate::outln!("{last}")?;
+    }
+    Ok(ExitCode::from(last))
 }
 
 async fn cancel(client: &Client, ids: &[String]) -> anyhow::Result<ExitCode> {
@@ -207,7 +217,12 @@ async fn task(client: &Client, command: &crate::args::TaskCommand) -> anyhow::Re
             let _ = client.cancel(&id, false).await;
         })
     };
-    let code = logs(client, &id, true).await;
+    let follow = crate::args::LogsArgs {
+        id,
+        follow: true,
+        tail: None,
+    };
+    let code = logs(client, &follow).await;
     cancel.abort();
     drop(signals);
     code
