@@ -215,3 +215,91 @@ fn listing_tailing_and_waiting() {
     assert_eq!(code(&out), 1);
     assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
 }
+
+/// A task gets a writable, private `HOME` and the user's git identity (as
+/// git reads it in the project: its own config first), so that an agent's
+/// `git commit` works; the commit reaches the user's repository under that
+/// name. A project can keep the image's home and no identity.
+#[test]
+fn a_task_has_a_writable_home_and_the_users_git_identity() {
+    require_docker!();
+    if !helper::shell_image_ready() {
+        return;
+    }
+    let env = TestEnv::new();
+    env.git_project(
+        helper::SHELL_IMAGE,
+        "command = [\"sh\", \"-c\", \"{desc}\"]",
+    );
+    // Without the identity git_project gives every task.
+    std::fs::write(
+        env.project.join("orch.toml"),
+        format!(
+            "image = \"{}\"\ncommand = [\"sh\", \"-c\", \"{{desc}}\"]\nstop_grace = \"2s\"\n",
+            helper::SHELL_IMAGE
+        ),
+    )
+    .unwrap();
+    env.git(&["commit", "-qam", "no identity in orch.toml"]);
+    env.git(&["config", "user.name", "Ada Lovelace"]);
+    env.git(&["config", "user.email", "ada@example.com"]);
+    let out = env
+        .orch()
+        .arg("task")
+        .arg(&env.project)
+        .arg(
+            "echo home=$HOME; ls -ld $HOME; touch ~/.probe && echo writable; \
+             git config --global core.editor true && echo change > f.txt && git add f.txt && \
+             git commit -qm work && git log -1 --format=%an/%ae/%cn",
+        )
+        .output()
+        .unwrap();
+    let said = stdout(&out);
+    assert_eq!(code(&out), 0, "{said}{}", stderr(&out));
+    assert!(said.contains("home=/home/orch"), "{said}");
+    assert!(said.contains("drwx------"), "private: {said}");
+    assert!(said.contains("writable"), "{said}");
+    assert!(
+        said.contains("Ada Lovelace/ada@example.com/Ada Lovelace"),
+        "{said}"
+    );
+    let id = helper::task_id(&stderr(&out));
+    let author = env.git(&["log", "-1", "--format=%an <%ae>", &format!("orch/{id}")]);
+    assert_eq!(author.trim(), "Ada Lovelace <ada@example.com>");
+    // The project's choice: the image's home, no identity.
+    std::fs::write(
+        env.project.join("orch.toml"),
+        format!(
+            "image = \"{}\"\ncommand = [\"sh\", \"-c\", \"{{desc}}\"]\nstop_grace = \"2s\"\n\
+             home = \"image\"\ngit_identity = false\nworkspace = \"none\"\n",
+            helper::SHELL_IMAGE
+        ),
+    )
+    .unwrap();
+    let out = env
+        .orch()
+        .arg("task")
+        .arg(&env.project)
+        .arg("echo home=$HOME; echo name=${GIT_AUTHOR_NAME:-none}")
+        .output()
+        .unwrap();
+    let said = stdout(&out);
+    assert_eq!(code(&out), 0, "{said}{}", stderr(&out));
+    assert!(!said.contains("home=/home/orch"), "{said}");
+    assert!(said.contains("name=none"), "{said}");
+    // A bad value is one line naming it.
+    std::fs::write(
+        env.project.join("orch.toml"),
+        format!("image = \"{}\"\nhome = \"nowhere\"\n", helper::SHELL_IMAGE),
+    )
+    .unwrap();
+    let out = env
+        .orch()
+        .arg("task")
+        .arg(&env.project)
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 125);
+    assert!(stderr(&out).contains("home"), "{}", stderr(&out));
+}

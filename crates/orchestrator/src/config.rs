@@ -91,6 +91,20 @@ pub enum WorkspaceMode {
     None,
 }
 
+/// Where a task's `HOME` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HomeMode {
+    /// A fresh, private tmpfs at [`TASK_HOME`], owned by the task's user
+    /// and gone with the container: tools that write to `~` work.
+    Tmpfs,
+    /// Whatever the image says (often `/`, not writable by the user).
+    Image,
+}
+
+/// The task's home directory when [`HomeMode::Tmpfs`].
+pub(crate) const TASK_HOME: &str = "/home/orch";
+
 /// The resolved settings of one task: every layer applied, every value
 /// checked.
 #[derive(Debug, Clone)]
@@ -128,6 +142,11 @@ pub struct Settings {
     /// The container's confinement (capabilities, privileges, pids,
     /// runtime, egress).
     pub sandbox: Sandbox,
+    /// Where the task's `HOME` is.
+    pub home: HomeMode,
+    /// Give the task the user's git identity (`user.name`, `user.email`)
+    /// as `GIT_AUTHOR_*` and `GIT_COMMITTER_*`, unless `env` sets them.
+    pub git_identity: bool,
 }
 
 /// What confines a task's container beyond its user and limits. The
@@ -294,6 +313,8 @@ impl Default for Settings {
             max_parallel: None,
             stuck_after: None,
             sandbox: Sandbox::default(),
+            home: HomeMode::Tmpfs,
+            git_identity: true,
         }
     }
 }
@@ -481,6 +502,8 @@ struct FileSettings {
     pids_limit: Option<i64>,
     runtime: Option<String>,
     egress: Option<Vec<String>>,
+    home: Option<HomeMode>,
+    git_identity: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -682,6 +705,12 @@ impl FileSettings {
         }
         if let Some(keep) = self.keep_failed_workspace {
             settings.keep_failed_workspace = keep;
+        }
+        if let Some(home) = self.home {
+            settings.home = home;
+        }
+        if let Some(identity) = self.git_identity {
+            settings.git_identity = identity;
         }
         if let Some(max) = self.max_parallel {
             if max == 0 {

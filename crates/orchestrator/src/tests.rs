@@ -427,6 +427,7 @@ async fn dead_owners_task(h: &Harness, keep_workspace: Option<bool>) -> (Uuid, S
             runtime: None,
             extra_hosts: Vec::new(),
             extra_networks: Vec::new(),
+            tmpfs: Vec::new(),
             ownership: Ownership {
                 instance: h.orch.home().instance_id().to_owned(),
                 session: Uuid::new_v4(),

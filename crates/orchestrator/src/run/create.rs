@@ -71,6 +71,21 @@ impl TaskRun<'_> {
             self.held.as_ref().map(|h| &h.workspace),
             &machine,
         );
+        let settings = &self.prepared.request.project.settings;
+        let chosen = |key: &str| spec.env.iter().any(|(k, _)| k.starts_with(key));
+        if settings.git_identity && !chosen("GIT_AUTHOR_") && !chosen("GIT_COMMITTER_") {
+            let layout = ctx.home.layout();
+            let git_dir = self
+                .prepared
+                .repo
+                .as_ref()
+                .map(|(r, _)| r.common_dir.clone());
+            let identity = crate::workspace::blocking(move || {
+                Ok(orch_workspace::git_identity(&layout, git_dir.as_deref()))
+            })
+            .await?;
+            spec.env.extend(identity);
+        }
         crate::link::register(ctx.watchdog.as_deref(), &self.facts(), &self.name);
         match egress {
             None => {}

@@ -124,6 +124,15 @@ pub(super) fn spec(
             .map(|w| w.path.display().to_string())
             .unwrap_or_default(),
     ));
+    let user = settings.user.docker_user();
+    // A private home the task's user owns, unless the project keeps the
+    // image's (or sets HOME itself).
+    let home = (settings.home == crate::config::HomeMode::Tmpfs
+        && !settings.env.contains_key("HOME"))
+    .then(|| {
+        env.push(("HOME".into(), crate::config::TASK_HOME.into()));
+        (crate::config::TASK_HOME.into(), home_options(&user))
+    });
     let mounts = workspace.map_or_else(Vec::new, |w| {
         w.mounts()
             .into_iter()
@@ -142,7 +151,7 @@ pub(super) fn spec(
             .map(|arg| arg.replace("{desc}", &request.desc))
             .collect(),
         entrypoint: settings.entrypoint.clone(),
-        user: settings.user.docker_user(),
+        user,
         env,
         workdir: workspace.map(|w| w.workdir.clone()),
         mounts,
@@ -156,6 +165,7 @@ pub(super) fn spec(
         runtime: settings.sandbox.runtime.clone(),
         extra_hosts: Vec::new(),
         extra_networks: Vec::new(),
+        tmpfs: home.into_iter().collect(),
         ownership: Ownership {
             instance: ctx.home.instance_id().to_owned(),
             session: ctx.session.id,
@@ -164,6 +174,24 @@ pub(super) fn spec(
             owner: ctx.session.owner.clone(),
         },
     }
+}
+
+/// The mount options of the task's home: private to its user (its numeric
+/// uid and gid, where the user is given as numbers), no devices or setuid
+/// programs, 256 MiB at most (counted against the task's memory).
+fn home_options(user: &str) -> String {
+    let mut options = "rw,nosuid,nodev,size=256m".to_owned();
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match user.split_once(':').unwrap_or((user, "")) {
+        (uid, gid) if numeric(uid) => {
+            options.push_str(&format!(",mode=0700,uid={uid}"));
+            if numeric(gid) {
+                options.push_str(&format!(",gid={gid}"));
+            }
+        }
+        _ => options.push_str(",mode=1777"),
+    }
+    options
 }
 
 /// The capabilities a task keeps: its user's defaults, plus `cap_add`,

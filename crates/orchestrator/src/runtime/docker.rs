@@ -910,6 +910,12 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             pids_limit: spec.pids_limit,
             runtime: spec.runtime.clone(),
             extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
+            tmpfs: (!spec.tmpfs.is_empty()).then(|| {
+                spec.tmpfs
+                    .iter()
+                    .map(|(target, options)| (target.display().to_string(), options.clone()))
+                    .collect()
+            }),
             ..HostConfig::default()
         }),
         ..ContainerCreateBody::default()
@@ -1170,6 +1176,7 @@ mod tests {
             runtime: None,
             extra_hosts: Vec::new(),
             extra_networks: Vec::new(),
+            tmpfs: Vec::new(),
             ownership: crate::runtime::Ownership {
                 instance: "abc".into(),
                 session,

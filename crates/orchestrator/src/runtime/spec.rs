@@ -96,6 +96,8 @@ pub struct ContainerSpec {
     pub extra_hosts: Vec<String>,
     /// More networks it joins (after `network`), before it starts.
     pub extra_networks: Vec<String>,
+    /// tmpfs mounts: where, and their mount options.
+    pub tmpfs: Vec<(PathBuf, String)>,
     /// Whose it is.
     pub ownership: Ownership,
 }
@@ -122,6 +124,7 @@ impl ContainerSpec {
             runtime: None,
             extra_hosts: Vec::new(),
             extra_networks: Vec::new(),
+            tmpfs: Vec::new(),
             ownership,
         }
     }
