@@ -830,6 +830,32 @@ pub(crate) fn ignores_linked_ignore_files() -> bool {
     })
 }
 
+/// The user's git identity as a task's environment: `GIT_AUTHOR_NAME`,
+/// `GIT_COMMITTER_NAME` from `user.name` and the `_EMAIL`s from
+/// `user.email`, read as git would in the repository at `git_dir` (its own
+/// config, then the user's global and the system's), or from the user's
+/// config alone. Only what is set.
+pub fn git_identity(layout: &Layout, git_dir: Option<&Path>) -> Vec<(String, String)> {
+    let git = match git_dir {
+        Some(dir) => Git::at(layout, dir),
+        None => Git::bare(layout),
+    };
+    let mut env = Vec::new();
+    for (key, names) in [
+        ("user.name", ["GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"]),
+        ("user.email", ["GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"]),
+    ] {
+        let value = git
+            .run("read the user's git identity", &["config", "--get", key])
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default();
+        if !value.is_empty() && !value.contains('\0') {
+            env.extend(names.iter().map(|n| ((*n).to_owned(), value.clone())));
+        }
+    }
+    env
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -915,30 +941,4 @@ mod tests {
         ));
         assert!(!is_lock_conflict("fatal: not a git repository"));
     }
-}
-
-/// The user's git identity as a task's environment: `GIT_AUTHOR_NAME`,
-/// `GIT_COMMITTER_NAME` from `user.name` and the `_EMAIL`s from
-/// `user.email`, read as git would in the repository at `git_dir` (its own
-/// config, then the user's global and the system's), or from the user's
-/// config alone. Only what is set.
-pub fn git_identity(layout: &Layout, git_dir: Option<&Path>) -> Vec<(String, String)> {
-    let git = match git_dir {
-        Some(dir) => Git::at(layout, dir),
-        None => Git::bare(layout),
-    };
-    let mut env = Vec::new();
-    for (key, names) in [
-        ("user.name", ["GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"]),
-        ("user.email", ["GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"]),
-    ] {
-        let value = git
-            .run("read the user's git identity", &["config", "--get", key])
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_default();
-        if !value.is_empty() && !value.contains('\0') {
-            env.extend(names.iter().map(|n| ((*n).to_owned(), value.clone())));
-        }
-    }
-    env
 }
