@@ -303,3 +303,69 @@ fn a_task_has_a_writable_home_and_the_users_git_identity() {
     assert_eq!(code(&out), 125);
     assert!(stderr(&out).contains("home"), "{}", stderr(&out));
 }
+
+/// `--memory`, `--cpus` and `--network` per task, on the command line and
+/// in the API, over the project's settings; bad values are one line.
+#[test]
+fn limits_and_network_per_task() {
+    require_docker!();
+    if !helper::shell_image_ready() {
+        return;
+    }
+    let env = TestEnv::new();
+    env.git_project(
+        helper::SHELL_IMAGE,
+        "command = [\"sh\", \"-c\", \"{desc}\"]\nworkspace = \"none\"\nmemory = \"1g\"",
+    );
+    let probe = "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
+                 tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '";
+    let out = env
+        .orch()
+        .args([
+            "task",
+            "--memory",
+            "64m",
+            "--cpus",
+            "0.5",
+            "--network",
+            "none",
+        ])
+        .arg(&env.project)
+        .arg(probe)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "67108864\nlo\n");
+    // Through the daemon's API.
+    let daemon = env.serve(&[]);
+    let id = daemon.submit(serde_json::json!({
+        "project": env.project, "desc": probe, "memory": "96m", "network": "none", "cpus": 0.5
+    }));
+    let task = daemon.wait_ended(&id, Duration::from_secs(60));
+    assert_eq!(task["state"], "succeeded", "{task}");
+    let log = daemon.request("GET", &format!("/v1/tasks/{id}/logs"), None);
+    assert_eq!(log.body, "100663296\nlo\n");
+    let refused = daemon.request(
+        "POST",
+        "/v1/tasks",
+        Some(
+            &serde_json::json!({"project": env.project, "desc": "true", "memory": "lots"})
+                .to_string(),
+        ),
+    );
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    drop(daemon);
+    for (flag, value) in [("--memory", "lots"), ("--cpus", "-1"), ("--network", "")] {
+        let out = env
+            .orch()
+            .arg("task")
+            .arg(format!("{flag}={value}"))
+            .arg(&env.project)
+            .arg("true")
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 125, "{flag}");
+        assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+        assert!(stderr(&out).contains(flag), "{}", stderr(&out));
+    }
+}

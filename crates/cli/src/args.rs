@@ -312,6 +312,19 @@ pub(crate) struct TaskArgs {
     #[arg(long)]
     pub(crate) no_workspace: bool,
 
+    /// Memory limit (512m, 2g), instead of the project's.
+    #[arg(long, value_name = "SIZE")]
+    pub(crate) memory: Option<String>,
+
+    /// CPU limit (1.5), instead of the project's.
+    #[arg(long, value_name = "N")]
+    pub(crate) cpus: Option<f64>,
+
+    /// Network: bridge, none, host or a network name, instead of the
+    /// project's.
+    #[arg(long, value_name = "NETWORK")]
+    pub(crate) network: Option<String>,
+
     /// Start the workspace branch from this commit, branch or tag instead of
     /// the project's HEAD.
     #[arg(long = "ref", value_name = "REF")]

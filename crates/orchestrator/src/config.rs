@@ -334,6 +334,12 @@ pub struct Overrides {
     pub env: Vec<(String, String)>,
     /// `--no-workspace`
     pub no_workspace: bool,
+    /// `--memory` (`512m`, `2g`, or bytes)
+    pub memory: Option<String>,
+    /// `--cpus`
+    pub cpus: Option<f64>,
+    /// `--network`
+    pub network: Option<String>,
 }
 
 /// A project: a directory, its name and its resolved settings.
@@ -1134,6 +1140,31 @@ impl Overrides {
         }
         if self.no_workspace {
             settings.workspace = WorkspaceMode::None;
+        }
+        if let Some(memory) = &self.memory {
+            let bytes = parse_memory(memory).map_err(|m| flag("--memory", m))?;
+            if bytes <= 0 {
+                return Err(flag(
+                    "--memory",
+                    format!("must be positive, got {memory:?}"),
+                ));
+            }
+            settings.memory = Some(bytes);
+        }
+        if let Some(cpus) = self.cpus {
+            if !(cpus.is_finite() && cpus > 0.0) {
+                return Err(flag(
+                    "--cpus",
+                    format!("must be a positive number, got {cpus}"),
+                ));
+            }
+            settings.cpus = Some(cpus);
+        }
+        if let Some(network) = &self.network {
+            if network.trim().is_empty() || network.chars().any(char::is_control) {
+                return Err(flag("--network", format!("invalid network {network:?}")));
+            }
+            settings.network = network.clone();
         }
         Ok(())
     }

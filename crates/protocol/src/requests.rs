@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// A task submitted to a daemon (`POST /v1/tasks`, `orch submit`); stored
 /// with the queued task until it runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitSpec {
     /// A project directory (absolute) or a configured project's name.
@@ -38,6 +38,15 @@ pub struct SubmitSpec {
     /// Run without a workspace.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_workspace: bool,
+    /// Memory limit (`512m`, `2g`, or bytes), instead of the project's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// CPU limit, instead of the project's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Docker network mode or name, instead of the project's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
     /// Higher runs first (default 0); ties in submission order.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i64,

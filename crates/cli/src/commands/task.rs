@@ -40,6 +40,9 @@ fn request(
         user: args.user.clone(),
         env,
         no_workspace: args.no_workspace,
+        memory: args.memory.clone(),
+        cpus: args.cpus,
+        network: args.network.clone(),
     };
     let project = config.resolve_project(&args.project, &overrides)?;
     Ok(TaskRequest {

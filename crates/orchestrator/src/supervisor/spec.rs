@@ -63,6 +63,9 @@ pub fn request_of(
         user: spec.user.clone(),
         env,
         no_workspace: spec.no_workspace,
+        memory: spec.memory.clone(),
+        cpus: spec.cpus,
+        network: spec.network.clone(),
     };
     let project = config.resolve_project(&spec.project, &overrides)?;
     Ok(TaskRequest {
