@@ -369,3 +369,128 @@ fn limits_and_network_per_task() {
         assert!(stderr(&out).contains(flag), "{}", stderr(&out));
     }
 }
+
+/// Where a task starts: `orch.toml` found upward from a subdirectory (the
+/// task's working directory is that subdirectory); a bare name that is a
+/// directory gets the hint `./name`.
+#[test]
+fn the_project_is_found_from_a_subdirectory() {
+    require_docker!();
+    if !helper::shell_image_ready() {
+        return;
+    }
+    let env = TestEnv::new();
+    env.git_project(
+        helper::SHELL_IMAGE,
+        "command = [\"sh\", \"-c\", \"{desc}\"]",
+    );
+    let sub = env.project.join("src/deep");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::write(sub.join("here.txt"), "x").unwrap();
+    env.git(&["add", "."]);
+    env.git(&["commit", "-qm", "sub"]);
+    let out = env
+        .orch()
+        .current_dir(&sub)
+        .args(["task", ".", "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("here.txt"), "{}", stdout(&out));
+    let out = env.orch().args(["ps", "-a", "--json"]).output().unwrap();
+    let tasks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        tasks[0]["project"], "proj",
+        "named after where orch.toml is"
+    );
+    let out = env
+        .orch()
+        .current_dir(env.project.parent().unwrap())
+        .args(["task", "proj", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 125);
+    assert!(stderr(&out).contains("say ./proj"), "{}", stderr(&out));
+}
+
+/// A dirty working tree is not ignored without a word: a task started from
+/// HEAD says what it will not see, and `--from-worktree` starts one from the
+/// tree as it is (tracked changes, deletions, untracked files; not ignored
+/// ones), in the foreground and detached, the user's tree, index and
+/// branches untouched.
+#[test]
+fn a_task_starts_from_the_working_tree_when_asked() {
+    require_docker!();
+    if !helper::shell_image_ready() {
+        return;
+    }
+    let env = TestEnv::new();
+    env.git_project(
+        helper::SHELL_IMAGE,
+        "command = [\"sh\", \"-c\", \"{desc}\"]",
+    );
+    std::fs::write(env.project.join("tracked.txt"), "committed\n").unwrap();
+    std::fs::write(env.project.join("gone.txt"), "committed\n").unwrap();
+    env.git(&["add", "."]);
+    env.git(&["commit", "-qm", "files"]);
+    std::fs::write(env.project.join("tracked.txt"), "changed\n").unwrap();
+    std::fs::remove_file(env.project.join("gone.txt")).unwrap();
+    std::fs::write(env.project.join("new.txt"), "untracked\n").unwrap();
+    std::fs::write(env.project.join("secret.log"), "ignored\n").unwrap();
+    let head = env.git(&["rev-parse", "HEAD"]);
+    let status = env.git(&["status", "--porcelain", "--ignored"]);
+    let index = std::fs::read(env.project.join(".git/index")).unwrap();
+    let look = "cat tracked.txt; cat new.txt 2>/dev/null; test -e gone.txt && echo gone-is-there; test -e secret.log && echo secret-is-there; true";
+
+    let plain = env.task(look, &[]);
+    assert_eq!(code(&plain), 0, "{}", stderr(&plain));
+    assert_eq!(stdout(&plain).trim(), "committed\ngone-is-there");
+    let warning = stderr(&plain);
+    assert!(
+        warning.contains("3 uncommitted change(s)") && warning.contains("--from-worktree"),
+        "{warning}"
+    );
+
+    let snapshot = env.task(look, &["--from-worktree"]);
+    assert_eq!(code(&snapshot), 0, "{}", stderr(&snapshot));
+    assert_eq!(stdout(&snapshot).trim(), "changed\nuntracked");
+    assert!(
+        !stderr(&snapshot).contains("uncommitted"),
+        "{}",
+        stderr(&snapshot)
+    );
+
+    let id = env.ok(&[
+        "task",
+        "-d",
+        "--from-worktree",
+        env.project.to_str().unwrap(),
+        look,
+    ]);
+    let waited = env.orch().args(["wait", id.trim()]).output().unwrap();
+    assert_eq!(code(&waited), 0, "{}", stderr(&waited));
+    let logs = env.ok(&["logs", id.trim()]);
+    assert!(logs.contains("changed\nuntracked"), "{logs}");
+
+    assert_eq!(
+        env.git(&["rev-parse", "HEAD"]),
+        head,
+        "the user's branch moved"
+    );
+    assert_eq!(env.git(&["status", "--porcelain", "--ignored"]), status);
+    assert_eq!(
+        std::fs::read(env.project.join(".git/index")).unwrap(),
+        index,
+        "the user's index changed"
+    );
+    let scratch: Vec<_> = std::fs::read_dir(&env.home)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".snapshot"))
+        .collect();
+    assert!(scratch.is_empty(), "{scratch:?}");
+
+    let both = env.task("true", &["--from-worktree", "--ref", "HEAD"]);
+    assert_eq!(code(&both), 125, "{}", stderr(&both));
+    assert_eq!(stderr(&both).trim().lines().count(), 1, "{}", stderr(&both));
+}

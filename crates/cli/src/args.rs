@@ -330,6 +330,12 @@ pub(crate) struct TaskArgs {
     #[arg(long = "ref", value_name = "REF")]
     pub(crate) git_ref: Option<String>,
 
+    /// Start the workspace from the project's working tree as it is:
+    /// tracked changes and untracked files that are not ignored, committed
+    /// apart (your tree, index and branches stay as they are).
+    #[arg(long, conflicts_with = "git_ref")]
+    pub(crate) from_worktree: bool,
+
     /// Keep the workspace however the task ends.
     #[arg(long, conflicts_with = "rm_workspace")]
     pub(crate) keep_workspace: bool,

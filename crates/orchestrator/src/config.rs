@@ -1012,6 +1012,7 @@ impl GlobalConfig {
                 return Err(ConfigError::UnknownProject {
                     name: arg.to_owned(),
                     config: self.path.clone(),
+                    is_dir: Path::new(arg).is_dir(),
                 });
             };
             (path.clone(), Some(layer.clone()), Some(arg.to_owned()))
@@ -1031,7 +1032,7 @@ impl GlobalConfig {
 
         let mut settings = Settings::default();
         let mut name = configured_name;
-        let file = path.join("orch.toml");
+        let (root, file) = find_project_file(&path);
         if file.exists() {
             let mut layer: FileSettings = read_toml(&file)?;
             if let Some(file_name) = layer.name.take() {
@@ -1052,13 +1053,13 @@ impl GlobalConfig {
         let name = match name {
             Some(name) => name,
             None => {
-                let dir_name = path
+                let dir_name = root
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 orch_workspace::validate_project_name(&dir_name).map_err(|_| {
                     ConfigError::UnnamedProject {
-                        path: path.clone(),
+                        path: root.clone(),
                         dir_name: dir_name.clone(),
                     }
                 })?;
@@ -1112,6 +1113,27 @@ impl GlobalConfig {
             }),
         }
     }
+}
+
+/// The project's `orch.toml`, searched from `dir` upward to the root of
+/// the git repository it is in (as cargo and git look for theirs); outside
+/// a repository, only in `dir`. The directory it names the project after
+/// (where the file was found, else `dir`) and the file (which may not
+/// exist).
+fn find_project_file(dir: &Path) -> (PathBuf, PathBuf) {
+    let here = (dir.to_path_buf(), dir.join("orch.toml"));
+    let mut upward = Vec::new();
+    for ancestor in dir.ancestors() {
+        upward.push(ancestor);
+        if ancestor.join(".git").exists() {
+            return upward
+                .into_iter()
+                .map(|d| (d.to_path_buf(), d.join("orch.toml")))
+                .find(|(_, file)| file.is_file())
+                .unwrap_or(here);
+        }
+    }
+    here
 }
 
 impl Overrides {
@@ -1176,6 +1198,48 @@ mod tests {
 
     fn parse_project(text: &str) -> Result<FileSettings, ConfigError> {
         parse_toml(text, Path::new("/p/orch.toml"))
+    }
+
+    /// `orch.toml` is found upward to the repository's root (the project is
+    /// named after where it was found); outside a repository only in the
+    /// directory given.
+    #[test]
+    fn the_project_file_is_found_upward_within_the_repository() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = tmp.path().join("outer");
+        let repo = top.join("api");
+        let sub = repo.join("src/deep");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::create_dir(repo.join(".git")).unwrap();
+        std::fs::write(top.join("orch.toml"), "image = \"outside:1\"\n").unwrap();
+        std::fs::write(repo.join("orch.toml"), "image = \"inside:1\"\n").unwrap();
+        let config = GlobalConfig::default();
+        let resolve = |dir: &Path| {
+            config
+                .resolve_project(dir.to_str().unwrap(), &Overrides::default())
+                .unwrap()
+        };
+        let project = resolve(&sub);
+        assert_eq!(project.settings.image, "inside:1");
+        assert_eq!(project.name, "api");
+        assert_eq!(
+            project.path,
+            sub.canonicalize().unwrap(),
+            "the task starts where asked"
+        );
+        // Not past the repository's root...
+        std::fs::remove_file(repo.join("orch.toml")).unwrap();
+        let err = config
+            .resolve_project(sub.to_str().unwrap(), &Overrides::default())
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::NoImage { .. }), "{err}");
+        // ...and not upward at all outside a repository.
+        std::fs::remove_dir(repo.join(".git")).unwrap();
+        std::fs::write(top.join("orch.toml"), "image = \"outside:1\"\n").unwrap();
+        let err = config
+            .resolve_project(repo.to_str().unwrap(), &Overrides::default())
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::NoImage { .. }), "{err}");
     }
 
     #[test]

@@ -10,14 +10,17 @@ use std::path::PathBuf;
 pub enum ConfigError {
     /// `<project>` is neither a path nor a configured project.
     #[error(
-        "unknown project {name:?}: not a path (paths contain '/') and not in [projects] of {}",
-        config.as_ref().map_or_else(|| "the global config (none found)".to_owned(), |p| p.display().to_string())
+        "unknown project {name:?}: not a path (paths contain '/') and not in [projects] of {}{}",
+        config.as_ref().map_or_else(|| "the global config (none found)".to_owned(), |p| p.display().to_string()),
+        if *is_dir { format!("; for the directory, say ./{name}") } else { String::new() }
     )]
     UnknownProject {
         /// The name as given.
         name: String,
         /// The global config that was searched.
         config: Option<PathBuf>,
+        /// A directory of that name is here.
+        is_dir: bool,
     },
     /// The project directory does not exist or is not a directory.
     #[error("project directory {} is not usable", path.display())]

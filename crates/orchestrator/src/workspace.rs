@@ -25,6 +25,35 @@ const HELPER_DEADLINE: Duration = Duration::from_secs(120);
 /// The image that removes root-owned files when the task's is unknown.
 const FALLBACK_IMAGE: &str = "orch-agent:dev";
 
+/// `--from-worktree`: a commit of the project's working tree as it is now
+/// (tracked changes and untracked files that are not ignored), made in an
+/// index of its own so that the user's tree, index and branches stay as
+/// they are; the task's branch starts from it.
+pub fn snapshot_worktree(
+    home: &crate::Home,
+    project: &crate::Project,
+    desc: &str,
+) -> Result<String, Error> {
+    let refuse = |message: &str| crate::ConfigError::Flag {
+        flag: "--from-worktree".into(),
+        message: message.into(),
+    };
+    if project.remote.is_some() {
+        return Err(refuse("a project from a git server has no working tree here").into());
+    }
+    if project.settings.workspace == crate::WorkspaceMode::None {
+        return Err(refuse("the task has no workspace to start from it").into());
+    }
+    let layout = home.layout();
+    let repo = Repo::discover(&project.path, &layout)?;
+    let first_line = desc.lines().next().unwrap_or_default();
+    let message = format!(
+        "orch: the working tree of {} as it was when a task started\n\n{first_line}\n",
+        repo.top.display()
+    );
+    Ok(repo.snapshot_worktree(&layout, &message)?)
+}
+
 /// A created workspace and the lock its task holds while it exists.
 #[derive(Debug)]
 pub(crate) struct HeldWorkspace {

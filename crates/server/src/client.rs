@@ -105,6 +105,12 @@ impl Client {
         }
     }
 
+    /// Whether this client reaches its daemon over TCP (possibly on another
+    /// machine) rather than a unix socket on this one.
+    pub fn is_tcp(&self) -> bool {
+        self.tcp.is_some()
+    }
+
     /// A client of the daemon whose API is at `url` (`http://host:port`),
     /// sending `token` with each request.
     pub fn tcp(url: &str, token: Option<String>) -> Result<Client, ClientError> {

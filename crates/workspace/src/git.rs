@@ -752,6 +752,95 @@ impl Repo {
             })
     }
 
+    /// How many paths of the working tree differ from HEAD (changed,
+    /// staged, or untracked and not ignored): what a task that starts from
+    /// HEAD will not see.
+    pub fn uncommitted(&self, layout: &Layout) -> Result<usize, Error> {
+        let out = Git::at(layout, &self.git_dir)
+            .work_tree(&self.top)
+            .in_dir(&self.top)
+            .run_bytes(
+                "look for uncommitted changes",
+                &["status", "--porcelain=v1", "-z", "--untracked-files=normal"],
+            )?;
+        // "XY path\0", a rename's source following as a bare "path\0".
+        Ok(out
+            .split(|b| *b == 0)
+            .filter(|record| record.len() > 3 && record[2] == b' ')
+            .count())
+    }
+
+    /// A commit of the working tree as it is, on top of HEAD: tracked
+    /// changes (staged or not, deletions too) and untracked files that are
+    /// not ignored (by the repository's rules and the user's own excludes
+    /// file), built in an index of its own: the user's index, tree and
+    /// branches are untouched. Its objects go into the repository; the
+    /// task's branch, which starts from it, references them.
+    pub fn snapshot_worktree(&self, layout: &Layout, message: &str) -> Result<String, Error> {
+        struct Scratch(Vec<PathBuf>);
+        impl Drop for Scratch {
+            fn drop(&mut self) {
+                for path in &self.0 {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        let stamp = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let index = layout.home().join(format!(".snapshot-{stamp}.index"));
+        let list = layout.home().join(format!(".snapshot-{stamp}.paths"));
+        let _scratch = Scratch(vec![index.clone(), list.clone()]);
+        let git = || {
+            Git::at(layout, &self.git_dir)
+                .work_tree(&self.top)
+                .in_dir(&self.top)
+                .index(&index)
+                .env("GIT_LITERAL_PATHSPECS", "1")
+                .timeout(HEAVY_TIMEOUT)
+        };
+        const ACTION: &str = "snapshot the working tree";
+        git().run(ACTION, &["read-tree", "HEAD"])?;
+        git().run(ACTION, &["add", "--update", "--", "."])?;
+        // orch's git leaves the user's excludes file out; here it counts.
+        let mut others = vec![
+            "ls-files".to_owned(),
+            "-z".into(),
+            "--others".into(),
+            "--exclude-standard".into(),
+        ];
+        if let Some(excludes) = user_excludes_file(layout) {
+            others.push(format!("--exclude-from={}", excludes.display()));
+        }
+        let untracked = git().run_bytes(ACTION, &others)?;
+        if !untracked.is_empty() {
+            std::fs::write(&list, &untracked).map_err(|e| Error::io("write", &list, e))?;
+            git().run(
+                ACTION,
+                &[
+                    "add".to_owned(),
+                    format!("--pathspec-from-file={}", list.display()),
+                    "--pathspec-file-nul".into(),
+                ],
+            )?;
+        }
+        let tree = git().run(ACTION, &["write-tree"])?;
+        let commit = Git::at(layout, &self.git_dir)
+            .env("GIT_AUTHOR_NAME", "orch")
+            .env("GIT_AUTHOR_EMAIL", "orch@localhost")
+            .env("GIT_COMMITTER_NAME", "orch")
+            .env("GIT_COMMITTER_EMAIL", "orch@localhost")
+            .run(
+                ACTION,
+                &["commit-tree", tree.trim(), "-p", "HEAD", "-m", message],
+            )?;
+        Ok(commit.trim().to_owned())
+    }
+
     /// The object directories a task's repository borrows from: the
     /// repository's own, and those its `objects/info/alternates` names that
     /// exist. Canonical paths.
@@ -828,6 +917,27 @@ pub(crate) fn ignores_linked_ignore_files() -> bool {
             (Some(major), Some(minor)) if (major, minor) >= (2, 32)
         )
     })
+}
+
+/// The user's own excludes file (`core.excludesFile`, else git's default
+/// `$XDG_CONFIG_HOME/git/ignore` or `~/.config/git/ignore`), if it exists.
+fn user_excludes_file(layout: &Layout) -> Option<PathBuf> {
+    let configured = Git::bare(layout)
+        .run(
+            "read the user's excludes file",
+            &["config", "--path", "--get", "core.excludesFile"],
+        )
+        .ok()
+        .map(|p| PathBuf::from(p.trim()))
+        .filter(|p| !p.as_os_str().is_empty());
+    let default = || {
+        let config = std::env::var_os("XDG_CONFIG_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+        Some(config.join("git/ignore"))
+    };
+    configured.or_else(default).filter(|p| p.is_file())
 }
 
 /// The user's git identity as a task's environment: `GIT_AUTHOR_NAME`,

@@ -199,7 +199,7 @@ async fn task(client: &Client, command: &crate::args::TaskCommand) -> anyhow::Re
         !command.detach,
         "-d with --host: use `orch submit`, which queues the task and prints its id"
     );
-    let spec = super::submit::spec(&command.task, 0, 0, &[])?;
+    let spec = super::submit::spec(client, &command.task, 0, 0, &[])?;
     let submitted = client.submit(&spec).await.map_err(super::submit::refused)?;
     let id = submitted.id.to_string();
     crate::output::say(&format!("task {id}"));

@@ -18,10 +18,34 @@ pub(crate) async fn run(args: SubmitArgs, remote: Option<Client>) -> anyhow::Res
             None => super::home_path()?.join("orch.sock"),
         }),
     };
-    let spec = spec(&args.task, args.priority, args.retries, &args.constraints)?;
+    let spec = spec(
+        &client,
+        &args.task,
+        args.priority,
+        args.retries,
+        &args.constraints,
+    )?;
     let answer = client.submit(&spec).await.map_err(refused)?;
     crate::outln!("{}", answer.id)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The commit of the working tree a `--from-worktree` task starts from.
+fn from_worktree(task: &TaskArgs) -> anyhow::Result<String> {
+    let config = orch_orchestrator::GlobalConfig::load(
+        orch_orchestrator::GlobalConfig::default_path().as_deref(),
+    )?;
+    let overrides = orch_orchestrator::Overrides {
+        no_workspace: task.no_workspace,
+        image: task.image.clone(),
+        ..Default::default()
+    };
+    let project = config.resolve_project(&task.project, &overrides)?;
+    Ok(orch_orchestrator::snapshot_worktree(
+        &super::open_home()?,
+        &project,
+        &task.desc,
+    )?)
 }
 
 /// A daemon's refusal as its own one line; anything else as it is.
@@ -32,8 +56,9 @@ pub(crate) fn refused(e: ClientError) -> anyhow::Error {
     }
 }
 
-/// What `task` asks of a daemon.
+/// What `task` asks of the daemon `client` reaches.
 pub(crate) fn spec(
+    client: &Client,
     task: &TaskArgs,
     priority: i64,
     retries: u32,
@@ -60,7 +85,13 @@ pub(crate) fn spec(
         timeout: duration(task.timeout),
         stop_grace: duration(task.stop_grace),
         env: task.environment()?.into_iter().collect(),
-        git_ref: task.git_ref.clone(),
+        git_ref: match task.from_worktree {
+            true if client.is_tcp() => anyhow::bail!(
+                "--from-worktree needs a daemon on this machine: one reached over the network cannot see this working tree"
+            ),
+            true => Some(from_worktree(task)?),
+            false => task.git_ref.clone(),
+        },
         keep_workspace: match (task.keep_workspace, task.rm_workspace) {
             (true, _) => Some(true),
             (_, true) => Some(false),

@@ -45,10 +45,18 @@ fn request(
         network: args.network.clone(),
     };
     let project = config.resolve_project(&args.project, &overrides)?;
+    let git_ref = match args.from_worktree {
+        true => Some(orch_orchestrator::snapshot_worktree(
+            &super::open_home()?,
+            &project,
+            &args.desc,
+        )?),
+        false => args.git_ref.clone(),
+    };
     Ok(TaskRequest {
         project,
         desc: args.desc.clone(),
-        git_ref: args.git_ref.clone(),
+        git_ref,
         keep_workspace: match (args.keep_workspace, args.rm_workspace) {
             (true, _) => Some(true),
             (_, true) => Some(false),
@@ -214,6 +222,9 @@ async fn detach(args: TaskArgs) -> anyhow::Result<ExitCode> {
     let request = request(&args, env.clone(), None)?;
     let home = super::open_home()?;
     let orch = Orchestrator::connect(home.clone()).await?;
+    // The supervisor starts from the same commit (a snapshot of the
+    // working tree is made once, here).
+    let request_ref = request.git_ref.clone();
     let prepared = orch.prepare(request).await?;
     let task_id = prepared.task_id();
 
@@ -228,7 +239,7 @@ async fn detach(args: TaskArgs) -> anyhow::Result<ExitCode> {
         .arg("__supervise")
         .arg("--task-id")
         .arg(task_id.to_string())
-        .args(task_argv(&args))
+        .args(task_argv(&args, request_ref))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(log);
@@ -267,9 +278,9 @@ async fn detach(args: TaskArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `args` as command-line arguments again, without `--detach`: what the
-/// supervisor is started with.
-fn task_argv(args: &TaskArgs) -> Vec<String> {
+/// `args` as command-line arguments again, without `--detach`, starting
+/// from `git_ref`: what the supervisor is started with.
+fn task_argv(args: &TaskArgs, git_ref: Option<String>) -> Vec<String> {
     let mut argv = Vec::new();
     let mut flag = |name: &str, value: Option<String>| {
         if let Some(value) = value {
@@ -282,7 +293,10 @@ fn task_argv(args: &TaskArgs) -> Vec<String> {
     flag("--timeout", duration(args.timeout));
     flag("--stop-grace", duration(args.stop_grace));
     flag("--user", args.user.clone());
-    flag("--ref", args.git_ref.clone());
+    flag("--ref", git_ref);
+    flag("--memory", args.memory.clone());
+    flag("--cpus", args.cpus.map(|c| c.to_string()));
+    flag("--network", args.network.clone());
     for (set, name) in [
         (args.no_workspace, "--no-workspace"),
         (args.keep_workspace, "--keep-workspace"),

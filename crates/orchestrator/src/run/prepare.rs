@@ -35,6 +35,9 @@ pub(crate) async fn prepare(
     };
     ctx.runtime.ensure_image(&settings.image, &progress).await?;
     let repo = check(ctx, &request, task_id).await?;
+    if let (Some((repo, base)), None, None) = (&repo, &request.git_ref, &request.project.remote) {
+        warn_uncommitted(ctx, repo, base, sink).await;
+    }
     Ok(PreparedTask {
         request,
         task_id,
@@ -42,6 +45,23 @@ pub(crate) async fn prepare(
         claimed: false,
         attempt: 1,
     })
+}
+
+/// Says so when the user's working tree holds changes a task starting
+/// from HEAD will not see (a task never sees them: it gets a checkout).
+async fn warn_uncommitted(ctx: &Ctx, repo: &Repo, base: &str, sink: &EventSink) {
+    let layout = ctx.home.layout();
+    let at = repo.clone();
+    let counted = workspace::blocking(move || at.uncommitted(&layout)).await;
+    match counted {
+        Ok(0) => {}
+        Ok(n) => sink.send(Event::Notice(format!(
+            "warning: {} has {n} uncommitted change(s) the task will not see: it starts from HEAD ({}); commit them first, or start it from the tree as it is with --from-worktree",
+            repo.top.display(),
+            base.get(..12).unwrap_or(base),
+        ))),
+        Err(e) => tracing::debug!(error = %e, "cannot look for uncommitted changes"),
+    }
 }
 
 /// Everything about a request that can be checked without pulling an
