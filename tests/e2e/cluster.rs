@@ -182,7 +182,9 @@ impl Node {
         let out = self
             .docker()
             .args(["events", "--since", &since.to_string(), "--until"])
-            .arg(now_secs().to_string())
+            // Whole seconds: an event of this very second is before the
+            // next one (docker waits until then).
+            .arg((now_secs() + 1).to_string())
             .args([
                 "--filter",
                 "type=container",
@@ -207,7 +209,7 @@ impl Node {
         let out = self
             .docker()
             .args(["events", "--since", &since.to_string(), "--until"])
-            .arg(now_secs().to_string())
+            .arg((now_secs() + 1).to_string())
             .args([
                 "--filter",
                 "type=container",

@@ -494,3 +494,156 @@ fn a_task_starts_from_the_working_tree_when_asked() {
     assert_eq!(code(&both), 125, "{}", stderr(&both));
     assert_eq!(stderr(&both).trim().lines().count(), 1, "{}", stderr(&both));
 }
+
+/// Reviewing and taking a result: `orch diff` shows what the task changed
+/// against its base, `orch merge` brings it into the user's branch (a
+/// merge commit by the user's identity, or `--squash`), refuses a dirty
+/// tree, stops on conflicts as git does; and drivers the task's
+/// `.gitattributes` names (defined in the user's global config) never run.
+#[test]
+fn a_tasks_branch_is_reviewed_and_merged() {
+    require_docker!();
+    if !helper::shell_image_ready() {
+        return;
+    }
+    let env = TestEnv::new();
+    env.git_project(
+        helper::SHELL_IMAGE,
+        "command = [\"sh\", \"-c\", \"{desc}\"]",
+    );
+    std::fs::write(env.project.join("a.txt"), "one\n").unwrap();
+    env.git(&["add", "."]);
+    env.git(&["commit", "-qm", "a"]);
+    // The user's global config defines drivers; a task naming them in its
+    // .gitattributes must not make orch's git run them.
+    let user_home = env.home.parent().unwrap().join("user-home");
+    std::fs::create_dir_all(&user_home).unwrap();
+    let ran = user_home.join("a-driver-ran");
+    let driver = format!("sh -c 'touch {}; cat'", ran.display());
+    std::fs::write(
+        user_home.join(".gitconfig"),
+        format!(
+            "[user]\n\tname = Merging User\n\temail = merger@example.com\n\
+             [filter \"evil\"]\n\tsmudge = {driver}\n\tclean = {driver}\n\
+             [diff \"evil\"]\n\ttextconv = {driver}\n\tcommand = {driver}\n"
+        ),
+    )
+    .unwrap();
+    let orch = |args: &[&str]| {
+        let mut cmd = env.orch();
+        cmd.env("HOME", &user_home).args(args);
+        cmd.output().unwrap()
+    };
+    let run = |desc: &str| {
+        let out = orch(&["task", env.project.to_str().unwrap(), desc]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        helper::task_id(&stderr(&out))
+    };
+
+    let first = run(
+        "echo two >> a.txt; echo new > b.txt; printf '* filter=evil diff=evil merge=evil\\n' > .gitattributes",
+    );
+    let diff = orch(&["diff", &first]);
+    assert_eq!(code(&diff), 0, "{}", stderr(&diff));
+    let text = stdout(&diff);
+    assert!(text.contains("+two") && text.contains("+new"), "{text}");
+    assert!(text.contains("diff --git a/b.txt b/b.txt"), "{text}");
+    let stat = orch(&["diff", "--stat", &first[..8]]);
+    assert!(
+        stdout(&stat).contains("3 files changed"),
+        "{}",
+        stdout(&stat)
+    );
+
+    std::fs::write(env.project.join("a.txt"), "mine\n").unwrap();
+    let dirty = orch(&["merge", &first]);
+    assert_eq!(code(&dirty), 1, "{}", stdout(&dirty));
+    assert_eq!(
+        stderr(&dirty).trim().lines().count(),
+        1,
+        "{}",
+        stderr(&dirty)
+    );
+    assert!(
+        stderr(&dirty).contains("1 uncommitted change(s)"),
+        "{}",
+        stderr(&dirty)
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.project.join("a.txt")).unwrap(),
+        "mine\n"
+    );
+    env.git(&["checkout", "--", "a.txt"]);
+
+    let merged = orch(&["merge", &first]);
+    assert_eq!(code(&merged), 0, "{}", stderr(&merged));
+    assert!(
+        stdout(&merged).starts_with(&format!("merged orch/{first} into main")),
+        "{}",
+        stdout(&merged)
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.project.join("a.txt")).unwrap(),
+        "one\ntwo\n"
+    );
+    assert_eq!(
+        env.git(&["log", "-1", "--format=%an <%ae> %P"])
+            .split(' ')
+            .count(),
+        5,
+        "a merge commit"
+    );
+    assert!(
+        env.git(&["log", "-1", "--format=%an <%ae>"])
+            .starts_with("Merging User <merger@example.com>")
+    );
+    assert!(env.git(&["log", "-1", "--format=%B"]).contains(&first));
+    assert!(
+        !ran.exists(),
+        "a driver named by the task's .gitattributes ran"
+    );
+    let again = orch(&["merge", &first]);
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("nothing your branch lacks"),
+        "{}",
+        stdout(&again)
+    );
+
+    let second = run("echo three >> a.txt");
+    let squashed = orch(&["merge", "--squash", &second]);
+    assert_eq!(code(&squashed), 0, "{}", stderr(&squashed));
+    assert_eq!(
+        env.git(&["log", "-1", "--format=%P"]).split(' ').count(),
+        1,
+        "one parent"
+    );
+    assert_eq!(
+        env.git(&["log", "-1", "--format=%s"]),
+        "echo three >> a.txt"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.project.join("a.txt")).unwrap(),
+        "one\ntwo\nthree\n"
+    );
+
+    let third = run("echo theirs > a.txt");
+    std::fs::write(env.project.join("a.txt"), "ours\n").unwrap();
+    env.git(&["commit", "-qam", "ours"]);
+    let conflict = orch(&["merge", &third]);
+    assert_eq!(code(&conflict), 1, "{}", stdout(&conflict));
+    assert!(
+        stderr(&conflict).contains("conflicts in a.txt"),
+        "{}",
+        stderr(&conflict)
+    );
+    env.git(&["merge", "--abort"]);
+    assert!(
+        !ran.exists(),
+        "a driver named by the task's .gitattributes ran"
+    );
+
+    let none = orch(&["diff", "ffffffff"]);
+    assert_ne!(code(&none), 0);
+    assert_eq!(stderr(&none).trim().lines().count(), 1, "{}", stderr(&none));
+}

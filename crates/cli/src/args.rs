@@ -71,6 +71,11 @@ pub(crate) enum Command {
     /// Push a finished task's branch to its project's git server again
     /// (after a push that failed; the work waits in this node's mirror).
     Push(PushArgs),
+    /// Show what a task changed on its branch against where it started.
+    Diff(DiffArgs),
+    /// Bring a task's branch into your current branch (a merge commit, or
+    /// one squashed commit); refused while tracked files have changes.
+    Merge(MergeArgs),
     /// Remove what orch left behind, by retention policy.
     Cleanup(CleanupArgs),
     /// Disk use of workspaces: each, per project, in total.
@@ -161,6 +166,24 @@ pub(crate) struct WaitArgs {
     /// Task ids, or unique prefixes of at least 4 hex digits.
     #[arg(required = true)]
     pub(crate) ids: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DiffArgs {
+    /// The task's id, or a unique prefix of at least 4 hex digits.
+    pub(crate) id: String,
+    /// Only a summary of the changed files (as `git diff --stat`).
+    #[arg(long)]
+    pub(crate) stat: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MergeArgs {
+    /// The task's id, or a unique prefix of at least 4 hex digits.
+    pub(crate) id: String,
+    /// One new commit with the branch's changes instead of a merge commit.
+    #[arg(long)]
+    pub(crate) squash: bool,
 }
 
 #[derive(Debug, Args)]

@@ -127,6 +127,9 @@ pub enum Error {
         /// The workspace.
         path: PathBuf,
     },
+    /// A request orch will not carry out, and why (one line).
+    #[error("{0}")]
+    Refused(String),
     /// An I/O operation on a path failed.
     #[error("failed to {action} {path}")]
     Io {

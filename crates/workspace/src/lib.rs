@@ -28,6 +28,7 @@ mod lock;
 pub mod mirror;
 mod outcome;
 mod remove;
+pub mod review;
 mod save;
 mod taskindex;
 mod taskrepo;

@@ -7,6 +7,7 @@ mod du;
 mod logs;
 mod ps;
 mod remote;
+mod review;
 mod serve;
 mod submit;
 mod task;
@@ -120,6 +121,8 @@ async fn local(
         Command::Wait(args) => (logs::wait(&args).await, exit::FAILED),
         Command::Cancel(args) => (cancel::run(&args).await, exit::FAILED),
         Command::Push(args) => (cancel::push(&args).await, exit::ORCH_FAILED),
+        Command::Diff(args) => (blocking(|| review::diff(&args)), exit::FAILED),
+        Command::Merge(args) => (blocking(|| review::merge(&args)), exit::FAILED),
         Command::Cleanup(args) => (cleanup::run(args).await, exit::FAILED),
         Command::Du(args) => (blocking(|| du::run(&args)), exit::FAILED),
         Command::Serve(args) => (serve::run(args, watchdog).await, exit::ORCH_FAILED),

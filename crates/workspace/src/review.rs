@@ -1,0 +1,190 @@
+//! Taking a task's result: what its branch changed against its base
+//! (`orch diff`), and bringing it into the user's current branch (`orch
+//! merge`).
+//!
+//! Both go through the hardened git with no system or global config
+//! (`isolated`): the task's tree may carry `.gitattributes` naming filter,
+//! diff or merge drivers, and none is defined anywhere orch's git looks, so
+//! nothing the task wrote can make the host run a program. Hooks are off as
+//! for every call.
+
+use crate::git::{Git, HEAVY_TIMEOUT, Repo};
+use crate::lock::RepoLock;
+use crate::{Error, Layout};
+
+/// How `orch merge` brings a branch in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeWay {
+    /// A merge commit (`git merge --no-ff`), the task's commits kept.
+    Merge,
+    /// One new commit with the branch's changes (`git merge --squash`).
+    Squash,
+}
+
+/// What `orch merge` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merged {
+    /// The branch is in: the new tip of the user's branch.
+    Done {
+        /// The commit made.
+        commit: String,
+    },
+    /// The branch had nothing the user's branch lacks.
+    AlreadyUpToDate,
+    /// git stopped on conflicts, left in the user's tree to resolve (or
+    /// `git merge --abort`).
+    Conflicts {
+        /// The paths in conflict.
+        paths: Vec<String>,
+    },
+}
+
+/// The tip of `branch` in `repo`, if the branch exists.
+pub fn branch_tip(repo: &Repo, layout: &Layout, branch: &str) -> Result<Option<String>, Error> {
+    let tip = Git::at(layout, &repo.common_dir)
+        .run(
+            "read a task's branch",
+            &[
+                "for-each-ref",
+                "--format=%(objectname)",
+                &format!("refs/heads/{branch}"),
+            ],
+        )?
+        .trim()
+        .to_owned();
+    Ok((!tip.is_empty()).then_some(tip))
+}
+
+/// What `branch` changed against `base`, as `git diff` prints it (`stat`:
+/// as `git diff --stat`; `color`: with colours).
+pub fn diff(
+    repo: &Repo,
+    layout: &Layout,
+    base: &str,
+    branch: &str,
+    stat: bool,
+    color: bool,
+) -> Result<Vec<u8>, Error> {
+    let mut args = vec![
+        "diff".to_owned(),
+        "--no-ext-diff".into(),
+        "--no-textconv".into(),
+        if color {
+            "--color=always".into()
+        } else {
+            "--no-color".into()
+        },
+    ];
+    if stat {
+        args.push("--stat".into());
+    }
+    args.extend([base.to_owned(), format!("refs/heads/{branch}"), "--".into()]);
+    Git::at(layout, &repo.common_dir)
+        .isolated()
+        .timeout(HEAVY_TIMEOUT)
+        .run_bytes("diff a task's branch", &args)
+}
+
+/// Brings `branch` into the branch checked out in `repo`'s working tree,
+/// committed with `message` by `identity` (`GIT_AUTHOR_*` and
+/// `GIT_COMMITTER_*` pairs: the user's own, read from their config, since
+/// this git reads none of it). Refused when tracked files have changes:
+/// the user's work in progress is never mixed into the merge.
+pub fn merge(
+    repo: &Repo,
+    layout: &Layout,
+    branch: &str,
+    way: MergeWay,
+    message: &str,
+    identity: &[(String, String)],
+) -> Result<Merged, Error> {
+    let bare = Git::at(layout, &repo.git_dir).run(
+        "look at the repository",
+        &["rev-parse", "--is-bare-repository"],
+    )?;
+    if bare == "true" {
+        return Err(Error::Refused(format!(
+            "{} has no working tree to merge into (fetch {branch} from it and merge it in a clone)",
+            repo.top.display()
+        )));
+    }
+    let lock = RepoLock::acquire(layout, &repo.common_dir)?;
+    let git = || {
+        let mut git = Git::at(layout, &repo.git_dir)
+            .work_tree(&repo.top)
+            .in_dir(&repo.top)
+            .isolated()
+            .holding(&lock)
+            .timeout(HEAVY_TIMEOUT);
+        for (key, value) in identity {
+            git = git.env(key, value);
+        }
+        git
+    };
+    let changed = git().run_bytes(
+        "look for uncommitted changes",
+        &["status", "--porcelain=v1", "-z", "--untracked-files=no"],
+    )?;
+    let count = changed
+        .split(|b| *b == 0)
+        .filter(|record| record.len() > 3 && record[2] == b' ')
+        .count();
+    if count > 0 {
+        return Err(Error::Refused(format!(
+            "{} has {count} uncommitted change(s) to tracked files: commit or stash them first",
+            repo.top.display()
+        )));
+    }
+    let tip_ref = format!("refs/heads/{branch}");
+    let head = git().run("read HEAD", &["rev-parse", "--verify", "HEAD^{commit}"])?;
+    let merged = git().run(
+        "compare the branch with HEAD",
+        &["rev-list", "--count", &format!("HEAD..{tip_ref}")],
+    )?;
+    if merged.trim() == "0" {
+        return Ok(Merged::AlreadyUpToDate);
+    }
+    let attempt = match way {
+        MergeWay::Merge => git().run(
+            "merge a task's branch",
+            &["merge", "--no-ff", "--no-edit", "-m", message, &tip_ref],
+        ),
+        MergeWay::Squash => git()
+            .run("squash a task's branch", &["merge", "--squash", &tip_ref])
+            .and_then(|_| {
+                let staged = git().run_bytes(
+                    "look at the squashed changes",
+                    &["diff", "--cached", "--name-only", "-z"],
+                )?;
+                if staged.is_empty() {
+                    return Ok(String::new());
+                }
+                git().run(
+                    "commit the squashed changes",
+                    &["commit", "--no-verify", "-m", message],
+                )
+            }),
+    };
+    if let Err(error) = attempt {
+        let conflicted = git()
+            .run_bytes(
+                "list conflicts",
+                &["diff", "--name-only", "-z", "--diff-filter=U"],
+            )
+            .unwrap_or_default();
+        let paths: Vec<String> = conflicted
+            .split(|b| *b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        if paths.is_empty() {
+            return Err(error);
+        }
+        return Ok(Merged::Conflicts { paths });
+    }
+    let commit = git().run("read HEAD", &["rev-parse", "--verify", "HEAD^{commit}"])?;
+    if commit == head {
+        return Ok(Merged::AlreadyUpToDate);
+    }
+    Ok(Merged::Done { commit })
+}
