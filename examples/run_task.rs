@@ -45,6 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let request = TaskRequest {
         project,
         desc: "echo hello from the library; progress 50 halfway; exit 7".into(),
+        name: None,
         git_ref: None,
         keep_workspace: None,
         detached: false,

@@ -415,7 +415,9 @@ fn bad_requests_get_clear_errors_and_never_hurt_the_daemon() {
         stderr(&out)
     );
     error("GET", "/v1/tasks/0000ffff", None, 404);
-    error("GET", "/v1/tasks/zz", None, 400);
+    error("GET", "/v1/tasks/ab", None, 400);
+    // A name that no task has.
+    error("GET", "/v1/tasks/zz", None, 404);
     error("GET", "/v1/nope", None, 404);
     // Two tasks of one millisecond-prefix: an ambiguous prefix lists both.
     let a = daemon.submit(spec(&env, "exit 0"));

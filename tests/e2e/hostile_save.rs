@@ -209,7 +209,7 @@ fn a_save_past_its_deadline_frees_the_slot_and_says_so() {
         let ps = env.ok(&["ps"]);
         let metrics = daemon.request("GET", "/metrics", None).body;
         (ps.lines()
-            .any(|l| l.contains(&slow[..13]) && l.contains("saving"))
+            .any(|l| l.contains(&helper::short(&slow)) && l.contains("saving"))
             && metrics.contains("orch_tasks{state=\"saving\"} 1"))
         .then_some(())
     });

@@ -85,7 +85,7 @@ fn the_cli_runs_every_verb_against_a_remote_daemon() {
         .output()
         .unwrap();
     assert_eq!(code(&ps), 0, "{}", stderr(&ps));
-    assert!(stdout(&ps).contains(&id[..13]), "{}", stdout(&ps));
+    assert!(stdout(&ps).contains(&helper::short(&id)), "{}", stdout(&ps));
     let logs = remote(&env, &host, &ca)
         .args(["logs", "-f", &id])
         .output()
@@ -106,7 +106,12 @@ fn the_cli_runs_every_verb_against_a_remote_daemon() {
         .args(["ps", "-q", "--state", "failed"])
         .output()
         .unwrap();
-    assert_eq!(stdout(&quiet).trim(), &id[..13], "{}", stderr(&quiet));
+    assert_eq!(
+        stdout(&quiet).trim(),
+        &helper::short(&id),
+        "{}",
+        stderr(&quiet)
+    );
     // submit, then cancel it while it runs.
     let out = remote(&env, &host, &ca)
         .args(["submit"])
@@ -150,7 +155,7 @@ fn the_cli_runs_every_verb_against_a_remote_daemon() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stdout(&out).contains(&id[..13]));
+    assert!(stdout(&out).contains(&helper::short(&id)));
     // Commands of the daemon's own host are refused, naming why.
     let out = remote(&env, &host, &ca)
         .args(["push", &id])

@@ -155,7 +155,7 @@ fn listing_tailing_and_waiting() {
             .args(["ps", "-q", "--state", "running"])
             .output()
             .unwrap();
-        (stdout(&out).trim() == &running[..13]).then_some(())
+        (stdout(&out).trim() == helper::short(&running)).then_some(())
     });
     let ids = |args: &[&str]| {
         let out = env.orch().arg("ps").args(args).output().unwrap();
@@ -164,13 +164,13 @@ fn listing_tailing_and_waiting() {
         ids.sort();
         ids
     };
-    let mut both = vec![failed[..13].to_owned(), running[..13].to_owned()];
+    let mut both = vec![helper::short(&failed), helper::short(&running)];
     both.sort();
-    assert_eq!(ids(&["-q"]), vec![running[..13].to_owned()], "live only");
+    assert_eq!(ids(&["-q"]), vec![helper::short(&running)], "live only");
     assert_eq!(ids(&["-qa"]), both);
     assert_eq!(
         ids(&["-q", "--state", "failed"]),
-        vec![failed[..13].to_owned()],
+        vec![helper::short(&failed)],
         "implies -a"
     );
     assert_eq!(ids(&["-qa", "--project", "proj"]), both);
@@ -646,4 +646,83 @@ fn a_tasks_branch_is_reviewed_and_merged() {
     let none = orch(&["diff", "ffffffff"]);
     assert_ne!(code(&none), 0);
     assert_eq!(stderr(&none).trim().lines().count(), 1, "{}", stderr(&none));
+}
+
+/// Ids people can type: tasks started in the same instant get short ids
+/// (8 hex digits, as `ps` shows them) that tell them apart and work
+/// wherever an id does; `--name` names a task, unique among live ones,
+/// and the name works wherever an id does.
+#[test]
+fn short_ids_and_names_are_accepted_everywhere() {
+    require_docker!();
+    let env = TestEnv::new();
+    env.write_project_config("");
+    let project = env.project.to_str().unwrap().to_owned();
+    let detach = |extra: &[&str], desc: &str| {
+        let out = env
+            .orch()
+            .args(["task", "-d"])
+            .args(extra)
+            .args([project.as_str(), desc])
+            .output()
+            .unwrap();
+        (code(&out), stdout(&out).trim().to_owned(), stderr(&out))
+    };
+    let mut started = Vec::new();
+    for _ in 0..3 {
+        let (status, id, err) = detach(&[], "echo hello; sleep 120");
+        assert_eq!(status, 0, "{err}");
+        started.push(id);
+    }
+    let quiet = env.ok(&["ps", "-q"]);
+    let mut shorts: Vec<&str> = quiet.lines().collect();
+    shorts.sort();
+    shorts.dedup();
+    assert_eq!(shorts.len(), 3, "{quiet}");
+    for id in &started {
+        let short = helper::short(id);
+        assert!(shorts.contains(&short.as_str()), "{short} in {quiet}");
+        assert_eq!(env.show(&short)["id"], id.as_str());
+        let table = env.ok(&["ps"]);
+        assert!(table.lines().any(|l| l.starts_with(&short)), "{table}");
+    }
+
+    let (status, named, err) = detach(&["--name", "fix-login"], "echo named; sleep 120");
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(env.show("fix-login")["id"], named.as_str());
+    assert_eq!(env.show("fix-login")["name"], "fix-login");
+    assert!(env.ok(&["ps"]).contains("fix-login"));
+    let (status, _, err) = detach(&["--name", "fix-login"], "echo twin");
+    assert_eq!(status, 125, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("already named \"fix-login\""), "{err}");
+    for (bad, says) in [
+        ("deadbeef", "reads as a task id"),
+        ("a b", "invalid task name"),
+    ] {
+        let (status, _, err) = detach(&["--name", bad], "echo bad");
+        assert_eq!(status, 125, "{bad}: {err}");
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+    helper::wait_for("its output", Duration::from_secs(60), || {
+        env.ok(&["logs", "fix-login"])
+            .contains("named")
+            .then_some(())
+    });
+    let cancelled = env.orch().args(["cancel", "fix-login"]).output().unwrap();
+    assert_eq!(code(&cancelled), 0, "{}", stderr(&cancelled));
+    let waited = env.orch().args(["wait", "fix-login"]).output().unwrap();
+    assert_eq!(code(&waited), 130, "{}", stderr(&waited));
+    // Ended, its name is free again; `ps --name` lists both.
+    let (status, again, err) = detach(&["--name", "fix-login"], "echo again");
+    assert_eq!(status, 0, "{err}");
+    let listed = env.ok(&["ps", "-q", "--name", "fix-login"]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(listed.contains(&helper::short(&again)));
+    let mut all: Vec<&str> = started.iter().map(String::as_str).collect();
+    all.push(&again);
+    let out = env.orch().arg("cancel").args(&all).output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = env.orch().arg("wait").args(&all).output().unwrap();
+    assert!(code(&out) == 130 || code(&out) == 0, "{}", stderr(&out));
 }

@@ -123,6 +123,9 @@ pub(crate) struct PsArgs {
     /// Only this project's tasks (its name, as the PROJECT column shows it).
     #[arg(long, value_name = "NAME")]
     pub(crate) project: Option<String>,
+    /// Only the tasks of this name (live or not: implies -a).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: Option<String>,
     /// Print JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -132,16 +135,20 @@ impl PsArgs {
     /// The listing asked for, as the API takes it.
     pub(crate) fn query(&self) -> orch_protocol::TaskQuery {
         orch_protocol::TaskQuery {
-            all: self.all || self.state.is_some_and(orch_registry::State::is_terminal),
+            all: self.all
+                || self.state.is_some_and(orch_registry::State::is_terminal)
+                || self.name.is_some(),
             state: self.state,
             project: self.project.clone(),
+            name: self.name.clone(),
         }
     }
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ShowArgs {
-    /// Task id, or a unique prefix of at least 4 hex digits.
+    /// Task id, short id (as ps shows it), name, or a unique prefix of at
+    /// least 4 hex digits.
     pub(crate) id: String,
     /// Print JSON on stdout.
     #[arg(long)]
@@ -150,7 +157,8 @@ pub(crate) struct ShowArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct LogsArgs {
-    /// Task id, or a unique prefix of at least 4 hex digits.
+    /// Task id, short id (as ps shows it), name, or a unique prefix of at
+    /// least 4 hex digits.
     pub(crate) id: String,
     /// Keep printing new output until the task ends.
     #[arg(short, long)]
@@ -163,14 +171,16 @@ pub(crate) struct LogsArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct WaitArgs {
-    /// Task ids, or unique prefixes of at least 4 hex digits.
+    /// Task ids, short ids, names, or unique prefixes of at least 4 hex
+    /// digits.
     #[arg(required = true)]
     pub(crate) ids: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct DiffArgs {
-    /// The task's id, or a unique prefix of at least 4 hex digits.
+    /// The task's id, short id, name, or a unique prefix of at least 4
+    /// hex digits.
     pub(crate) id: String,
     /// Only a summary of the changed files (as `git diff --stat`).
     #[arg(long)]
@@ -179,7 +189,8 @@ pub(crate) struct DiffArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct MergeArgs {
-    /// The task's id, or a unique prefix of at least 4 hex digits.
+    /// The task's id, short id, name, or a unique prefix of at least 4
+    /// hex digits.
     pub(crate) id: String,
     /// One new commit with the branch's changes instead of a merge commit.
     #[arg(long)]
@@ -188,13 +199,15 @@ pub(crate) struct MergeArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct PushArgs {
-    /// The task's id, or a unique prefix of at least 4 hex digits.
+    /// The task's id, short id, name, or a unique prefix of at least 4
+    /// hex digits.
     pub(crate) id: String,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct CancelArgs {
-    /// Task ids, or unique prefixes of at least 4 hex digits.
+    /// Task ids, short ids, names, or unique prefixes of at least 4 hex
+    /// digits.
     #[arg(required = true)]
     pub(crate) ids: Vec<String>,
 }
@@ -347,6 +360,11 @@ pub(crate) struct TaskArgs {
     /// project's.
     #[arg(long, value_name = "NETWORK")]
     pub(crate) network: Option<String>,
+
+    /// A name for the task, unique among live tasks, accepted wherever an
+    /// id is (letters, digits, '_', '.', '-').
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: Option<String>,
 
     /// Start the workspace branch from this commit, branch or tag instead of
     /// the project's HEAD.

@@ -179,7 +179,9 @@ impl Error {
             ) => ErrorKind::Input,
             Error::Registry(orch_registry::Error::NotFound(_)) => ErrorKind::NotFound,
             Error::Registry(orch_registry::Error::Ambiguous { .. }) => ErrorKind::Ambiguous,
-            Error::Registry(orch_registry::Error::InvalidId(_)) => ErrorKind::Input,
+            Error::Registry(
+                orch_registry::Error::InvalidId(_) | orch_registry::Error::NameTaken(_),
+            ) => ErrorKind::Input,
             _ => ErrorKind::Internal,
         }
     }

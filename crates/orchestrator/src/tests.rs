@@ -58,6 +58,7 @@ fn request(timeout: Option<Duration>, grace: Duration) -> TaskRequest {
             },
         },
         desc: "work".into(),
+        name: None,
         git_ref: None,
         keep_workspace: None,
         detached: false,

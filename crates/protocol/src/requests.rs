@@ -14,6 +14,10 @@ pub struct SubmitSpec {
     pub project: String,
     /// What to do; replaces `{desc}` in the project's command.
     pub desc: String,
+    /// A name for the task, unique among live tasks; accepted wherever an
+    /// id is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Image, instead of the project's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -86,6 +90,8 @@ pub struct TaskQuery {
     pub state: Option<State>,
     /// Only this project's.
     pub project: Option<String>,
+    /// Only the tasks of this name.
+    pub name: Option<String>,
 }
 
 impl TaskQuery {
@@ -100,6 +106,9 @@ impl TaskQuery {
         }
         if let Some(project) = &self.project {
             parts.push(format!("project={}", percent_encode(project)));
+        }
+        if let Some(name) = &self.name {
+            parts.push(format!("name={}", percent_encode(name)));
         }
         if parts.is_empty() {
             String::new()
@@ -169,8 +178,12 @@ mod tests {
             all: true,
             state: Some(State::Queued),
             project: Some("a b/c".into()),
+            name: Some("fix-login".into()),
         };
-        assert_eq!(q.to_query(), "?all=1&state=queued&project=a%20b%2Fc");
+        assert_eq!(
+            q.to_query(),
+            "?all=1&state=queued&project=a%20b%2Fc&name=fix-login"
+        );
         assert_eq!(TaskQuery::default().to_query(), "");
     }
 }

@@ -149,6 +149,12 @@ macro_rules! conformance {
                 }
             }
             #[test]
+            fn names_and_short_ids_resolve() {
+                if let Some(fresh) = $fresh {
+                    crate::conformance::names_and_short_ids_resolve(&fresh);
+                }
+            }
+            #[test]
             fn output_is_kept_for_other_nodes() {
                 if let Some(fresh) = $fresh {
                     crate::conformance::output_is_kept_for_other_nodes(&fresh);
@@ -292,7 +298,8 @@ pub(crate) fn prefixes_resolve_with_or_without_hyphens(db: &impl Fresh) {
     assert_eq!(reg.resolve(&simple[..12]).unwrap(), a.id);
     assert_eq!(reg.resolve(&full[..13].to_uppercase()).unwrap(), a.id);
     assert!(matches!(reg.resolve("abc"), Err(Error::InvalidId(_))));
-    assert!(matches!(reg.resolve("zzzz"), Err(Error::InvalidId(_))));
+    assert!(matches!(reg.resolve("zz!z"), Err(Error::InvalidId(_))));
+    assert!(matches!(reg.resolve("zzzz"), Err(Error::NotFound(_))));
     assert!(matches!(reg.resolve("ffff"), Err(Error::NotFound(_))));
     let mut b = record(State::Running);
     b.id = Uuid::parse_str(&format!("{}0000-0000-7000-8000-000000000000", &full[..4])).unwrap();
@@ -946,4 +953,56 @@ pub(crate) fn a_claimed_task_never_started_goes_back_to_the_queue_once(db: &impl
     reg.mark_running(&again.attempt(), 5, LEASE).unwrap();
     assert!(!reg.requeue(&again.attempt(), "running").unwrap());
     assert_eq!(reg.get(&task.id).unwrap().unwrap().state, State::Running);
+}
+
+/// A task is found by its short id (the last 8 hex digits, or a prefix of
+/// at least 4) as by a prefix of its id, and by its name: the live task of
+/// that name, else the latest. A name is taken only while its task is live.
+pub(crate) fn names_and_short_ids_resolve(db: &impl Fresh) {
+    let reg = db.handle();
+    let a = record(State::Running);
+    reg.insert(&a).unwrap();
+    let short = crate::short_id(&a.id);
+    assert_eq!(short.len(), 8);
+    assert!(a.id.to_string().ends_with(&short));
+    assert_eq!(reg.resolve(&short).unwrap(), a.id);
+    assert_eq!(reg.resolve(&short[..5].to_uppercase()).unwrap(), a.id);
+
+    let mut named = record(State::Running);
+    named.name = Some("fix-login".into());
+    reg.insert(&named).unwrap();
+    assert_eq!(reg.resolve("fix-login").unwrap(), named.id);
+    assert_eq!(
+        reg.get(&named.id).unwrap().unwrap().name.as_deref(),
+        Some("fix-login")
+    );
+    let mut twin = record(State::Queued);
+    twin.name = Some("fix-login".into());
+    assert!(matches!(reg.insert(&twin), Err(Error::NameTaken(_))));
+    assert!(
+        reg.get(&twin.id).unwrap().is_none(),
+        "nothing half-recorded"
+    );
+    let done = Finish {
+        state: State::Succeeded,
+        exit_code: Some(0),
+        reason: "done".into(),
+        at: crate::now_ms(),
+    };
+    reg.finish(&named.attempt(), &done).unwrap();
+    assert_eq!(
+        reg.resolve("fix-login").unwrap(),
+        named.id,
+        "the latest, ended"
+    );
+    reg.insert(&twin).unwrap();
+    assert_eq!(
+        reg.resolve("fix-login").unwrap(),
+        twin.id,
+        "the live one first"
+    );
+    assert!(matches!(
+        reg.resolve("no-such-task"),
+        Err(Error::NotFound(_))
+    ));
 }

@@ -151,6 +151,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN remote TEXT;
     ALTER TABLE tasks ADD COLUMN delivered INTEGER;
 ",
+    // Task names, unique among live tasks.
+    r"
+    ALTER TABLE tasks ADD COLUMN name TEXT;
+    CREATE UNIQUE INDEX tasks_live_name ON tasks (name)
+        WHERE name IS NOT NULL AND state IN ('queued', 'creating', 'running');
+",
 ];
 
 /// Records a task's repository and its branch's base (for `cleanup
@@ -197,7 +203,7 @@ const COLUMNS: &str = concat!(
     keep_failed_workspace, stop_grace_ms, session, owner_pid, owner_start, owner_boot, \
     lease_until, progress, progress_message, progress_at, cancel_requested, detached, \
     keep_workspace, base, git_dir, spec, priority, max_parallel",
-    ", notes, attempt, node_id, node, retries, constraints, remote, delivered"
+    ", notes, attempt, node_id, node, retries, constraints, remote, delivered, name"
 );
 
 /// The columns a new record is written with (notes come later).
@@ -206,7 +212,7 @@ const INSERTED: &str = "id, project, description, state, created_at, started_at,
     keep_failed_workspace, stop_grace_ms, session, owner_pid, owner_start, owner_boot, \
     lease_until, progress, progress_message, progress_at, cancel_requested, detached, \
     keep_workspace, base, git_dir, spec, priority, max_parallel, attempt, node_id, node, \
-    retries, constraints, remote, delivered";
+    retries, constraints, remote, delivered, name";
 
 /// Whether the attempt a write is made under still holds the task, inside
 /// the write's transaction.
@@ -498,11 +504,24 @@ impl Store for Registry {
     fn insert(&self, task: &TaskRecord) -> Result<(), Error> {
         self.write("record a task", |tx| {
             let err = self.sql("record a task");
+            if let Some(name) = &task.name {
+                let taken: bool = tx
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM tasks WHERE name = ?1 \
+                         AND state IN ('queued', 'creating', 'running'))",
+                        [name],
+                        |r| r.get(0),
+                    )
+                    .map_err(&err)?;
+                if taken {
+                    return Err(Error::NameTaken(name.clone()));
+                }
+            }
             tx.execute(
                 &format!(
                     "INSERT INTO tasks ({INSERTED}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
                      ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
-                     ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40)"
+                     ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41)"
                 ),
                 params![
                     task.id.to_string(),
@@ -545,6 +564,7 @@ impl Store for Registry {
                     serde_json::to_string(&task.queue.constraints).unwrap_or_else(|_| "[]".into()),
                     task.workspace.remote,
                     task.workspace.delivered,
+                    task.name,
                 ],
             )
             .map_err(&err)?;
@@ -746,7 +766,7 @@ impl Store for Registry {
             Listing::Live => format!("WHERE {LIVE}"),
         };
         let sql = format!(
-            "SELECT id, project, state, created_at, progress, workspace, workspace_state \
+            "SELECT id, project, state, created_at, progress, workspace, workspace_state, name \
              FROM tasks {filter} ORDER BY id"
         );
         let err = self.sql("list tasks");
@@ -772,6 +792,7 @@ impl Store for Registry {
                     .map_err(&err)?
                     .as_deref()
                     .and_then(WorkspaceState::parse),
+                name: row.get(7).map_err(&err)?,
             });
         }
         Ok(())
@@ -1119,23 +1140,42 @@ impl Store for Registry {
         rows.collect::<Result<Vec<_>, _>>().map_err(&err)
     }
 
-    /// The one task whose id starts with `prefix` (at least 4 hex digits,
-    /// hyphens optional).
-    fn resolve(&self, prefix: &str) -> Result<Uuid, Error> {
-        let pattern = crate::record::id_pattern(prefix)?;
+    /// The one task `text` names: its name (the live task of that name,
+    /// else the latest), or a prefix of its id or of its short id (at
+    /// least 4 hex digits, hyphens optional).
+    fn resolve(&self, text: &str) -> Result<Uuid, Error> {
         let err = self.sql("look up a task id");
         let conn = self.conn();
-        let mut statement = conn
-            .prepare_cached(
-                "SELECT id FROM tasks WHERE id >= ?1 AND id < ?1 || 'z' ORDER BY id LIMIT 11",
-            )
-            .map_err(&err)?;
-        let ids: Vec<String> = statement
-            .query_map([&pattern], |r| r.get(0))
-            .map_err(&err)?
-            .collect::<Result<_, _>>()
-            .map_err(&err)?;
-        crate::record::one_id(prefix, &ids, &self.place())
+        let ids: Vec<String> = match crate::record::Lookup::of(text)? {
+            crate::record::Lookup::Name(name) => {
+                let mut statement = conn
+                    .prepare_cached(
+                        "SELECT id FROM tasks WHERE name = ?1 \
+                         ORDER BY state IN ('queued', 'creating', 'running') DESC, id DESC LIMIT 1",
+                    )
+                    .map_err(&err)?;
+                statement
+                    .query_map([&name], |r| r.get(0))
+                    .map_err(&err)?
+                    .collect::<Result<_, _>>()
+                    .map_err(&err)?
+            }
+            crate::record::Lookup::Id { pattern, short } => {
+                let mut statement = conn
+                    .prepare_cached(
+                        "SELECT id FROM tasks WHERE (id >= ?1 AND id < ?1 || 'z') \
+                         OR (?2 IS NOT NULL AND substr(id, 29, 8) >= ?2 AND substr(id, 29, 8) < ?2 || 'z') \
+                         ORDER BY id LIMIT 11",
+                    )
+                    .map_err(&err)?;
+                statement
+                    .query_map(params![pattern, short], |r| r.get(0))
+                    .map_err(&err)?
+                    .collect::<Result<_, _>>()
+                    .map_err(&err)?
+            }
+        };
+        crate::record::one_id(text, &ids, &self.place())
     }
 
     fn place(&self) -> String {
@@ -1331,6 +1371,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
             .map_err(|_| bad(0, format!("bad task id {id:?}")))?,
         project: text(1)?,
         description: text(2)?,
+        name: row.get(41)?,
         state: state
             .parse()
             .map_err(|e: crate::state::UnknownState| bad(3, e.to_string()))?,

@@ -82,6 +82,9 @@ pub enum Error {
         /// The ids it matches (at most ten).
         candidates: Vec<String>,
     },
+    /// A live task already has this name.
+    #[error("a live task is already named {0:?}: names are unique among queued and running tasks")]
+    NameTaken(String),
     /// An id or prefix that cannot be one.
     #[error("invalid task id {0:?}: give at least 4 hex digits of it")]
     InvalidId(String),

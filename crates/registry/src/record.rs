@@ -168,6 +168,8 @@ pub struct TaskRecord {
     pub project: String,
     /// The task description.
     pub description: String,
+    /// The name it was given (`--name`), unique among live tasks.
+    pub name: Option<String>,
     /// Lifecycle state.
     pub state: State,
     /// When the record was written.
@@ -214,6 +216,7 @@ impl TaskRecord {
             id,
             project: project.to_owned(),
             description: description.to_owned(),
+            name: None,
             state,
             created_at: crate::now_ms(),
             started_at: None,
@@ -287,6 +290,8 @@ pub struct TaskBrief {
     pub id: String,
     /// Project name.
     pub project: String,
+    /// The task's name, if it has one.
+    pub name: Option<String>,
     /// Lifecycle state.
     pub state: State,
     /// When the record was written.
@@ -412,6 +417,68 @@ pub(crate) fn rescue_fate(from: State, again: bool, owner: &str) -> (State, Stat
 
 /// The hyphenated form a task id prefix (at least 4 hex digits, hyphens
 /// optional) takes as stored, to look it up by range.
+/// How many hex digits a task's short id has.
+pub const SHORT_ID_LEN: usize = 8;
+
+/// A task's short id: the last [`SHORT_ID_LEN`] hex digits of its id. A
+/// UUID v7 begins with the clock (tasks started together share their
+/// first digits) and ends with random bits, so its end tells tasks apart.
+pub fn short_id(id: &Uuid) -> String {
+    let hex = id.simple().to_string();
+    hex[hex.len() - SHORT_ID_LEN..].to_owned()
+}
+
+/// Whether `name` can name a task: 1 to 64 of letters, digits, `_`, `.`
+/// and `-`, starting with a letter or digit, and not all hex digits and
+/// hyphens (it would read as an id). The reason if not.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let valid_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if name.is_empty() || name.len() > 64 || !valid_chars {
+        return Err(format!(
+            "invalid task name {name:?}: use 1 to 64 letters, digits, '_', '.' or '-'"
+        ));
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return Err(format!(
+            "invalid task name {name:?}: it must start with a letter or digit"
+        ));
+    }
+    if name.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Err(format!(
+            "invalid task name {name:?}: it reads as a task id; use a letter past f"
+        ));
+    }
+    Ok(())
+}
+
+/// What a user typed to name a task: a name, or hex digits that are a
+/// prefix of an id or of a short id.
+pub(crate) enum Lookup {
+    /// A task name.
+    Name(String),
+    /// A prefix of a hyphenated id (`pattern`), and, for at most
+    /// [`SHORT_ID_LEN`] digits, a prefix of a short id.
+    Id {
+        pattern: String,
+        short: Option<String>,
+    },
+}
+
+impl Lookup {
+    pub(crate) fn of(text: &str) -> Result<Lookup, crate::Error> {
+        if check_name(text).is_ok() {
+            return Ok(Lookup::Name(text.to_owned()));
+        }
+        let pattern = id_pattern(text)?;
+        let hex: String = text.chars().filter(|c| *c != '-').collect();
+        let short =
+            (hex.len() <= SHORT_ID_LEN && !text.contains('-')).then(|| hex.to_ascii_lowercase());
+        Ok(Lookup::Id { pattern, short })
+    }
+}
+
 pub(crate) fn id_pattern(prefix: &str) -> Result<String, crate::Error> {
     let hex: String = prefix
         .chars()

@@ -125,6 +125,7 @@ struct ListQuery {
     all: Option<String>,
     state: Option<String>,
     project: Option<String>,
+    name: Option<String>,
 }
 
 fn flag(value: Option<&str>) -> Result<bool, ApiError> {
@@ -148,10 +149,13 @@ async fn list(
         .map(str::parse)
         .transpose()
         .map_err(|e: orch_registry::UnknownState| ApiError::bad_request(e.to_string()))?;
-    let tasks = s
+    let mut tasks = s
         .supervisor
         .tasks(flag(q.all.as_deref())?, state, q.project)
         .await?;
+    if let Some(name) = &q.name {
+        tasks.retain(|t| t.name.as_ref() == Some(name));
+    }
     Ok(Json(tasks).into_response())
 }
 

@@ -566,3 +566,8 @@ pub(crate) fn stderr(output: &Output) -> String {
 pub(crate) fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// A task's short id, as `orch ps` shows it: the last 8 hex digits.
+pub(crate) fn short(id: &str) -> String {
+    id[id.len() - 8..].to_owned()
+}

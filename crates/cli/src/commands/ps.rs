@@ -41,49 +41,42 @@ pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
     let registry = open_registry()?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let filtered = query.state.is_some() || query.project.is_some();
+    let filtered = query.state.is_some() || query.project.is_some() || query.name.is_some();
     let shared = registry.as_ref().is_some_and(|r| r.shared());
     if args.json || args.quiet || filtered || shared {
-        let tasks = match &registry {
+        let mut tasks = match &registry {
             Some(registry) => {
                 registry.list_where(listing, query.state, query.project.as_deref())?
             }
             None => Vec::new(),
         };
+        if let Some(name) = &query.name {
+            tasks.retain(|t| t.name.as_ref() == Some(name));
+        }
         return print_listing(&tasks, args, shared, &mut out);
     }
     let now = now_ms();
-    writeln!(
-        out,
-        "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  WORKSPACE",
-        "ID", "PROJECT", "STATUS", "PROGRESS", "AGE"
-    )?;
+    header(&mut out, false)?;
     let mut written = Ok(());
     if let Some(registry) = &registry {
         registry.for_each_brief(listing, &mut |task| {
             if written.is_err() {
                 return;
             }
-            let progress = task
-                .progress
-                .map_or_else(|| "-".into(), |p| format!("{p}%"));
-            let workspace = match (&task.workspace, task.workspace_state) {
-                (None, _) => "-",
-                (Some(_), Some(WorkspaceState::Removed)) => "(removed)",
-                (Some(path), _) => path.as_str(),
-            };
-            written = writeln!(
-                out,
-                "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  {workspace}",
-                task.id.get(..13).unwrap_or(&task.id),
-                truncate(&crate::output::safe(&task.project), 16),
-                if task.workspace_state == Some(WorkspaceState::Saving) {
-                    "saving"
-                } else {
-                    task.state.as_str()
+            written = row(
+                &mut out,
+                &Row {
+                    id: &task.id,
+                    name: task.name.as_deref(),
+                    project: &task.project,
+                    state: task.state,
+                    progress: task.progress,
+                    created_at: task.created_at,
+                    workspace: task.workspace.as_deref(),
+                    workspace_state: task.workspace_state,
+                    node: None,
                 },
-                progress,
-                age(now - task.created_at),
+                now,
             );
         })?;
     }
@@ -106,7 +99,7 @@ pub(crate) fn print_listing(
         writeln!(out)?;
     } else if args.quiet {
         for task in tasks {
-            writeln!(out, "{}", &task.id.to_string()[..13])?;
+            writeln!(out, "{}", orch_registry::short_id(&task.id))?;
         }
     } else {
         return print_table(tasks, nodes, out, now_ms());
@@ -122,55 +115,88 @@ pub(crate) fn print_table(
     out: &mut impl Write,
     now: i64,
 ) -> anyhow::Result<ExitCode> {
-    if nodes {
-        writeln!(
-            out,
-            "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  {:<16}  WORKSPACE",
-            "ID", "PROJECT", "STATUS", "PROGRESS", "AGE", "NODE"
-        )?;
-    } else {
-        writeln!(
-            out,
-            "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  WORKSPACE",
-            "ID", "PROJECT", "STATUS", "PROGRESS", "AGE"
-        )?;
-    }
+    header(out, nodes)?;
     for task in tasks {
         let id = task.id.to_string();
-        let workspace = match (&task.workspace.path, task.workspace.state) {
-            (None, _) => "-",
-            (Some(_), Some(WorkspaceState::Removed)) => "(removed)",
-            (Some(path), _) => path.as_str(),
-        };
-        let node = if nodes {
-            format!(
-                "{:<16}  ",
-                truncate(
-                    &crate::output::safe(task.owner.node.as_deref().unwrap_or("-")),
-                    16
-                )
-            )
-        } else {
-            String::new()
-        };
-        writeln!(
+        row(
             out,
-            "{:<13}  {:<16}  {:<10}  {:>8}  {:>5}  {node}{workspace}",
-            &id[..13],
-            truncate(&crate::output::safe(&task.project), 16),
-            if task.workspace.state == Some(WorkspaceState::Saving) {
-                "saving"
-            } else {
-                task.state.as_str()
+            &Row {
+                id: &id,
+                name: task.name.as_deref(),
+                project: &task.project,
+                state: task.state,
+                progress: task.progress.percent,
+                created_at: task.created_at,
+                workspace: task.workspace.path.as_deref(),
+                workspace_state: task.workspace.state,
+                node: nodes.then_some(task.owner.node.as_deref()),
             },
-            task.progress
-                .percent
-                .map_or_else(|| "-".into(), |p| format!("{p}%")),
-            age(now - task.created_at),
+            now,
         )?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of `orch ps`, from a whole record or a brief one.
+struct Row<'a> {
+    /// The id, hyphenated.
+    id: &'a str,
+    name: Option<&'a str>,
+    project: &'a str,
+    state: orch_registry::State,
+    progress: Option<i64>,
+    created_at: i64,
+    workspace: Option<&'a str>,
+    workspace_state: Option<WorkspaceState>,
+    /// The node that runs it, when the table has a NODE column.
+    node: Option<Option<&'a str>>,
+}
+
+fn header(out: &mut impl Write, nodes: bool) -> std::io::Result<()> {
+    let node = if nodes {
+        format!("{:<16}  ", "NODE")
+    } else {
+        String::new()
+    };
+    writeln!(
+        out,
+        "{:<8}  {:<16}  {:<16}  {:<10}  {:>8}  {:>5}  {node}WORKSPACE",
+        "ID", "NAME", "PROJECT", "STATUS", "PROGRESS", "AGE"
+    )
+}
+
+fn row(out: &mut impl Write, task: &Row<'_>, now: i64) -> std::io::Result<()> {
+    // The short id: the last digits of the id (its first ones are the
+    // clock, shared by tasks started together).
+    let short = task
+        .id
+        .get(task.id.len().saturating_sub(orch_registry::SHORT_ID_LEN)..)
+        .unwrap_or(task.id);
+    let workspace = match (task.workspace, task.workspace_state) {
+        (None, _) => "-",
+        (Some(_), Some(WorkspaceState::Removed)) => "(removed)",
+        (Some(path), _) => path,
+    };
+    let column = |text: Option<&str>| truncate(&crate::output::safe(text.unwrap_or("-")), 16);
+    let node = match task.node {
+        Some(node) => format!("{:<16}  ", column(node)),
+        None => String::new(),
+    };
+    writeln!(
+        out,
+        "{short:<8}  {:<16}  {:<16}  {:<10}  {:>8}  {:>5}  {node}{workspace}",
+        column(task.name),
+        column(Some(task.project)),
+        if task.workspace_state == Some(WorkspaceState::Saving) {
+            "saving"
+        } else {
+            task.state.as_str()
+        },
+        task.progress
+            .map_or_else(|| "-".into(), |p| format!("{p}%")),
+        age(now - task.created_at),
+    )
 }
 
 pub(crate) fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
@@ -200,6 +226,8 @@ pub(crate) fn print_show(task: &TaskRecord, json: bool, log: &str) -> anyhow::Re
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let rows = [
         ("id", task.id.to_string()),
+        ("short id", orch_registry::short_id(&task.id)),
+        ("name", opt(&task.name)),
         ("project", task.project.clone()),
         ("description", task.description.clone()),
         ("status", task.state.to_string()),

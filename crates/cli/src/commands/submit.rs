@@ -81,6 +81,7 @@ pub(crate) fn spec(
     Ok(SubmitSpec {
         project,
         desc: task.desc.clone(),
+        name: task.name.clone(),
         image: task.image.clone(),
         timeout: duration(task.timeout),
         stop_grace: duration(task.stop_grace),

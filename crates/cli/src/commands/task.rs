@@ -56,6 +56,7 @@ fn request(
     Ok(TaskRequest {
         project,
         desc: args.desc.clone(),
+        name: args.name.clone(),
         git_ref,
         keep_workspace: match (args.keep_workspace, args.rm_workspace) {
             (true, _) => Some(true),
@@ -294,6 +295,7 @@ fn task_argv(args: &TaskArgs, git_ref: Option<String>) -> Vec<String> {
     flag("--stop-grace", duration(args.stop_grace));
     flag("--user", args.user.clone());
     flag("--ref", git_ref);
+    flag("--name", args.name.clone());
     flag("--memory", args.memory.clone());
     flag("--cpus", args.cpus.map(|c| c.to_string()));
     flag("--network", args.network.clone());

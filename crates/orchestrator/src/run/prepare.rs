@@ -74,6 +74,12 @@ pub(crate) async fn check(
     task_id: Uuid,
 ) -> Result<Option<(Repo, String)>, Error> {
     let settings = &request.project.settings;
+    if let Some(name) = &request.name {
+        orch_registry::check_name(name).map_err(|message| ConfigError::Flag {
+            flag: "name".into(),
+            message,
+        })?;
+    }
     crate::runtime::validate_reference(&settings.image).map_err(|message| ConfigError::Flag {
         flag: "image".into(),
         message,

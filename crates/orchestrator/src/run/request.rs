@@ -13,6 +13,8 @@ pub struct TaskRequest {
     pub project: Project,
     /// The task description; replaces `{desc}` in the command.
     pub desc: String,
+    /// A name for the task (`--name`), unique among live tasks.
+    pub name: Option<String>,
     /// Where the workspace branch starts (default: the project's HEAD).
     pub git_ref: Option<String>,
     /// Keep (`Some(true)`) or remove (`Some(false)`) the workspace whatever

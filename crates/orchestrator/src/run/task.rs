@@ -114,6 +114,7 @@ impl TaskRun<'_> {
             &self.name,
             &settings.image,
         );
+        record.name = request.name.clone();
         record.stop_grace_ms = i64::try_from(settings.stop_grace.as_millis()).unwrap_or(i64::MAX);
         record.owner = TaskOwner {
             session: session.id.to_string(),

@@ -182,6 +182,7 @@ impl Supervisor {
             &session::container_name(&id),
             &settings.image,
         );
+        record.name = request.name.clone();
         record.stop_grace_ms = i64::try_from(settings.stop_grace.as_millis()).unwrap_or(i64::MAX);
         record.owner.detached = true;
         record.workspace.keep_failed_workspace = settings.keep_failed_workspace;

@@ -71,6 +71,7 @@ pub fn request_of(
     Ok(TaskRequest {
         project,
         desc: spec.desc.clone(),
+        name: spec.name.clone(),
         git_ref: spec.git_ref.clone(),
         keep_workspace: spec.keep_workspace,
         detached: true,

@@ -50,7 +50,7 @@ const COLUMNS: &str = "id, project, description, state, created_at, started_at, 
     keep_failed_workspace, stop_grace_ms, session, owner_pid, owner_start, owner_boot, \
     lease_until, progress, progress_message, progress_at, cancel_requested, detached, \
     keep_workspace, base, git_dir, spec, priority, max_parallel, notes, attempt, node_id, node, \
-    retries, constraints, remote, delivered";
+    retries, constraints, remote, delivered, name";
 
 /// The channels wake-ups go on.
 const QUEUE_CHANNEL: &str = "orch_queue";
@@ -246,6 +246,7 @@ fn record_from_row(row: &Row) -> Result<TaskRecord, Error> {
         id: parse_id(row.get(0))?,
         project: row.get(1),
         description: row.get(2),
+        name: row.get(41),
         state: parse_state(row.get(3))?,
         created_at: row.get(4),
         started_at: row.get(5),
@@ -329,16 +330,30 @@ impl Store for Postgres {
         let state = task.state.as_str();
         let workspace_state = task.workspace.state.map(WorkspaceState::as_str);
         self.transaction("record a task", |tx| {
+            if let Some(name) = &task.name {
+                // The unique index holds it against a race; this names it.
+                let taken: bool = tx
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM tasks WHERE name = $1 \
+                         AND state IN ('queued', 'creating', 'running'))",
+                        &[name],
+                    )?
+                    .get(0);
+                if taken {
+                    return Err(Error::NameTaken(name.clone()).into());
+                }
+            }
             tx.execute(
                 "INSERT INTO tasks (id, project, description, state, created_at, started_at, \
                  finished_at, exit_code, reason, container, image, workspace, branch, repo, \
                  workspace_state, keep_failed_workspace, stop_grace_ms, session, owner_pid, \
                  owner_start, owner_boot, lease_until, progress, progress_message, progress_at, \
                  cancel_requested, detached, keep_workspace, base, git_dir, spec, priority, \
-                 max_parallel, attempt, node_id, node, retries, constraints, remote, delivered) \
+                 max_parallel, attempt, node_id, node, retries, constraints, remote, delivered, \
+                 name) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
                  $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, \
-                 $33, $34, $35, $36, $37, $38, $39, $40) ON CONFLICT (id) DO NOTHING",
+                 $33, $34, $35, $36, $37, $38, $39, $40, $41) ON CONFLICT (id) DO NOTHING",
                 &[
                     &id,
                     &task.project,
@@ -380,6 +395,7 @@ impl Store for Postgres {
                     &task.queue.constraints,
                     &task.workspace.remote,
                     &task.workspace.delivered,
+                    &task.name,
                 ],
             )?;
             note_repo(tx, task)?;
@@ -559,7 +575,7 @@ impl Store for Postgres {
             Listing::Live => format!("WHERE {LIVE}"),
         };
         let sql = format!(
-            "SELECT id, project, state, created_at, progress, workspace, workspace_state \
+            "SELECT id, project, state, created_at, progress, workspace, workspace_state, name \
              FROM tasks {filter} ORDER BY id"
         );
         self.with("list tasks", |c| {
@@ -576,6 +592,7 @@ impl Store for Postgres {
                     workspace_state: row
                         .get::<_, Option<&str>>(6)
                         .and_then(WorkspaceState::parse),
+                    name: row.get(7),
                 });
             }
             Ok(())
@@ -895,19 +912,29 @@ impl Store for Postgres {
         })
     }
 
-    fn resolve(&self, prefix: &str) -> Result<Uuid, Error> {
-        let pattern = crate::record::id_pattern(prefix)?;
-        let upper = format!("{pattern}z");
+    fn resolve(&self, text: &str) -> Result<Uuid, Error> {
+        let lookup = crate::record::Lookup::of(text)?;
         let ids: Vec<String> = self.with("look up a task id", |c| {
-            Ok(c.query(
-                "SELECT id FROM tasks WHERE id >= $1 AND id < $2 ORDER BY id LIMIT 11",
-                &[&pattern, &upper],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
+            let rows = match &lookup {
+                crate::record::Lookup::Name(name) => c.query(
+                    "SELECT id FROM tasks WHERE name = $1 \
+                     ORDER BY state IN ('queued', 'creating', 'running') DESC, id DESC LIMIT 1",
+                    &[name],
+                )?,
+                crate::record::Lookup::Id { pattern, short } => {
+                    let upper = format!("{pattern}z");
+                    c.query(
+                        "SELECT id FROM tasks WHERE (id >= $1 AND id < $2) \
+                         OR ($3::text IS NOT NULL AND substr(id, 29, 8) >= $3 \
+                             AND substr(id, 29, 8) < $3 || 'z') \
+                         ORDER BY id LIMIT 11",
+                        &[pattern, &upper, short],
+                    )?
+                }
+            };
+            Ok(rows.iter().map(|r| r.get(0)).collect())
         })?;
-        crate::record::one_id(prefix, &ids, self.pool.place())
+        crate::record::one_id(text, &ids, self.pool.place())
     }
 
     fn shared(&self) -> bool {

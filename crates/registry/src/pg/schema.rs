@@ -88,6 +88,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN remote text;
     ALTER TABLE tasks ADD COLUMN delivered boolean;
 ",
+    r"
+    ALTER TABLE tasks ADD COLUMN name text;
+    CREATE UNIQUE INDEX tasks_live_name ON tasks (name)
+        WHERE name IS NOT NULL AND state IN ('queued', 'creating', 'running');
+",
 ];
 
 /// The advisory lock migrations take, so that nodes starting together
