@@ -726,3 +726,39 @@ fn short_ids_and_names_are_accepted_everywhere() {
     let out = env.orch().arg("wait").args(&all).output().unwrap();
     assert!(code(&out) == 130 || code(&out) == 0, "{}", stderr(&out));
 }
+
+/// Progress is a bar redrawn in place on a wide terminal, and plain lines
+/// on a narrow one or with `TERM=dumb`.
+#[test]
+fn progress_degrades_to_plain_lines_where_a_bar_cannot_be_drawn() {
+    require_docker!();
+    let env = TestEnv::new();
+    env.write_project_config("");
+    for (term, columns, bar) in [
+        ("xterm", 120, true),
+        ("dumb", 120, false),
+        ("xterm", 30, false),
+    ] {
+        let mut cmd = env.orch();
+        cmd.env("TERM", term)
+            .arg("task")
+            .arg(&env.project)
+            .arg("progress 40 loading; sleep 1; echo done");
+        let mut orch = helper::OnPty::spawn_sized(cmd, columns);
+        let status = helper::wait_for("orch to exit", Duration::from_secs(60), || {
+            orch.child.try_wait().unwrap()
+        });
+        assert_eq!(status.code(), Some(0));
+        orch.hang_up();
+        let text = orch.text();
+        assert!(text.contains("done"), "{text}");
+        assert_eq!(
+            text.contains("orch: progress 40% loading"),
+            !bar,
+            "TERM={term}, {columns} columns: {text:?}"
+        );
+        if !bar {
+            assert!(!text.contains('\u{1b}'), "no escape sequences: {text:?}");
+        }
+    }
+}

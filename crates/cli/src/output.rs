@@ -20,7 +20,7 @@ impl Terminal {
     pub(crate) fn new(verbose: bool) -> Terminal {
         Terminal {
             bar: None,
-            fancy: std::io::stderr().is_terminal(),
+            fancy: can_draw_bar(),
             interrupted: false,
             verbose,
         }
@@ -57,7 +57,10 @@ impl Terminal {
         }
         let bar = self.bar.get_or_insert_with(|| {
             let bar = ProgressBar::with_draw_target(Some(100), ProgressDrawTarget::stderr());
-            if let Ok(style) = ProgressStyle::with_template("{bar:30.cyan/blue} {pos:>3}% {msg}") {
+            // The message takes what is left of the line, cut to fit.
+            if let Ok(style) =
+                ProgressStyle::with_template("{bar:30.cyan/blue} {pos:>3}% {wide_msg}")
+            {
                 bar.set_style(style);
             }
             bar
@@ -65,6 +68,20 @@ impl Terminal {
         bar.set_position(u64::from(percent));
         bar.set_message(safe(&message).into_owned());
     }
+}
+
+/// The narrowest terminal a progress bar is drawn on.
+const MIN_BAR_COLUMNS: u16 = 40;
+
+/// Whether progress can be a bar redrawn in place on stderr: a terminal,
+/// not `TERM=dumb`, at least [`MIN_BAR_COLUMNS`] wide. Otherwise plain
+/// lines, which any terminal or log shows as they are.
+fn can_draw_bar() -> bool {
+    let stderr = std::io::stderr();
+    if !stderr.is_terminal() || std::env::var("TERM").is_ok_and(|t| t == "dumb" || t.is_empty()) {
+        return false;
+    }
+    rustix::termios::tcgetwinsize(&stderr).is_ok_and(|size| size.ws_col >= MIN_BAR_COLUMNS)
 }
 
 impl Observer for Terminal {

@@ -25,9 +25,24 @@ pub(crate) struct OnPty {
 impl OnPty {
     /// Starts `cmd` in a new session whose controlling terminal is a fresh
     /// pseudo-terminal.
-    pub(crate) fn spawn(mut cmd: Command) -> OnPty {
+    pub(crate) fn spawn(cmd: Command) -> OnPty {
+        OnPty::spawn_sized(cmd, 80)
+    }
+
+    /// As [`OnPty::spawn`], on a terminal `columns` wide.
+    pub(crate) fn spawn_sized(mut cmd: Command, columns: u16) -> OnPty {
         let master =
             openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+        rustix::termios::tcsetwinsize(
+            &master,
+            rustix::termios::Winsize {
+                ws_row: 24,
+                ws_col: columns,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            },
+        )
+        .unwrap();
         grantpt(&master).unwrap();
         unlockpt(&master).unwrap();
         let name = ptsname(&master, Vec::new()).unwrap();
