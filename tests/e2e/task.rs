@@ -157,6 +157,10 @@ fn sigint_stops_gracefully_and_exits_130() {
         err.contains("removed container orch-"),
         "cleanup is reported: {err}"
     );
+    assert_eq!(
+        env.show(&helper::task_id(&err))["reason"],
+        "cancelled (SIGINT)"
+    );
 }
 
 #[test]
@@ -187,6 +191,12 @@ fn a_task_that_traps_sigterm_is_killed_after_the_grace() {
     // Killed once the grace ran out, not left to sleep its 60 s (how soon
     // after is the engine's business, and a benchmark's).
     assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
+    // The record says the stop was forced.
+    let record = env.show(&helper::task_id(&err));
+    assert_eq!(
+        record["reason"], "cancelled (SIGINT; killed: still running 2s after SIGTERM)",
+        "{record}"
+    );
 }
 
 #[test]

@@ -211,7 +211,7 @@ async fn a_timeout_stops_the_task_gracefully_and_ends_it_timed_out() {
         .await
         .unwrap();
     assert_eq!(outcome.status, Status::TimedOut);
-    finished_with(&h.only_plan(), &Ending::TimedOut(timeout));
+    finished_with(&h.only_plan(), &Ending::TimedOut(timeout, None));
     assert!(h.fake.calls().iter().any(|c| c.starts_with("stop ")));
     assert_eq!(h.record(outcome.task_id).await.state, State::TimedOut);
     assert!(h.fake.names().is_empty());
@@ -649,7 +649,7 @@ fn work_is_saved_alongside_container_removal_only_after_a_plain_exit() {
     let mut removing = facts.clone();
     removing.policy.keep_workspace = Some(false);
     for cause in [
-        Cause::Ended(Ending::TimedOut(Duration::from_secs(1))),
+        Cause::Ended(Ending::TimedOut(Duration::from_secs(1), None)),
         Cause::Ended(Ending::Cancelled("SIGINT".into())),
         Cause::Cancel("orch cancel".into()),
         Cause::OwnerGone("killed".into()),
@@ -700,7 +700,7 @@ fn the_tasks_own_keep_or_remove_choice_holds_on_every_path() {
     let causes = [
         Cause::Ended(Ending::Exited(0)),
         Cause::Ended(Ending::Exited(1)),
-        Cause::Ended(Ending::TimedOut(Duration::from_secs(1))),
+        Cause::Ended(Ending::TimedOut(Duration::from_secs(1), None)),
         Cause::Ended(Ending::Cancelled("SIGINT".into())),
         Cause::Cancel("orch cancel".into()),
         Cause::OwnerGone("killed".into()),

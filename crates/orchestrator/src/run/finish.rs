@@ -48,7 +48,7 @@ impl TaskRun<'_> {
         let (status, exit_code) = match &ending {
             Ending::Exited(0) => (Status::Succeeded, Some(0)),
             Ending::Exited(code) => (Status::Failed, Some(*code)),
-            Ending::TimedOut(_) => (Status::TimedOut, None),
+            Ending::TimedOut(..) => (Status::TimedOut, None),
             Ending::Cancelled(_) | Ending::NotStarted(_) => (Status::Cancelled, None),
             Ending::Failed(_) | Ending::Lost(_) => (Status::Failed, None),
         };

@@ -2,13 +2,15 @@
 //! exits, its deadline passes, or shutdown comes; Ctrl+Z freezes it and its
 //! clock.
 
+use std::time::Duration;
+
 use orch_registry::now_ms;
 use orch_workspace::failpoint;
 
 use crate::Error;
 use crate::events::{Event, StopReason};
 use crate::run::task::{TaskRun, stopped_by};
-use crate::runtime::RuntimeError;
+use crate::runtime::{RuntimeError, Stopped};
 use crate::teardown::Ending;
 
 impl TaskRun<'_> {
@@ -80,12 +82,16 @@ impl TaskRun<'_> {
                     if frozen {
                         let _ = ctx.runtime.unpause(name).await;
                     }
-                    self.stop(StopReason::Requested(stopped_by(shutdown))).await;
-                    return Ok(Ending::Cancelled(stopped_by(shutdown)));
+                    let killed = self.stop(StopReason::Requested(stopped_by(shutdown))).await;
+                    let by = stopped_by(shutdown);
+                    return Ok(Ending::Cancelled(match killed {
+                        Some(grace) => format!("{by}{}", crate::teardown::killed_after(grace)),
+                        None => by,
+                    }));
                 }
                 () = deadline => {
-                    self.stop(StopReason::Timeout).await;
-                    return Ok(Ending::TimedOut(settings.timeout.unwrap_or_default()));
+                    let killed = self.stop(StopReason::Timeout).await;
+                    return Ok(Ending::TimedOut(settings.timeout.unwrap_or_default(), killed));
                 }
                 changed = suspension.changed() => {
                     if !frozen {
@@ -102,17 +108,24 @@ impl TaskRun<'_> {
     }
 
     /// A graceful stop: SIGTERM now, SIGKILL after the task's grace (or at
-    /// once, if forced meanwhile).
-    async fn stop(&self, reason: StopReason) {
+    /// once, if forced meanwhile). The grace, if the task outlived it and
+    /// was killed.
+    async fn stop(&self, reason: StopReason) -> Option<Duration> {
         let grace = self.prepared.request.project.settings.stop_grace;
         self.sink.send(Event::Stopping { reason, grace });
         tokio::select! {
-            stopped = self.ctx.runtime.stop(&self.name, grace) => {
-                if let Err(e) = stopped {
+            stopped = self.ctx.runtime.stop(&self.name, grace) => match stopped {
+                Ok(Stopped::Killed) => Some(grace),
+                Ok(Stopped::OnTerm) => None,
+                Err(e) => {
                     tracing::warn!(container = %self.name, error = %e, "graceful stop failed; removing it");
+                    None
                 }
+            },
+            () = self.shutdown.forced() => {
+                self.sink.send(Event::Forcing);
+                None
             }
-            () = self.shutdown.forced() => self.sink.send(Event::Forcing),
         }
     }
 

@@ -8,6 +8,8 @@
 //! task's grace.
 
 use std::collections::HashMap;
+
+use super::Stopped;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -552,14 +554,14 @@ impl Runtime for DockerRuntime {
         self.until_landed(CALL_DEADLINE, attempt, landed).await
     }
 
-    async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
+    async fn stop(&self, name: &str, grace: Duration) -> Result<Stopped, RuntimeError> {
         self.kill(name, "SIGTERM").await?;
         if self.down_within(name, grace).await? {
-            return Ok(());
+            return Ok(Stopped::OnTerm);
         }
         self.kill(name, "SIGKILL").await?;
         if self.down_within(name, KILL_SETTLE).await? {
-            Ok(())
+            Ok(Stopped::Killed)
         } else {
             Err(RuntimeError::Timeout {
                 action: "stop container",

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::events::Stream as OutStream;
 use crate::runtime::{
     Capabilities, ContainerSpec, ContainerState, Gone, OutputStream, OwnedContainer, Runtime,
-    RuntimeError, Selector,
+    RuntimeError, Selector, Stopped,
 };
 
 /// How the fake's containers behave.
@@ -245,7 +245,7 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
+    async fn stop(&self, name: &str, grace: Duration) -> Result<Stopped, RuntimeError> {
         self.call("stop", name)?;
         let traps = self.lock().behaviour.traps_term;
         if traps {
@@ -258,7 +258,11 @@ impl Runtime for FakeRuntime {
                 c.exit.send_replace(Some(if traps { 137 } else { 143 }));
             }
         }
-        Ok(())
+        Ok(if traps {
+            Stopped::Killed
+        } else {
+            Stopped::OnTerm
+        })
     }
 
     async fn pause(&self, name: &str) -> Result<(), RuntimeError> {

@@ -274,8 +274,9 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// Starts it.
     async fn start(&self, name: &str) -> Result<(), RuntimeError>;
 
-    /// SIGTERM now, SIGKILL after `grace`; returns once it is not running.
-    async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError>;
+    /// SIGTERM now, SIGKILL after `grace`; returns once it is not running,
+    /// saying which signal ended it.
+    async fn stop(&self, name: &str, grace: Duration) -> Result<Stopped, RuntimeError>;
 
     /// Creates a network that only its containers share: no way out, and
     /// no address of the host on it (the host's services are out of its
@@ -324,4 +325,13 @@ pub(crate) fn egress_name(container: &str) -> String {
 /// True if `container` is a task's egress forwarder.
 pub(crate) fn is_egress(container: &str) -> bool {
     container.ends_with("-egress")
+}
+
+/// How a stopped container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// It was not running, or SIGTERM ended it within its grace.
+    OnTerm,
+    /// It outlived its grace and was killed.
+    Killed,
 }

@@ -16,4 +16,4 @@ pub use plan::{
     Cause, ContainerStep, Ending, Fate, RecordEnd, RepoFacts, Step, TaskFacts, Teardown,
     WorkspaceFacts, WorkspacePolicy, WorkspaceStep, WorkspaceTarget,
 };
-pub(crate) use plan::{Executed, Found, plan};
+pub(crate) use plan::{Executed, Found, killed_after, plan};

@@ -133,8 +133,9 @@ impl From<&TaskRecord> for TaskFacts {
 pub enum Ending {
     /// It exited with this code.
     Exited(i64),
-    /// Its timeout passed and it was stopped.
-    TimedOut(Duration),
+    /// Its timeout passed and it was stopped (killed, if it outlived its
+    /// grace: then that grace).
+    TimedOut(Duration, Option<Duration>),
     /// It was stopped on request; by what (`SIGINT`, `orch cancel`, ...).
     Cancelled(String),
     /// orch failed around it after it started.
@@ -152,7 +153,7 @@ impl Ending {
         match self {
             Ending::Exited(0) => State::Succeeded,
             Ending::Exited(_) | Ending::Failed(_) | Ending::NotStarted(_) => State::Failed,
-            Ending::TimedOut(_) => State::TimedOut,
+            Ending::TimedOut(..) => State::TimedOut,
             Ending::Cancelled(_) => State::Cancelled,
             Ending::Lost(_) => State::Lost,
         }
@@ -170,15 +171,26 @@ impl Ending {
     pub fn reason(&self) -> String {
         match self {
             Ending::Exited(code) => format!("exited with code {code}"),
-            Ending::TimedOut(after) => {
-                format!("timed out after {}", humantime::format_duration(*after))
-            }
+            Ending::TimedOut(after, killed) => format!(
+                "timed out after {}{}",
+                humantime::format_duration(*after),
+                killed.map(killed_after).unwrap_or_default()
+            ),
             Ending::Cancelled(by) => format!("cancelled ({by})"),
             Ending::Failed(error) => format!("orch failed: {error}"),
             Ending::NotStarted(error) => format!("not started: {error}"),
             Ending::Lost(why) => why.clone(),
         }
     }
+}
+
+/// What a reason adds when the task did not stop on SIGTERM within its
+/// grace and was killed.
+pub(crate) fn killed_after(grace: Duration) -> String {
+    format!(
+        "; killed: still running {} after SIGTERM",
+        humantime::format_duration(grace)
+    )
 }
 
 /// Why a task is being torn down.
