@@ -24,7 +24,7 @@ pub use pg::{POOL_SIZE, Postgres};
 pub use record::{
     Attempt, Claimant, Finish, Listing, Renewal, Rescued, SHORT_ID_LEN, TaskBrief, TaskOutcome,
     TaskOwner, TaskProgress, TaskQueue, TaskRecord, TaskWorkspace, WorkspaceState, check_name,
-    short_id,
+    rfc3339, short_id,
 };
 pub use state::{ALL_STATES, State, UnknownState};
 pub use store::{KEPT_LOG, OnWake, Store, Wake};

@@ -159,8 +159,10 @@ pub struct TaskQueue {
     pub constraints: Vec<String>,
 }
 
-/// One task as recorded. Times are Unix milliseconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One task as recorded. Times are Unix milliseconds; as JSON, each
+/// (`created_at`, `started_at`, `finished_at`, `progress_at`) also comes as
+/// RFC 3339 text without the `_at` (`created`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct TaskRecord {
     /// UUID v7.
     pub id: Uuid,
@@ -199,6 +201,88 @@ pub struct TaskRecord {
     /// What was queued.
     #[serde(flatten)]
     pub queue: TaskQueue,
+}
+
+impl Serialize for TaskRecord {
+    fn serialize<S: serde::Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
+        /// The record as JSON shows it.
+        #[derive(Serialize)]
+        struct Shown<'a> {
+            id: &'a Uuid,
+            project: &'a str,
+            description: &'a str,
+            name: &'a Option<String>,
+            state: State,
+            created_at: i64,
+            started_at: Option<i64>,
+            container: &'a str,
+            image: &'a str,
+            stop_grace_ms: i64,
+            cancel_requested: bool,
+            #[serde(flatten)]
+            owner: &'a TaskOwner,
+            #[serde(flatten)]
+            workspace: &'a TaskWorkspace,
+            #[serde(flatten)]
+            progress: &'a TaskProgress,
+            #[serde(flatten)]
+            outcome: &'a TaskOutcome,
+            #[serde(flatten)]
+            queue: &'a TaskQueue,
+            created: String,
+            started: Option<String>,
+            finished: Option<String>,
+            progress_time: Option<String>,
+        }
+        // Every field named: a new one cannot be left out of the JSON.
+        let TaskRecord {
+            id,
+            project,
+            description,
+            name,
+            state,
+            created_at,
+            started_at,
+            container,
+            image,
+            stop_grace_ms,
+            cancel_requested,
+            owner,
+            workspace,
+            progress,
+            outcome,
+            queue,
+        } = self;
+        Shown {
+            id,
+            project,
+            description,
+            name,
+            state: *state,
+            created_at: *created_at,
+            started_at: *started_at,
+            container,
+            image,
+            stop_grace_ms: *stop_grace_ms,
+            cancel_requested: *cancel_requested,
+            owner,
+            workspace,
+            progress,
+            outcome,
+            queue,
+            created: rfc3339(*created_at),
+            started: started_at.map(rfc3339),
+            finished: outcome.finished_at.map(rfc3339),
+            progress_time: progress.at.map(rfc3339),
+        }
+        .serialize(out)
+    }
+}
+
+/// Unix milliseconds as RFC 3339 text in UTC (`2026-12-07T02:17:46.123Z`).
+pub fn rfc3339(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0).unsigned_abs());
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 impl TaskRecord {

@@ -335,3 +335,19 @@ fn wiped_values_leave_no_copy_in_the_files() {
         assert!(!found, "{} still holds the value", path.display());
     }
 }
+
+#[test]
+fn json_gives_times_as_rfc3339_too_and_reads_back_the_same() {
+    let mut r = record(State::Succeeded);
+    r.created_at = 1_796_608_633_157;
+    r.started_at = Some(1_796_608_633_236);
+    r.outcome.finished_at = Some(1_796_608_633_606);
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["created_at"], 1_796_608_633_157_i64);
+    assert_eq!(json["created"], "2026-12-07T01:57:13.157Z");
+    assert_eq!(json["started"], "2026-12-07T01:57:13.236Z");
+    assert_eq!(json["finished"], "2026-12-07T01:57:13.606Z");
+    assert!(json["progress_time"].is_null());
+    let back: TaskRecord = serde_json::from_value(json).unwrap();
+    assert_eq!(back, r);
+}
