@@ -762,3 +762,65 @@ fn progress_degrades_to_plain_lines_where_a_bar_cannot_be_drawn() {
         }
     }
 }
+
+/// `orch rm` removes an ended task whole (record, log, kept workspace),
+/// its work on its branch first; `--dry-run` only says so; a live task is
+/// refused and keeps running.
+#[test]
+fn rm_removes_an_ended_task_whole_after_saving_its_work() {
+    require_docker!();
+    let env = TestEnv::new();
+    env.git_project(helper::IMAGE, "");
+    let out = env.task("write notes.txt kept; exit 3", &[]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let id = helper::task_id(&stderr(&out));
+    let log = env.home.join("logs").join(format!("{id}.log"));
+    assert!(log.exists());
+    assert_eq!(
+        env.task_dirs().len(),
+        1,
+        "a failed task's workspace is kept"
+    );
+
+    let plan = env.ok(&["rm", "--dry-run", &helper::short(&id)]);
+    assert!(plan.contains(&id), "{plan}");
+    assert!(
+        log.exists() && env.task_dirs().len() == 1,
+        "a dry run removes nothing"
+    );
+    assert_eq!(env.show(&id)["state"], "failed");
+
+    let done = env
+        .orch()
+        .args(["rm", &helper::short(&id)])
+        .output()
+        .unwrap();
+    assert_eq!(code(&done), 0, "{}", stderr(&done));
+    let gone = env.orch().args(["show", &id]).output().unwrap();
+    assert_eq!(code(&gone), 1, "{}", stdout(&gone));
+    assert!(!log.exists());
+    assert!(env.task_dirs().is_empty(), "{:?}", env.task_dirs());
+    assert_eq!(env.git(&["show", &format!("orch/{id}:notes.txt")]), "kept");
+
+    let live = env
+        .orch()
+        .args(["task", "-d", env.project.to_str().unwrap(), "sleep 120"])
+        .output()
+        .unwrap();
+    let live = stdout(&live).trim().to_owned();
+    let refused = env.orch().args(["rm", &live]).output().unwrap();
+    assert_eq!(code(&refused), 1);
+    assert_eq!(
+        stderr(&refused).trim().lines().count(),
+        1,
+        "{}",
+        stderr(&refused)
+    );
+    assert!(
+        stderr(&refused).contains("cancel it first"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!env.show(&live)["state"].as_str().unwrap().ends_with("ed"));
+    env.ok(&["cancel", &live]);
+}

@@ -76,6 +76,9 @@ pub(crate) enum Command {
     /// Bring a task's branch into your current branch (a merge commit, or
     /// one squashed commit); refused while tracked files have changes.
     Merge(MergeArgs),
+    /// Remove ended tasks: record, log and workspace (their work saved to
+    /// their branches first), as retention would.
+    Rm(RmArgs),
     /// Remove what orch left behind, by retention policy.
     Cleanup(CleanupArgs),
     /// Disk use of workspaces: each, per project, in total.
@@ -175,6 +178,20 @@ pub(crate) struct WaitArgs {
     /// digits.
     #[arg(required = true)]
     pub(crate) ids: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RmArgs {
+    /// Task ids, short ids, names, or unique prefixes of at least 4 hex
+    /// digits.
+    #[arg(required = true)]
+    pub(crate) ids: Vec<String>,
+    /// Only show what would be removed.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

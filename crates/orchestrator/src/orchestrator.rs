@@ -167,6 +167,12 @@ impl Orchestrator {
         reconcile::cleanup(&self.ctx, options).await
     }
 
+    /// `orch rm`: everything of these ended tasks, their work saved to
+    /// their branches first (unless `dry_run`, which only plans).
+    pub async fn remove(&self, ids: &[Uuid], dry_run: bool) -> Result<CleanupReport, Error> {
+        reconcile::remove(&self.ctx, ids, dry_run).await
+    }
+
     /// Reconciliation alone, bounded by `limit`; it stops between items
     /// when this process winds down ([`Orchestrator::wind_down`]).
     pub async fn reconcile(&self, limit: Duration) -> Result<CleanupReport, Error> {

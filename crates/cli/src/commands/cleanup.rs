@@ -42,6 +42,23 @@ pub(crate) async fn run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
     print(&report.answer(), args.json)
 }
 
+/// `orch rm`: ended tasks removed whole, after their work is saved.
+pub(crate) async fn rm(args: &crate::args::RmArgs) -> anyhow::Result<ExitCode> {
+    let ids = super::blocking(|| -> anyhow::Result<Vec<_>> {
+        let registry = super::ps::require_registry()?;
+        args.ids
+            .iter()
+            .map(|id| registry.resolve(id).map_err(Into::into))
+            .collect()
+    })?;
+    let home = super::open_home()?;
+    let report = Orchestrator::connect(home)
+        .await?
+        .remove(&ids, args.dry_run)
+        .await?;
+    print(&report.answer(), args.json)
+}
+
 /// Prints what a cleanup planned or did (`--json`: the API's answer), and
 /// the exit code it makes: failed if any step failed.
 pub(crate) fn print(answer: &CleanupAnswer, json: bool) -> anyhow::Result<ExitCode> {

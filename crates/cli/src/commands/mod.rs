@@ -124,6 +124,7 @@ async fn local(
         Command::Diff(args) => (blocking(|| review::diff(&args)), exit::FAILED),
         Command::Merge(args) => (blocking(|| review::merge(&args)), exit::FAILED),
         Command::Cleanup(args) => (cleanup::run(args).await, exit::FAILED),
+        Command::Rm(args) => (cleanup::rm(&args).await, exit::FAILED),
         Command::Du(args) => (blocking(|| du::run(&args)), exit::FAILED),
         Command::Serve(args) => (serve::run(args, watchdog).await, exit::ORCH_FAILED),
         Command::Submit(args) => (submit::run(args, None).await, exit::ORCH_FAILED),

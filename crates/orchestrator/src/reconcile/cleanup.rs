@@ -110,6 +110,65 @@ pub(crate) async fn cleanup(
     Ok(report)
 }
 
+/// `orch rm`: everything of the ended tasks `ids` (record, log,
+/// workspace, containers), as retention removes a task: its work saved to
+/// its branch first. A live task, or one whose work has not reached its
+/// git server, is refused before anything is removed.
+pub(crate) async fn remove(
+    ctx: &Arc<Ctx>,
+    ids: &[uuid::Uuid],
+    dry_run: bool,
+) -> Result<CleanupReport, Error> {
+    let snapshot = Snapshot::full(ctx).await?;
+    let logs = ctx.home.path().join("logs");
+    let mut rows = Vec::new();
+    for id in ids {
+        let row = snapshot
+            .rows
+            .iter()
+            .find(|r| r.id == *id)
+            .ok_or_else(|| Error::Registry(orch_registry::Error::NotFound(id.to_string())))?;
+        let refuse = |why: String| {
+            Error::Config(crate::ConfigError::Flag {
+                flag: "task".into(),
+                message: why,
+            })
+        };
+        if !row.state.is_terminal() || orphans::is_live(row) {
+            return Err(refuse(format!(
+                "{id} is {}: cancel it first (orch cancel {id})",
+                row.state
+            )));
+        }
+        if row.workspace.delivered == Some(false) {
+            return Err(refuse(format!(
+                "{id}'s work has not reached its git server yet: orch push {id} first"
+            )));
+        }
+        rows.push(row.clone());
+    }
+    let items = tokio::task::spawn_blocking(move || {
+        rows.iter()
+            .map(|row| {
+                let plan =
+                    retention::whole(row, &snapshot, &logs, crate::teardown::Cause::Retention);
+                Item::new(crate::reconcile::Strategy::Completed, "orch rm", plan)
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| Error::io("plan", "the removal", std::io::Error::other(e)))?;
+    let mut report = CleanupReport {
+        dry_run,
+        items,
+        ..CleanupReport::default()
+    };
+    if !dry_run {
+        execute(ctx, &mut report.items, Duration::ZERO, None).await;
+    }
+    Ok(report)
+}
+
 /// Mirrors no task fetched for `ORCH_MIRROR_MAX_AGE` (default 7 days) and
 /// no task still needs (live, or with work not yet delivered).
 async fn stale_mirrors(ctx: &Ctx) -> Result<Vec<orch_protocol::MirrorCleanup>, Error> {

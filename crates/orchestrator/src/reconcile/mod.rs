@@ -13,7 +13,7 @@ mod report;
 mod retention;
 mod snapshot;
 
-pub(crate) use cleanup::{cleanup, count_reaped, reaped, reconcile};
+pub(crate) use cleanup::{cleanup, count_reaped, reaped, reconcile, remove};
 pub use report::{
     CleanupOptions, CleanupReport, Counts, Item, RepoItem, Strategy, Thresholds, describe,
     human_bytes,

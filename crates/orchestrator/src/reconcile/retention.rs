@@ -25,7 +25,7 @@ fn log_of(logs: &Path, row: &TaskRecord) -> Option<(std::path::PathBuf, u64)> {
 
 /// Everything of one task, planned by the policy for `cause`, its
 /// workspace measured.
-fn whole(row: &TaskRecord, snapshot: &Snapshot, logs: &Path, cause: Cause) -> Teardown {
+pub(crate) fn whole(row: &TaskRecord, snapshot: &Snapshot, logs: &Path, cause: Cause) -> Teardown {
     let facts = TaskFacts::from(row);
     let mut found = found_of(
         &facts,
