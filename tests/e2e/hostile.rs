@@ -352,7 +352,8 @@ fn git_works_inside_the_task_and_its_commits_and_pending_work_land_on_its_branch
             log.contains("three") && log.contains("two") && log.contains("one"),
             "{log}"
         );
-        assert!(log.starts_with("orch: uncommitted work"), "{log}");
+        let saved = env.git(&["log", "-1", "--format=%B", &branch]);
+        assert!(saved.contains(&format!("Orch-Task: {id}")), "{saved}");
         assert!(env.containers().is_empty());
     }
 }

@@ -56,9 +56,14 @@ fn uncommitted_work_is_committed_before_the_workspace_goes() {
         !files.contains("debug.log"),
         "ignored files stay out: {files}"
     );
+    // The save commit carries the task's description and id.
+    assert_eq!(
+        env.git(&["log", "-1", "--format=%s", &branch]),
+        "write notes/todo.txt remember; write debug.log ignored"
+    );
     assert!(
-        env.git(&["log", "-1", "--format=%s", &branch])
-            .contains(&id)
+        env.git(&["log", "-1", "--format=%B", &branch])
+            .contains(&format!("Orch-Task: {id}"))
     );
     assert!(env.task_dirs().is_empty());
     assert_eq!(env.worktrees().len(), 1);

@@ -193,13 +193,15 @@ pub(crate) async fn lock(
 /// holds.
 fn known(layout: &Layout, target: &WorkspaceTarget, repo: &RepoFacts) -> Result<Workspace, Error> {
     let stored = Repo::stored(&repo.top, &repo.git_dir);
-    Ok(Workspace::planned(
+    let mut workspace = Workspace::planned(
         layout,
         &stored,
         &target.project,
         &target.dir_name,
         &repo.base,
-    )?)
+    )?;
+    workspace.description.clone_from(&repo.description);
+    Ok(workspace)
 }
 
 /// Brings a started workspace's work home ahead of its removal (see

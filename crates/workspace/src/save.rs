@@ -438,10 +438,7 @@ impl Save<'_> {
             parent.clone()
         } else {
             let (name, email) = ws.repo.identity(self.layout);
-            let message = format!(
-                "orch: uncommitted work of task {}\n\nSaved by orch before removing the task's workspace.",
-                ws.task_id
-            );
+            let message = save_message(&ws.task_id, ws.description.as_deref());
             git.clone()
                 .env("GIT_AUTHOR_NAME", &name)
                 .env("GIT_AUTHOR_EMAIL", &email)
@@ -966,4 +963,25 @@ fn real_dir(work_tree: &Path, dir: &[u8], known: &mut HashMap<Vec<u8>, bool>) ->
             .is_ok_and(|m| m.is_dir());
     known.insert(dir.to_vec(), answer);
     answer
+}
+
+/// The message of the commit that saves a task's uncommitted work: its
+/// description's first line as the subject (cut to 72 characters), the
+/// whole description and the task id in the body.
+fn save_message(task_id: &str, description: Option<&str>) -> String {
+    let description = description.map(str::trim).filter(|d| !d.is_empty());
+    let Some(description) = description else {
+        return format!(
+            "orch: uncommitted work of task {task_id}\n\nSaved by orch before removing the task's workspace.\n\nOrch-Task: {task_id}\n"
+        );
+    };
+    let first = description.lines().next().unwrap_or_default();
+    let subject: String = if first.chars().count() > 72 {
+        first.chars().take(71).chain(['~']).collect()
+    } else {
+        first.to_owned()
+    };
+    format!(
+        "{subject}\n\nUncommitted work of task {task_id}, saved by orch before removing\nits workspace. The task was asked:\n\n{description}\n\nOrch-Task: {task_id}\n"
+    )
 }

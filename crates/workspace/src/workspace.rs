@@ -44,6 +44,9 @@ pub struct Workspace {
     pub repo: Repo,
     /// The commit the branch started from.
     pub base: String,
+    /// The task's description, for the message of the commit that saves
+    /// its work (if known).
+    pub description: Option<String>,
 }
 
 impl Workspace {
@@ -64,6 +67,7 @@ impl Workspace {
             branch: format!("orch/{task_id}"),
             repo: repo.clone(),
             base: base.to_owned(),
+            description: None,
         })
     }
 

@@ -103,6 +103,7 @@ impl TaskRun<'_> {
                     git_dir: repo.common_dir.clone(),
                     base: base.clone(),
                     remote: self.remote(),
+                    description: Some(self.prepared.request.desc.clone()),
                 }),
             }),
             log: None,

@@ -177,6 +177,7 @@ impl TaskRun<'_> {
                 git_dir: repo.common_dir.clone(),
                 base: base.clone(),
                 remote: self.remote(),
+                description: Some(self.prepared.request.desc.clone()),
             }),
         });
         TaskFacts {

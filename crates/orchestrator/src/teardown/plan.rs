@@ -46,6 +46,10 @@ pub struct RepoFacts {
     /// (`top` is then the node's mirror of it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
+    /// The task's description, for the message of the commit that saves
+    /// its work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// A task's workspace as its record describes it.
@@ -103,6 +107,7 @@ impl From<&TaskRecord> for TaskFacts {
                 git_dir: git_dir.into(),
                 base: base.clone(),
                 remote: row.workspace.remote.clone(),
+                description: Some(row.description.clone()),
             }),
             _ => None,
         };
