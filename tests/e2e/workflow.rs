@@ -643,6 +643,25 @@ fn a_tasks_branch_is_reviewed_and_merged() {
         "a driver named by the task's .gitattributes ran"
     );
 
+    // cleanup --branches offers the merged branch, even once its record
+    // is gone, and keeps the squashed and the conflicting ones (their
+    // commits are not in this branch).
+    let removed = orch(&["rm", &first]);
+    assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+    let plan = stdout(&orch(&["cleanup", "--branches", "--dry-run"]));
+    assert!(
+        plan.contains(&format!("would delete branch orch/{first} (merged)")),
+        "{plan}"
+    );
+    assert!(!plan.contains(&second) && !plan.contains(&third), "{plan}");
+    let done = orch(&["cleanup", "--branches"]);
+    assert_eq!(code(&done), 0, "{}", stderr(&done));
+    let left = env.git(&["branch", "--list", "orch/*"]);
+    assert!(
+        !left.contains(&first) && left.contains(&second) && left.contains(&third),
+        "{left}"
+    );
+
     let none = orch(&["diff", "ffffffff"]);
     assert_ne!(code(&none), 0);
     assert_eq!(stderr(&none).trim().lines().count(), 1, "{}", stderr(&none));

@@ -9,17 +9,24 @@ use crate::git::{Git, Repo};
 use crate::lock::RepoLock;
 use crate::{Error, Layout, TaskLock};
 
-/// A branch `orch/*` with nothing beyond its base, which `cleanup
+/// A branch `orch/*` whose deletion loses nothing, which `cleanup
 /// --branches` may delete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmptyBranch {
     /// Branch name.
     pub name: String,
+    /// Its tip when found (a deletion happens only if it is still there).
+    pub tip: String,
+    /// It was merged into the checked-out branch (rather than holding
+    /// nothing beyond its base).
+    pub merged: bool,
 }
 
-/// The `orch/*` branches of `repo` that have no commits beyond the commit
-/// they started from (as `bases`, orch's registry, records it) and are not
-/// checked out anywhere. A branch whose base orch does not know is kept.
+/// The `orch/*` branches of `repo` whose deletion loses nothing: those
+/// with no commits beyond the commit they started from (as `bases`, orch's
+/// registry, records it), and those whose tip the branch checked out in
+/// `repo` already contains (merged); none checked out anywhere. A branch
+/// whose base orch does not know is not orch's to judge, and is kept.
 pub fn empty_branches(
     repo: &Repo,
     layout: &Layout,
@@ -47,23 +54,35 @@ pub fn empty_branches(
         if in_use.contains(&name) {
             continue;
         }
-        if bases.get(name).is_some_and(|base| base == tip) {
+        let Some(base) = bases.get(name) else {
+            continue;
+        };
+        let merged = base != tip
+            && Git::at(layout, &repo.git_dir)
+                .run(
+                    "see whether a task branch is merged",
+                    &["merge-base", "--is-ancestor", tip, "HEAD"],
+                )
+                .is_ok();
+        if base == tip || merged {
             empty.push(EmptyBranch {
                 name: name.to_owned(),
+                tip: tip.to_owned(),
+                merged,
             });
         }
     }
     Ok(empty)
 }
 
-/// Deletes a task branch, only if it still points at `base`.
-pub fn delete_branch(repo: &Repo, layout: &Layout, name: &str, base: &str) -> Result<(), Error> {
+/// Deletes a task branch, only if it still points at `tip`.
+pub fn delete_branch(repo: &Repo, layout: &Layout, name: &str, tip: &str) -> Result<(), Error> {
     let lock = RepoLock::acquire(layout, &repo.common_dir)?;
     Git::at(layout, &repo.common_dir)
         .holding(&lock)
         .run(
             "delete a task branch",
-            &["update-ref", "-d", &format!("refs/heads/{name}"), base],
+            &["update-ref", "-d", &format!("refs/heads/{name}"), tip],
         )
         .map(drop)
 }

@@ -370,7 +370,9 @@ fn empty_branches_are_found_by_the_recorded_base_and_deleted_only_there() {
     assert_eq!(
         found,
         vec![EmptyBranch {
-            name: "orch/0eee".into()
+            name: "orch/0eee".into(),
+            tip: f.base.clone(),
+            merged: false,
         }]
     );
     assert!(
@@ -388,6 +390,30 @@ fn empty_branches_are_found_by_the_recorded_base_and_deleted_only_there() {
         git(&f.repo.top, &["branch", "--list", "orch/*"]).trim_start_matches(['*', ' ']),
         "orch/0fff"
     );
+    // Merged into the checked-out branch, it loses nothing either.
+    git(
+        &f.repo.top,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@e",
+            "merge",
+            "-q",
+            "--no-edit",
+            "orch/0fff",
+        ],
+    );
+    let tip = git(&f.repo.top, &["rev-parse", "orch/0fff"]);
+    assert_eq!(
+        empty_branches(&f.repo, &f.layout, &bases).unwrap(),
+        vec![EmptyBranch {
+            name: "orch/0fff".into(),
+            tip: tip.clone(),
+            merged: true,
+        }]
+    );
+    delete_branch(&f.repo, &f.layout, "orch/0fff", &tip).unwrap();
 }
 
 #[test]

@@ -402,7 +402,18 @@ async fn plan_repos(ctx: &Ctx, branches: bool) -> Result<Vec<RepoItem>, Error> {
             })
             .await;
             match found {
-                Ok(empty) => item.branches = empty.into_iter().map(|b| b.name).collect(),
+                Ok(empty) => {
+                    item.branches = empty
+                        .into_iter()
+                        .map(|b| {
+                            if b.merged {
+                                format!("{} (merged)", b.name)
+                            } else {
+                                b.name
+                            }
+                        })
+                        .collect();
+                }
                 Err(e) => item.errors.push(format!("{e:#}")),
             }
         }
@@ -442,12 +453,16 @@ async fn execute_repos(ctx: &Ctx, repos: &mut [RepoItem]) {
             let pruned = orch_workspace::prune_worktrees(&repo, &layout)?;
             let mut deleted = Vec::new();
             let mut errors = Vec::new();
-            for name in branches {
-                let Some(base) = bases.get(&name) else {
+            // Found again now: a branch that moved or got work since the
+            // plan is not deleted.
+            let now = orch_workspace::empty_branches(&repo, &layout, &bases)?;
+            for planned in branches {
+                let name = planned.trim_end_matches(" (merged)");
+                let Some(found) = now.iter().find(|b| b.name == name) else {
                     continue;
                 };
-                match orch_workspace::delete_branch(&repo, &layout, &name, base) {
-                    Ok(()) => deleted.push(name),
+                match orch_workspace::delete_branch(&repo, &layout, name, &found.tip) {
+                    Ok(()) => deleted.push(planned),
                     Err(e) => errors.push(e.to_string()),
                 }
             }
@@ -459,7 +474,10 @@ async fn execute_repos(ctx: &Ctx, repos: &mut [RepoItem]) {
                 item.pruned = pruned;
                 item.errors.extend(errors);
                 let repo = item.repo.clone();
-                let forget = deleted.clone();
+                let forget: Vec<String> = deleted
+                    .iter()
+                    .map(|n| n.trim_end_matches(" (merged)").to_owned())
+                    .collect();
                 let _ = ctx
                     .store
                     .call(move |r| {
