@@ -50,6 +50,10 @@ pub(crate) fn lease_until(lease: Duration) -> i64 {
 
 struct Entry {
     attempt: i64,
+    /// When its record was written or claimed with a fresh lease: it is
+    /// fenced by the silence since then, not by an older one (a task
+    /// claimed once the registry is back must not pay for the outage).
+    since: Instant,
     /// Its run is ending it: the registry saying it is no longer live is
     /// that run's own doing.
     ending: bool,
@@ -137,6 +141,7 @@ impl Leases {
                 task.id,
                 Entry {
                     attempt: task.number,
+                    since: Instant::now(),
                     ending: false,
                     shutdown,
                     progress,
@@ -238,7 +243,7 @@ impl Leases {
                 }
             }
             if self.policy.fenced {
-                self.fence_self(renewed.elapsed());
+                self.fence_self(renewed);
             }
             if round.is_some() {
                 continue;
@@ -335,15 +340,18 @@ impl Leases {
     /// Stops every task gracefully once nothing was renewed for half the
     /// lease, and forces them at three quarters: before a rescuer may act,
     /// nothing of this process runs.
-    fn fence_self(&self, silent: Duration) {
-        if silent < self.policy.stop_after() {
-            return;
-        }
-        let force = silent >= self.policy.force_after();
+    fn fence_self(&self, renewed: Instant) {
         let inner = self.lock();
         for (id, entry) in &inner.tasks {
+            // Silent since the last renewal that landed, or since its own
+            // fresh lease, whichever is later.
+            let silent = renewed.max(entry.since).elapsed();
+            if silent < self.policy.stop_after() {
+                continue;
+            }
+            let force = silent >= self.policy.force_after();
             let why = format!(
-                "the registry was out of reach for {}s: this node stopped its own tasks before its lease ran out",
+                "no lease renewal landed for {}s (the registry out of reach, or this process stopped): this node stopped its own task before its lease ran out",
                 silent.as_secs()
             );
             if force && !entry.shutdown.is_forced() {

@@ -627,6 +627,7 @@ fn work_is_saved_alongside_container_removal_only_after_a_plain_exit() {
             repo: repo.then(|| crate::teardown::RepoFacts {
                 remote: None,
                 description: None,
+                taken_over: None,
                 top: "/r".into(),
                 git_dir: "/r/.git".into(),
                 base: "0".repeat(40),

@@ -201,6 +201,9 @@ fn known(layout: &Layout, target: &WorkspaceTarget, repo: &RepoFacts) -> Result<
         &repo.base,
     )?;
     workspace.description.clone_from(&repo.description);
+    if let Some(attempt) = repo.taken_over {
+        workspace.branch = format!("{}-attempt-{attempt}", workspace.branch);
+    }
     Ok(workspace)
 }
 
@@ -259,7 +262,7 @@ pub(crate) async fn keep(ctx: &Ctx, target: &WorkspaceTarget, lock: TaskLock) ->
         Ok(settled) => settled,
         Err(e) => (None, vec![format!("failed to settle the workspace: {e}")]),
     };
-    if let Some(url) = &repo.remote {
+    if let Some(url) = repo.remote.as_ref().filter(|_| repo.taken_over.is_none()) {
         if let Err(why) = deliver(ctx, &target.dir_name, url).await {
             notes.push(undelivered(&target.dir_name, url, &why));
         }
@@ -434,7 +437,8 @@ pub(crate) async fn remove(
     }
     // A project from a git server: its work reaches the server before its
     // workspace goes; if it cannot, the workspace stays.
-    let (saved, lock) = match &repo.remote {
+    // Work of an attempt that was taken over stays on its own branch here.
+    let (saved, lock) = match repo.remote.as_ref().filter(|_| repo.taken_over.is_none()) {
         Some(url) => {
             let (layout2, saving) = (layout.clone(), workspace.clone());
             let (result, lock) = tokio::task::spawn_blocking(move || {

@@ -764,6 +764,22 @@ pub(crate) fn retries_run_a_task_again_as_often_as_allowed(db: &impl Fresh) {
         vec![State::Queued, State::Lost],
         "one retry, then lost"
     );
+    // A cancel asked for while the owner was gone: never run again.
+    let mut task = queued("p", 0, None);
+    task.queue.retries = 3;
+    reg.insert(&task).unwrap();
+    let claimed = reg
+        .claim(&claimant("n"), std::time::Duration::ZERO)
+        .unwrap()
+        .unwrap();
+    reg.mark_running(&claimed.attempt(), 1, std::time::Duration::ZERO)
+        .unwrap();
+    assert!(reg.request_cancel(&task.id).unwrap());
+    lease_runs_out();
+    let rescued = reg.rescue().unwrap();
+    assert_eq!(rescued.len(), 1);
+    assert_eq!(rescued[0].to, State::Cancelled, "{:?}", rescued[0]);
+    assert_eq!(reg.get(&task.id).unwrap().unwrap().state, State::Cancelled);
 }
 
 pub(crate) fn constraints_are_matched_against_labels(db: &impl Fresh) {

@@ -249,6 +249,7 @@ struct Expired {
     retries: i64,
     node: Option<String>,
     queued: bool,
+    cancel_requested: bool,
 }
 
 impl Expired {
@@ -261,7 +262,12 @@ impl Expired {
             None => "its owner".to_owned(),
         };
         let again = self.queued && (from == State::Creating || self.attempt <= self.retries);
-        Some(crate::record::rescue_fate(from, again, &owner))
+        Some(crate::record::rescue_fate(
+            from,
+            again,
+            self.cancel_requested,
+            &owner,
+        ))
     }
 }
 
@@ -1273,7 +1279,8 @@ impl Store for Registry {
             let err = self.sql("rescue tasks whose owner is gone");
             let mut found = tx
                 .prepare_cached(
-                    "SELECT id, project, state, attempt, retries, node, spec IS NOT NULL FROM tasks \
+                    "SELECT id, project, state, attempt, retries, node, spec IS NOT NULL, \
+                     cancel_requested FROM tasks \
                      WHERE state IN ('creating', 'running') AND lease_until < ?1 ORDER BY id",
                 )
                 .map_err(&err)?;
@@ -1287,6 +1294,7 @@ impl Store for Registry {
                         retries: r.get(4)?,
                         node: r.get(5)?,
                         queued: r.get(6)?,
+                        cancel_requested: r.get(7)?,
                     })
                 })
                 .map_err(&err)?
@@ -1310,11 +1318,11 @@ impl Store for Registry {
                 } else {
                     tx.execute(
                         &format!(
-                            "UPDATE tasks SET state = 'lost', finished_at = ?1, reason = ?2, \
+                            "UPDATE tasks SET state = ?7, finished_at = ?1, reason = ?2, \
                              lease_until = NULL, {WIPE_ENV} \
                              WHERE id = ?3 AND attempt = ?4 AND state = ?5 AND lease_until < ?6"
                         ),
-                        params![now, reason, task.id, task.attempt, task.state, now],
+                        params![now, reason, task.id, task.attempt, task.state, now, to.as_str()],
                     )
                 }
                 .map_err(&err)?;

@@ -479,7 +479,20 @@ pub enum Listing {
 /// stopped renewing its lease: the state it was in, the one it gets (queued
 /// again if `again`: it was submitted to a queue, and either never started
 /// or has retries left; else lost), and why.
-pub(crate) fn rescue_fate(from: State, again: bool, owner: &str) -> (State, State, String) {
+pub(crate) fn rescue_fate(
+    from: State,
+    again: bool,
+    cancelled: bool,
+    owner: &str,
+) -> (State, State, String) {
+    if cancelled {
+        // A cancel asked for while its owner was gone: never run again.
+        return (
+            from,
+            State::Cancelled,
+            format!("cancelled (orch cancel); {owner} had stopped renewing its lease"),
+        );
+    }
     match (from, again) {
         (State::Creating, true) => (
             from,

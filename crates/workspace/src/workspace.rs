@@ -106,7 +106,34 @@ impl Workspace {
         // instant leaves a branch without a directory to find it by.
         std::fs::create_dir(&self.path).map_err(|e| Error::io("create", &self.path, e))?;
         let branched = RepoLock::acquire(layout, &self.repo.common_dir).and_then(|repo| {
-            self.user_git(layout).holding(&repo).run(
+            let git = self.user_git(layout).holding(&repo);
+            // A branch of this name is an earlier attempt's (a task run
+            // again after its node died): one at the base is taken as it
+            // is; one with work is moved aside under a name of its own, so
+            // nothing of it is lost and this attempt starts from the base.
+            let earlier = git
+                .run(
+                    "read the task's branch",
+                    &["for-each-ref", "--format=%(objectname)", &self.branch_ref()],
+                )?
+                .trim()
+                .to_owned();
+            if earlier == self.base {
+                return Ok(String::new());
+            }
+            if !earlier.is_empty() {
+                let aside = format!("{}-earlier-{}", self.branch_ref(), &earlier[..12.min(earlier.len())]);
+                git.run(
+                    "keep an earlier attempt's branch",
+                    &["update-ref", &aside, &earlier, ""],
+                )?;
+                git.run(
+                    "move an earlier attempt's branch aside",
+                    &["update-ref", "-d", &self.branch_ref(), &earlier],
+                )?;
+                tracing::warn!(branch = %self.branch, aside = %aside, "an earlier attempt's work was moved aside");
+            }
+            git.run(
                 "create the task's branch",
                 &["update-ref", &self.branch_ref(), &self.base, ""],
             )

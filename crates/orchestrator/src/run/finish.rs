@@ -104,6 +104,7 @@ impl TaskRun<'_> {
                     base: base.clone(),
                     remote: self.remote(),
                     description: Some(self.prepared.request.desc.clone()),
+                    taken_over: None,
                 }),
             }),
             log: None,

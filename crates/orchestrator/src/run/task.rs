@@ -48,7 +48,13 @@ impl TaskRun<'_> {
     ) -> Result<Outcome, Error> {
         let mut run = TaskRun {
             ctx,
-            name: session::container_name(&prepared.task_id),
+            // A later attempt's container has a name of its own: one
+            // engine may still hold the earlier attempt's, and a fenced
+            // node acting on that one never touches this one.
+            name: match prepared.attempt {
+                ..=1 => session::container_name(&prepared.task_id),
+                n => format!("{}-{n}", session::container_name(&prepared.task_id)),
+            },
             prepared,
             // The task's own shutdown: stopped by the caller's, or alone by
             // a cancel request.
@@ -178,6 +184,7 @@ impl TaskRun<'_> {
                 base: base.clone(),
                 remote: self.remote(),
                 description: Some(self.prepared.request.desc.clone()),
+                taken_over: None,
             }),
         });
         TaskFacts {

@@ -18,7 +18,9 @@ use orch_workspace::{Saved, TaskLock};
 
 use crate::context::Ctx;
 use crate::fate::WorkspaceFate;
-use crate::teardown::{Ending, Executed, Fate, RecordEnd, Step, Teardown, WorkspaceStep};
+use crate::teardown::{
+    Ending, Executed, Fate, RecordEnd, Step, Teardown, WorkspaceStep, WorkspaceTarget,
+};
 use crate::{Error, workspace};
 
 /// How a plan is carried out.
@@ -182,6 +184,19 @@ impl Execution<'_> {
         }
     }
 
+    /// The workspace a step settles: once another attempt holds the task
+    /// (this one was fenced), a started one's work goes to a branch of
+    /// this attempt's own, never to the task's branch or server.
+    fn target_of(&self, step: &WorkspaceStep) -> WorkspaceTarget {
+        let mut target = step.target.clone();
+        if let (true, true, Some(task), Some(repo)) =
+            (self.fenced, step.started, self.plan.writes_as(), &mut target.repo)
+        {
+            repo.taken_over = Some(task.number);
+        }
+        target
+    }
+
     /// Sets the workspace's state on a record that stays.
     async fn workspace_state(&mut self, state: WorkspaceState) -> Result<(), Error> {
         match self.kept_record().filter(|_| !self.fenced) {
@@ -216,10 +231,11 @@ impl Execution<'_> {
             (Some(step), Some(lock)) => (Some((step, lock)), None),
             (_, lock) => (None, lock),
         };
+        let ahead = ahead.map(|(step, lock)| (step, self.target_of(step), lock));
         let saving = async {
             match ahead {
-                Some((step, lock)) => {
-                    workspace::save_ahead(ctx, &step.target, lock, step.fate.unsaved()).await
+                Some((step, target, lock)) => {
+                    workspace::save_ahead(ctx, &target, lock, step.fate.unsaved()).await
                 }
                 None => (None, None),
             }
@@ -287,8 +303,9 @@ impl Execution<'_> {
             }
             Fate::Remove | Fate::Discard => false,
         };
+        let target = self.target_of(step);
         let settled = match (keep, lock) {
-            (true, Ok(lock)) if step.started => Ok(workspace::keep(ctx, &step.target, lock).await),
+            (true, Ok(lock)) if step.started => Ok(workspace::keep(ctx, &target, lock).await),
             // Never started, or kept before by someone still holding it.
             (true, _) => Ok(WorkspaceFate::Kept {
                 path: step.target.path.clone(),
@@ -298,7 +315,7 @@ impl Execution<'_> {
             }),
             (false, Ok(lock)) => {
                 let unsaved = step.fate.unsaved();
-                workspace::remove(ctx, &step.target, lock, unsaved, step.started, saved).await
+                workspace::remove(ctx, &target, lock, unsaved, step.started, saved).await
             }
             (false, Err(e)) => Err(e),
         };

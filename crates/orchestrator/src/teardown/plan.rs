@@ -50,6 +50,12 @@ pub struct RepoFacts {
     /// its work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The attempt whose work this is, when the task was taken over by
+    /// another (its node was fenced and the task run again): that work is
+    /// saved to a branch of its own, `orch/<id>-attempt-<n>`, and never to
+    /// the task's branch, its server or its record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_over: Option<i64>,
 }
 
 /// A task's workspace as its record describes it.
@@ -108,6 +114,7 @@ impl From<&TaskRecord> for TaskFacts {
                 base: base.clone(),
                 remote: row.workspace.remote.clone(),
                 description: Some(row.description.clone()),
+                taken_over: None,
             }),
             _ => None,
         };

@@ -1036,7 +1036,8 @@ impl Store for Postgres {
             // Rows another rescuer holds are its to rescue.
             let expired = tx.query(
                 &format!(
-                    "SELECT id, project, state, attempt, retries, node, spec IS NOT NULL \
+                    "SELECT id, project, state, attempt, retries, node, spec IS NOT NULL, \
+                     cancel_requested \
                      FROM tasks WHERE state IN ('creating', 'running') AND lease_until < {NOW} \
                      ORDER BY id FOR UPDATE SKIP LOCKED"
                 ),
@@ -1055,7 +1056,9 @@ impl Store for Postgres {
                 };
                 let again: bool =
                     row.get::<_, bool>(6) && (from == State::Creating || attempt <= retries);
-                let (from, to, reason) = crate::record::rescue_fate(from, again, &owner);
+                let cancelled: bool = row.get(7);
+                let (from, to, reason) =
+                    crate::record::rescue_fate(from, again, cancelled, &owner);
                 let guard = format!(
                     "WHERE id = $1 AND attempt = $2 AND state = $3 AND lease_until < {NOW}"
                 );
@@ -1072,10 +1075,10 @@ impl Store for Postgres {
                 } else {
                     tx.execute(
                         &format!(
-                            "UPDATE tasks SET state = 'lost', finished_at = {NOW}, reason = $4, \
+                            "UPDATE tasks SET state = $5, finished_at = {NOW}, reason = $4, \
                              lease_until = NULL, {WIPE_ENV} {guard}"
                         ),
-                        &[&id, &attempt, &from.as_str(), &reason],
+                        &[&id, &attempt, &from.as_str(), &reason, &to.as_str()],
                     )?
                 };
                 if changed > 0 {
