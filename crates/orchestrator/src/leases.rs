@@ -354,12 +354,14 @@ impl Leases {
                 "no lease renewal landed for {}s (the registry out of reach, or this process stopped): this node stopped its own task before its lease ran out",
                 silent.as_secs()
             );
+            if !entry.shutdown.is_stopping() {
+                tracing::warn!(task = %id, "{why}");
+                entry.shutdown.lose_because(&why);
+            }
             if force && !entry.shutdown.is_forced() {
                 tracing::warn!(task = %id, "{why}; forcing");
+                entry.shutdown.lose_because(&why);
                 entry.shutdown.force_because(&why);
-            } else if !entry.shutdown.is_stopping() {
-                tracing::warn!(task = %id, "{why}");
-                entry.shutdown.stop_because(&why);
             }
         }
     }

@@ -33,8 +33,15 @@ pub struct Shutdown {
     /// parent's, then its grandparent's, and so on.
     reason: Arc<OnceLock<String>>,
     ancestors: Vec<Arc<OnceLock<String>>>,
-    /// What forced it, as the first caller said; shared with every child.
+    /// What forced it, as the first caller said; a child falls back to
+    /// its ancestors' (a second Ctrl+C forces every task), never to a
+    /// sibling's.
     forced_by: Arc<OnceLock<String>>,
+    forced_ancestors: Vec<Arc<OnceLock<String>>>,
+    /// Why its owner lost its hold on the task (no lease renewal landed in
+    /// time): the task is not cancelled, it is lost (and retried if it
+    /// may be).
+    lost: Arc<OnceLock<String>>,
 }
 
 impl Default for Shutdown {
@@ -46,6 +53,8 @@ impl Default for Shutdown {
             reason: Arc::default(),
             ancestors: Vec::new(),
             forced_by: Arc::default(),
+            forced_ancestors: Vec::new(),
+            lost: Arc::default(),
         }
     }
 }
@@ -67,7 +76,11 @@ impl Shutdown {
             ancestors: std::iter::once(Arc::clone(&self.reason))
                 .chain(self.ancestors.iter().cloned())
                 .collect(),
-            forced_by: Arc::clone(&self.forced_by),
+            forced_by: Arc::default(),
+            forced_ancestors: std::iter::once(Arc::clone(&self.forced_by))
+                .chain(self.forced_ancestors.iter().cloned())
+                .collect(),
+            lost: Arc::default(),
         }
     }
 
@@ -141,7 +154,22 @@ impl Shutdown {
 
     /// What forced shutdown, if it was forced with a reason.
     pub fn forced_by(&self) -> Option<String> {
-        self.forced_by.get().cloned()
+        self.forced_by
+            .get()
+            .or_else(|| self.forced_ancestors.iter().find_map(|a| a.get()))
+            .cloned()
+    }
+
+    /// First step because the owner lost its hold on the task: the task is
+    /// then recorded lost, not cancelled (and retried if it may be).
+    pub(crate) fn lose_because(&self, reason: &str) {
+        let _ = self.lost.set(reason.to_owned());
+        self.stop_because(reason);
+    }
+
+    /// Why the owner lost its hold on the task, if it did.
+    pub(crate) fn lost(&self) -> Option<String> {
+        self.lost.get().cloned()
     }
 
     /// True once `stop` (or `force`) was called.

@@ -764,6 +764,32 @@ pub(crate) fn retries_run_a_task_again_as_often_as_allowed(db: &impl Fresh) {
         vec![State::Queued, State::Lost],
         "one retry, then lost"
     );
+    // An owner that lost its task under it puts it back while it has
+    // retries left.
+    let mut task = queued("p", 0, None);
+    task.queue.retries = 1;
+    reg.insert(&task).unwrap();
+    let first = reg
+        .claim(&claimant("n"), std::time::Duration::from_secs(60))
+        .unwrap()
+        .unwrap();
+    reg.mark_running(&first.attempt(), 1, std::time::Duration::from_secs(60))
+        .unwrap();
+    assert!(reg.retry(&first.attempt(), "fenced").unwrap());
+    assert_eq!(reg.get(&task.id).unwrap().unwrap().state, State::Queued);
+    assert!(
+        !reg.retry(&first.attempt(), "again").unwrap(),
+        "a stale attempt"
+    );
+    let second = reg
+        .claim(&claimant("n"), std::time::Duration::from_secs(60))
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.owner.attempt, 2);
+    assert!(
+        !reg.retry(&second.attempt(), "fenced").unwrap(),
+        "no retries left"
+    );
     // A cancel asked for while the owner was gone: never run again.
     let mut task = queued("p", 0, None);
     task.queue.retries = 3;

@@ -1001,6 +1001,21 @@ impl Store for Registry {
         })
     }
 
+    fn retry(&self, task: &Attempt, reason: &str) -> Result<bool, Error> {
+        self.write("queue a task again to retry", |tx| {
+            tx.execute(
+                "UPDATE tasks SET state = 'queued', session = '', owner_pid = 0, \
+                 owner_start = 0, owner_boot = '', lease_until = NULL, node_id = NULL, \
+                 node = NULL, reason = ?1, started_at = NULL, container = '' \
+                 WHERE id = ?2 AND attempt = ?3 AND state IN ('creating', 'running') \
+                 AND spec IS NOT NULL AND attempt <= retries AND cancel_requested = 0",
+                params![reason, task.id.to_string(), task.number],
+            )
+            .map_err(self.sql("queue a task again to retry"))
+            .map(|n| n > 0)
+        })
+    }
+
     fn cancel_queued(&self, id: &Uuid, reason: &str, at: i64) -> Result<bool, Error> {
         let had_values = self.has_values(id);
         let cancelled = self.write("cancel a queued task", |tx| {
@@ -1322,7 +1337,15 @@ impl Store for Registry {
                              lease_until = NULL, {WIPE_ENV} \
                              WHERE id = ?3 AND attempt = ?4 AND state = ?5 AND lease_until < ?6"
                         ),
-                        params![now, reason, task.id, task.attempt, task.state, now, to.as_str()],
+                        params![
+                            now,
+                            reason,
+                            task.id,
+                            task.attempt,
+                            task.state,
+                            now,
+                            to.as_str()
+                        ],
                     )
                 }
                 .map_err(&err)?;

@@ -147,6 +147,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// this attempt. The next claim is its next attempt.
     fn requeue(&self, task: &Attempt, reason: &str) -> Result<bool, Error>;
 
+    /// Puts a submitted task that ran on this attempt and lost its owner
+    /// back in the queue, if it has retries left (its attempt is at most
+    /// its `retries`) and no cancel was asked for: false otherwise (then
+    /// it is the caller's to end).
+    fn retry(&self, task: &Attempt, reason: &str) -> Result<bool, Error>;
+
     /// Ends a task that is still queued as cancelled; false if it is not
     /// queued (any more).
     fn cancel_queued(&self, id: &Uuid, reason: &str, at: i64) -> Result<bool, Error>;

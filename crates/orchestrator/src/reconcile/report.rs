@@ -355,6 +355,7 @@ impl CleanupReport {
                         crate::teardown::RecordEnd::Finish(e) => Some(e.state().as_str().into()),
                         crate::teardown::RecordEnd::FromExit(_) => Some("exited".into()),
                         crate::teardown::RecordEnd::Requeue(_) => Some("queued".into()),
+                        crate::teardown::RecordEnd::Retry(_) => Some("retried or lost".into()),
                         crate::teardown::RecordEnd::Leave => None,
                     },
                     containers: plan.containers.iter().map(|c| c.name.clone()).collect(),

@@ -76,6 +76,9 @@ impl TaskRun<'_> {
                 biased;
                 () = shutdown.forced() => {
                     self.sink.send(Event::Forcing);
+                    if let Some(why) = shutdown.lost() {
+                        return Ok(Ending::Lost(why));
+                    }
                     return Ok(Ending::Cancelled(stopped_by(shutdown)));
                 }
                 () = shutdown.stopping() => {
@@ -83,6 +86,9 @@ impl TaskRun<'_> {
                         let _ = ctx.runtime.unpause(name).await;
                     }
                     let killed = self.stop(StopReason::Requested(stopped_by(shutdown))).await;
+                    if let Some(why) = shutdown.lost() {
+                        return Ok(Ending::Lost(why));
+                    }
                     let by = stopped_by(shutdown);
                     return Ok(Ending::Cancelled(match killed {
                         Some(grace) => format!("{by}{}", crate::teardown::killed_after(grace)),

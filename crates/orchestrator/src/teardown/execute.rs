@@ -104,6 +104,12 @@ impl Execution<'_> {
             RecordEnd::Finish(ending) => Some(ending.clone()),
             RecordEnd::FromExit(reason) => Some(exit_of(ctx, plan, reason).await),
             RecordEnd::Requeue(reason) => return self.requeue(task, reason.clone()).await,
+            RecordEnd::Retry(reason) => {
+                if self.retry(task, reason.clone()).await {
+                    return true;
+                }
+                Some(Ending::Lost(reason.clone()))
+            }
         };
         let Some(ending) = ending else {
             self.done.state = match ctx.store.call(move |r| r.get(&id)).await {
@@ -151,6 +157,30 @@ impl Execution<'_> {
         true
     }
 
+    /// 1, for a task that ran and lost its owner: back to the queue if it
+    /// has retries left. True if it went back (the record is then the next
+    /// attempt's); false to end it lost.
+    async fn retry(&mut self, task: Attempt, reason: String) -> bool {
+        let said = format!("{reason}; queued again to retry");
+        let shown = said.clone();
+        match self.ctx.store.call(move |r| r.retry(&task, &said)).await {
+            Ok(true) => {
+                self.done.state = Some(State::Queued);
+                self.fenced = true;
+                self.report(Step::RecordEnded {
+                    state: State::Queued,
+                    reason: shown,
+                });
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(task = %task.id, error = %format!("{e:#}"), "cannot queue the task again; ending it lost");
+                false
+            }
+        }
+    }
+
     /// 1, for a task claimed and never started: back to the queue. The
     /// record is then no longer this attempt's to write.
     async fn requeue(&mut self, task: Attempt, reason: String) -> bool {
@@ -189,9 +219,12 @@ impl Execution<'_> {
     /// this attempt's own, never to the task's branch or server.
     fn target_of(&self, step: &WorkspaceStep) -> WorkspaceTarget {
         let mut target = step.target.clone();
-        if let (true, true, Some(task), Some(repo)) =
-            (self.fenced, step.started, self.plan.writes_as(), &mut target.repo)
-        {
+        if let (true, true, Some(task), Some(repo)) = (
+            self.fenced,
+            step.started,
+            self.plan.writes_as(),
+            &mut target.repo,
+        ) {
             repo.taken_over = Some(task.number);
         }
         target

@@ -237,6 +237,10 @@ pub enum RecordEnd {
     /// Back in the queue, for its next attempt: claimed, never started,
     /// and its owner gone.
     Requeue(String),
+    /// Back in the queue if it has retries left (`retries = N`), else
+    /// lost, for this reason: it ran, and its owner (or the owner's hold
+    /// on the registry) was lost under it.
+    Retry(String),
 }
 
 /// A container to remove.
@@ -430,6 +434,8 @@ impl Teardown {
             RecordEnd::Leave => step.policy.keeps(State::Failed),
             // Nothing ran in it.
             RecordEnd::Requeue(_) => false,
+            // Its work is saved; a retry starts again from the base.
+            RecordEnd::Retry(_) => false,
         }
     }
 
@@ -463,6 +469,9 @@ pub(crate) struct Found {
 pub(crate) fn plan(facts: &TaskFacts, cause: Cause, found: Found) -> Teardown {
     let live = facts.state.is_some_and(State::is_live);
     let record = match &cause {
+        Cause::Ended(Ending::Lost(reason)) if live && facts.requeue => {
+            RecordEnd::Retry(reason.clone())
+        }
         Cause::Ended(ending) if live || facts.state.is_none() => RecordEnd::Finish(ending.clone()),
         Cause::Cancel(by) if live => RecordEnd::Finish(Ending::Cancelled(by.clone())),
         Cause::OwnerGone(reason) if live => {
@@ -477,6 +486,8 @@ pub(crate) fn plan(facts: &TaskFacts, cause: Cause, found: Found) -> Teardown {
                 RecordEnd::FromExit(reason.clone())
             } else if facts.requeue && facts.state == Some(State::Creating) && !ran {
                 RecordEnd::Requeue(format!("{reason}; queued again before it started"))
+            } else if facts.requeue {
+                RecordEnd::Retry(reason.clone())
             } else {
                 RecordEnd::Finish(Ending::Lost(reason.clone()))
             }

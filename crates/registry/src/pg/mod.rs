@@ -797,6 +797,24 @@ impl Store for Postgres {
         })
     }
 
+    fn retry(&self, task: &Attempt, reason: &str) -> Result<bool, Error> {
+        let id = task.id.to_string();
+        self.transaction("queue a task again to retry", |tx| {
+            let changed = tx.execute(
+                "UPDATE tasks SET state = 'queued', session = '', owner_pid = 0, \
+                 owner_start = 0, owner_boot = '', lease_until = NULL, node_id = NULL, \
+                 node = NULL, reason = $1, started_at = NULL, container = '' \
+                 WHERE id = $2 AND attempt = $3 AND state IN ('creating', 'running') \
+                 AND spec IS NOT NULL AND attempt <= retries AND NOT cancel_requested",
+                &[&reason, &id, &task.number],
+            )?;
+            if changed > 0 {
+                tx.execute(&format!("NOTIFY {QUEUE_CHANNEL}"), &[])?;
+            }
+            Ok(changed > 0)
+        })
+    }
+
     fn cancel_queued(&self, id: &Uuid, reason: &str, at: i64) -> Result<bool, Error> {
         let id = id.to_string();
         self.with("cancel a queued task", |c| {
@@ -1057,8 +1075,7 @@ impl Store for Postgres {
                 let again: bool =
                     row.get::<_, bool>(6) && (from == State::Creating || attempt <= retries);
                 let cancelled: bool = row.get(7);
-                let (from, to, reason) =
-                    crate::record::rescue_fate(from, again, cancelled, &owner);
+                let (from, to, reason) = crate::record::rescue_fate(from, again, cancelled, &owner);
                 let guard = format!(
                     "WHERE id = $1 AND attempt = $2 AND state = $3 AND lease_until < {NOW}"
                 );
