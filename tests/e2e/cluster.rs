@@ -694,6 +694,45 @@ fn the_database_restarting_loses_nothing() {
     assert_eq!(nodes.len(), 3, "every node claimed: {nodes:?}");
 }
 
+/// PostgreSQL down for longer than the lease, with tasks running and
+/// queued: the running ones are stopped by their own nodes before their
+/// leases run out and, with a retry left, run again; the queued ones run
+/// once the database is back (a claim is fenced by its own fresh lease,
+/// not by the outage before it). Every one succeeds.
+#[test]
+fn an_outage_longer_than_the_lease_loses_nothing() {
+    require_docker!();
+    let Some(server) = postgres::Server::dedicated() else {
+        return;
+    };
+    let Some(mut cluster) = Cluster::with_db(35, "", server.database()) else {
+        return;
+    };
+    cluster.start(1);
+    let project = cluster.project.project.clone();
+    let ids: Vec<String> = (0..5)
+        .map(|i| cluster.nodes[i % 3].submit(&project, "sleep 4", &["--retries", "1"]))
+        .collect();
+    wait_for("three tasks to run", Duration::from_secs(60), || {
+        (cluster
+            .nodes
+            .iter()
+            .filter(|n| n.containers().iter().any(|(_, s)| s == "running"))
+            .count()
+            == 3)
+            .then_some(())
+    });
+    server.outage(LEASE_TIME * 2);
+    let tasks = cluster.wait_ended(&ids, Duration::from_secs(180));
+    for (id, task) in &tasks {
+        assert_eq!(task["state"], "succeeded", "{id}: {task}");
+    }
+    assert!(
+        tasks.values().any(|t| t["attempt"] == 2),
+        "a task stopped by the outage ran again: {tasks:?}"
+    );
+}
+
 /// Cancel on gamma of a task running on alpha: its container is gone when
 /// `orch cancel` returns; `logs -f` of it from gamma streams its output,
 /// relayed from alpha. The nodes speak mutual TLS: the relay presents the

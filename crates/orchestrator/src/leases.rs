@@ -134,9 +134,8 @@ impl Leases {
         shutdown: Shutdown,
         progress: watch::Receiver<Progress>,
     ) {
-        let (start, first) = {
+        let start = {
             let mut inner = self.lock();
-            let first = inner.tasks.is_empty();
             inner.tasks.insert(
                 task.id,
                 Entry {
@@ -148,12 +147,11 @@ impl Leases {
                     stored: None,
                 },
             );
-            (!std::mem::replace(&mut inner.running, true), first)
+            !std::mem::replace(&mut inner.running, true)
         };
-        if first {
-            // Its record was just written with a lease from now.
-            self.fence(Some(self.policy.force_after()));
-        }
+        // Its record was just written with a lease from now: the watchdog
+        // holds off for that long (this process is plainly not frozen).
+        self.fence(Some(self.policy.force_after()));
         if start {
             let leases = self.clone();
             self.tracker.spawn(async move { leases.run().await });
@@ -161,17 +159,31 @@ impl Leases {
     }
 
     /// The task's run is ending it (its own end is about to be recorded).
-    pub(crate) fn ending(&self, id: &Uuid) {
-        if let Some(entry) = self.lock().tasks.get_mut(id) {
-            entry.ending = true;
+    pub(crate) fn ending(&self, task: &Attempt) {
+        if let Some(entry) = self.lock().tasks.get_mut(&task.id) {
+            if entry.attempt == task.number {
+                entry.ending = true;
+            }
         }
     }
 
-    /// Stops looking after a task, storing its last progress first.
-    pub(crate) async fn remove(&self, id: &Uuid) {
+    /// Stops looking after a task's attempt (a later attempt of it that
+    /// this process runs now is left alone), storing its last progress
+    /// first.
+    pub(crate) async fn remove(&self, task: &Attempt) {
+        let id = &task.id;
         let (last, empty) = {
             let mut inner = self.lock();
-            let last = inner.tasks.remove(id).and_then(|entry| {
+            let this_attempt = inner
+                .tasks
+                .get(id)
+                .is_some_and(|entry| entry.attempt == task.number);
+            let removed = if this_attempt {
+                inner.tasks.remove(id)
+            } else {
+                None
+            };
+            let last = removed.and_then(|entry| {
                 let current = entry.progress.borrow().clone();
                 let task = Attempt {
                     id: *id,
@@ -210,6 +222,8 @@ impl Leases {
         // holds one for a while): never two at once.
         let mut round: Option<tokio::task::JoinHandle<Result<Renewal, crate::Error>>> = None;
         let mut round_renews: Option<Instant> = None;
+        // The attempts the round in flight is about.
+        let mut round_tasks: Vec<Attempt> = Vec::new();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -235,9 +249,17 @@ impl Leases {
                         if let Some(sent) = sent {
                             renewed = sent;
                             let left = self.policy.force_after().saturating_sub(sent.elapsed());
-                            self.fence(Some(left));
+                            // A renewal that landed too late to count (the
+                            // registry was out of reach meanwhile) changes
+                            // nothing: this process fences the tasks it
+                            // covered itself, and the watchdog must not
+                            // take tasks claimed since, with leases of
+                            // their own, down with them.
+                            if !left.is_zero() {
+                                self.fence(Some(left));
+                            }
                         }
-                        self.act_on(&renewal);
+                        self.act_on(&renewal, &round_tasks);
                     }
                     Err(e) => tracing::warn!(error = %e, "registry update failed"),
                 }
@@ -260,6 +282,7 @@ impl Leases {
             }
             let lease = self.policy.lease;
             let store = self.store.clone();
+            round_tasks.clone_from(&tasks);
             round = Some(self.tracker.spawn(async move {
                 store
                     .call(move |r| {
@@ -312,7 +335,7 @@ impl Leases {
 
     /// Stops the tasks a cancel was requested for, and forces those the
     /// registry says this process no longer holds.
-    fn act_on(&self, renewal: &Renewal) {
+    fn act_on(&self, renewal: &Renewal, sent: &[Attempt]) {
         let inner = self.lock();
         for id in &renewal.cancel {
             if let Some(entry) = inner.tasks.get(id) {
@@ -326,7 +349,16 @@ impl Leases {
             if !self.policy.fenced {
                 break;
             }
-            if let Some(entry) = inner.tasks.get(id).filter(|e| !e.ending) {
+            // The attempt the registry answered about: a later one of the
+            // same task this process took on meanwhile is not the lost one.
+            let Some(lost) = sent.iter().find(|t| t.id == *id) else {
+                continue;
+            };
+            if let Some(entry) = inner
+                .tasks
+                .get(id)
+                .filter(|e| !e.ending && e.attempt == lost.number)
+            {
                 if !entry.shutdown.is_forced() {
                     tracing::warn!(task = %id, "the registry says another node holds this task now; stopping it");
                     entry

@@ -486,6 +486,15 @@ impl Registry {
                         path: self.path.clone(),
                         reason: e.to_string(),
                     })?;
+            // Queued again, it is held by no attempt until its next claim:
+            // this one's view is stale.
+            if from == State::Queued {
+                return Err(Error::Fenced {
+                    id: *id,
+                    attempt: task.number,
+                    current: task.number + 1,
+                });
+            }
             if !from.can_become(to) {
                 return Err(Error::IllegalTransition { id: *id, from, to });
             }

@@ -188,6 +188,14 @@ impl Server {
         self.pg_ctl("restart");
     }
 
+    /// An outage: the server stopped for `down`, then started again.
+    pub fn outage(&self, down: std::time::Duration) {
+        let _held = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        self.pg_ctl("stop");
+        std::thread::sleep(down);
+        self.pg_ctl("start");
+    }
+
     /// Stops the server at once.
     fn stop(&self) {
         let _ = self

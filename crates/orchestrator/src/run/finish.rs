@@ -16,7 +16,7 @@ impl TaskRun<'_> {
     /// of how it ended, carried out by the one executor.
     pub(super) async fn finish(&mut self, ending: Result<Ending, Error>) -> Result<Outcome, Error> {
         let ended = Instant::now();
-        self.ctx.leases.ending(&self.prepared.task_id);
+        self.ctx.leases.ending(&self.prepared.holds());
         self.over.send_replace(true);
         self.sink.send(Event::Ended);
         self.drain().await;

@@ -101,7 +101,7 @@ impl TaskRun<'_> {
             Err(e) => Err(e),
         };
         let result = self.finish(ending).await;
-        ctx.leases.remove(&task_id).await;
+        ctx.leases.remove(&self.prepared.holds()).await;
         result
     }
 

@@ -181,8 +181,10 @@ impl Postgres {
             };
             let from = parse_state(row.get(0))?;
             let current: i64 = row.get(1);
-            if current != task.number {
-                return Err(fenced(task, current).into());
+            // Queued again, it is held by no attempt until its next claim:
+            // this one's view is stale.
+            if current != task.number || from == State::Queued {
+                return Err(fenced(task, current.max(task.number + 1)).into());
             }
             if !from.can_become(to) {
                 return Err(Error::IllegalTransition {
