@@ -733,6 +733,51 @@ fn an_outage_longer_than_the_lease_loses_nothing() {
     );
 }
 
+/// A node's daemon killed (its watchdog lives on) under a task with a
+/// retry left: the watchdog removes the container and puts the task back
+/// in the queue, and another node runs it again.
+#[test]
+fn a_task_whose_daemon_dies_is_retried_elsewhere() {
+    require_docker!();
+    let Some(mut cluster) = Cluster::new(38, "") else {
+        return;
+    };
+    cluster.nodes[1].start(1);
+    let project = cluster.project.project.clone();
+    let id = cluster.nodes[1].submit(&project, "echo attempt; sleep 3", &["--retries", "1"]);
+    wait_for("beta to run it", Duration::from_secs(60), || {
+        cluster.nodes[1]
+            .containers()
+            .iter()
+            .any(|(_, s)| s == "running")
+            .then_some(())
+    });
+    cluster.nodes[1].signal(Signal::KILL);
+    let queued = wait_for(
+        "its watchdog to queue it again",
+        Duration::from_secs(60),
+        || {
+            cluster.nodes[0]
+                .tasks()
+                .into_iter()
+                .find(|t| t["id"] == id.as_str() && t["state"] == "queued")
+        },
+    );
+    assert!(
+        queued["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("queued again to retry")),
+        "{queued}"
+    );
+    cluster.nodes[0].start(1);
+    let tasks = cluster.wait_ended(std::slice::from_ref(&id), Duration::from_secs(60));
+    let task = &tasks[&id];
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert_eq!(task["attempt"], 2, "{task}");
+    assert_eq!(task["node"], "alpha", "{task}");
+    assert!(cluster.nodes[1].containers().is_empty());
+}
+
 /// Cancel on gamma of a task running on alpha: its container is gone when
 /// `orch cancel` returns; `logs -f` of it from gamma streams its output,
 /// relayed from alpha. The nodes speak mutual TLS: the relay presents the
