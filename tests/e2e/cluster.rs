@@ -911,6 +911,18 @@ fn bad_registry_settings_are_one_line_errors() {
             "never the password: {err}"
         );
         assert!(env.containers().is_empty());
+        // Every command that needs the registry says so the same way.
+        for verb in [&["ps"][..], &["show", "0000"], &["cleanup", "--dry-run"]] {
+            let out = env
+                .orch()
+                .env("ORCH_REGISTRY", url)
+                .args(verb)
+                .output()
+                .unwrap();
+            let err = stderr(&out);
+            assert_eq!(code(&out), 125, "{verb:?} {url}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{verb:?} {url}: {err}");
+        }
     }
 }
 

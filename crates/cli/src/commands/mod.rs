@@ -43,7 +43,44 @@ pub(crate) async fn run(
             "orch: error: {}",
             crate::output::safe(&format!("{error:#}"))
         ));
-        ExitCode::from(failure_code)
+        // A registry that cannot be used (a cluster's database out of
+        // reach, refused, or set wrong) is orch failing, whatever the
+        // command.
+        let registry = error.chain().any(|cause| {
+            let setting = |e: &orch_orchestrator::ConfigError| {
+                matches!(e, orch_orchestrator::ConfigError::Flag { flag, .. } if flag == "ORCH_REGISTRY")
+            };
+            if cause
+                .downcast_ref::<orch_orchestrator::ConfigError>()
+                .is_some_and(setting)
+                || matches!(
+                    cause.downcast_ref::<orch_orchestrator::Error>(),
+                    Some(orch_orchestrator::Error::Config(e)) if setting(e)
+                )
+            {
+                return true;
+            }
+            matches!(
+                cause.downcast_ref::<orch_registry::Error>(),
+                Some(
+                    orch_registry::Error::Postgres { .. }
+                        | orch_registry::Error::Setting(_)
+                        | orch_registry::Error::TooNew { .. }
+                )
+            ) || matches!(
+                cause.downcast_ref::<orch_orchestrator::Error>(),
+                Some(orch_orchestrator::Error::Registry(
+                    orch_registry::Error::Postgres { .. }
+                        | orch_registry::Error::Setting(_)
+                        | orch_registry::Error::TooNew { .. }
+                ))
+            )
+        });
+        ExitCode::from(if registry {
+            exit::ORCH_FAILED
+        } else {
+            failure_code
+        })
     })
 }
 
