@@ -524,6 +524,15 @@ fn a_host_that_dies_loses_nothing_and_reaps_when_it_returns() {
         .find(|t| t["id"] == lost.as_str())
         .unwrap();
     assert_eq!(lost_now["state"], "lost", "the rescuer's outcome stands");
+    // Back, beta sent the output it kept on its disk: any node shows it.
+    let alpha = &cluster.nodes[0];
+    let logs = alpha.orch().args(["logs", &lost]).output().unwrap();
+    assert_eq!(code(&logs), 0, "{}", stderr(&logs));
+    assert!(
+        helper::stdout(&logs).contains("started"),
+        "{}",
+        helper::stdout(&logs)
+    );
 }
 
 /// A node killed between claiming a task and starting its container (its

@@ -52,6 +52,20 @@ pub(crate) async fn execute(
         done: Executed::default(),
         fenced: false,
     };
+    // A task ended by someone other than its run (its watchdog, or
+    // reconciliation when its node returns): its output goes to a shared
+    // registry first, as its run would have sent it, for the other nodes.
+    // So does that of a task a rescuer ended while its node was away, once
+    // the node is back and removes what the task left.
+    let ended_for_owner = matches!(
+        plan.record,
+        RecordEnd::FromExit(_) | RecordEnd::Retry(_) | RecordEnd::Finish(Ending::Lost(_))
+    ) || (matches!(plan.record, RecordEnd::Leave)
+        && !plan.delete_record
+        && !plan.containers.is_empty());
+    if let (true, true, Some(id)) = (ended_for_owner, ctx.store.shared(), plan.task) {
+        crate::cluster::keep_log(ctx, id).await;
+    }
     let recorded = run.end_record().await;
     let Some((saved, held_lock)) = run.containers(options.held_lock).await else {
         return run.done;
