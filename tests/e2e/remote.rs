@@ -294,6 +294,21 @@ fn work_the_server_could_not_take_waits_for_orch_push() {
     env.ok(&["cleanup", "--older-than", "0s"]);
     assert_eq!(env.task_dirs().len(), 1, "the workspace stays");
     assert_eq!(mirrors(&env).len(), 1, "the mirror stays");
+    // Not even --all takes it, nor do the orphan sweep and mirror
+    // retention after it.
+    let all = env.ok(&["cleanup", "--all"]);
+    assert!(all.contains("has not reached"), "{all}");
+    env.ok(&["cleanup", "--strategy", "orphans"]);
+    let out = env
+        .orch()
+        .env("ORCH_MIRROR_MAX_AGE", "1s")
+        .args(["cleanup", "--older-than", "0s"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(env.show(&id)["delivered"], false);
+    assert_eq!(env.task_dirs().len(), 1, "the workspace stays");
+    assert_eq!(mirrors(&env).len(), 1, "the mirror stays");
     // Still gone: a push says so, once.
     let out = env.orch().args(["push", &id]).output().unwrap();
     assert_eq!(code(&out), 125, "{}", stderr(&out));

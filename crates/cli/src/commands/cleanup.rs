@@ -113,6 +113,12 @@ fn print_human(out: &mut impl Write, report: &CleanupAnswer) -> std::io::Result<
             .map_or_else(|| "ownerless objects".to_owned(), |t| format!("task {t}"));
         let strategy = &item.strategy;
         let reason = safe(&item.reason);
+        if planned(item).is_empty() && item.done.is_empty() && item.errors.is_empty() {
+            // Selected, and left as it is for the reason given.
+            let verb = if report.dry_run { "would keep" } else { "kept" };
+            writeln!(out, "{verb} {who} [{strategy}]: {reason}")?;
+            continue;
+        }
         if report.dry_run {
             writeln!(
                 out,

@@ -235,8 +235,15 @@ impl Item {
     /// What this item did, once executed; what it would do, in a dry run.
     pub fn counts(&self, dry_run: bool) -> Counts {
         use crate::teardown::{RecordEnd, Step};
+        // A task selected only to say why it is left as it is (work not
+        // yet delivered) is not counted as cleaned.
+        let nothing = matches!(self.plan.record, RecordEnd::Leave)
+            && self.plan.containers.is_empty()
+            && self.plan.workspace.is_none()
+            && !self.plan.delete_record
+            && self.plan.log.is_none();
         let mut counts = Counts {
-            tasks: u64::from(self.plan.task.is_some()),
+            tasks: u64::from(self.plan.task.is_some() && !nothing),
             ..Counts::default()
         };
         if dry_run {

@@ -115,6 +115,25 @@ pub(crate) fn everything(snapshot: &Snapshot, logs: &Path, options: &CleanupOpti
         if options.status.is_some_and(|s| s != row.state) {
             continue;
         }
+        // Work not yet on its project's git server exists only here: not
+        // even `--all` takes it (nor, so, its workspace or the mirror
+        // holding its branch). `orch push` delivers it first.
+        if row.workspace.delivered == Some(false) && !is_live(row) {
+            if let Some(path) = &row.workspace.path {
+                seen_dirs.insert(std::path::PathBuf::from(path));
+            }
+            let reason = format!(
+                "--all: kept, its work has not reached {} yet (orch push {} delivers it)",
+                row.workspace.remote.as_deref().unwrap_or("its git server"),
+                row.id
+            );
+            items.push(Item::new(
+                Strategy::All,
+                reason,
+                Teardown::ownerless(Some(row.id), Vec::new(), None),
+            ));
+            continue;
+        }
         let reason = if is_live(row) {
             "--all (live: cancelled first)"
         } else {
