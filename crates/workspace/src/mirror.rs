@@ -175,8 +175,15 @@ impl Mirror {
                 .path
                 .with_extension(format!("new-{}", std::process::id()));
             crate::fsgit::remove_dir_if_present(&fresh)?;
+            self.remove_abandoned_clones();
             let template = format!("--template={}", layout.empty_dir().display());
-            let cloned = Git::bare(layout).network().timeout(HEAVY_TIMEOUT).run(
+            // Into a directory of its own: if orch dies (Ctrl+C while a
+            // server stalls), the clone dies with it.
+            let cloned = Git::bare(layout)
+                .network()
+                .dies_with_orch()
+                .timeout(HEAVY_TIMEOUT)
+                .run(
                 "clone the project's repository",
                 &[
                     "clone",
@@ -199,6 +206,32 @@ impl Mirror {
         self.touch();
         drop(lock);
         Ok(())
+    }
+
+    /// Removes first clones of this mirror that processes no longer alive
+    /// left (`<mirror>.new-<pid>`).
+    fn remove_abandoned_clones(&self) {
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return;
+        };
+        let prefix = format!("{}.new-", name.to_string_lossy());
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let Some(pid) = file
+                .to_str()
+                .and_then(|f| f.strip_prefix(&prefix))
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+            if !alive {
+                let _ = crate::fsgit::remove_dir_if_present(&entry.path());
+            }
+        }
     }
 
     /// Points the mirror's HEAD where the server's points (its default
