@@ -125,9 +125,17 @@ impl Client {
         token: Option<String>,
         tls: &crate::ClientTls,
     ) -> Result<Client, ClientError> {
+        // Never echo what may be a credential in it.
+        let shown = match url.split_once("://") {
+            Some((scheme, rest)) => match rest.split('/').next().unwrap_or("").rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => url.to_owned(),
+            },
+            None => url.to_owned(),
+        };
         let bad = |why: &str| ClientError::Refused {
             status: 0,
-            message: format!("{url:?} is not a daemon's address: {why}"),
+            message: format!("{shown:?} is not a daemon's address: {why}"),
         };
         if let Some(path) = url.strip_prefix("unix://") {
             if !path.starts_with('/') {

@@ -64,7 +64,11 @@ pub fn check_url(url: &str) -> Result<(), Error> {
             "it holds a space, a control character or a leading '-'",
         ));
     }
-    if url.contains("::") {
+    // `<transport>::<address>`; a `::` inside brackets is an IPv6 host.
+    if url
+        .find("::")
+        .is_some_and(|at| !url[..at].contains('['))
+    {
         return Err(bad(
             "git's transport helpers (`<transport>::`) are not allowed",
         ));
@@ -85,6 +89,17 @@ pub fn check_url(url: &str) -> Result<(), Error> {
                 "it holds a password: give credentials to git (a credential helper, ssh keys), not in the URL",
             ));
         }
+        // Over http(s) a token often sits where the user name goes.
+        if *scheme != "ssh://" {
+            return Err(bad(
+                "it holds a user name or token: give credentials to git (a credential helper), not in the URL",
+            ));
+        }
+    }
+    if matches!(*scheme, "https://" | "http://") && rest.contains(['?', '#']) {
+        return Err(bad(
+            "it holds a query or fragment (where tokens hide): give credentials to git (a credential helper), not in the URL",
+        ));
     }
     if *scheme != "file://" && authority.is_empty() {
         return Err(bad("it names no host"));
@@ -92,17 +107,20 @@ pub fn check_url(url: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// A URL as messages show it: a password in it (refused anyway) hidden.
+/// A URL as messages show it: what may be a credential in it (refused
+/// anyway) hidden: a password, a user name other than ssh's, a query.
 fn shown(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => {
+            let rest = rest.split(['?', '#']).next().unwrap_or(rest);
             let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
             match authority.rsplit_once('@') {
-                Some((userinfo, host)) => {
+                Some((userinfo, host)) if scheme == "ssh" => {
                     let user = userinfo.split(':').next().unwrap_or("");
                     format!("{scheme}://{user}@{host}/{path}")
                 }
-                None => url.to_owned(),
+                Some((_, host)) => format!("{scheme}://***@{host}/{path}"),
+                None => format!("{scheme}://{rest}"),
             }
         }
         None => url.to_owned(),
@@ -390,6 +408,8 @@ mod tests {
             "ssh://git@host:22/repo.git",
             "https://host/org/repo",
             "git@github.com:org/repo.git",
+            "git://[::1]:9418/repo.git",
+            "ssh://git@[::1]:22/repo.git",
         ] {
             assert!(is_url(url), "{url}");
             check_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
@@ -399,6 +419,8 @@ mod tests {
         }
         for (url, says) in [
             ("https://user:secret@host/repo", "password"),
+            ("https://ghp_secret@host/repo", "token"),
+            ("https://host/repo?private_token=secret", "query"),
             ("ext::sh -c touch% /tmp/x", "space"),
             ("ext::true", "transport"),
             ("ftp://host/repo", "use file://"),
