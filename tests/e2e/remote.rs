@@ -258,6 +258,9 @@ fn twenty_tasks_on_one_url_share_one_mirror() {
     }
     assert_eq!(mirrors(&env).len(), 1);
     assert!(env.containers().is_empty());
+    // `ps --project` takes the URL form too.
+    let listed = env.ok(&["ps", "-aq", "--project", &url]);
+    assert_eq!(listed.lines().count(), ids.len(), "{listed}");
 }
 
 /// The server is gone when the task ends: the work waits in the mirror

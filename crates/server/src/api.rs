@@ -149,10 +149,16 @@ async fn list(
         .map(str::parse)
         .transpose()
         .map_err(|e: orch_registry::UnknownState| ApiError::bad_request(e.to_string()))?;
+    // A project named by its URL: the tasks whose work goes there.
+    let url = q.project.clone().filter(|p| orch_orchestrator::is_url(p));
+    let by_name = q.project.filter(|_| url.is_none());
     let mut tasks = s
         .supervisor
-        .tasks(flag(q.all.as_deref())?, state, q.project)
+        .tasks(flag(q.all.as_deref())?, state, by_name)
         .await?;
+    if let Some(url) = &url {
+        tasks.retain(|t| t.workspace.remote.as_ref() == Some(url));
+    }
     if let Some(name) = &q.name {
         tasks.retain(|t| t.name.as_ref() == Some(name));
     }

@@ -44,12 +44,19 @@ pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
     let filtered = query.state.is_some() || query.project.is_some() || query.name.is_some();
     let shared = registry.as_ref().is_some_and(|r| r.shared());
     if args.json || args.quiet || filtered || shared {
+        // A project named by its URL: the tasks whose work goes there.
+        let url = query
+            .project
+            .as_deref()
+            .filter(|p| orch_orchestrator::is_url(p));
+        let by_name = query.project.as_deref().filter(|_| url.is_none());
         let mut tasks = match &registry {
-            Some(registry) => {
-                registry.list_where(listing, query.state, query.project.as_deref())?
-            }
+            Some(registry) => registry.list_where(listing, query.state, by_name)?,
             None => Vec::new(),
         };
+        if let Some(url) = url {
+            tasks.retain(|t| t.workspace.remote.as_deref() == Some(url));
+        }
         if let Some(name) = &query.name {
             tasks.retain(|t| t.name.as_ref() == Some(name));
         }
