@@ -15,7 +15,7 @@ pub struct DuReport {
     pub workspaces: Vec<(TaskDir, du::Size)>,
     /// Per project: size and number of workspaces.
     pub projects: BTreeMap<String, (du::Size, usize)>,
-    /// All of them.
+    /// All of them, mirrors included.
     pub total: du::Size,
     /// Mirrors of projects from a git server, and their sizes.
     pub mirrors: Vec<(orch_workspace::Mirror, du::Size)>,
@@ -36,6 +36,7 @@ impl DuReport {
         }
         for mirror in orch_workspace::mirror::mirrors(layout) {
             let size = du::measure(&mirror.path)?;
+            report.total += size;
             report.mirrors.push((mirror, size));
         }
         Ok(report)

@@ -48,11 +48,6 @@ pub(crate) fn print(answer: &DuAnswer, json: bool) -> anyhow::Result<ExitCode> {
             human_bytes(p.bytes)
         )?;
     }
-    crate::outln!(
-        "total: {} workspace(s), {}",
-        answer.total.workspaces,
-        human_bytes(answer.total.bytes)
-    )?;
     for mirror in &answer.mirrors {
         crate::outln!(
             "mirror of {}: {}  {}",
@@ -61,5 +56,14 @@ pub(crate) fn print(answer: &DuAnswer, json: bool) -> anyhow::Result<ExitCode> {
             mirror.path.display()
         )?;
     }
+    let mirrors = match answer.mirrors.len() {
+        0 => String::new(),
+        n => format!(" and {n} mirror(s)"),
+    };
+    crate::outln!(
+        "total: {} workspace(s){mirrors}, {}",
+        answer.total.workspaces,
+        human_bytes(answer.total.bytes)
+    )?;
     Ok(ExitCode::SUCCESS)
 }
