@@ -105,7 +105,9 @@ pub enum Error {
     /// None of the task's uncommitted files could be handed to git (the
     /// reason names the file); its commits were saved, and the workspace is
     /// kept so that nothing is lost.
-    #[error("its uncommitted files were not saved ({why}); the rest was saved")]
+    #[error(
+        "none of its uncommitted files were saved ({why}): they stay in the kept workspace; its commits were saved"
+    )]
     NotSaved {
         /// The workspace (named by whoever reports it kept).
         path: PathBuf,
