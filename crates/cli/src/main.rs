@@ -31,10 +31,14 @@ use clap::Parser;
 use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return exit::usage_error(&error),
     };
+    // `ORCH_HOST=` (empty) means no remote daemon, as an unset one does.
+    if cli.host.as_deref().is_some_and(|h| h.trim().is_empty()) {
+        cli.host = None;
+    }
     match cli.command {
         Command::Watchdog => return watchdog::run(),
         Command::Completions { shell } => return docs::completions(shell),
