@@ -65,10 +65,7 @@ pub fn check_url(url: &str) -> Result<(), Error> {
         ));
     }
     // `<transport>::<address>`; a `::` inside brackets is an IPv6 host.
-    if url
-        .find("::")
-        .is_some_and(|at| !url[..at].contains('['))
-    {
+    if url.find("::").is_some_and(|at| !url[..at].contains('[')) {
         return Err(bad(
             "git's transport helpers (`<transport>::`) are not allowed",
         ));
@@ -202,17 +199,17 @@ impl Mirror {
                 .dies_with_orch()
                 .timeout(HEAVY_TIMEOUT)
                 .run(
-                "clone the project's repository",
-                &[
-                    "clone",
-                    "--quiet",
-                    "--bare",
-                    &template,
-                    "--",
-                    &self.url,
-                    &fresh.to_string_lossy(),
-                ],
-            );
+                    "clone the project's repository",
+                    &[
+                        "clone",
+                        "--quiet",
+                        "--bare",
+                        &template,
+                        "--",
+                        &self.url,
+                        &fresh.to_string_lossy(),
+                    ],
+                );
             if let Err(e) = cloned {
                 let _ = crate::fsgit::remove_dir_if_present(&fresh);
                 return Err(e);
