@@ -178,7 +178,10 @@ fn names_git_would_block_on_end_the_save_at_once() {
                 "{user}, {what}: {record}"
             );
             let notes = notes(&env, &id);
-            assert!(notes.contains("not saved"), "{user}, {what}: {notes}");
+            assert!(
+                notes.contains("were saved") && notes.contains("stay in the kept workspace"),
+                "{user}, {what}: {notes}"
+            );
             assert_eq!(
                 env.git(&["show", &format!("orch/{id}:committed.txt")]),
                 "c",
