@@ -46,6 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         project,
         desc: "echo hello from the library; progress 50 halfway; exit 7".into(),
         name: None,
+        stdin: false,
         git_ref: None,
         keep_workspace: None,
         detached: false,

@@ -179,6 +179,9 @@ fn ctrl_z_freezes_the_task_and_its_timeout_until_orch_continues() {
         (orch.process_state() == Some('T')).then_some(())
     });
     assert!(paused(&name), "the task is frozen with orch");
+    let ps = env.ok(&["ps"]);
+    assert!(ps.contains("paused"), "ps says so: {ps}");
+    assert_eq!(env.tasks()[0]["paused"], true);
     // Stay stopped past the task's whole timeout: a clock that kept
     // counting would time the task out the moment orch continues.
     helper::wait_for("the timeout to pass on the clock", timeout * 2, || {
@@ -201,6 +204,7 @@ fn ctrl_z_freezes_the_task_and_its_timeout_until_orch_continues() {
     );
     assert!(orch.text().contains("finished"), "{}", orch.text());
     assert!(env.containers().is_empty());
+    assert_eq!(env.tasks()[0]["paused"], false, "thawed, then ended");
 }
 
 #[test]

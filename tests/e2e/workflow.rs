@@ -843,3 +843,124 @@ fn rm_removes_an_ended_task_whole_after_saving_its_work() {
     assert!(!env.show(&live)["state"].as_str().unwrap().ends_with("ed"));
     env.ok(&["cancel", &live]);
 }
+
+/// `logs --since` gives what the task wrote since a time (an RFC 3339
+/// time, or a duration ago), by the time index beside its log.
+#[test]
+fn logs_since_a_time() {
+    require_docker!();
+    let env = TestEnv::new();
+    env.write_project_config("");
+    let out = env
+        .orch()
+        .args([
+            "task",
+            "-d",
+            env.project.to_str().unwrap(),
+            "echo early; sleep 3; echo late",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = stdout(&out).trim().to_owned();
+    helper::wait_for("its first line", Duration::from_secs(60), || {
+        env.ok(&["logs", &id]).contains("early").then_some(())
+    });
+    // Past the second the first line's mark covers, before the second line.
+    let since = std::time::SystemTime::now() + Duration::from_millis(1_200);
+    let waited = env.orch().args(["wait", &id]).output().unwrap();
+    assert_eq!(code(&waited), 0, "{}", stderr(&waited));
+    let at = humantime::format_rfc3339_millis(since).to_string();
+    assert_eq!(env.ok(&["logs", "--since", &at, &id]), "late\n");
+    assert_eq!(env.ok(&["logs", "--since", "1h", &id]), "early\nlate\n");
+    let bad = env
+        .orch()
+        .args(["logs", "--since", "yesterday", &id])
+        .output()
+        .unwrap();
+    assert_ne!(code(&bad), 0);
+    assert!(stderr(&bad).contains("RFC 3339"), "{}", stderr(&bad));
+    // The index goes with the log.
+    env.ok(&["rm", &id]);
+    let logs: Vec<_> = std::fs::read_dir(env.home.join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with(&id))
+        .collect();
+    assert!(logs.is_empty(), "{logs:?}");
+}
+
+/// `-i` feeds orch's standard input to the task, as `docker run -i`, and
+/// the task sees its end; without it the task's input is closed.
+#[test]
+fn interactive_feeds_stdin_to_the_task() {
+    require_docker!();
+    if !helper::shell_image_ready() {
+        return;
+    }
+    let env = TestEnv::new();
+    env.git_project(
+        helper::SHELL_IMAGE,
+        "command = [\"sh\", \"-c\", \"{desc}\"]\nworkspace = \"none\"",
+    );
+    let mut child = env
+        .orch()
+        .args([
+            "task",
+            "-i",
+            env.project.to_str().unwrap(),
+            "wc -l; cat /dev/stdin | wc -c",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(b"one\ntwo\nthree\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).split_whitespace().collect::<Vec<_>>(),
+        ["3", "0"]
+    );
+    let closed = env.task("wc -c", &[]);
+    assert_eq!(code(&closed), 0, "{}", stderr(&closed));
+    assert_eq!(stdout(&closed).trim(), "0");
+}
+
+/// `--user UID:GID` of another uid: the workspace is writable for it, git
+/// inside works, and its work comes home; what it made is cleaned up.
+#[test]
+fn another_uid_can_write_its_workspace() {
+    require_docker!();
+    if !helper::shell_image_ready() {
+        return;
+    }
+    let env = TestEnv::new();
+    env.git_project(
+        helper::SHELL_IMAGE,
+        "command = [\"sh\", \"-c\", \"{desc}\"]",
+    );
+    let out = env.task(
+        "id -u; echo hi > made.txt; mkdir -p sub && echo x > sub/f && git add -A && git commit -qm by-other && echo committed",
+        &["--user", "4321:4321"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).split_whitespace().collect::<Vec<_>>(),
+        ["4321", "committed"]
+    );
+    let id = helper::task_id(&stderr(&out));
+    assert_eq!(env.git(&["show", &format!("orch/{id}:sub/f")]), "x");
+    assert_eq!(
+        env.git(&["log", "-1", "--format=%s", &format!("orch/{id}")]),
+        "by-other"
+    );
+    assert!(env.task_dirs().is_empty(), "{:?}", env.task_dirs());
+    assert!(env.containers().is_empty());
+}

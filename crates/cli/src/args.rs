@@ -168,8 +168,39 @@ pub(crate) struct LogsArgs {
     pub(crate) follow: bool,
     /// Only the last N lines of what was written so far (then, with -f,
     /// everything new).
-    #[arg(short = 'n', long, value_name = "N")]
+    #[arg(short = 'n', long, value_name = "N", conflicts_with = "since")]
     pub(crate) tail: Option<usize>,
+    /// Only what the task wrote since a time: a duration ago (10m, 2h) or
+    /// an RFC 3339 time (2026-12-07T10:00:00Z).
+    #[arg(long, value_name = "WHEN", value_parser = since)]
+    pub(crate) since: Option<i64>,
+}
+
+impl LogsArgs {
+    /// Where the log is read from.
+    pub(crate) fn from(&self) -> orch_protocol::LogFrom {
+        match (self.tail, self.since) {
+            (Some(lines), _) => orch_protocol::LogFrom::Tail(lines),
+            (None, Some(at)) => orch_protocol::LogFrom::Since(at),
+            (None, None) => orch_protocol::LogFrom::Start,
+        }
+    }
+}
+
+/// `--since`: a duration ago, or an RFC 3339 time; Unix ms.
+fn since(text: &str) -> Result<i64, String> {
+    let now = orch_registry::now_ms();
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return Ok(now - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX).min(now));
+    }
+    match humantime::parse_rfc3339_weak(text) {
+        Ok(at) => Ok(at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))),
+        Err(_) => Err(format!(
+            "expected a duration ago (10m, 2h) or an RFC 3339 time (2026-12-07T10:00:00Z), not {text:?}"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -377,6 +408,11 @@ pub(crate) struct TaskArgs {
     /// project's.
     #[arg(long, value_name = "NETWORK")]
     pub(crate) network: Option<String>,
+
+    /// Keep the task's standard input open and feed it orch's (as
+    /// `docker run -i`): a prompt on stdin for an agent.
+    #[arg(short, long)]
+    pub(crate) interactive: bool,
 
     /// A name for the task, unique among live tasks, accepted wherever an
     /// id is (letters, digits, '_', '.', '-').

@@ -42,6 +42,18 @@ impl User {
         }
     }
 
+    /// True if the task runs as a uid other than orch's own and not root:
+    /// its workspace must be opened to it (root writes anyway).
+    pub fn is_other(&self) -> bool {
+        match self {
+            User::Host | User::Root => false,
+            User::Id(id) => {
+                let uid = id.split(':').next().unwrap_or_default();
+                uid != "0" && uid != rustix::process::getuid().as_raw().to_string()
+            }
+        }
+    }
+
     /// True if the task runs as uid 0.
     pub fn is_root(&self) -> bool {
         match self {

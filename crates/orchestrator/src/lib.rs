@@ -63,6 +63,7 @@ pub use home::Home;
 pub use link::{Registered, WatchdogLink};
 pub use orch_workspace::mirror::is_url;
 pub use orchestrator::Orchestrator;
+pub use output::{since_offset, times_path};
 pub use owner::Owner;
 pub use reconcile::{
     CleanupOptions, CleanupReport, Counts, Item, RepoItem, Strategy, Thresholds, describe,

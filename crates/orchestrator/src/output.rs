@@ -12,6 +12,9 @@
 //! container's output ends, the pump reads it again from the engine's log of
 //! the container, skipping what it already has, so the log stays whole.
 //! If that cannot be done, the log says where its output stops.
+//!
+//! Beside the log, `<id>.times` says when its output came: a line
+//! `<offset> <unix ms>` at most once a second, for `orch logs --since`.
 
 use std::os::fd::AsFd;
 use std::time::Duration;
@@ -31,6 +34,9 @@ use crate::runtime::{OutputStream, Runtime};
 const RESERVE: u64 = 512 * 1024;
 /// Free space is looked at again after this many bytes are written.
 const CHECK_EVERY: u64 = 64 * 1024;
+
+/// How often the time index gets a line, at most.
+const MARK_EVERY_MS: i64 = 1_000;
 
 /// How many times a broken output stream is read again.
 const REOPEN_ATTEMPTS: u32 = 20;
@@ -78,17 +84,61 @@ pub(crate) fn spawn_pump(
     output: OutputStream,
     source: Source,
     sink: EventSink,
-    log: Option<tokio::fs::File>,
+    log: Option<(tokio::fs::File, Option<tokio::fs::File>)>,
     progress: watch::Sender<Progress>,
 ) -> JoinHandle<()> {
     tracker.spawn(pump(output, source, sink, log, progress))
 }
 
-/// The task's log, as the pump writes it.
+/// The task's log, as the pump writes it, and its time index.
 struct Log {
     file: Option<tokio::fs::File>,
+    times: Option<tokio::fs::File>,
+    /// Bytes in the log so far (where the next chunk starts).
+    written: u64,
+    last_mark: i64,
     since_check: u64,
     dropped: u64,
+}
+
+/// The time index beside a log: `<id>.times` for `<id>.log`.
+pub fn times_path(log: &std::path::Path) -> std::path::PathBuf {
+    log.with_extension("times")
+}
+
+/// Where the output written at or after `since` (Unix ms) starts in the
+/// log at `log`, by its time index: 0 if it has none (all of it), the
+/// log's length if nothing came since.
+pub fn since_offset(log: &std::path::Path, since: i64) -> std::io::Result<u64> {
+    let text = match std::fs::read_to_string(times_path(log)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let marks = text.lines().filter_map(|line| {
+        let (offset, at) = line.split_once(' ')?;
+        Some((offset.parse::<u64>().ok()?, at.parse::<i64>().ok()?))
+    });
+    // A mark says where output written at its time starts; output up to
+    // the next mark came within a second of it (a quiet second gets a
+    // mark of its own). So start at the last mark less than a second
+    // before `since` (a second early at most), or at the first one after.
+    let mut before: Option<(u64, i64)> = None;
+    for (offset, at) in marks {
+        if at >= since {
+            return Ok(match before {
+                Some((start, at)) if since - at < MARK_EVERY_MS => start,
+                Some(_) => offset,
+                None => 0,
+            });
+        }
+        before = Some((offset, at));
+    }
+    Ok(match before {
+        Some((start, at)) if since - at < MARK_EVERY_MS => start,
+        Some(_) => std::fs::metadata(log).map_or(0, |m| m.len()),
+        None => 0,
+    })
 }
 
 impl Log {
@@ -107,6 +157,8 @@ impl Log {
         if !full {
             match file.write_all(data).await {
                 Ok(()) => {
+                    self.mark().await;
+                    self.written += data.len() as u64;
                     self.since_check += data.len() as u64;
                     return;
                 }
@@ -136,6 +188,24 @@ impl Log {
     }
 }
 
+impl Log {
+    /// A line in the time index for the chunk starting at `written`, if
+    /// the last one is a second old.
+    async fn mark(&mut self) {
+        let now = orch_registry::now_ms();
+        if now.saturating_sub(self.last_mark) < MARK_EVERY_MS {
+            return;
+        }
+        self.last_mark = now;
+        if let Some(times) = &mut self.times {
+            let line = format!("{} {now}\n", self.written);
+            if times.write_all(line.as_bytes()).await.is_err() {
+                self.times = None;
+            }
+        }
+    }
+}
+
 fn libc_enospc() -> i32 {
     rustix::io::Errno::NOSPC.raw_os_error()
 }
@@ -150,12 +220,20 @@ async fn pump(
     mut output: OutputStream,
     mut source: Source,
     sink: EventSink,
-    log: Option<tokio::fs::File>,
+    log: Option<(tokio::fs::File, Option<tokio::fs::File>)>,
     progress: watch::Sender<Progress>,
 ) {
     let mut parser = ProgressParser::default();
+    let (file, times) = log.map_or((None, None), |(file, times)| (Some(file), times));
+    let written = match &file {
+        Some(file) => file.metadata().await.map_or(0, |m| m.len()),
+        None => 0,
+    };
     let mut log = Log {
-        file: log,
+        file,
+        times,
+        written,
+        last_mark: i64::MIN,
         since_check: CHECK_EVERY,
         dropped: 0,
     };
@@ -241,6 +319,9 @@ async fn pump(
     if let Some(mut file) = log.file {
         let _ = file.flush().await;
     }
+    if let Some(mut times) = log.times {
+        let _ = times.flush().await;
+    }
     if log.dropped > 0 {
         tracing::warn!(bytes = log.dropped, "output left out of the task's log");
     }
@@ -254,5 +335,30 @@ pub(crate) async fn finish_pump(mut pump: JoinHandle<()>) {
         .is_err()
     {
         pump.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_finds_the_output_of_a_moment_by_the_time_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("t.log");
+        std::fs::write(&log, "a\nb\nc\nd\n").unwrap();
+        // No index: all of it.
+        assert_eq!(since_offset(&log, 5_000).unwrap(), 0);
+        std::fs::write(times_path(&log), "0 1000\n2 5000\n6 9000\n").unwrap();
+        assert_eq!(since_offset(&log, 0).unwrap(), 0, "before all");
+        assert_eq!(since_offset(&log, 5_000).unwrap(), 2, "at a mark");
+        assert_eq!(since_offset(&log, 5_500).unwrap(), 2, "within its second");
+        assert_eq!(since_offset(&log, 7_000).unwrap(), 6, "between marks");
+        assert_eq!(
+            since_offset(&log, 9_500).unwrap(),
+            6,
+            "within the last second"
+        );
+        assert_eq!(since_offset(&log, 20_000).unwrap(), 8, "nothing since");
     }
 }

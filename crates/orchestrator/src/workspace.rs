@@ -145,10 +145,16 @@ pub(crate) async fn begin(
 pub(crate) async fn populate(
     ctx: &Ctx,
     held: HeldWorkspace,
+    open_to_others: bool,
 ) -> (Result<(), Error>, Option<HeldWorkspace>) {
     let layout = ctx.home.layout();
     let filling = tokio::task::spawn_blocking(move || {
-        let made = held.workspace.populate(&layout, &held.lock);
+        let made = held.workspace.populate(&layout, &held.lock).and_then(|()| {
+            if open_to_others {
+                orch_workspace::open_to_others(&held.workspace.path)?;
+            }
+            Ok(())
+        });
         (made, held)
     });
     match filling.await {

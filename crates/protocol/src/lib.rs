@@ -33,4 +33,4 @@ pub use answers::{
 };
 pub use events::DaemonEvent;
 pub use orch_registry::{State, TaskRecord};
-pub use requests::{CleanupRequest, DurationText, SubmitSpec, TaskQuery};
+pub use requests::{CleanupRequest, DurationText, LogFrom, SubmitSpec, TaskQuery};

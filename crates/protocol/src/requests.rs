@@ -71,6 +71,30 @@ fn is_zero(n: &i64) -> bool {
     *n == 0
 }
 
+/// Where a log is read from (`GET /v1/tasks/{id}/logs`): `?tail=N` or
+/// `?since=<unix ms>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFrom {
+    /// All of it.
+    #[default]
+    Start,
+    /// Its last this many lines.
+    Tail(usize),
+    /// What came at or after this time (Unix ms), by the log's time index.
+    Since(i64),
+}
+
+impl LogFrom {
+    /// The query parameter saying so, if any.
+    pub fn query(self) -> Option<String> {
+        match self {
+            LogFrom::Start => None,
+            LogFrom::Tail(lines) => Some(format!("tail={lines}")),
+            LogFrom::Since(at) => Some(format!("since={at}")),
+        }
+    }
+}
+
 /// A duration as text (`90s`) or seconds (`90`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

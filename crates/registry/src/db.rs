@@ -157,6 +157,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX tasks_live_name ON tasks (name)
         WHERE name IS NOT NULL AND state IN ('queued', 'creating', 'running');
 ",
+    // Frozen by Ctrl+Z (`docker pause`).
+    r"
+    ALTER TABLE tasks ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+",
 ];
 
 /// Records a task's repository and its branch's base (for `cleanup
@@ -203,7 +207,7 @@ const COLUMNS: &str = concat!(
     keep_failed_workspace, stop_grace_ms, session, owner_pid, owner_start, owner_boot, \
     lease_until, progress, progress_message, progress_at, cancel_requested, detached, \
     keep_workspace, base, git_dir, spec, priority, max_parallel",
-    ", notes, attempt, node_id, node, retries, constraints, remote, delivered, name"
+    ", notes, attempt, node_id, node, retries, constraints, remote, delivered, name, paused"
 );
 
 /// The columns a new record is written with (notes come later).
@@ -613,7 +617,8 @@ impl Store for Registry {
             task,
             finish.state,
             &format!(
-                "finished_at = ?3, exit_code = ?4, reason = ?5, lease_until = NULL, {WIPE_ENV}"
+                "finished_at = ?3, exit_code = ?4, reason = ?5, lease_until = NULL, paused = 0, \
+                 {WIPE_ENV}"
             ),
             &[&finish.at, &finish.exit_code, &finish.reason],
         )?;
@@ -662,6 +667,15 @@ impl Store for Registry {
             task,
             "UPDATE tasks SET progress = ?1, progress_message = ?2, progress_at = ?3 WHERE id = ?4",
             params![percent, message, at, task.id.to_string()],
+        )
+    }
+
+    fn set_paused(&self, task: &Attempt, paused: bool) -> Result<(), Error> {
+        self.fenced_update(
+            "record a task frozen or thawed",
+            task,
+            "UPDATE tasks SET paused = ?1 WHERE id = ?2",
+            params![paused, task.id.to_string()],
         )
     }
 
@@ -781,8 +795,8 @@ impl Store for Registry {
             Listing::Live => format!("WHERE {LIVE}"),
         };
         let sql = format!(
-            "SELECT id, project, state, created_at, progress, workspace, workspace_state, name \
-             FROM tasks {filter} ORDER BY id"
+            "SELECT id, project, state, created_at, progress, workspace, workspace_state, name, \
+             paused FROM tasks {filter} ORDER BY id"
         );
         let err = self.sql("list tasks");
         let conn = self.conn();
@@ -808,6 +822,7 @@ impl Store for Registry {
                     .as_deref()
                     .and_then(WorkspaceState::parse),
                 name: row.get(7).map_err(&err)?,
+                paused: row.get(8).map_err(&err)?,
             });
         }
         Ok(())
@@ -1412,6 +1427,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
         project: text(1)?,
         description: text(2)?,
         name: row.get(41)?,
+        paused: row.get(42)?,
         state: state
             .parse()
             .map_err(|e: crate::state::UnknownState| bad(3, e.to_string()))?,

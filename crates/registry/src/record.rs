@@ -174,6 +174,9 @@ pub struct TaskRecord {
     pub name: Option<String>,
     /// Lifecycle state.
     pub state: State,
+    /// Frozen by its owner (Ctrl+Z: `docker pause`); shown as `paused`.
+    #[serde(default)]
+    pub paused: bool,
     /// When the record was written.
     pub created_at: i64,
     /// When the container started.
@@ -213,6 +216,7 @@ impl Serialize for TaskRecord {
             description: &'a str,
             name: &'a Option<String>,
             state: State,
+            paused: bool,
             created_at: i64,
             started_at: Option<i64>,
             container: &'a str,
@@ -241,6 +245,7 @@ impl Serialize for TaskRecord {
             description,
             name,
             state,
+            paused,
             created_at,
             started_at,
             container,
@@ -259,6 +264,7 @@ impl Serialize for TaskRecord {
             description,
             name,
             state: *state,
+            paused: *paused,
             created_at: *created_at,
             started_at: *started_at,
             container,
@@ -302,6 +308,7 @@ impl TaskRecord {
             description: description.to_owned(),
             name: None,
             state,
+            paused: false,
             created_at: crate::now_ms(),
             started_at: None,
             container: container.to_owned(),
@@ -376,6 +383,8 @@ pub struct TaskBrief {
     pub project: String,
     /// The task's name, if it has one.
     pub name: Option<String>,
+    /// Frozen by its owner (Ctrl+Z).
+    pub paused: bool,
     /// Lifecycle state.
     pub state: State,
     /// When the record was written.

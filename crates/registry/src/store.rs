@@ -57,6 +57,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// is already terminal.
     fn request_cancel(&self, id: &Uuid) -> Result<bool, Error>;
 
+    /// Records that the task is frozen (`docker pause`, Ctrl+Z) or thawed.
+    fn set_paused(&self, task: &Attempt, paused: bool) -> Result<(), Error>;
+
     /// Stores a progress report.
     fn set_progress(
         &self,

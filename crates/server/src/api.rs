@@ -198,6 +198,8 @@ struct FollowQuery {
     follow: Option<String>,
     /// Only the last this many lines of what the log holds now.
     tail: Option<usize>,
+    /// Only what came at or after this time (Unix ms).
+    since: Option<i64>,
 }
 
 async fn logs(
@@ -206,7 +208,15 @@ async fn logs(
     q: Result<Query<FollowQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let (follow, tail) = (flag(q.follow.as_deref())?, q.tail);
+    let follow = flag(q.follow.as_deref())?;
+    let from = match (q.tail, q.since) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give tail or since, not both"));
+        }
+        (Some(lines), None) => orch_protocol::LogFrom::Tail(lines),
+        (None, Some(at)) => orch_protocol::LogFrom::Since(at),
+        (None, None) => orch_protocol::LogFrom::Start,
+    };
     let task = s.supervisor.task(&id).await?;
     let text = |body| {
         Response::builder()
@@ -217,7 +227,8 @@ async fn logs(
     let path = match s.supervisor.log_source(&task).await? {
         LogSource::Local(path) => path,
         LogSource::Kept(mut bytes) => {
-            if let Some(lines) = tail {
+            // A kept copy has no time index: `since` gives all of it.
+            if let orch_protocol::LogFrom::Tail(lines) = from {
                 bytes.drain(..orch_orchestrator::cluster::tail_start(&bytes, lines));
             }
             return text(Body::from(bytes));
@@ -230,7 +241,7 @@ async fn logs(
                 &crate::ClientTls::from_env(),
             )
             .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?
-            .open_logs(&task.id.to_string(), follow, tail)
+            .open_logs(&task.id.to_string(), follow, from)
             .await
             .map_err(|e| {
                 ApiError::new(
@@ -249,20 +260,26 @@ async fn logs(
             ));
         }
     };
-    let start = match tail {
-        Some(lines) => {
+    let start = match from {
+        orch_protocol::LogFrom::Start => 0,
+        from => {
             let at = path.clone();
-            tokio::task::spawn_blocking(move || orch_orchestrator::cluster::tail_offset(&at, lines))
-                .await
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-                .map_err(|e| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("failed to read {}: {e}", path.display()),
-                    )
-                })?
+            tokio::task::spawn_blocking(move || match from {
+                orch_protocol::LogFrom::Tail(lines) => {
+                    orch_orchestrator::cluster::tail_offset(&at, lines)
+                }
+                orch_protocol::LogFrom::Since(ms) => orch_orchestrator::since_offset(&at, ms),
+                orch_protocol::LogFrom::Start => Ok(0),
+            })
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("failed to read {}: {e}", path.display()),
+                )
+            })?
         }
-        None => 0,
     };
     if !follow {
         let bytes = match tokio::fs::read(&path).await {

@@ -325,15 +325,13 @@ impl Client {
         &self,
         id: &str,
         follow: bool,
-        tail: Option<usize>,
+        from: orch_protocol::LogFrom,
     ) -> Result<hyper::body::Incoming, ClientError> {
         let mut query = Vec::new();
         if follow {
             query.push("follow=1".to_owned());
         }
-        if let Some(lines) = tail {
-            query.push(format!("tail={lines}"));
-        }
+        query.extend(from.query());
         let path = format!(
             "/v1/tasks/{}/logs{}{}",
             segment(id),

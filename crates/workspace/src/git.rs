@@ -950,15 +950,27 @@ pub fn git_identity(layout: &Layout, git_dir: Option<&Path>) -> Vec<(String, Str
         Some(dir) => Git::at(layout, dir),
         None => Git::bare(layout),
     };
+    // One git for both (every task start pays for it): the last value of
+    // each key wins, as `git config --get` has it.
+    let said = git
+        .run(
+            "read the user's git identity",
+            &["config", "--get-regexp", r"^user\.(name|email)$"],
+        )
+        .unwrap_or_default();
+    let (mut name, mut email) = (String::new(), String::new());
+    for line in said.lines() {
+        match line.split_once(' ') {
+            Some(("user.name", value)) => value.trim().clone_into(&mut name),
+            Some(("user.email", value)) => value.trim().clone_into(&mut email),
+            _ => {}
+        }
+    }
     let mut env = Vec::new();
-    for (key, names) in [
-        ("user.name", ["GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"]),
-        ("user.email", ["GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"]),
+    for (value, names) in [
+        (name, ["GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"]),
+        (email, ["GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"]),
     ] {
-        let value = git
-            .run("read the user's git identity", &["config", "--get", key])
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_default();
         if !value.is_empty() && !value.contains('\0') {
             env.extend(names.iter().map(|n| ((*n).to_owned(), value.clone())));
         }

@@ -203,6 +203,47 @@ pub fn workspace_size(path: &Path) -> Result<crate::du::Size, Error> {
     Ok(size)
 }
 
+/// Opens a workspace to a task that runs as another uid (`--user
+/// UID:GID`): every directory gains `o+rwx` and every file `o+rw` (and
+/// `o+x` where its owner has `x`), links untouched and never followed.
+/// Others on the host still cannot reach it: the orch home is 0700.
+pub fn open_to_others(root: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&dir).map_err(|e| Error::io("open", &dir, e))?;
+        let mode = meta.permissions().mode();
+        std::fs::set_permissions(
+            &dir,
+            std::fs::Permissions::from_mode((mode & 0o7777) | 0o007),
+        )
+        .map_err(|e| Error::io("open", &dir, e))?;
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))? {
+            let entry = entry.map_err(|e| Error::io("read", &dir, e))?;
+            let kind = entry
+                .file_type()
+                .map_err(|e| Error::io("read", entry.path(), e))?;
+            let path = entry.path();
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                let mode = entry
+                    .metadata()
+                    .map_err(|e| Error::io("read", &path, e))?
+                    .permissions()
+                    .mode();
+                let exec = if mode & 0o100 != 0 { 0o001 } else { 0 };
+                std::fs::set_permissions(
+                    &path,
+                    std::fs::Permissions::from_mode((mode & 0o7777) | 0o006 | exec),
+                )
+                .map_err(|e| Error::io("open", &path, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

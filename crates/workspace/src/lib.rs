@@ -39,7 +39,7 @@ mod worktree;
 pub use branches::{EmptyBranch, delete_branch, empty_branches, prune_worktrees};
 pub use error::Error;
 pub use git::{Repo, git_identity};
-pub use layout::{Layout, TaskDir, validate_project_name, workspace_size};
+pub use layout::{Layout, TaskDir, open_to_others, validate_project_name, workspace_size};
 pub use lock::TaskLock;
 pub use mirror::Mirror;
 pub use outcome::{Mount, RemovedWorkspace, Saved, Unsaved};

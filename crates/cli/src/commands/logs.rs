@@ -32,6 +32,7 @@ pub(crate) async fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
         match source {
             LogSource::Local(_) => {}
             LogSource::Kept(bytes) => {
+                // A kept copy has no time index: `--since` gives all of it.
                 let from = args.tail.map_or(0, |lines| {
                     orch_orchestrator::cluster::tail_start(&bytes, lines)
                 });
@@ -45,7 +46,7 @@ pub(crate) async fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
                 });
             }
             LogSource::Remote { url } => {
-                relay(&url, &id.to_string(), args.follow, args.tail).await?;
+                relay(&url, &id.to_string(), args.follow, args.from()).await?;
                 if !args.follow {
                     return Ok(ExitCode::SUCCESS);
                 }
@@ -60,9 +61,12 @@ pub(crate) async fn run(args: &LogsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let path = home.join("logs").join(format!("{id}.log"));
-    let mut offset = match args.tail {
-        Some(lines) => orch_orchestrator::cluster::tail_offset(&path, lines)?,
-        None => 0,
+    let mut offset = match args.from() {
+        orch_protocol::LogFrom::Tail(lines) => {
+            orch_orchestrator::cluster::tail_offset(&path, lines)?
+        }
+        orch_protocol::LogFrom::Since(at) => orch_orchestrator::since_offset(&path, at)?,
+        orch_protocol::LogFrom::Start => 0,
     };
     loop {
         // Whether it had ended *before* this read: then the read gets all.
@@ -115,10 +119,15 @@ pub(crate) async fn wait(args: &WaitArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Copies a task's output from the node that runs it, as it comes.
-async fn relay(url: &str, id: &str, follow: bool, tail: Option<usize>) -> anyhow::Result<()> {
+async fn relay(
+    url: &str,
+    id: &str,
+    follow: bool,
+    from: orch_protocol::LogFrom,
+) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
     let mut body = super::remote::client(url)?
-        .open_logs(id, follow, tail)
+        .open_logs(id, follow, from)
         .await
         .map_err(|e| {
             anyhow::anyhow!("task {id} runs on {url}, whose output could not be read: {e}")

@@ -77,6 +77,7 @@ pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
                     name: task.name.as_deref(),
                     project: &task.project,
                     state: task.state,
+                    paused: task.paused,
                     progress: task.progress,
                     created_at: task.created_at,
                     workspace: task.workspace.as_deref(),
@@ -132,6 +133,7 @@ pub(crate) fn print_table(
                 name: task.name.as_deref(),
                 project: &task.project,
                 state: task.state,
+                paused: task.paused,
                 progress: task.progress.percent,
                 created_at: task.created_at,
                 workspace: task.workspace.path.as_deref(),
@@ -152,6 +154,7 @@ struct Row<'a> {
     name: Option<&'a str>,
     project: &'a str,
     state: orch_registry::State,
+    paused: bool,
     progress: Option<i64>,
     created_at: i64,
     workspace: Option<&'a str>,
@@ -197,6 +200,8 @@ fn row(out: &mut impl Write, task: &Row<'_>, now: i64) -> std::io::Result<()> {
         column(Some(task.project)),
         if task.workspace_state == Some(WorkspaceState::Saving) {
             "saving"
+        } else if task.paused && task.state == orch_registry::State::Running {
+            "paused"
         } else {
             task.state.as_str()
         },

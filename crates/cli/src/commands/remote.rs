@@ -93,7 +93,7 @@ async fn logs(client: &Client, args: &crate::args::LogsArgs) -> anyhow::Result<E
         .await
         .map_err(super::submit::refused)?;
     let mut body = client
-        .open_logs(&task.id.to_string(), follow, args.tail)
+        .open_logs(&task.id.to_string(), follow, args.from())
         .await
         .map_err(super::submit::refused)?;
     while let Some(frame) = body.frame().await {
@@ -221,6 +221,7 @@ async fn task(client: &Client, command: &crate::args::TaskCommand) -> anyhow::Re
         id,
         follow: true,
         tail: None,
+        since: None,
     };
     let code = logs(client, &follow).await;
     cancel.abort();

@@ -57,6 +57,8 @@ fn request(
         project,
         desc: args.desc.clone(),
         name: args.name.clone(),
+        // A detached task has no terminal of its caller's to read.
+        stdin: args.interactive && task_id.is_none(),
         git_ref,
         keep_workspace: match (args.keep_workspace, args.rm_workspace) {
             (true, _) => Some(true),

@@ -135,9 +135,10 @@ impl TaskRun<'_> {
         // directory to exist) while git fills the workspace; both are done
         // before the container starts.
         let begun = self.held.take();
+        let other = self.prepared.request.project.settings.user.is_other();
         let filling = async {
             match begun {
-                Some(held) => workspace::populate(ctx, held).await,
+                Some(held) => workspace::populate(ctx, held, other).await,
                 None => (Ok(()), None),
             }
         };
@@ -168,7 +169,10 @@ impl TaskRun<'_> {
         let attached = ctx.runtime.attach(&self.name).await?;
         let log_path = ctx.home.log_path(&task_id);
         let log = match crate::home::open_private_append(&log_path).await {
-            Ok(file) => Some(file),
+            Ok(file) => {
+                let times = crate::output::times_path(&log_path);
+                Some((file, crate::home::open_private_append(&times).await.ok()))
+            }
             Err(e) => {
                 tracing::warn!(path = %log_path.display(), error = %e, "cannot write the task's log");
                 self.sink.send(Event::Notice(format!(
@@ -178,6 +182,19 @@ impl TaskRun<'_> {
                 None
             }
         };
+        if self.prepared.request.stdin {
+            // Attached before it starts, so no input is lost; its end of
+            // input when orch's ends.
+            let mut input = ctx.runtime.attach_stdin(&self.name).await?;
+            self.input = Some(tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut stdin = tokio::io::stdin();
+                if let Err(e) = tokio::io::copy(&mut stdin, &mut input).await {
+                    tracing::debug!(error = %e, "the task's input ended early");
+                }
+                let _ = input.shutdown().await;
+            }));
+        }
         self.pump = Some(spawn_pump(
             &ctx.tracker,
             attached,

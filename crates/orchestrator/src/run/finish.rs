@@ -17,6 +17,9 @@ impl TaskRun<'_> {
     pub(super) async fn finish(&mut self, ending: Result<Ending, Error>) -> Result<Outcome, Error> {
         let ended = Instant::now();
         self.ctx.leases.ending(&self.prepared.holds());
+        if let Some(input) = self.input.take() {
+            input.abort();
+        }
         self.over.send_replace(true);
         self.sink.send(Event::Ended);
         self.drain().await;

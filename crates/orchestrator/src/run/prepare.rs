@@ -151,6 +151,18 @@ pub(super) fn spec(
             .unwrap_or_default(),
     ));
     let user = settings.user.docker_user();
+    // A workspace opened to another uid is owned by orch's: git inside
+    // would refuse it as of dubious ownership. Trusted for that task only.
+    if settings.user.is_other()
+        && workspace.is_some()
+        && !settings.env.contains_key("GIT_CONFIG_COUNT")
+    {
+        env.extend([
+            ("GIT_CONFIG_COUNT".to_owned(), "1".to_owned()),
+            ("GIT_CONFIG_KEY_0".to_owned(), "safe.directory".to_owned()),
+            ("GIT_CONFIG_VALUE_0".to_owned(), "*".to_owned()),
+        ]);
+    }
     // A private home the task's user owns, unless the project keeps the
     // image's (or sets HOME itself).
     let home = (settings.home == crate::config::HomeMode::Tmpfs
@@ -192,6 +204,7 @@ pub(super) fn spec(
         extra_hosts: Vec::new(),
         extra_networks: Vec::new(),
         tmpfs: home.into_iter().collect(),
+        stdin: request.stdin,
         ownership: Ownership {
             instance: ctx.home.instance_id().to_owned(),
             session: ctx.session.id,

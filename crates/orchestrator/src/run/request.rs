@@ -15,6 +15,8 @@ pub struct TaskRequest {
     pub desc: String,
     /// A name for the task (`--name`), unique among live tasks.
     pub name: Option<String>,
+    /// This process's standard input goes to the task (`orch task -i`).
+    pub stdin: bool,
     /// Where the workspace branch starts (default: the project's HEAD).
     pub git_ref: Option<String>,
     /// Keep (`Some(true)`) or remove (`Some(false)`) the workspace whatever

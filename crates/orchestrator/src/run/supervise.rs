@@ -135,6 +135,20 @@ impl TaskRun<'_> {
         }
     }
 
+    /// Records the task frozen or thawed (a failure is only logged: the
+    /// freeze itself is what matters).
+    async fn record_paused(&self, paused: bool) {
+        let task = self.prepared.holds();
+        let recorded = self
+            .ctx
+            .store
+            .call(move |r| r.set_paused(&task, paused))
+            .await;
+        if let Err(e) = recorded {
+            tracing::warn!(task = %task.id, error = %format!("{e:#}"), "cannot record the task frozen or thawed");
+        }
+    }
+
     /// Freezes or thaws the task as its owner's suspension asks; whether
     /// it is frozen now.
     async fn freeze(&self, requested: bool, frozen: bool) -> bool {
@@ -143,12 +157,15 @@ impl TaskRun<'_> {
             if let Err(e) = self.ctx.runtime.pause(name).await {
                 tracing::warn!(container = %name, error = %e, "failed to freeze the task");
             }
+            // Recorded before this process stops itself: `ps` says so.
+            self.record_paused(true).await;
             self.shutdown.suspension_applied();
             true
         } else if !requested && frozen {
             if let Err(e) = self.ctx.runtime.unpause(name).await {
                 tracing::warn!(container = %name, error = %e, "failed to thaw the task");
             }
+            self.record_paused(false).await;
             false
         } else {
             frozen

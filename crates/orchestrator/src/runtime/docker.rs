@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use super::Stopped;
+use super::{StdinWriter, Stopped};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -495,6 +495,21 @@ impl Runtime for DockerRuntime {
         Ok(output_stream(attached.output, name))
     }
 
+    async fn attach_stdin(&self, name: &str) -> Result<StdinWriter, RuntimeError> {
+        let options = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stream(true)
+            .build();
+        let attached = Self::once(
+            "attach to the input of container",
+            name,
+            CALL_DEADLINE,
+            self.docker.attach_container(name, Some(options)),
+        )
+        .await?;
+        Ok(attached.input)
+    }
+
     async fn logs(&self, name: &str) -> Result<OutputStream, RuntimeError> {
         let options = LogsOptionsBuilder::default()
             .follow(true)
@@ -896,6 +911,9 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         labels: Some(labels),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
+        attach_stdin: Some(spec.stdin),
+        open_stdin: Some(spec.stdin),
+        stdin_once: Some(spec.stdin),
         stop_timeout: Some(grace_secs(spec.stop_grace)),
         working_dir: spec.workdir.as_ref().map(|w| w.display().to_string()),
         host_config: Some(HostConfig {
@@ -1179,6 +1197,7 @@ mod tests {
             extra_hosts: Vec::new(),
             extra_networks: Vec::new(),
             tmpfs: Vec::new(),
+            stdin: false,
             ownership: crate::runtime::Ownership {
                 instance: "abc".into(),
                 session,

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::events::Stream as OutStream;
 use crate::runtime::{
     Capabilities, ContainerSpec, ContainerState, Gone, OutputStream, OwnedContainer, Runtime,
-    RuntimeError, Selector, Stopped,
+    RuntimeError, Selector, StdinWriter, Stopped,
 };
 
 /// How the fake's containers behave.
@@ -188,6 +188,11 @@ impl Runtime for FakeRuntime {
             },
         );
         Ok(())
+    }
+
+    async fn attach_stdin(&self, name: &str) -> Result<StdinWriter, RuntimeError> {
+        self.call("attach_stdin", name)?;
+        Ok(Box::pin(tokio::io::sink()))
     }
 
     async fn attach(&self, name: &str) -> Result<OutputStream, RuntimeError> {

@@ -20,6 +20,6 @@ pub use error::{RuntimeError, display_chain};
 pub(crate) use reference::validate_reference;
 pub use spec::{
     Capabilities, ContainerSpec, ContainerState, Gone, Machine, Mount, OutputChunk, OutputStream,
-    OwnedContainer, OwnedNetwork, Ownership, Runtime, Selector, Stopped, Stream,
+    OwnedContainer, OwnedNetwork, Ownership, Runtime, Selector, StdinWriter, Stopped, Stream,
 };
 pub(crate) use spec::{egress_name, is_egress};

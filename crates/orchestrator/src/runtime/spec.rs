@@ -98,6 +98,9 @@ pub struct ContainerSpec {
     pub extra_networks: Vec<String>,
     /// tmpfs mounts: where, and their mount options.
     pub tmpfs: Vec<(PathBuf, String)>,
+    /// Its standard input is kept open for [`Runtime::attach_stdin`]
+    /// (closed when that attachment closes), as `docker run -i`.
+    pub stdin: bool,
     /// Whose it is.
     pub ownership: Ownership,
 }
@@ -125,6 +128,7 @@ impl ContainerSpec {
             extra_hosts: Vec::new(),
             extra_networks: Vec::new(),
             tmpfs: Vec::new(),
+            stdin: false,
             ownership,
         }
     }
@@ -266,6 +270,11 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// Attaches to a created container's output.
     async fn attach(&self, name: &str) -> Result<OutputStream, RuntimeError>;
 
+    /// Attaches to the standard input of a created container whose spec
+    /// asked for it: what is written reaches the task; shutting the writer
+    /// down is the task's end of input.
+    async fn attach_stdin(&self, name: &str) -> Result<StdinWriter, RuntimeError>;
+
     /// Its output from its start, following it until its streams close:
     /// what an attached stream that broke did not deliver. Errs if the
     /// engine keeps no such log of it.
@@ -335,3 +344,6 @@ pub enum Stopped {
     /// It outlived its grace and was killed.
     Killed,
 }
+
+/// The writing end of a task's standard input.
+pub type StdinWriter = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;

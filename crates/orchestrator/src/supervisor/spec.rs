@@ -72,6 +72,7 @@ pub fn request_of(
         project,
         desc: spec.desc.clone(),
         name: spec.name.clone(),
+        stdin: false,
         git_ref: spec.git_ref.clone(),
         keep_workspace: spec.keep_workspace,
         detached: true,

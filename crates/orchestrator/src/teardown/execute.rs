@@ -410,6 +410,7 @@ impl Execution<'_> {
             self.report(Step::RecordDeleted);
         }
         if let Some((log, bytes)) = &plan.log {
+            let _ = tokio::fs::remove_file(crate::output::times_path(log)).await;
             match tokio::fs::remove_file(log).await {
                 Ok(()) => self.report(Step::LogDeleted { bytes: *bytes }),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -50,7 +50,7 @@ const COLUMNS: &str = "id, project, description, state, created_at, started_at, 
     keep_failed_workspace, stop_grace_ms, session, owner_pid, owner_start, owner_boot, \
     lease_until, progress, progress_message, progress_at, cancel_requested, detached, \
     keep_workspace, base, git_dir, spec, priority, max_parallel, notes, attempt, node_id, node, \
-    retries, constraints, remote, delivered, name";
+    retries, constraints, remote, delivered, name, paused";
 
 /// The channels wake-ups go on.
 const QUEUE_CHANNEL: &str = "orch_queue";
@@ -249,6 +249,7 @@ fn record_from_row(row: &Row) -> Result<TaskRecord, Error> {
         project: row.get(1),
         description: row.get(2),
         name: row.get(41),
+        paused: row.get(42),
         state: parse_state(row.get(3))?,
         created_at: row.get(4),
         started_at: row.get(5),
@@ -431,7 +432,8 @@ impl Store for Postgres {
             task,
             finish.state,
             &format!(
-                "finished_at = $3, exit_code = $4, reason = $5, lease_until = NULL, {WIPE_ENV}"
+                "finished_at = $3, exit_code = $4, reason = $5, lease_until = NULL, paused = false, \
+                 {WIPE_ENV}"
             ),
             &[&finish.at, &finish.exit_code, &finish.reason],
         )
@@ -475,6 +477,15 @@ impl Store for Postgres {
             task,
             "progress = $3, progress_message = $4, progress_at = $5",
             &[&percent, &message, &at],
+        )
+    }
+
+    fn set_paused(&self, task: &Attempt, paused: bool) -> Result<(), Error> {
+        self.fenced_update(
+            "record a task frozen or thawed",
+            task,
+            "paused = $3",
+            &[&paused],
         )
     }
 
@@ -577,8 +588,8 @@ impl Store for Postgres {
             Listing::Live => format!("WHERE {LIVE}"),
         };
         let sql = format!(
-            "SELECT id, project, state, created_at, progress, workspace, workspace_state, name \
-             FROM tasks {filter} ORDER BY id"
+            "SELECT id, project, state, created_at, progress, workspace, workspace_state, name, \
+             paused FROM tasks {filter} ORDER BY id"
         );
         self.with("list tasks", |c| {
             // Streamed, never collected: `orch ps` stays small at any size.
@@ -595,6 +606,7 @@ impl Store for Postgres {
                         .get::<_, Option<&str>>(6)
                         .and_then(WorkspaceState::parse),
                     name: row.get(7),
+                    paused: row.get(8),
                 });
             }
             Ok(())

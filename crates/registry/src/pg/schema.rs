@@ -93,6 +93,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX tasks_live_name ON tasks (name)
         WHERE name IS NOT NULL AND state IN ('queued', 'creating', 'running');
 ",
+    r"
+    ALTER TABLE tasks ADD COLUMN paused boolean NOT NULL DEFAULT false;
+",
 ];
 
 /// The advisory lock migrations take, so that nodes starting together
