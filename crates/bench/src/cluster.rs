@@ -104,7 +104,39 @@ impl Bench {
                 let (db, barrier) = (db.clone(), barrier.clone());
                 let submitted = submitted.clone();
                 std::thread::spawn(move || {
-                    let store = Postgres::open(&db).expect("open the database");
+                    let store = Arc::new(Postgres::open(&db).expect("open the database"));
+                    // As a node does: one claim loop, the claimed tasks
+                    // started and finished by the runs in flight (two here,
+                    // so that the node's pool of 3 is in use).
+                    let (hand, work) = std::sync::mpsc::channel::<TaskRecord>();
+                    let work = Arc::new(std::sync::Mutex::new(work));
+                    let runs: Vec<_> = (0..2)
+                        .map(|_| {
+                            let (store, work) = (store.clone(), work.clone());
+                            std::thread::spawn(move || {
+                                loop {
+                                    let next = work.lock().expect("queue").recv();
+                                    let Ok(task) = next else {
+                                        break;
+                                    };
+                                    store
+                                        .mark_running(&task.attempt(), now_ms(), lease)
+                                        .expect("start");
+                                    store
+                                        .finish(
+                                            &task.attempt(),
+                                            &Finish {
+                                                state: State::Succeeded,
+                                                exit_code: Some(0),
+                                                reason: "exited 0".into(),
+                                                at: now_ms(),
+                                            },
+                                        )
+                                        .expect("finish");
+                                }
+                            })
+                        })
+                        .collect();
                     let claimant = Claimant {
                         session: format!("bench-{k}"),
                         node: Some((format!("node-{k}"), format!("node-{k}"))),
@@ -123,20 +155,11 @@ impl Bench {
                             continue;
                         };
                         claims.push(at.elapsed());
-                        store
-                            .mark_running(&task.attempt(), now_ms(), lease)
-                            .expect("start");
-                        store
-                            .finish(
-                                &task.attempt(),
-                                &Finish {
-                                    state: State::Succeeded,
-                                    exit_code: Some(0),
-                                    reason: "exited 0".into(),
-                                    at: now_ms(),
-                                },
-                            )
-                            .expect("finish");
+                        hand.send(task).expect("a run to take it");
+                    }
+                    drop(hand);
+                    for run in runs {
+                        run.join().expect("run");
                     }
                     claims
                 })

@@ -70,6 +70,9 @@ pub(crate) async fn execute(
     let Some((saved, held_lock)) = run.containers(options.held_lock).await else {
         return run.done;
     };
+    if plan.gone_workspace {
+        let _ = run.workspace_state(WorkspaceState::Removed).await;
+    }
     if let Some(step) = &plan.workspace {
         let lock = match held_lock {
             Some(lock) => Ok(lock),

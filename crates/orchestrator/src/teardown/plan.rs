@@ -354,6 +354,10 @@ pub struct Teardown {
     pub delete_record: bool,
     /// Its log, to delete at the end, with its size.
     pub log: Option<(PathBuf, u64)>,
+    /// Its record names a workspace not yet settled that is gone from the
+    /// disk (its owner died between removing it and saying so): the
+    /// record is told it was removed.
+    pub gone_workspace: bool,
 }
 
 impl Teardown {
@@ -386,6 +390,7 @@ impl Teardown {
             }),
             delete_record: false,
             log: None,
+            gone_workspace: false,
         }
     }
 
@@ -532,6 +537,8 @@ pub(crate) fn plan(facts: &TaskFacts, cause: Cause, found: Found) -> Teardown {
         })
     };
     let whole = matches!(cause, Cause::Retention | Cause::Everything);
+    let gone_workspace =
+        !whole && !facts.workspace_settled && facts.workspace.is_some() && workspace.is_none();
     Teardown {
         task: Some(facts.id),
         attempt: facts.attempt,
@@ -540,6 +547,7 @@ pub(crate) fn plan(facts: &TaskFacts, cause: Cause, found: Found) -> Teardown {
         workspace,
         delete_record: whole,
         log: if whole { found.log } else { None },
+        gone_workspace,
     }
 }
 
