@@ -88,7 +88,7 @@ pub(crate) fn merge(args: &MergeArgs) -> anyhow::Result<ExitCode> {
     let message = match way {
         MergeWay::Merge => format!(
             "Merge task {}: {summary}\n\nBranch {}, task {} ({}).",
-            short(&task.id.to_string()),
+            orch_registry::short_id(&task.id),
             branch.name,
             task.id,
             task.description
