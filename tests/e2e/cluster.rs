@@ -176,56 +176,43 @@ impl Node {
             .collect()
     }
 
-    /// When (Unix milliseconds) this node's containers died since `since`
+    /// `format` of each `event` of this node's containers since `since`
     /// (Unix seconds), by the engine's own event log.
-    fn died_since(&self, since: u64) -> Vec<i64> {
+    fn events_since(&self, since: u64, event: &str, format: &str) -> Vec<String> {
         let out = self
             .docker()
             .args(["events", "--since", &since.to_string(), "--until"])
             // Whole seconds: an event of this very second is before the
             // next one (docker waits until then).
             .arg((now_secs() + 1).to_string())
-            .args([
-                "--filter",
-                "type=container",
-                "--filter",
-                "event=die",
-                "--filter",
-            ])
+            .args(["--filter", "type=container", "--filter"])
+            .arg(format!("event={event}"))
+            .arg("--filter")
             .arg(format!("label=orch.instance={}", self.instance()))
-            .args(["--format", "{{.TimeNano}}"])
+            .args(["--format", format])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|l| l.trim().parse::<i64>().ok())
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// When (Unix milliseconds) this node's containers died since `since`.
+    fn died_since(&self, since: u64) -> Vec<i64> {
+        self.events_since(since, "die", "{{.TimeNano}}")
+            .iter()
+            .filter_map(|l| l.parse::<i64>().ok())
             .map(|ns| ns / 1_000_000)
             .collect()
     }
 
     /// Task ids of every container this node's engine created since
-    /// `since` (Unix seconds), by the engine's own event log.
+    /// `since`.
     fn created_since(&self, since: u64) -> Vec<String> {
-        let out = self
-            .docker()
-            .args(["events", "--since", &since.to_string(), "--until"])
-            .arg((now_secs() + 1).to_string())
-            .args([
-                "--filter",
-                "type=container",
-                "--filter",
-                "event=create",
-                "--filter",
-            ])
-            .arg(format!("label=orch.instance={}", self.instance()))
-            .args(["--format", "{{index .Actor.Attributes \"orch.task\"}}"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .filter(|l| !l.is_empty())
-            .collect()
+        self.events_since(since, "create", "{{index .Actor.Attributes \"orch.task\"}}")
     }
 }
 

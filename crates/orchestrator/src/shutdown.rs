@@ -226,5 +226,17 @@ mod tests {
             Some("SIGINT"),
             "from any ancestor"
         );
+        // What forced one task is its own; what forced the parent, all of
+        // theirs.
+        let daemon = Shutdown::new();
+        let (lost, sibling) = (daemon.child(), daemon.child());
+        lost.lose_because("no lease renewal landed");
+        lost.force_because("no lease renewal landed");
+        assert_eq!(lost.lost().as_deref(), Some("no lease renewal landed"));
+        assert_eq!(sibling.forced_by(), None, "never a sibling's");
+        assert_eq!(sibling.lost(), None);
+        daemon.force_because("SIGINT");
+        assert_eq!(sibling.forced_by().as_deref(), Some("SIGINT"));
+        assert_eq!(lost.forced_by().as_deref(), Some("no lease renewal landed"));
     }
 }

@@ -742,4 +742,18 @@ fn the_tasks_own_keep_or_remove_choice_holds_on_every_path() {
     let p = plan(&never, Cause::OwnerGone("killed".into()), nothing_ran);
     assert!(!p.workspace.as_ref().unwrap().started);
     assert!(p.removed_workspace().is_some());
+    // A workspace the record names, unsettled, gone from disk (its owner
+    // died between removing it and saying so): recorded removed.
+    let mut unsettled = facts(None);
+    unsettled.state = Some(State::Cancelled);
+    unsettled.workspace = Some(crate::teardown::WorkspaceFacts {
+        path: "/h/workspaces/p/tasks/d".into(),
+        repo: None,
+    });
+    let mut gone = found();
+    gone.workspace = None;
+    let p = plan(&unsettled, Cause::OwnerGone("killed".into()), gone.clone());
+    assert!(p.gone_workspace && p.workspace.is_none());
+    unsettled.workspace_settled = true;
+    assert!(!plan(&unsettled, Cause::OwnerGone("killed".into()), gone).gone_workspace);
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
 
+use crate::record::QUEUED_AGAIN;
 use crate::{
     Attempt, Claimant, Error, Finish, Listing, Node, NodeRecord, Renewal, Rescued, State, Store,
     TaskBrief, TaskOutcome, TaskOwner, TaskProgress, TaskQueue, TaskRecord, TaskWorkspace,
@@ -272,6 +273,28 @@ impl Expired {
             self.cancel_requested,
             &owner,
         ))
+    }
+}
+
+impl Registry {
+    /// Puts a task back in the queue if it is still on `task`'s attempt
+    /// and `condition` holds; whether it did.
+    fn queue_again(
+        &self,
+        action: &'static str,
+        task: &Attempt,
+        reason: &str,
+        condition: &str,
+    ) -> Result<bool, Error> {
+        let sql = format!(
+            "UPDATE tasks SET {QUEUED_AGAIN}, reason = ?1 \
+             WHERE id = ?2 AND attempt = ?3 AND {condition}"
+        );
+        self.write(action, |tx| {
+            tx.execute(&sql, params![reason, task.id.to_string(), task.number])
+                .map_err(self.sql(action))
+                .map(|n| n > 0)
+        })
     }
 }
 
@@ -1009,37 +1032,22 @@ impl Store for Registry {
         })
     }
 
-    /// Ends a task that is still queued as cancelled; false if it is not
-    /// queued (any more).
     fn requeue(&self, task: &Attempt, reason: &str) -> Result<bool, Error> {
-        self.write("queue a task again", |tx| {
-            tx.execute(
-                "UPDATE tasks SET state = 'queued', session = '', owner_pid = 0, \
-                 owner_start = 0, owner_boot = '', lease_until = NULL, node_id = NULL, \
-                 node = NULL, reason = ?1, started_at = NULL, container = '' \
-                 WHERE id = ?2 AND attempt = ?3 AND state = 'creating'",
-                params![reason, task.id.to_string(), task.number],
-            )
-            .map_err(self.sql("queue a task again"))
-            .map(|n| n > 0)
-        })
+        self.queue_again("queue a task again", task, reason, "state = 'creating'")
     }
 
     fn retry(&self, task: &Attempt, reason: &str) -> Result<bool, Error> {
-        self.write("queue a task again to retry", |tx| {
-            tx.execute(
-                "UPDATE tasks SET state = 'queued', session = '', owner_pid = 0, \
-                 owner_start = 0, owner_boot = '', lease_until = NULL, node_id = NULL, \
-                 node = NULL, reason = ?1, started_at = NULL, container = '' \
-                 WHERE id = ?2 AND attempt = ?3 AND state IN ('creating', 'running') \
-                 AND spec IS NOT NULL AND attempt <= retries AND cancel_requested = 0",
-                params![reason, task.id.to_string(), task.number],
-            )
-            .map_err(self.sql("queue a task again to retry"))
-            .map(|n| n > 0)
-        })
+        self.queue_again(
+            "queue a task again to retry",
+            task,
+            reason,
+            "state IN ('creating', 'running') AND spec IS NOT NULL AND attempt <= retries \
+             AND cancel_requested = 0",
+        )
     }
 
+    /// Ends a task that is still queued as cancelled; false if it is not
+    /// queued (any more).
     fn cancel_queued(&self, id: &Uuid, reason: &str, at: i64) -> Result<bool, Error> {
         let had_values = self.has_values(id);
         let cancelled = self.write("cancel a queued task", |tx| {
@@ -1348,10 +1356,10 @@ impl Store for Registry {
                 // owner that came back and ended it first keeps its end.
                 let changed = if to == State::Queued {
                     tx.execute(
-                        "UPDATE tasks SET state = 'queued', session = '', owner_pid = 0, \
-                         owner_start = 0, owner_boot = '', lease_until = NULL, node_id = NULL, \
-                         node = NULL, reason = ?1, started_at = NULL, container = '' \
-                         WHERE id = ?2 AND attempt = ?3 AND state = ?4 AND lease_until < ?5",
+                        &format!(
+                            "UPDATE tasks SET {QUEUED_AGAIN}, reason = ?1 \
+                             WHERE id = ?2 AND attempt = ?3 AND state = ?4 AND lease_until < ?5"
+                        ),
                         params![reason, task.id, task.attempt, task.state, now],
                     )
                 } else {

@@ -488,6 +488,12 @@ pub enum Listing {
 /// stopped renewing its lease: the state it was in, the one it gets (queued
 /// again if `again`: it was submitted to a queue, and either never started
 /// or has retries left; else lost), and why.
+/// What `UPDATE tasks SET` puts a live task back in the queue with: held
+/// by no one, no container, its next claim its next attempt.
+pub(crate) const QUEUED_AGAIN: &str = "state = 'queued', session = '', owner_pid = 0, \
+    owner_start = 0, owner_boot = '', lease_until = NULL, node_id = NULL, node = NULL, \
+    started_at = NULL, container = ''";
+
 pub(crate) fn rescue_fate(
     from: State,
     again: bool,

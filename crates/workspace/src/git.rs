@@ -763,11 +763,7 @@ impl Repo {
                 "look for uncommitted changes",
                 &["status", "--porcelain=v1", "-z", "--untracked-files=normal"],
             )?;
-        // "XY path\0", a rename's source following as a bare "path\0".
-        Ok(out
-            .split(|b| *b == 0)
-            .filter(|record| record.len() > 3 && record[2] == b' ')
-            .count())
+        Ok(status_entries(&out))
     }
 
     /// A commit of the working tree as it is, on top of HEAD: tracked
@@ -917,6 +913,14 @@ pub(crate) fn ignores_linked_ignore_files() -> bool {
             (Some(major), Some(minor)) if (major, minor) >= (2, 32)
         )
     })
+}
+
+/// How many paths `git status --porcelain=v1 -z` listed: records
+/// `XY path\0`, a rename's source following as a bare `path\0`.
+pub(crate) fn status_entries(out: &[u8]) -> usize {
+    out.split(|b| *b == 0)
+        .filter(|record| record.len() > 3 && record[2] == b' ')
+        .count()
 }
 
 /// The user's own excludes file (`core.excludesFile`, else git's default

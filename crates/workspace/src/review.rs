@@ -125,10 +125,7 @@ pub fn merge(
         "look for uncommitted changes",
         &["status", "--porcelain=v1", "-z", "--untracked-files=no"],
     )?;
-    let count = changed
-        .split(|b| *b == 0)
-        .filter(|record| record.len() > 3 && record[2] == b' ')
-        .count();
+    let count = crate::git::status_entries(&changed);
     if count > 0 {
         return Err(Error::Refused(format!(
             "{} has {count} uncommitted change(s) to tracked files: commit or stash them first",

@@ -43,44 +43,41 @@ pub(crate) async fn run(
             "orch: error: {}",
             crate::output::safe(&format!("{error:#}"))
         ));
-        // A registry that cannot be used (a cluster's database out of
-        // reach, refused, or set wrong) is orch failing, whatever the
+        // A registry that cannot be used is orch failing, whatever the
         // command.
-        let registry = error.chain().any(|cause| {
-            let setting = |e: &orch_orchestrator::ConfigError| {
-                matches!(e, orch_orchestrator::ConfigError::Flag { flag, .. } if flag == "ORCH_REGISTRY")
-            };
-            if cause
-                .downcast_ref::<orch_orchestrator::ConfigError>()
-                .is_some_and(setting)
-                || matches!(
-                    cause.downcast_ref::<orch_orchestrator::Error>(),
-                    Some(orch_orchestrator::Error::Config(e)) if setting(e)
-                )
-            {
-                return true;
-            }
-            matches!(
-                cause.downcast_ref::<orch_registry::Error>(),
-                Some(
-                    orch_registry::Error::Postgres { .. }
-                        | orch_registry::Error::Setting(_)
-                        | orch_registry::Error::TooNew { .. }
-                )
-            ) || matches!(
-                cause.downcast_ref::<orch_orchestrator::Error>(),
-                Some(orch_orchestrator::Error::Registry(
-                    orch_registry::Error::Postgres { .. }
-                        | orch_registry::Error::Setting(_)
-                        | orch_registry::Error::TooNew { .. }
-                ))
-            )
-        });
+        let registry = registry_unusable(&error);
         ExitCode::from(if registry {
             exit::ORCH_FAILED
         } else {
             failure_code
         })
+    })
+}
+
+/// Whether `error` says the registry cannot be used: a cluster's database
+/// out of reach, refusing, newer than this orch, or `ORCH_REGISTRY` set
+/// wrong.
+fn registry_unusable(error: &anyhow::Error) -> bool {
+    use orch_orchestrator::ConfigError;
+    use orch_registry::Error as Registry;
+    let registry = |e: &Registry| {
+        matches!(
+            e,
+            Registry::Postgres { .. } | Registry::Setting(_) | Registry::TooNew { .. }
+        )
+    };
+    let setting =
+        |e: &ConfigError| matches!(e, ConfigError::Flag { flag, .. } if flag == "ORCH_REGISTRY");
+    error.chain().any(|cause| {
+        if let Some(e) = cause.downcast_ref::<orch_orchestrator::Error>() {
+            return match e {
+                orch_orchestrator::Error::Registry(e) => registry(e),
+                orch_orchestrator::Error::Config(e) => setting(e),
+                _ => false,
+            };
+        }
+        cause.downcast_ref::<Registry>().is_some_and(registry)
+            || cause.downcast_ref::<ConfigError>().is_some_and(setting)
     })
 }
 

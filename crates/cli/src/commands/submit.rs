@@ -30,24 +30,6 @@ pub(crate) async fn run(args: SubmitArgs, remote: Option<Client>) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-/// The commit of the working tree a `--from-worktree` task starts from.
-fn from_worktree(task: &TaskArgs) -> anyhow::Result<String> {
-    let config = orch_orchestrator::GlobalConfig::load(
-        orch_orchestrator::GlobalConfig::default_path().as_deref(),
-    )?;
-    let overrides = orch_orchestrator::Overrides {
-        no_workspace: task.no_workspace,
-        image: task.image.clone(),
-        ..Default::default()
-    };
-    let project = config.resolve_project(&task.project, &overrides)?;
-    Ok(orch_orchestrator::snapshot_worktree(
-        &super::open_home()?,
-        &project,
-        &task.desc,
-    )?)
-}
-
 /// A daemon's refusal as its own one line; anything else as it is.
 pub(crate) fn refused(e: ClientError) -> anyhow::Error {
     match e {
@@ -90,7 +72,8 @@ pub(crate) fn spec(
             true if client.is_tcp() => anyhow::bail!(
                 "--from-worktree needs a daemon on this machine: one reached over the network cannot see this working tree"
             ),
-            true => Some(from_worktree(task)?),
+            // As `orch task` makes it, here: the daemon is on this machine.
+            true => super::task::request(task, Vec::new(), None)?.git_ref,
             false => task.git_ref.clone(),
         },
         keep_workspace: match (task.keep_workspace, task.rm_workspace) {

@@ -26,8 +26,8 @@ const WIND_DOWN: Duration = Duration::from_secs(30);
 const DETACH_WAIT: Duration = Duration::from_secs(30);
 
 /// Resolves the project and settings of `args` (its environment: `env`);
-/// nothing is created.
-fn request(
+/// nothing is created (but the commit `--from-worktree` starts from).
+pub(crate) fn request(
     args: &TaskArgs,
     env: Vec<(String, String)>,
     task_id: Option<Uuid>,

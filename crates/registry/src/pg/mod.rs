@@ -29,6 +29,7 @@ use std::time::Duration;
 use postgres::{Client, Row, Transaction};
 use uuid::Uuid;
 
+use crate::record::QUEUED_AGAIN;
 use crate::store::{OnWake, Wake};
 use crate::{
     Attempt, Claimant, Error, Finish, Listing, Node, NodeRecord, Renewal, Rescued, State, Store,
@@ -199,6 +200,31 @@ impl Postgres {
             all.extend_from_slice(params);
             tx.execute(&sql, &all)?;
             Ok(from)
+        })
+    }
+}
+
+impl Postgres {
+    /// Puts a task back in the queue if it is still on `task`'s attempt
+    /// and `condition` holds, waking the queue; whether it did.
+    fn queue_again(
+        &self,
+        action: &'static str,
+        task: &Attempt,
+        reason: &str,
+        condition: &str,
+    ) -> Result<bool, Error> {
+        let id = task.id.to_string();
+        let sql = format!(
+            "UPDATE tasks SET {QUEUED_AGAIN}, reason = $1 \
+             WHERE id = $2 AND attempt = $3 AND {condition}"
+        );
+        self.transaction(action, |tx| {
+            let changed = tx.execute(&sql, &[&reason, &id, &task.number])?;
+            if changed > 0 {
+                tx.execute(&format!("NOTIFY {QUEUE_CHANNEL}"), &[])?;
+            }
+            Ok(changed > 0)
         })
     }
 }
@@ -795,38 +821,17 @@ impl Store for Postgres {
     }
 
     fn requeue(&self, task: &Attempt, reason: &str) -> Result<bool, Error> {
-        let id = task.id.to_string();
-        self.transaction("queue a task again", |tx| {
-            let changed = tx.execute(
-                "UPDATE tasks SET state = 'queued', session = '', owner_pid = 0, \
-                 owner_start = 0, owner_boot = '', lease_until = NULL, node_id = NULL, \
-                 node = NULL, reason = $1, started_at = NULL, container = '' \
-                 WHERE id = $2 AND attempt = $3 AND state = 'creating'",
-                &[&reason, &id, &task.number],
-            )?;
-            if changed > 0 {
-                tx.execute(&format!("NOTIFY {QUEUE_CHANNEL}"), &[])?;
-            }
-            Ok(changed > 0)
-        })
+        self.queue_again("queue a task again", task, reason, "state = 'creating'")
     }
 
     fn retry(&self, task: &Attempt, reason: &str) -> Result<bool, Error> {
-        let id = task.id.to_string();
-        self.transaction("queue a task again to retry", |tx| {
-            let changed = tx.execute(
-                "UPDATE tasks SET state = 'queued', session = '', owner_pid = 0, \
-                 owner_start = 0, owner_boot = '', lease_until = NULL, node_id = NULL, \
-                 node = NULL, reason = $1, started_at = NULL, container = '' \
-                 WHERE id = $2 AND attempt = $3 AND state IN ('creating', 'running') \
-                 AND spec IS NOT NULL AND attempt <= retries AND NOT cancel_requested",
-                &[&reason, &id, &task.number],
-            )?;
-            if changed > 0 {
-                tx.execute(&format!("NOTIFY {QUEUE_CHANNEL}"), &[])?;
-            }
-            Ok(changed > 0)
-        })
+        self.queue_again(
+            "queue a task again to retry",
+            task,
+            reason,
+            "state IN ('creating', 'running') AND spec IS NOT NULL AND attempt <= retries \
+             AND NOT cancel_requested",
+        )
     }
 
     fn cancel_queued(&self, id: &Uuid, reason: &str, at: i64) -> Result<bool, Error> {
@@ -1095,12 +1100,7 @@ impl Store for Postgres {
                 );
                 let changed = if to == State::Queued {
                     tx.execute(
-                        &format!(
-                            "UPDATE tasks SET state = 'queued', session = '', owner_pid = 0, \
-                             owner_start = 0, owner_boot = '', lease_until = NULL, \
-                             node_id = NULL, node = NULL, reason = $4, started_at = NULL, \
-                             container = '' {guard}"
-                        ),
+                        &format!("UPDATE tasks SET {QUEUED_AGAIN}, reason = $4 {guard}"),
                         &[&id, &attempt, &from.as_str(), &reason],
                     )?
                 } else {
