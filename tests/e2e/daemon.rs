@@ -130,11 +130,10 @@ fn sigterm_stops_running_tasks_keeps_queued_ones_and_a_restart_runs_them() {
     require_docker!();
     let env = TestEnv::new();
     let daemon = env.serve(&["--concurrency", "1"]);
-    let running = daemon.submit(spec(&env, "trap-term; sleep 300"));
+    let running = daemon.submit(spec(&env, "trap-term; echo ready; sleep 300"));
     let queued = daemon.submit(spec(&env, "echo later"));
-    helper::wait_for("the task to run", Duration::from_secs(30), || {
-        (daemon.task(&running)["state"] == "running").then_some(())
-    });
+    // Running is not enough: a SIGTERM before the trap is set ends it at once.
+    wait_ready(&env, &running);
     daemon.signal(Signal::TERM);
     let mut daemon = daemon;
     let status = helper::wait_for("the daemon to exit", Duration::from_secs(60), || {
@@ -213,10 +212,10 @@ fn the_watchdog_survives_a_signal_to_the_whole_group_and_reaps() {
     require_docker!();
     let env = TestEnv::new();
     let daemon = env.serve(&[]);
-    let mut body = spec(&env, "trap-term; sleep 300");
+    let mut body = spec(&env, "trap-term; echo ready; sleep 300");
     body["stop_grace"] = json!("20s");
     let id = daemon.submit(body);
-    env.wait_running();
+    wait_ready(&env, &id);
     let watchdogs = env.watchdogs();
     assert_eq!(watchdogs.len(), 1, "one watchdog for the daemon's session");
 
@@ -562,5 +561,15 @@ fn thousands_of_random_and_truncated_requests_never_stop_it() {
     );
     helper::wait_for("its container to go", Duration::from_secs(30), || {
         env.containers().is_empty().then_some(())
+    });
+}
+
+/// Waits for the task `id` to have printed `ready`: its traps are set.
+fn wait_ready(env: &TestEnv, id: &str) {
+    let log = env.home.join("logs").join(format!("{id}.log"));
+    helper::wait_for("the task to be ready", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|text| text == "ready\n")
+            .then_some(())
     });
 }
