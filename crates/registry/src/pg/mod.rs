@@ -26,21 +26,26 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use postgres::{Client, Row, Transaction};
+use postgres::{Row, Transaction};
 use uuid::Uuid;
 
 use crate::record::QUEUED_AGAIN;
 use crate::store::{OnWake, Wake};
 use crate::{
-    Attempt, Claimant, Error, Finish, Listing, Node, NodeRecord, Renewal, Rescued, State, Store,
-    TaskBrief, TaskOutcome, TaskOwner, TaskProgress, TaskQueue, TaskRecord, TaskWorkspace,
-    WorkspaceState,
+    ALL_STATES, Attempt, Claimant, Error, Finish, Listing, Node, NodeRecord, Renewal, Rescued,
+    State, Store, TaskBrief, TaskOutcome, TaskOwner, TaskProgress, TaskQueue, TaskRecord,
+    TaskWorkspace, WorkspaceState,
 };
 pub use pool::POOL_SIZE;
-use pool::{Failure, Pool};
+use pool::{Conn, Failure, Pool};
 
 /// Now, in Unix milliseconds, by the database's clock.
-const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+macro_rules! now {
+    () => {
+        "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+    };
+}
+const NOW: &str = now!();
 
 /// Live tasks: those that may run, and those whose work is being saved.
 const LIVE: &str = "(state IN ('queued', 'creating', 'running') OR workspace_state = 'saving')";
@@ -52,6 +57,29 @@ const COLUMNS: &str = "id, project, description, state, created_at, started_at, 
     lease_until, progress, progress_message, progress_at, cancel_requested, detached, \
     keep_workspace, base, git_dir, spec, priority, max_parallel, notes, attempt, node_id, node, \
     retries, constraints, remote, delivered, name, paused";
+
+/// A record written whole; an id already there is left as it is.
+const INSERT: &str = "INSERT INTO tasks (id, project, description, state, created_at, started_at, \
+    finished_at, exit_code, reason, container, image, workspace, branch, repo, workspace_state, \
+    keep_failed_workspace, stop_grace_ms, session, owner_pid, owner_start, owner_boot, \
+    lease_until, progress, progress_message, progress_at, cancel_requested, detached, \
+    keep_workspace, base, git_dir, spec, priority, max_parallel, attempt, node_id, node, retries, \
+    constraints, remote, delivered, name) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+    $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, \
+    $37, $38, $39, $40, $41) ON CONFLICT (id) DO NOTHING";
+
+/// How many columns [`COLUMNS`] names.
+const COLUMN_COUNT: usize = 43;
+
+/// What a claim writes: the claimant (`$2` to `$5`, `$7`, `$8`), its lease
+/// (`$6`), and the next attempt. `$1` is the claimant's labels.
+const CLAIMED: &str = concat!(
+    "state = 'creating', session = $2, owner_pid = $3, owner_start = $4, owner_boot = $5, \
+     lease_until = ",
+    now!(),
+    " + $6, attempt = attempt + 1, node_id = $7, node = $8"
+);
 
 /// The channels wake-ups go on.
 const QUEUE_CHANNEL: &str = "orch_queue";
@@ -97,7 +125,7 @@ impl Postgres {
     fn with<T>(
         &self,
         action: &'static str,
-        work: impl FnMut(&mut Client) -> Result<T, Failure>,
+        work: impl FnMut(&mut Conn) -> Result<T, Failure>,
     ) -> Result<T, Error> {
         self.pool.with(action, work)
     }
@@ -158,7 +186,12 @@ impl Postgres {
 
     /// Moves a task to `to` if its attempt holds it and the lifecycle
     /// allows it, applying `extra` (a `SET` fragment whose parameters start
-    /// at `$2`). Returns the state it left.
+    /// at `$3`). Returns the state it left.
+    ///
+    /// One statement, one round trip: the row is locked and its state read
+    /// (`held`), then changed only where the attempt and a state that may
+    /// become `to` still hold. Only when nothing changed is the row read
+    /// again, to say why.
     fn transition(
         &self,
         task: &Attempt,
@@ -167,39 +200,55 @@ impl Postgres {
         params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> Result<State, Error> {
         let id = task.id.to_string();
-        let sql = if extra.is_empty() {
-            "UPDATE tasks SET state = $2 WHERE id = $1".to_owned()
+        let state = to.as_str();
+        // Queued again, a task is held by no attempt until its next claim.
+        let from: Vec<&str> = ALL_STATES
+            .iter()
+            .filter(|s| **s != State::Queued && s.can_become(to))
+            .map(|s| s.as_str())
+            .collect();
+        let set = if extra.is_empty() {
+            String::new()
         } else {
-            format!("UPDATE tasks SET state = $2, {extra} WHERE id = $1")
+            format!(", {extra}")
         };
-        self.transaction("change a task's state", |tx| {
-            let row = tx.query_opt(
-                "SELECT state, attempt FROM tasks WHERE id = $1 FOR UPDATE",
-                &[&id],
-            )?;
-            let Some(row) = row else {
-                return Err(Error::NotFound(id.clone()).into());
-            };
-            let from = parse_state(row.get(0))?;
-            let current: i64 = row.get(1);
-            // Queued again, it is held by no attempt until its next claim:
-            // this one's view is stale.
-            if current != task.number || from == State::Queued {
-                return Err(fenced(task, current.max(task.number + 1)).into());
-            }
-            if !from.can_become(to) {
-                return Err(Error::IllegalTransition {
-                    id: task.id,
-                    from,
-                    to,
+        let sql = format!(
+            "WITH held AS MATERIALIZED (SELECT state AS held_state FROM tasks WHERE id = $1 FOR UPDATE) \
+             UPDATE tasks SET state = $2{set} FROM held \
+             WHERE id = $1 AND attempt = ${} AND state = ANY(${}) RETURNING held_state",
+            params.len() + 3,
+            params.len() + 4,
+        );
+        let mut all: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&id, &state];
+        all.extend_from_slice(params);
+        all.push(&task.number);
+        all.push(&from);
+        self.with("change a task's state", |c| {
+            loop {
+                let statement = c.prepared(&sql)?;
+                if let Some(row) = c.query_opt(&statement, &all)? {
+                    return Ok(parse_state(row.get(0))?);
                 }
-                .into());
+                let why = c.prepared("SELECT state, attempt FROM tasks WHERE id = $1")?;
+                let Some(row) = c.query_opt(&why, &[&id])? else {
+                    return Err(Error::NotFound(id.clone()).into());
+                };
+                let now = parse_state(row.get(0))?;
+                let current: i64 = row.get(1);
+                if current != task.number || now == State::Queued {
+                    return Err(fenced(task, current.max(task.number + 1)).into());
+                }
+                if !now.can_become(to) {
+                    return Err(Error::IllegalTransition {
+                        id: task.id,
+                        from: now,
+                        to,
+                    }
+                    .into());
+                }
+                // It changed between the two reads into a state that may
+                // become `to`: try again.
             }
-            let state = to.as_str();
-            let mut all: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&id, &state];
-            all.extend_from_slice(params);
-            tx.execute(&sql, &all)?;
-            Ok(from)
         })
     }
 }
@@ -358,75 +407,71 @@ impl Store for Postgres {
         let id = task.id.to_string();
         let state = task.state.as_str();
         let workspace_state = task.workspace.state.map(WorkspaceState::as_str);
-        self.transaction("record a task", |tx| {
-            if let Some(name) = &task.name {
-                // The unique index holds it against a race; this names it.
-                let taken: bool = tx
-                    .query_one(
-                        "SELECT EXISTS (SELECT 1 FROM tasks WHERE name = $1 \
-                         AND state IN ('queued', 'creating', 'running'))",
-                        &[name],
-                    )?
-                    .get(0);
-                if taken {
-                    return Err(Error::NameTaken(name.clone()).into());
-                }
+        let params: [&(dyn postgres::types::ToSql + Sync); 41] = [
+            &id,
+            &task.project,
+            &task.description,
+            &state,
+            &task.created_at,
+            &task.started_at,
+            &task.outcome.finished_at,
+            &task.outcome.exit_code,
+            &task.outcome.reason,
+            &task.container,
+            &task.image,
+            &task.workspace.path,
+            &task.workspace.branch,
+            &task.workspace.repo,
+            &workspace_state,
+            &task.workspace.keep_failed_workspace,
+            &task.stop_grace_ms,
+            &task.owner.session,
+            &task.owner.pid,
+            &task.owner.start,
+            &task.owner.boot,
+            &task.owner.lease_until,
+            &task.progress.percent,
+            &task.progress.message,
+            &task.progress.at,
+            &task.cancel_requested,
+            &task.owner.detached,
+            &task.workspace.keep_workspace,
+            &task.workspace.base,
+            &task.workspace.git_dir,
+            &task.queue.spec,
+            &task.queue.priority,
+            &task.queue.max_parallel,
+            &task.owner.attempt,
+            &task.owner.node_id,
+            &task.owner.node,
+            &task.queue.retries,
+            &task.queue.constraints,
+            &task.workspace.remote,
+            &task.workspace.delivered,
+            &task.name,
+        ];
+        // The unique index holds a live name against any race; its
+        // refusal names it.
+        let taken = |e: postgres::Error| match (&task.name, e.as_db_error()) {
+            (Some(name), Some(db)) if db.constraint() == Some("tasks_live_name") => {
+                Failure::Orch(Error::NameTaken(name.clone()))
             }
-            tx.execute(
-                "INSERT INTO tasks (id, project, description, state, created_at, started_at, \
-                 finished_at, exit_code, reason, container, image, workspace, branch, repo, \
-                 workspace_state, keep_failed_workspace, stop_grace_ms, session, owner_pid, \
-                 owner_start, owner_boot, lease_until, progress, progress_message, progress_at, \
-                 cancel_requested, detached, keep_workspace, base, git_dir, spec, priority, \
-                 max_parallel, attempt, node_id, node, retries, constraints, remote, delivered, \
-                 name) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                 $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, \
-                 $33, $34, $35, $36, $37, $38, $39, $40, $41) ON CONFLICT (id) DO NOTHING",
-                &[
-                    &id,
-                    &task.project,
-                    &task.description,
-                    &state,
-                    &task.created_at,
-                    &task.started_at,
-                    &task.outcome.finished_at,
-                    &task.outcome.exit_code,
-                    &task.outcome.reason,
-                    &task.container,
-                    &task.image,
-                    &task.workspace.path,
-                    &task.workspace.branch,
-                    &task.workspace.repo,
-                    &workspace_state,
-                    &task.workspace.keep_failed_workspace,
-                    &task.stop_grace_ms,
-                    &task.owner.session,
-                    &task.owner.pid,
-                    &task.owner.start,
-                    &task.owner.boot,
-                    &task.owner.lease_until,
-                    &task.progress.percent,
-                    &task.progress.message,
-                    &task.progress.at,
-                    &task.cancel_requested,
-                    &task.owner.detached,
-                    &task.workspace.keep_workspace,
-                    &task.workspace.base,
-                    &task.workspace.git_dir,
-                    &task.queue.spec,
-                    &task.queue.priority,
-                    &task.queue.max_parallel,
-                    &task.owner.attempt,
-                    &task.owner.node_id,
-                    &task.owner.node,
-                    &task.queue.retries,
-                    &task.queue.constraints,
-                    &task.workspace.remote,
-                    &task.workspace.delivered,
-                    &task.name,
-                ],
-            )?;
+            _ => Failure::Db(e),
+        };
+        if task.workspace.repo.is_none() {
+            // A submission: one statement, one round trip.
+            let sql = format!(
+                "WITH inserted AS ({INSERT} RETURNING state) \
+                 SELECT pg_notify('{QUEUE_CHANNEL}', '') FROM inserted WHERE state = 'queued'"
+            );
+            return self.with("record a task", |c| {
+                let statement = c.prepared(&sql)?;
+                c.query(&statement, &params).map_err(taken)?;
+                Ok(())
+            });
+        }
+        self.transaction("record a task", |tx| {
+            tx.execute(INSERT, &params).map_err(taken)?;
             note_repo(tx, task)?;
             if task.state == State::Queued {
                 tx.execute(&format!("NOTIFY {QUEUE_CHANNEL}"), &[])?;
@@ -765,6 +810,45 @@ impl Store for Postgres {
     fn claim(&self, claimant: &Claimant, lease: Duration) -> Result<Option<TaskRecord>, Error> {
         let lease = lease_ms(lease);
         let (node_id, node) = claimant.node.clone().unzip();
+        let params: [&(dyn postgres::types::ToSql + Sync); 8] = [
+            &claimant.labels,
+            &claimant.session,
+            &claimant.pid,
+            &claimant.start,
+            &claimant.boot,
+            &lease,
+            &node_id,
+            &node,
+        ];
+        // The common case in one statement: the first task in queue order
+        // that this claim can lock, taken if its project has no cap. It
+        // says how many it looked at: none means nothing to take; one it
+        // did not take is capped, for the whole claim below.
+        let next = format!(
+            "WITH next AS MATERIALIZED (SELECT id AS next_id, max_parallel AS cap FROM tasks \
+             WHERE state = 'queued' AND constraints <@ $1::text[] \
+             ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED), \
+             claimed AS (UPDATE tasks SET {CLAIMED} FROM next WHERE id = next_id AND cap IS NULL \
+             RETURNING {COLUMNS}) \
+             SELECT claimed.*, (SELECT count(*) FROM next) FROM (SELECT 1) one \
+             LEFT JOIN claimed ON true"
+        );
+        let taken = self.with("claim a queued task", |c| {
+            let statement = c.prepared(&next)?;
+            let row = c.query_one(&statement, &params)?;
+            if row.get::<_, Option<&str>>(0).is_some() {
+                return Ok(Some(Some(record_from_row(&row)?)));
+            }
+            let seen: i64 = row.get(COLUMN_COUNT);
+            Ok((seen == 0).then_some(None))
+        })?;
+        if let Some(taken) = taken {
+            return Ok(taken);
+        }
+        let take = format!(
+            "UPDATE tasks SET {CLAIMED} WHERE id = $9 AND constraints <@ $1::text[] \
+             RETURNING {COLUMNS}"
+        );
         self.transaction("claim a queued task", |tx| {
             // The first candidates in queue order, locked for this claim;
             // those another claim holds are skipped, not waited for.
@@ -796,24 +880,9 @@ impl Store for Postgres {
                         continue;
                     }
                 }
-                let row = tx.query_one(
-                    &format!(
-                        "UPDATE tasks SET state = 'creating', session = $2, owner_pid = $3, \
-                         owner_start = $4, owner_boot = $5, lease_until = {NOW} + $6, \
-                         attempt = attempt + 1, node_id = $7, node = $8 WHERE id = $1 \
-                         RETURNING {COLUMNS}"
-                    ),
-                    &[
-                        &id,
-                        &claimant.session,
-                        &claimant.pid,
-                        &claimant.start,
-                        &claimant.boot,
-                        &lease,
-                        &node_id,
-                        &node,
-                    ],
-                )?;
+                let mut all = params.to_vec();
+                all.push(&id);
+                let row = tx.query_one(&take, &all)?;
                 return Ok(Some(record_from_row(&row)?));
             }
             Ok(None)
@@ -1188,5 +1257,13 @@ fn wake_of(channel: &str) -> Option<Wake> {
         QUEUE_CHANNEL => Some(Wake::Queued),
         CANCEL_CHANNEL => Some(Wake::Cancel),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_column_count_is_that_of_the_columns() {
+        assert_eq!(super::COLUMNS.split(',').count(), super::COLUMN_COUNT);
     }
 }

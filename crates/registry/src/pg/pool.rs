@@ -1,13 +1,15 @@
 //! A small pool of connections to one PostgreSQL database, and the one way
 //! every call goes through it: a connection that breaks (the server
 //! restarted, the network dropped it) is dropped and the call tried again
-//! on a new one, with backoff, for a bounded time.
+//! on a new one, with backoff, for a bounded time. Each connection keeps
+//! the statements it prepared, so that a hot call is one round trip.
 
+use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use orch_retry::Backoff;
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement};
 
 use crate::Error;
 
@@ -32,8 +34,47 @@ pub(super) struct Pool {
 }
 
 struct State {
-    idle: Vec<Client>,
+    idle: Vec<Conn>,
     open: usize,
+}
+
+/// A pooled connection and the statements prepared on it.
+pub(super) struct Conn {
+    client: Client,
+    prepared: HashMap<String, Statement>,
+}
+
+impl Conn {
+    fn new(client: Client) -> Conn {
+        Conn {
+            client,
+            prepared: HashMap::new(),
+        }
+    }
+
+    /// `sql` prepared on this connection, once: later calls reuse it (no
+    /// parse, no plan, no round trip of its own).
+    pub(super) fn prepared(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.prepared.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -74,12 +115,12 @@ impl Pool {
 
     /// Takes an idle connection, opens one if fewer than the pool's size
     /// are open, else waits for one.
-    fn take(&self) -> Result<Client, postgres::Error> {
+    fn take(&self) -> Result<Conn, postgres::Error> {
         let mut state = self.state();
         loop {
-            if let Some(client) = state.idle.pop() {
-                if !client.is_closed() {
-                    return Ok(client);
+            if let Some(conn) = state.idle.pop() {
+                if !conn.is_closed() {
+                    return Ok(conn);
                 }
                 state.open -= 1;
                 continue;
@@ -87,7 +128,7 @@ impl Pool {
             if state.open < POOL_SIZE {
                 state.open += 1;
                 drop(state);
-                return self.config.connect(NoTls).inspect_err(|_| {
+                return self.config.connect(NoTls).map(Conn::new).inspect_err(|_| {
                     self.state().open -= 1;
                     self.freed.notify_one();
                 });
@@ -97,10 +138,10 @@ impl Pool {
     }
 
     /// Gives a connection back, or forgets a broken one.
-    fn give(&self, client: Option<Client>) {
+    fn give(&self, conn: Option<Conn>) {
         let mut state = self.state();
-        match client {
-            Some(client) if !client.is_closed() => state.idle.push(client),
+        match conn {
+            Some(conn) if !conn.is_closed() => state.idle.push(conn),
             _ => state.open -= 1,
         }
         drop(state);
@@ -114,17 +155,17 @@ impl Pool {
     pub(super) fn with<T>(
         &self,
         action: &'static str,
-        mut work: impl FnMut(&mut Client) -> Result<T, Failure>,
+        mut work: impl FnMut(&mut Conn) -> Result<T, Failure>,
     ) -> Result<T, Error> {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2))
             .within(RIDE_OUT)
             .jittered();
         loop {
             let outcome = match self.take() {
-                Ok(mut client) => {
-                    let outcome = work(&mut client);
+                Ok(mut conn) => {
+                    let outcome = work(&mut conn);
                     let broken = matches!(&outcome, Err(Failure::Db(e)) if transient(e));
-                    self.give((!broken).then_some(client));
+                    self.give((!broken).then_some(conn));
                     outcome
                 }
                 Err(e) => Err(Failure::Db(e)),
@@ -182,8 +223,10 @@ impl From<Error> for Failure {
 
 /// True for an error that a new connection may not have: the connection
 /// closed or broke, the server shuts down or restarts, or cannot take
-/// connections yet; and a serialization failure or deadlock, which the
-/// same transaction run again resolves.
+/// connections yet; a prepared statement the server no longer has or whose
+/// plan a migration changed (a new connection prepares it afresh); and a
+/// serialization failure or deadlock, which the same transaction run again
+/// resolves.
 pub(super) fn transient(e: &postgres::Error) -> bool {
     if e.is_closed() {
         return true;
@@ -194,6 +237,8 @@ pub(super) fn transient(e: &postgres::Error) -> bool {
             code.starts_with("08")
                 || code.starts_with("57P")
                 || code == "53300"
+                || code == "26000"
+                || code == "0A000"
                 || code == "40001"
                 || code == "40P01"
         }
