@@ -4,7 +4,7 @@
 //! BENCHMARKS.md.
 //!
 //! Run with `just bench` (or `cargo run --release -p orch-bench -- --quick`);
-//! name sections (`trivial worktree ctrl-c orphans registry memory daemon gitrepo queue cluster network`) to run
+//! name sections (`trivial worktree ctrl-c orphans registry memory daemon gitrepo queue cluster network`, or `submissions` for the first figure of `cluster` alone) to run
 //! only those.
 //! Needs a Docker engine, the image `orch-agent:dev` and a release build of
 //! `orch` next to this binary.
@@ -42,6 +42,8 @@ pub(crate) struct Config {
     latency_rounds: usize,
     /// Tasks through the cluster's queue alone.
     queue_tasks: usize,
+    /// Runs of the queue alone, each on a fresh database.
+    queue_runs: usize,
     /// Kills of a node, for the rescue latency.
     rescues: usize,
     /// Trivial tasks through one node, then three.
@@ -71,6 +73,7 @@ fn main() {
             submissions: 1_000,
             latency_rounds: 5,
             queue_tasks: 2_000,
+            queue_runs: 2,
             rescues: 1,
             spread: 30,
         }
@@ -85,6 +88,7 @@ fn main() {
             submissions: 10_000,
             latency_rounds: 20,
             queue_tasks: 10_000,
+            queue_runs: 7,
             rescues: 3,
             spread: 120,
         }
@@ -143,6 +147,13 @@ fn main() {
     }
     if run("cluster") {
         bench.cluster(&config, &mut report);
+    } else if run("submissions") {
+        let rows = bench.submissions(&config);
+        report.table(
+            "10. The cluster: submissions alone",
+            &["figure", "value"],
+            rows,
+        );
     }
     if run("network") {
         bench.network(&config, &mut report);

@@ -34,7 +34,7 @@ pub(crate) async fn prepare(
         move |line: String| sink.send(Event::Notice(line))
     };
     ctx.runtime.ensure_image(&settings.image, &progress).await?;
-    let repo = check(ctx, &request, task_id).await?;
+    let repo = check(ctx, &request, task_id, true).await?;
     if let (Some((repo, base)), None, None) = (&repo, &request.git_ref, &request.project.remote) {
         warn_uncommitted(ctx, repo, base, sink).await;
     }
@@ -67,11 +67,13 @@ async fn warn_uncommitted(ctx: &Ctx, repo: &Repo, base: &str, sink: &EventSink) 
 /// Everything about a request that can be checked without pulling an
 /// image: the image reference, what the runtime can do, the network, the
 /// repository and ref of a workspace (and the commit its branch starts
-/// from). What a daemon checks before queueing a task.
+/// from). What a daemon checks before queueing a task. The repository is
+/// left out when `repo` is false (a caller that has just checked it).
 pub(crate) async fn check(
     ctx: &Ctx,
     request: &TaskRequest,
     task_id: Uuid,
+    repo: bool,
 ) -> Result<Option<(Repo, String)>, Error> {
     let settings = &request.project.settings;
     if let Some(name) = &request.name {
@@ -112,7 +114,7 @@ pub(crate) async fn check(
     ctx.runtime
         .preflight(&spec(ctx, request, task_id, None, &machine))
         .await?;
-    if !wants_workspace {
+    if !wants_workspace || !repo {
         return Ok(None);
     }
     workspace::find_repo(

@@ -88,6 +88,8 @@ pub struct Supervisor {
     pub(super) metrics: Arc<Metrics>,
     /// The last cleanups, newest last (bounded).
     pub(super) recent_cleanups: Mutex<std::collections::VecDeque<orch_protocol::RecentCleanup>>,
+    /// What submissions asked of the world a moment ago.
+    pub(super) checked: super::queue::Recently,
 }
 
 impl Supervisor {
@@ -105,6 +107,7 @@ impl Supervisor {
             cleaning: tokio::sync::Mutex::new(None),
             metrics: Arc::new(Metrics::new()),
             recent_cleanups: Mutex::default(),
+            checked: super::queue::Recently::default(),
         })
     }
 

@@ -2,6 +2,8 @@
 //! run, drives each through the one task runner, and lets it go when it
 //! ends; and submissions into the queue.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -170,9 +172,19 @@ impl Supervisor {
         let mut request = crate::supervisor::request_of(&spec, &config, None)?;
         let id = session::new_task_id();
         crate::workspace::fetch_remote(self.ctx(), &mut request).await?;
-        // As `orch task` would: no engine, no task.
-        self.ctx().runtime.ping().await?;
-        run::check(self.ctx(), &request, id).await?;
+        // As `orch task` would: no engine, no task; no repository or ref,
+        // no task. A burst of submissions shares the answers the world
+        // gave within the last moment.
+        if !self.checked.fresh(&Checked::Engine) {
+            self.ctx().runtime.ping().await?;
+            self.checked.saw(Checked::Engine);
+        }
+        let repo = Checked::Repo(request.project.path.clone(), request.git_ref.clone());
+        let known = self.checked.fresh(&repo);
+        run::check(self.ctx(), &request, id, !known).await?;
+        if !known {
+            self.checked.saw(repo);
+        }
         let settings = &request.project.settings;
         let mut record = TaskRecord::new(
             id,
@@ -209,5 +221,42 @@ impl Supervisor {
         self.wake.notify_one();
         self.piggyback_cleanup();
         Ok(record)
+    }
+}
+
+/// How long an answer of the world serves the submissions that follow it.
+const CHECKED_FOR: Duration = Duration::from_secs(1);
+
+/// What a submission asks of the world before it is queued.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Checked {
+    /// The engine answers.
+    Engine,
+    /// A project's repository resolves this ref.
+    Repo(PathBuf, Option<String>),
+}
+
+/// The answers of the last [`CHECKED_FOR`]: fifty clients submitting to
+/// one project at once make one check of each, not fifty. A task whose
+/// repository or engine went away in that moment fails when it starts,
+/// saying so, as one whose went away after its submission does.
+#[derive(Debug, Default)]
+pub(super) struct Recently {
+    seen: Mutex<HashMap<Checked, Instant>>,
+}
+
+impl Recently {
+    pub(super) fn fresh(&self, what: &Checked) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(what)
+            .is_some_and(|at| at.elapsed() < CHECKED_FOR)
+    }
+
+    pub(super) fn saw(&self, what: Checked) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|_, at| at.elapsed() < CHECKED_FOR);
+        seen.insert(what, Instant::now());
     }
 }

@@ -825,9 +825,8 @@ impl Store for Postgres {
         // says how many it looked at: none means nothing to take; one it
         // did not take is capped, for the whole claim below.
         let next = format!(
-            "WITH next AS MATERIALIZED (SELECT id AS next_id, max_parallel AS cap FROM tasks \
-             WHERE state = 'queued' AND constraints <@ $1::text[] \
-             ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED), \
+            "WITH next AS MATERIALIZED (SELECT head_id AS next_id, head_cap AS cap \
+             FROM orch_queue_head($1, 1)), \
              claimed AS (UPDATE tasks SET {CLAIMED} FROM next WHERE id = next_id AND cap IS NULL \
              RETURNING {COLUMNS}) \
              SELECT claimed.*, (SELECT count(*) FROM next) FROM (SELECT 1) one \
@@ -853,9 +852,7 @@ impl Store for Postgres {
             // The first candidates in queue order, locked for this claim;
             // those another claim holds are skipped, not waited for.
             let candidates = tx.query(
-                "SELECT id, project, max_parallel FROM tasks \
-                 WHERE state = 'queued' AND constraints <@ $1::text[] \
-                 ORDER BY priority DESC, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                "SELECT head_id, head_project, head_cap FROM orch_queue_head($1, $2)",
                 &[&claimant.labels, &CLAIM_WINDOW],
             )?;
             for candidate in &candidates {

@@ -96,6 +96,21 @@ const MIGRATIONS: &[&str] = &[
     r"
     ALTER TABLE tasks ADD COLUMN paused boolean NOT NULL DEFAULT false;
 ",
+    // The head of the queue, always read in the order of its index. The
+    // planner's other choice, every queued row read and sorted, looks
+    // cheapest whenever the table's statistics were taken while the queue
+    // was short, and costs milliseconds per claim once thousands wait.
+    r"
+    CREATE FUNCTION orch_queue_head(labels text[], n bigint)
+        RETURNS TABLE (head_id text, head_project text, head_cap bigint)
+        LANGUAGE plpgsql SET enable_sort = off AS $$
+    BEGIN
+        RETURN QUERY SELECT id, project, max_parallel FROM tasks
+            WHERE state = 'queued' AND constraints <@ labels
+            ORDER BY priority DESC, id LIMIT n FOR UPDATE SKIP LOCKED;
+    END
+    $$;
+",
 ];
 
 /// The advisory lock migrations take, so that nodes starting together
