@@ -186,7 +186,8 @@ impl Postgres {
 
     /// Moves a task to `to` if its attempt holds it and the lifecycle
     /// allows it, applying `extra` (a `SET` fragment whose parameters start
-    /// at `$3`). Returns the state it left.
+    /// at `$3`). Returns the state it left (or, where a broken connection
+    /// hid that its own change landed, the state it found).
     ///
     /// One statement, one round trip: the row is locked and its state read
     /// (`held`), then changed only where the attempt and a state that may
@@ -223,8 +224,13 @@ impl Postgres {
         all.extend_from_slice(params);
         all.push(&task.number);
         all.push(&from);
+        let mut sent = false;
         self.with("change a task's state", |c| {
             loop {
+                // A connection that broke may have taken the change with
+                // it, or after it: only on the first try is a task already
+                // in `to` someone else's doing.
+                let again = std::mem::replace(&mut sent, true);
                 let statement = c.prepared(&sql)?;
                 if let Some(row) = c.query_opt(&statement, &all)? {
                     return Ok(parse_state(row.get(0))?);
@@ -237,6 +243,11 @@ impl Postgres {
                 let current: i64 = row.get(1);
                 if current != task.number || now == State::Queued {
                     return Err(fenced(task, current.max(task.number + 1)).into());
+                }
+                if again && now == to {
+                    // This attempt's own change, made before its connection
+                    // broke (the state it left is not known any more).
+                    return Ok(now);
                 }
                 if !now.can_become(to) {
                     return Err(Error::IllegalTransition {
