@@ -4,8 +4,8 @@
 //! on a new one, with backoff, for a bounded time. Each connection keeps
 //! the statements it prepared, so that a hot call is one round trip.
 
-use std::collections::HashMap;
-use std::sync::{Condvar, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use orch_retry::Backoff;
@@ -30,12 +30,26 @@ pub(super) struct Pool {
     config: postgres::Config,
     place: String,
     state: Mutex<State>,
-    freed: Condvar,
 }
 
 struct State {
     idle: Vec<Conn>,
     open: usize,
+    /// Callers waiting for a connection, the longest first.
+    waiting: VecDeque<Arc<Turn>>,
+}
+
+/// A waiting caller's place: what it is handed, and its wake-up.
+#[derive(Default)]
+struct Turn {
+    handed: Mutex<Option<Handoff>>,
+    ready: Condvar,
+}
+
+/// What a waiting caller is handed: a connection, or a place to open one in.
+enum Handoff {
+    Conn(Conn),
+    Open,
 }
 
 /// A pooled connection and the statements prepared on it.
@@ -91,8 +105,8 @@ impl Pool {
             state: Mutex::new(State {
                 idle: Vec::new(),
                 open: 0,
+                waiting: VecDeque::new(),
             }),
-            freed: Condvar::new(),
         }
     }
 
@@ -114,38 +128,67 @@ impl Pool {
     }
 
     /// Takes an idle connection, opens one if fewer than the pool's size
-    /// are open, else waits for one.
+    /// are open, else waits its turn: callers are served in the order they
+    /// came, each freed connection handed to the one that waited longest
+    /// (a burst of calls never leaves one of them waiting behind later
+    /// ones).
     fn take(&self) -> Result<Conn, postgres::Error> {
         let mut state = self.state();
-        loop {
-            if let Some(conn) = state.idle.pop() {
+        if state.waiting.is_empty() {
+            while let Some(conn) = state.idle.pop() {
                 if !conn.is_closed() {
                     return Ok(conn);
                 }
                 state.open -= 1;
-                continue;
             }
             if state.open < POOL_SIZE {
                 state.open += 1;
                 drop(state);
-                return self.config.connect(NoTls).map(Conn::new).inspect_err(|_| {
-                    self.state().open -= 1;
-                    self.freed.notify_one();
-                });
+                return self.open();
             }
-            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        let turn = Arc::new(Turn::default());
+        state.waiting.push_back(turn.clone());
+        drop(state);
+        let mut handed = turn.handed.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match handed.take() {
+                Some(Handoff::Conn(conn)) if !conn.is_closed() => return Ok(conn),
+                // Its place in the pool, to open a connection in.
+                Some(Handoff::Conn(_) | Handoff::Open) => {
+                    drop(handed);
+                    return self.open();
+                }
+                None => handed = turn.ready.wait(handed).unwrap_or_else(|p| p.into_inner()),
+            }
         }
     }
 
-    /// Gives a connection back, or forgets a broken one.
+    /// Opens a connection in a place already counted as open; a failure
+    /// gives the place back.
+    fn open(&self) -> Result<Conn, postgres::Error> {
+        self.config
+            .connect(NoTls)
+            .map(Conn::new)
+            .inspect_err(|_| self.give(None))
+    }
+
+    /// Gives a connection back, or forgets a broken one: to the caller that
+    /// waited longest, if one waits.
     fn give(&self, conn: Option<Conn>) {
         let mut state = self.state();
-        match conn {
-            Some(conn) if !conn.is_closed() => state.idle.push(conn),
-            _ => state.open -= 1,
-        }
+        let conn = conn.filter(|c| !c.is_closed());
+        let Some(next) = state.waiting.pop_front() else {
+            match conn {
+                Some(conn) => state.idle.push(conn),
+                None => state.open -= 1,
+            }
+            return;
+        };
         drop(state);
-        self.freed.notify_one();
+        let handoff = conn.map_or(Handoff::Open, Handoff::Conn);
+        *next.handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(handoff);
+        next.ready.notify_one();
     }
 
     /// Runs `work` on a pooled connection. A call that fails because the
