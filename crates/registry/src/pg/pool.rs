@@ -48,7 +48,7 @@ struct Turn {
 
 /// What a waiting caller is handed: a connection, or a place to open one in.
 enum Handoff {
-    Conn(Conn),
+    Conn(Box<Conn>),
     Open,
 }
 
@@ -153,7 +153,7 @@ impl Pool {
         let mut handed = turn.handed.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             match handed.take() {
-                Some(Handoff::Conn(conn)) if !conn.is_closed() => return Ok(conn),
+                Some(Handoff::Conn(conn)) if !conn.is_closed() => return Ok(*conn),
                 // Its place in the pool, to open a connection in.
                 Some(Handoff::Conn(_) | Handoff::Open) => {
                     drop(handed);
@@ -186,7 +186,7 @@ impl Pool {
             return;
         };
         drop(state);
-        let handoff = conn.map_or(Handoff::Open, Handoff::Conn);
+        let handoff = conn.map_or(Handoff::Open, |c| Handoff::Conn(Box::new(c)));
         *next.handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(handoff);
         next.ready.notify_one();
     }
