@@ -47,6 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         desc: "echo hello from the library; progress 50 halfway; exit 7".into(),
         name: None,
         stdin: false,
+        tty: false,
         git_ref: None,
         keep_workspace: None,
         detached: false,

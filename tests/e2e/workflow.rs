@@ -964,3 +964,87 @@ fn another_uid_can_write_its_workspace() {
     assert!(env.task_dirs().is_empty(), "{:?}", env.task_dirs());
     assert!(env.containers().is_empty());
 }
+
+/// `orch task -it`: the task gets a terminal the size of orch's, which
+/// follows the window when it is resized; orch's terminal is the task's
+/// while it runs (raw: keys go to it as typed) and comes back as it was.
+#[test]
+fn a_task_given_the_terminal_has_it_and_gives_it_back() {
+    use rustix::termios::LocalModes;
+    require_docker!();
+    let env = TestEnv::new();
+    let mut cmd = env.orch();
+    cmd.args(["task", "-it"])
+        .arg(&env.project)
+        .arg("tty-wait 24x80 30; tty-wait 30x100 30; read-line; echo got the line");
+    let mut orch = helper::OnPty::spawn(cmd);
+    let cooked = LocalModes::ICANON | LocalModes::ECHO | LocalModes::ISIG;
+    helper::wait_for("the task's terminal", Duration::from_secs(60), || {
+        orch.text().contains("tty 24x80").then_some(())
+    });
+    assert!(
+        !orch.local_modes().intersects(cooked),
+        "raw while the task runs: {:?}",
+        orch.local_modes()
+    );
+    orch.resize(30, 100);
+    helper::wait_for(
+        "the task's terminal resized",
+        Duration::from_secs(30),
+        || orch.text().contains("tty 30x100").then_some(()),
+    );
+    orch.type_keys(b"\r");
+    let status = helper::wait_for("orch to exit", Duration::from_secs(60), || {
+        orch.child.try_wait().unwrap()
+    });
+    let text = orch.text();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains("got the line"), "{text}");
+    assert!(
+        orch.local_modes().contains(cooked),
+        "given back as it was: {:?}",
+        orch.local_modes()
+    );
+    orch.hang_up();
+
+    // Ctrl+C is a key like any other: the task's terminal interrupts it;
+    // orch ends with it and gives its terminal back.
+    let mut cmd = env.orch();
+    cmd.args(["task", "-it"])
+        .arg(&env.project)
+        .arg("echo waiting; read-line; echo not interrupted");
+    let mut orch = helper::OnPty::spawn(cmd);
+    helper::wait_for(
+        "the task to wait for a line",
+        Duration::from_secs(60),
+        || orch.text().contains("waiting").then_some(()),
+    );
+    helper::wait_for(
+        "the terminal to be the task's",
+        Duration::from_secs(10),
+        || (!orch.local_modes().intersects(cooked)).then_some(()),
+    );
+    orch.type_keys(b"\x03");
+    let status = helper::wait_for("orch to exit", Duration::from_secs(60), || {
+        orch.child.try_wait().unwrap()
+    });
+    let text = orch.text();
+    assert_eq!(status.code(), Some(130), "{text}");
+    assert!(!text.contains("not interrupted"), "{text}");
+    assert!(orch.local_modes().contains(cooked));
+    orch.hang_up();
+    assert!(env.containers().is_empty());
+
+    // Without a terminal to give, -it is refused before anything is made.
+    let out = env
+        .orch()
+        .args(["task", "-it"])
+        .arg(&env.project)
+        .arg("echo never")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 125, "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a terminal"), "{}", stderr(&out));
+    assert!(env.containers().is_empty());
+}

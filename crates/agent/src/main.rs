@@ -21,6 +21,9 @@
 //! | `run PROG [ARGS...]` | run a program found in the image, fail if it fails |
 //! | `flood BYTES` | print that many bytes of output |
 //! | `panic` | panic (exit code 101) |
+//! | `tty` | print `tty ROWSxCOLUMNS` if stdout is a terminal, else `no tty` |
+//! | `tty-wait ROWSxCOLUMNS SECS` | wait (at most SECS) for the terminal to be that size, then `tty` |
+//! | `read-line` | read one line of stdin |
 //!
 //! Running out of steps exits 0.
 //!
@@ -132,6 +135,22 @@ fn run_step(step: &str) -> Result<(), String> {
         }
         "flood" => flood(parse(rest)?).map_err(|e| e.to_string())?,
         "panic" => panic!("orch-agent was asked to panic"),
+        "tty" => println!("{}", terminal()),
+        "tty-wait" => {
+            let (size, secs) = rest.split_once(char::is_whitespace).unwrap_or((rest, "30"));
+            let wanted = format!("tty {size}");
+            let deadline = std::time::Instant::now() + Duration::from_secs_f64(parse(secs.trim())?);
+            while terminal() != wanted && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            println!("{}", terminal());
+        }
+        "read-line" => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| e.to_string())?;
+        }
         _ => return Err(format!("unknown step {verb:?}")),
     }
     flush();
@@ -222,4 +241,14 @@ fn ignore_sigterm() {
     unsafe {
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
     }
+}
+
+/// What stdout is: `tty ROWSxCOLUMNS` for a terminal of that size.
+fn terminal() -> String {
+    // SAFETY: TIOCGWINSZ writes one `winsize` into the struct given.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    if unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut size) } != 0 {
+        return "no tty".into();
+    }
+    format!("tty {}x{}", size.ws_row, size.ws_col)
 }

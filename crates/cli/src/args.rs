@@ -414,6 +414,13 @@ pub(crate) struct TaskArgs {
     #[arg(short, long)]
     pub(crate) interactive: bool,
 
+    /// Give the task a terminal (as `docker run -t`; its output is then
+    /// one stream). With -i, orch's terminal becomes the task's while it
+    /// runs: keys go to it as typed, Ctrl+C included, and its size follows
+    /// the window's.
+    #[arg(short, long)]
+    pub(crate) tty: bool,
+
     /// A name for the task, unique among live tasks, accepted wherever an
     /// id is (letters, digits, '_', '.', '-').
     #[arg(long, value_name = "NAME")]

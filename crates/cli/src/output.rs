@@ -14,6 +14,10 @@ pub(crate) struct Terminal {
     /// The run did not end by itself, so its cleanup is worth reporting.
     interrupted: bool,
     verbose: bool,
+    /// The terminal is the task's while it runs (`-it`).
+    lend: bool,
+    /// The terminal's settings while it is lent, given back when dropped.
+    lent: Option<Lent>,
 }
 
 impl Terminal {
@@ -23,7 +27,16 @@ impl Terminal {
             fancy: can_draw_bar(),
             interrupted: false,
             verbose,
+            lend: false,
+            lent: None,
         }
+    }
+
+    /// From the task's start to its end, keys typed go to it as they are
+    /// (the terminal in raw mode, as `docker run -it` puts it).
+    pub(crate) fn lending_the_terminal(mut self, lend: bool) -> Terminal {
+        self.lend = lend;
+        self
     }
 
     /// Writes without ever failing: a closed pipe or terminal must not stop
@@ -70,6 +83,38 @@ impl Terminal {
     }
 }
 
+/// The terminal (orch's input) lent to a task: in raw mode, so that keys
+/// reach the task as typed (Ctrl+C and Ctrl+Z included: they are the
+/// task's terminal's now), with output still turning `\n` into `\r\n` so
+/// that orch's own lines stay lines. Its settings come back when this is
+/// dropped: at the task's end, on an error, and on a panic's unwinding.
+struct Lent {
+    before: rustix::termios::Termios,
+}
+
+impl Lent {
+    fn lend() -> std::io::Result<Lent> {
+        use rustix::termios::{OptionalActions, OutputModes, tcgetattr, tcsetattr};
+        let stdin = std::io::stdin();
+        let before = tcgetattr(&stdin)?;
+        let mut raw = before.clone();
+        raw.make_raw();
+        raw.output_modes |= OutputModes::OPOST | OutputModes::ONLCR;
+        tcsetattr(&stdin, OptionalActions::Now, &raw)?;
+        Ok(Lent { before })
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.before,
+        );
+    }
+}
+
 /// The narrowest terminal a progress bar is drawn on.
 const MIN_BAR_COLUMNS: u16 = 40;
 
@@ -88,6 +133,11 @@ impl Observer for Terminal {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Planned { task_id, .. } => self.note(&format!("task {task_id}")),
+            Event::Started if self.lend => match Lent::lend() {
+                Ok(lent) => self.lent = Some(lent),
+                Err(e) => self.note(&format!("orch: cannot give the terminal to the task: {e}")),
+            },
+            Event::Ended => self.lent = None,
             Event::Pulling { image } => self.note(&format!("orch: pulling image {image}")),
             Event::Output { stream, data } => self.write(stream, &data),
             Event::Progress { percent, message } => self.progress(percent, message),

@@ -60,6 +60,7 @@ fn request(timeout: Option<Duration>, grace: Duration) -> TaskRequest {
         desc: "work".into(),
         name: None,
         stdin: false,
+        tty: false,
         git_ref: None,
         keep_workspace: None,
         detached: false,
@@ -431,6 +432,7 @@ async fn dead_owners_task(h: &Harness, keep_workspace: Option<bool>) -> (Uuid, S
             extra_networks: Vec::new(),
             tmpfs: Vec::new(),
             stdin: false,
+            tty: false,
             ownership: Ownership {
                 instance: h.orch.home().instance_id().to_owned(),
                 session: Uuid::new_v4(),

@@ -64,16 +64,10 @@ pub(crate) fn docker_ready() -> bool {
     })
 }
 
+/// Builds the task image from the agent as it is now, once per run (an
+/// image left from an older agent would lack its newer steps): quick when
+/// nothing changed.
 fn ensure_image() {
-    let present = Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if present {
-        return;
-    }
     let script = repo_root().join("scripts/build-image");
     let status = Command::new(&script)
         .status()

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,8 @@ use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
 /// orch running on the slave side of a pseudo-terminal.
 pub(crate) struct OnPty {
     pub(crate) child: Child,
+    /// The slave side's path.
+    name: std::path::PathBuf,
     master: Arc<Mutex<Option<OwnedFd>>>,
     output: Arc<Mutex<Vec<u8>>>,
     hang_up: Arc<AtomicBool>,
@@ -46,10 +49,11 @@ impl OnPty {
         grantpt(&master).unwrap();
         unlockpt(&master).unwrap();
         let name = ptsname(&master, Vec::new()).unwrap();
+        let name = std::path::PathBuf::from(name.to_str().unwrap());
         let slave = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open(name.to_str().unwrap())
+            .open(&name)
             .unwrap();
         cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave.try_clone().unwrap()))
@@ -76,6 +80,7 @@ impl OnPty {
         };
         OnPty {
             child,
+            name,
             master,
             output,
             hang_up,
@@ -94,6 +99,34 @@ impl OnPty {
         let fd = guard.as_ref().expect("the terminal is open");
         let mut file = std::fs::File::from(fd.try_clone().unwrap());
         file.write_all(bytes).unwrap();
+    }
+
+    /// The terminal's local modes now (`ICANON`, `ECHO`, `ISIG`...), as
+    /// whoever holds it set them.
+    pub(crate) fn local_modes(&self) -> rustix::termios::LocalModes {
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
+            .open(&self.name)
+            .unwrap();
+        rustix::termios::tcgetattr(&slave).unwrap().local_modes
+    }
+
+    /// Resizes the terminal: its foreground process group gets SIGWINCH.
+    pub(crate) fn resize(&self, rows: u16, columns: u16) {
+        let guard = self.master.lock().unwrap();
+        let fd = guard.as_ref().expect("the terminal is open");
+        rustix::termios::tcsetwinsize(
+            fd,
+            rustix::termios::Winsize {
+                ws_row: rows,
+                ws_col: columns,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            },
+        )
+        .unwrap();
     }
 
     /// Closes the terminal: orch, its session leader, gets SIGHUP.

@@ -59,6 +59,7 @@ pub(crate) fn request(
         name: args.name.clone(),
         // A detached task has no terminal of its caller's to read.
         stdin: args.interactive && task_id.is_none(),
+        tty: args.tty,
         git_ref,
         keep_workspace: match (args.keep_workspace, args.rm_workspace) {
             (true, _) => Some(true),
@@ -96,6 +97,12 @@ pub(crate) async fn run(
     crate::signals::force_on_panic(&shutdown);
     let signals = SignalWatch::start(&shutdown, CtrlZ::Freeze, Hangup::Stop)
         .context("failed to install signal handlers")?;
+    let lend = args.tty && args.interactive;
+    if lend && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        anyhow::bail!(
+            "the input is not a terminal: -it gives the task orch's terminal (use -i alone to pipe input)"
+        );
+    }
     let request = request(&args, args.environment()?, None)?;
     let orch = connect(watchdog).await?;
     supervise(
@@ -103,7 +110,7 @@ pub(crate) async fn run(
         request,
         shutdown,
         &signals,
-        Box::new(Terminal::new(verbose)),
+        Box::new(Terminal::new(verbose).lending_the_terminal(lend)),
     )
     .await
 }

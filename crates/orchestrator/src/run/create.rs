@@ -186,7 +186,7 @@ impl TaskRun<'_> {
             // Attached before it starts, so no input is lost; its end of
             // input when orch's ends.
             let mut input = ctx.runtime.attach_stdin(&self.name).await?;
-            self.input = Some(tokio::spawn(async move {
+            self.input.push(tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
                 let mut stdin = tokio::io::stdin();
                 if let Err(e) = tokio::io::copy(&mut stdin, &mut input).await {
@@ -194,6 +194,13 @@ impl TaskRun<'_> {
                 }
                 let _ = input.shutdown().await;
             }));
+        }
+        if self.prepared.request.tty && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            self.input.push(tokio::spawn(follow_size(
+                ctx.runtime.clone(),
+                self.name.clone(),
+                self.ran.subscribe(),
+            )));
         }
         self.pump = Some(spawn_pump(
             &ctx.tracker,
@@ -209,5 +216,32 @@ impl TaskRun<'_> {
             progress,
         ));
         Ok(())
+    }
+}
+
+/// Keeps the task's terminal the size of the one its output goes to (this
+/// process's): once it started, then at each SIGWINCH, as `docker run -t`
+/// does.
+async fn follow_size(
+    runtime: std::sync::Arc<dyn crate::runtime::Runtime>,
+    name: String,
+    mut started: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut resized) = signal(SignalKind::window_change()) else {
+        return;
+    };
+    if started.wait_for(|s| *s).await.is_err() {
+        return;
+    }
+    loop {
+        if let Ok(size) = rustix::termios::tcgetwinsize(std::io::stdout()) {
+            if let Err(e) = runtime.resize_tty(&name, size.ws_row, size.ws_col).await {
+                tracing::debug!(error = %e, "cannot resize the task's terminal");
+            }
+        }
+        if resized.recv().await.is_none() {
+            return;
+        }
     }
 }

@@ -17,7 +17,7 @@ impl TaskRun<'_> {
     pub(super) async fn finish(&mut self, ending: Result<Ending, Error>) -> Result<Outcome, Error> {
         let ended = Instant::now();
         self.ctx.leases.ending(&self.prepared.holds());
-        if let Some(input) = self.input.take() {
+        for input in self.input.drain(..) {
             input.abort();
         }
         self.over.send_replace(true);

@@ -207,6 +207,7 @@ pub(super) fn spec(
         extra_networks: Vec::new(),
         tmpfs: home.into_iter().collect(),
         stdin: request.stdin,
+        tty: request.tty,
         ownership: Ownership {
             instance: ctx.home.instance_id().to_owned(),
             session: ctx.session.id,

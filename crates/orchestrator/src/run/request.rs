@@ -17,6 +17,9 @@ pub struct TaskRequest {
     pub name: Option<String>,
     /// This process's standard input goes to the task (`orch task -i`).
     pub stdin: bool,
+    /// The task gets a terminal (`orch task -t`); with `stdin` from a
+    /// terminal, its size follows that one's.
+    pub tty: bool,
     /// Where the workspace branch starts (default: the project's HEAD).
     pub git_ref: Option<String>,
     /// Keep (`Some(true)`) or remove (`Some(false)`) the workspace whatever

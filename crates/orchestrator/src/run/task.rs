@@ -27,9 +27,10 @@ pub(super) struct TaskRun<'a> {
     pub(super) sink: EventSink,
     pub(super) guard: Option<ContainerGuard>,
     pub(super) pump: Option<JoinHandle<()>>,
-    /// Copies this process's input to the task's (`-i`); not tracked (a
-    /// read of a quiet terminal never ends): stopped when the run ends.
-    pub(super) input: Option<JoinHandle<()>>,
+    /// Copy this process's input to the task's (`-i`) and make its
+    /// terminal follow this one's size (`-t`); not tracked (a read of a
+    /// quiet terminal never ends): stopped when the run ends.
+    pub(super) input: Vec<JoinHandle<()>>,
     /// True once the run is over (the container exited, or was stopped):
     /// the pump's stream may end for good.
     pub(super) over: watch::Sender<bool>,
@@ -65,7 +66,7 @@ impl TaskRun<'_> {
             sink,
             guard: None,
             pump: None,
-            input: None,
+            input: Vec::new(),
             over: watch::channel(false).0,
             ran: watch::channel(false).0,
             held: None,

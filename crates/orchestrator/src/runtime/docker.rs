@@ -510,6 +510,20 @@ impl Runtime for DockerRuntime {
         Ok(attached.input)
     }
 
+    async fn resize_tty(&self, name: &str, rows: u16, columns: u16) -> Result<(), RuntimeError> {
+        let options = bollard::query_parameters::ResizeContainerTTYOptionsBuilder::new()
+            .h(i32::from(rows))
+            .w(i32::from(columns))
+            .build();
+        Self::once(
+            "resize the terminal of container",
+            name,
+            CALL_DEADLINE,
+            self.docker.resize_container_tty(name, options),
+        )
+        .await
+    }
+
     async fn logs(&self, name: &str) -> Result<OutputStream, RuntimeError> {
         let options = LogsOptionsBuilder::default()
             .follow(true)
@@ -913,6 +927,7 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         attach_stderr: Some(true),
         attach_stdin: Some(spec.stdin),
         open_stdin: Some(spec.stdin),
+        tty: Some(spec.tty),
         stdin_once: Some(spec.stdin),
         stop_timeout: Some(grace_secs(spec.stop_grace)),
         working_dir: spec.workdir.as_ref().map(|w| w.display().to_string()),
@@ -1198,6 +1213,7 @@ mod tests {
             extra_networks: Vec::new(),
             tmpfs: Vec::new(),
             stdin: false,
+            tty: false,
             ownership: crate::runtime::Ownership {
                 instance: "abc".into(),
                 session,

@@ -195,6 +195,10 @@ impl Runtime for FakeRuntime {
         Ok(Box::pin(tokio::io::sink()))
     }
 
+    async fn resize_tty(&self, name: &str, _rows: u16, _columns: u16) -> Result<(), RuntimeError> {
+        self.call("resize_tty", name)
+    }
+
     async fn attach(&self, name: &str) -> Result<OutputStream, RuntimeError> {
         self.call("attach", name)?;
         let (output, exit) = self.output_of("attach to container", name)?;

@@ -101,6 +101,8 @@ pub struct ContainerSpec {
     /// Its standard input is kept open for [`Runtime::attach_stdin`]
     /// (closed when that attachment closes), as `docker run -i`.
     pub stdin: bool,
+    /// It gets a terminal, as `docker run -t`: its output is one stream.
+    pub tty: bool,
     /// Whose it is.
     pub ownership: Ownership,
 }
@@ -129,6 +131,7 @@ impl ContainerSpec {
             extra_networks: Vec::new(),
             tmpfs: Vec::new(),
             stdin: false,
+            tty: false,
             ownership,
         }
     }
@@ -274,6 +277,9 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// asked for it: what is written reaches the task; shutting the writer
     /// down is the task's end of input.
     async fn attach_stdin(&self, name: &str) -> Result<StdinWriter, RuntimeError>;
+
+    /// Sets the size of a running container's terminal (a spec with `tty`).
+    async fn resize_tty(&self, name: &str, rows: u16, columns: u16) -> Result<(), RuntimeError>;
 
     /// Its output from its start, following it until its streams close:
     /// what an attached stream that broke did not deliver. Errs if the

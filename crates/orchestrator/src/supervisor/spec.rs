@@ -73,6 +73,7 @@ pub fn request_of(
         desc: spec.desc.clone(),
         name: spec.name.clone(),
         stdin: false,
+        tty: false,
         git_ref: spec.git_ref.clone(),
         keep_workspace: spec.keep_workspace,
         detached: true,
