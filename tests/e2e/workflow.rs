@@ -967,7 +967,9 @@ fn another_uid_can_write_its_workspace() {
 
 /// `orch task -it`: the task gets a terminal the size of orch's, which
 /// follows the window when it is resized; orch's terminal is the task's
-/// while it runs (raw: keys go to it as typed) and comes back as it was.
+/// while it runs (raw: keys go to it as typed, but Ctrl+Z, which freezes
+/// it and gives the terminal back until orch continues) and comes back as
+/// it was.
 #[test]
 fn a_task_given_the_terminal_has_it_and_gives_it_back() {
     use rustix::termios::LocalModes;
@@ -978,7 +980,7 @@ fn a_task_given_the_terminal_has_it_and_gives_it_back() {
         .arg(&env.project)
         .arg("tty-wait 24x80 30; tty-wait 30x100 30; read-line; echo got the line");
     let mut orch = helper::OnPty::spawn(cmd);
-    let cooked = LocalModes::ICANON | LocalModes::ECHO | LocalModes::ISIG;
+    let cooked = LocalModes::ICANON | LocalModes::ECHO;
     helper::wait_for("the task's terminal", Duration::from_secs(60), || {
         orch.text().contains("tty 24x80").then_some(())
     });
@@ -993,6 +995,20 @@ fn a_task_given_the_terminal_has_it_and_gives_it_back() {
         Duration::from_secs(30),
         || orch.text().contains("tty 30x100").then_some(()),
     );
+    // Ctrl+Z stays orch's: the task freezes, orch stops, and the terminal
+    // is the shell's again until orch continues.
+    orch.type_keys(b"\x1a");
+    helper::wait_for("orch to stop", Duration::from_secs(30), || {
+        (orch.process_state() == Some('T')).then_some(())
+    });
+    assert!(
+        orch.local_modes().contains(cooked),
+        "given back while stopped"
+    );
+    rustix::process::kill_process(orch.pid(), rustix::process::Signal::CONT).unwrap();
+    helper::wait_for("the terminal lent again", Duration::from_secs(30), || {
+        (!orch.local_modes().intersects(cooked)).then_some(())
+    });
     orch.type_keys(b"\r");
     let status = helper::wait_for("orch to exit", Duration::from_secs(60), || {
         orch.child.try_wait().unwrap()

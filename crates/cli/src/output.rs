@@ -84,34 +84,71 @@ impl Terminal {
 }
 
 /// The terminal (orch's input) lent to a task: in raw mode, so that keys
-/// reach the task as typed (Ctrl+C and Ctrl+Z included: they are the
-/// task's terminal's now), with output still turning `\n` into `\r\n` so
-/// that orch's own lines stay lines. Its settings come back when this is
-/// dropped: at the task's end, on an error, and on a panic's unwinding.
-struct Lent {
-    before: rustix::termios::Termios,
+/// reach the task as typed (Ctrl+C included: it is the task's terminal's
+/// now), with output still turning `\n` into `\r\n` so that orch's own
+/// lines stay lines. Ctrl+Z stays orch's: it freezes the task as without
+/// `-t`, and the terminal is given back while orch is stopped. Its settings
+/// come back when this is dropped: at the task's end, on an error, and on a
+/// panic's unwinding.
+struct Lent;
+
+/// The terminal's settings before it was lent, and while lent.
+static LENT: std::sync::Mutex<Option<(Termios, Termios)>> = std::sync::Mutex::new(None);
+
+use rustix::termios::Termios;
+
+fn set_terminal(modes: &Termios) {
+    let _ = rustix::termios::tcsetattr(
+        std::io::stdin(),
+        rustix::termios::OptionalActions::Now,
+        modes,
+    );
+}
+
+fn lent() -> std::sync::MutexGuard<'static, Option<(Termios, Termios)>> {
+    LENT.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Lent {
     fn lend() -> std::io::Result<Lent> {
-        use rustix::termios::{OptionalActions, OutputModes, tcgetattr, tcsetattr};
-        let stdin = std::io::stdin();
-        let before = tcgetattr(&stdin)?;
+        use rustix::termios::{LocalModes, OutputModes, SpecialCodeIndex, tcgetattr};
+        let before = tcgetattr(std::io::stdin())?;
         let mut raw = before.clone();
         raw.make_raw();
         raw.output_modes |= OutputModes::OPOST | OutputModes::ONLCR;
-        tcsetattr(&stdin, OptionalActions::Now, &raw)?;
-        Ok(Lent { before })
+        // Of the keys that signal, only Ctrl+Z (orch's freeze) is left.
+        raw.local_modes |= LocalModes::ISIG;
+        raw.special_codes[SpecialCodeIndex::VINTR] = 0;
+        raw.special_codes[SpecialCodeIndex::VQUIT] = 0;
+        rustix::termios::tcsetattr(
+            std::io::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &raw,
+        )?;
+        *lent() = Some((before, raw));
+        Ok(Lent)
     }
 }
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        let _ = rustix::termios::tcsetattr(
-            std::io::stdin(),
-            rustix::termios::OptionalActions::Now,
-            &self.before,
-        );
+        if let Some((before, _)) = lent().take() {
+            set_terminal(&before);
+        }
+    }
+}
+
+/// Gives a lent terminal back while orch is stopped (Ctrl+Z).
+pub(crate) fn give_back_while_stopped() {
+    if let Some((before, _)) = &*lent() {
+        set_terminal(before);
+    }
+}
+
+/// Lends it again when orch continues.
+pub(crate) fn lend_again() {
+    if let Some((_, raw)) = &*lent() {
+        set_terminal(raw);
     }
 }
 

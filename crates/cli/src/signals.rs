@@ -88,6 +88,7 @@ impl SignalWatch {
                 }
                 if signal == SIGCONT {
                     tracing::info!("continued: thawing the task");
+                    crate::output::lend_again();
                     shutdown.resume();
                     continue;
                 }
@@ -159,6 +160,7 @@ async fn suspend(shutdown: &Shutdown) {
     shutdown.suspend();
     // A run that has no container yet does not answer: stop anyway.
     let _ = tokio::time::timeout(SUSPEND_WAIT, shutdown.suspended()).await;
+    crate::output::give_back_while_stopped();
     let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
 }
 

@@ -433,6 +433,7 @@ async fn dead_owners_task(h: &Harness, keep_workspace: Option<bool>) -> (Uuid, S
             tmpfs: Vec::new(),
             stdin: false,
             tty: false,
+            console: None,
             ownership: Ownership {
                 instance: h.orch.home().instance_id().to_owned(),
                 session: Uuid::new_v4(),

@@ -208,6 +208,11 @@ pub(super) fn spec(
         tmpfs: home.into_iter().collect(),
         stdin: request.stdin,
         tty: request.tty,
+        console: request
+            .tty
+            .then(|| rustix::termios::tcgetwinsize(std::io::stdout()).ok())
+            .flatten()
+            .map(|size| (size.ws_row, size.ws_col)),
         ownership: Ownership {
             instance: ctx.home.instance_id().to_owned(),
             session: ctx.session.id,

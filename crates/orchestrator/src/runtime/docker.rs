@@ -933,6 +933,9 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         working_dir: spec.workdir.as_ref().map(|w| w.display().to_string()),
         host_config: Some(HostConfig {
             init: Some(true),
+            console_size: spec
+                .console
+                .map(|(rows, columns)| vec![usize::from(rows), usize::from(columns)]),
             mounts: (!mounts.is_empty()).then_some(mounts),
             network_mode: Some(spec.network.clone()),
             memory: spec.memory,
@@ -1214,6 +1217,7 @@ mod tests {
             tmpfs: Vec::new(),
             stdin: false,
             tty: false,
+            console: None,
             ownership: crate::runtime::Ownership {
                 instance: "abc".into(),
                 session,

@@ -103,6 +103,9 @@ pub struct ContainerSpec {
     pub stdin: bool,
     /// It gets a terminal, as `docker run -t`: its output is one stream.
     pub tty: bool,
+    /// The terminal's first size (rows, columns), where the engine takes
+    /// one at creation (API 1.42 and later; before, it is set at the start).
+    pub console: Option<(u16, u16)>,
     /// Whose it is.
     pub ownership: Ownership,
 }
@@ -132,6 +135,7 @@ impl ContainerSpec {
             tmpfs: Vec::new(),
             stdin: false,
             tty: false,
+            console: None,
             ownership,
         }
     }
