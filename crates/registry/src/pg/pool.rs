@@ -200,7 +200,9 @@ impl Pool {
         action: &'static str,
         mut work: impl FnMut(&mut Conn) -> Result<T, Failure>,
     ) -> Result<T, Error> {
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2))
+        // Tries stay close together: a lease renewal must land soon after
+        // the server is back (a restart takes about a second).
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500))
             .within(RIDE_OUT)
             .jittered();
         loop {
