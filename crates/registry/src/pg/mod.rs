@@ -226,11 +226,11 @@ impl Postgres {
         all.push(&from);
         let mut sent = false;
         self.with("change a task's state", |c| {
+            // A connection that broke may have taken the change with it, or
+            // after it: only on the first call is a task already in `to`
+            // someone else's doing.
+            let again = std::mem::replace(&mut sent, true);
             loop {
-                // A connection that broke may have taken the change with
-                // it, or after it: only on the first try is a task already
-                // in `to` someone else's doing.
-                let again = std::mem::replace(&mut sent, true);
                 let statement = c.prepared(&sql)?;
                 if let Some(row) = c.query_opt(&statement, &all)? {
                     return Ok(parse_state(row.get(0))?);
