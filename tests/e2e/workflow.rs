@@ -499,7 +499,8 @@ fn a_task_starts_from_the_working_tree_when_asked() {
 /// against its base, `orch merge` brings it into the user's branch (a
 /// merge commit by the user's identity, or `--squash`), refuses a dirty
 /// tree, stops on conflicts as git does; and drivers the task's
-/// `.gitattributes` names (defined in the user's global config) never run.
+/// `.gitattributes` names (defined in the user's global config and in the
+/// repository's own) never run.
 #[test]
 fn a_tasks_branch_is_reviewed_and_merged() {
     require_docker!();
@@ -529,6 +530,14 @@ fn a_tasks_branch_is_reviewed_and_merged() {
         ),
     )
     .unwrap();
+    // ... and so does the repository's own config.
+    for key in [
+        "filter.evil.smudge",
+        "filter.evil.clean",
+        "merge.evil.driver",
+    ] {
+        env.git(&["config", key, &driver]);
+    }
     let orch = |args: &[&str]| {
         let mut cmd = env.orch();
         cmd.env("HOME", &user_home).args(args);
@@ -602,6 +611,10 @@ fn a_tasks_branch_is_reviewed_and_merged() {
         !ran.exists(),
         "a driver named by the task's .gitattributes ran"
     );
+    // Merged, the .gitattributes is the user's own: their git may run their
+    // drivers from now on. Those of the global config stay, for orch's.
+    env.git(&["config", "--remove-section", "filter.evil"]);
+    env.git(&["config", "--remove-section", "merge.evil"]);
     let again = orch(&["merge", &first]);
     assert_eq!(code(&again), 0, "{}", stderr(&again));
     assert!(

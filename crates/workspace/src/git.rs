@@ -115,6 +115,8 @@ pub(crate) struct Git {
     deadline: Option<Deadline>,
     memory: u64,
     network: bool,
+    /// `-c` settings of this call, after orch's own.
+    settings: Vec<String>,
 }
 
 impl Git {
@@ -144,6 +146,7 @@ impl Git {
             deadline: None,
             memory: git_memory(),
             network: false,
+            settings: Vec::new(),
         }
     }
 
@@ -170,6 +173,12 @@ impl Git {
 
     pub(crate) fn index(mut self, path: &Path) -> Git {
         self.index = Some(path.to_path_buf());
+        self
+    }
+
+    /// Config settings (`key=value`) for this call alone, over any file's.
+    pub(crate) fn settings(mut self, settings: &[String]) -> Git {
+        self.settings.extend_from_slice(settings);
         self
     }
 
@@ -301,6 +310,9 @@ impl Git {
             "core.excludesFile=/dev/null",
             "core.attributesFile=/dev/null",
         ] {
+            cmd.arg("-c").arg(setting);
+        }
+        for setting in &self.settings {
             cmd.arg("-c").arg(setting);
         }
         cmd.args(args)

@@ -4,7 +4,8 @@
 //!
 //! Both go through the hardened git with no system or global config
 //! (`isolated`): the task's tree may carry `.gitattributes` naming filter,
-//! diff or merge drivers, and none is defined anywhere orch's git looks, so
+//! diff or merge drivers, and none is defined anywhere orch's git looks (a
+//! merge also switches off those of the repository's own config), so
 //! nothing the task wrote can make the host run a program. Hooks are off as
 //! for every call.
 
@@ -109,11 +110,13 @@ pub fn merge(
         )));
     }
     let lock = RepoLock::acquire(layout, &repo.common_dir)?;
+    let off = drivers_off(repo, layout)?;
     let git = || {
         let mut git = Git::at(layout, &repo.git_dir)
             .work_tree(&repo.top)
             .in_dir(&repo.top)
             .isolated()
+            .settings(&off)
             .holding(&lock)
             .timeout(HEAVY_TIMEOUT);
         for (key, value) in identity {
@@ -184,4 +187,27 @@ pub fn merge(
         return Ok(Merged::AlreadyUpToDate);
     }
     Ok(Merged::Done { commit })
+}
+
+/// Settings that switch off every filter and merge driver the repository's
+/// own config defines (no other config is read): the task's
+/// `.gitattributes` may name any of them, and none may run while its
+/// branch is merged. A filter does nothing; a merge driver is `false`, so a
+/// file it would have merged is left in conflict.
+fn drivers_off(repo: &Repo, layout: &Layout) -> Result<Vec<String>, Error> {
+    let keys = Git::at(layout, &repo.git_dir).isolated().run(
+        "read the repository's config",
+        &["config", "--local", "--list", "--name-only"],
+    )?;
+    let mut off = std::collections::BTreeSet::new();
+    for key in keys.lines() {
+        if let Some(name) = key.strip_prefix("filter.").and_then(|k| k.rsplit_once('.')) {
+            for var in ["clean=", "smudge=", "process=", "required=false"] {
+                off.insert(format!("filter.{}.{var}", name.0));
+            }
+        } else if let Some(name) = key.strip_prefix("merge.").and_then(|k| k.rsplit_once('.')) {
+            off.insert(format!("merge.{}.driver=false", name.0));
+        }
+    }
+    Ok(off.into_iter().collect())
 }
