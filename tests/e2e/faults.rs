@@ -62,14 +62,9 @@ fn a_terminal_that_hangs_up_stops_the_task_gracefully() {
 #[test]
 fn repeated_hang_ups_never_force_the_stop() {
     require_docker!();
-    if !helper::shell_image_ready() {
+    let Some(env) = TestEnv::shell_project("stop_grace = \"30s\"") else {
         return;
-    }
-    let env = TestEnv::new();
-    env.git_project(
-        helper::SHELL_IMAGE,
-        "command = [\"sh\", \"-c\", \"{desc}\"]\nstop_grace = \"30s\"",
-    );
+    };
     let mut cmd = env.orch();
     cmd.arg("task").arg(&env.project).arg(
         "trap 'sleep 1; echo trapped > trapped.txt; exit 0' TERM; echo ready; while :; do sleep 0.1; done",

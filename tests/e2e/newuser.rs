@@ -24,14 +24,9 @@ fn assert_no_secret(what: &str, text: &str) {
 #[test]
 fn values_given_to_a_task_appear_nowhere_else() {
     require_docker!();
-    if !helper::shell_image_ready() {
+    let Some(env) = TestEnv::shell_project("workspace = \"none\"") else {
         return;
-    }
-    let env = TestEnv::new();
-    env.git_project(
-        helper::SHELL_IMAGE,
-        "command = [\"sh\", \"-c\", \"{desc}\"]\nworkspace = \"none\"",
-    );
+    };
     let (addr, received) = web::receiver();
     std::fs::write(
         &env.config,

@@ -223,14 +223,9 @@ fn listing_tailing_and_waiting() {
 #[test]
 fn a_task_has_a_writable_home_and_the_users_git_identity() {
     require_docker!();
-    if !helper::shell_image_ready() {
+    let Some(env) = TestEnv::shell_project("") else {
         return;
-    }
-    let env = TestEnv::new();
-    env.git_project(
-        helper::SHELL_IMAGE,
-        "command = [\"sh\", \"-c\", \"{desc}\"]",
-    );
+    };
     // Without the identity git_project gives every task.
     std::fs::write(
         env.project.join("orch.toml"),
@@ -309,14 +304,9 @@ fn a_task_has_a_writable_home_and_the_users_git_identity() {
 #[test]
 fn limits_and_network_per_task() {
     require_docker!();
-    if !helper::shell_image_ready() {
+    let Some(env) = TestEnv::shell_project("workspace = \"none\"\nmemory = \"1g\"") else {
         return;
-    }
-    let env = TestEnv::new();
-    env.git_project(
-        helper::SHELL_IMAGE,
-        "command = [\"sh\", \"-c\", \"{desc}\"]\nworkspace = \"none\"\nmemory = \"1g\"",
-    );
+    };
     let probe = "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
                  tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '";
     let out = env
@@ -376,14 +366,9 @@ fn limits_and_network_per_task() {
 #[test]
 fn the_project_is_found_from_a_subdirectory() {
     require_docker!();
-    if !helper::shell_image_ready() {
+    let Some(env) = TestEnv::shell_project("") else {
         return;
-    }
-    let env = TestEnv::new();
-    env.git_project(
-        helper::SHELL_IMAGE,
-        "command = [\"sh\", \"-c\", \"{desc}\"]",
-    );
+    };
     let sub = env.project.join("src/deep");
     std::fs::create_dir_all(&sub).unwrap();
     std::fs::write(sub.join("here.txt"), "x").unwrap();
@@ -421,14 +406,9 @@ fn the_project_is_found_from_a_subdirectory() {
 #[test]
 fn a_task_starts_from_the_working_tree_when_asked() {
     require_docker!();
-    if !helper::shell_image_ready() {
+    let Some(env) = TestEnv::shell_project("") else {
         return;
-    }
-    let env = TestEnv::new();
-    env.git_project(
-        helper::SHELL_IMAGE,
-        "command = [\"sh\", \"-c\", \"{desc}\"]",
-    );
+    };
     std::fs::write(env.project.join("tracked.txt"), "committed\n").unwrap();
     std::fs::write(env.project.join("gone.txt"), "committed\n").unwrap();
     env.git(&["add", "."]);
@@ -504,14 +484,9 @@ fn a_task_starts_from_the_working_tree_when_asked() {
 #[test]
 fn a_tasks_branch_is_reviewed_and_merged() {
     require_docker!();
-    if !helper::shell_image_ready() {
+    let Some(env) = TestEnv::shell_project("") else {
         return;
-    }
-    let env = TestEnv::new();
-    env.git_project(
-        helper::SHELL_IMAGE,
-        "command = [\"sh\", \"-c\", \"{desc}\"]",
-    );
+    };
     std::fs::write(env.project.join("a.txt"), "one\n").unwrap();
     env.git(&["add", "."]);
     env.git(&["commit", "-qm", "a"]);
@@ -909,14 +884,9 @@ fn logs_since_a_time() {
 #[test]
 fn interactive_feeds_stdin_to_the_task() {
     require_docker!();
-    if !helper::shell_image_ready() {
+    let Some(env) = TestEnv::shell_project("workspace = \"none\"") else {
         return;
-    }
-    let env = TestEnv::new();
-    env.git_project(
-        helper::SHELL_IMAGE,
-        "command = [\"sh\", \"-c\", \"{desc}\"]\nworkspace = \"none\"",
-    );
+    };
     let mut child = env
         .orch()
         .args([
@@ -951,14 +921,9 @@ fn interactive_feeds_stdin_to_the_task() {
 #[test]
 fn another_uid_can_write_its_workspace() {
     require_docker!();
-    if !helper::shell_image_ready() {
+    let Some(env) = TestEnv::shell_project("") else {
         return;
-    }
-    let env = TestEnv::new();
-    env.git_project(
-        helper::SHELL_IMAGE,
-        "command = [\"sh\", \"-c\", \"{desc}\"]",
-    );
+    };
     let out = env.task(
         "id -u; echo hi > made.txt; mkdir -p sub && echo x > sub/f && git add -A && git commit -qm by-other && echo committed",
         &["--user", "4321:4321"],

@@ -19,7 +19,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
 
-use crate::record::QUEUED_AGAIN;
+use crate::record::{QUEUED_AGAIN, REQUEUE_WHEN, RETRY_WHEN};
 use crate::{
     Attempt, Claimant, Error, Finish, Listing, Node, NodeRecord, Renewal, Rescued, State, Store,
     TaskBrief, TaskOutcome, TaskOwner, TaskProgress, TaskQueue, TaskRecord, TaskWorkspace,
@@ -1033,17 +1033,11 @@ impl Store for Registry {
     }
 
     fn requeue(&self, task: &Attempt, reason: &str) -> Result<bool, Error> {
-        self.queue_again("queue a task again", task, reason, "state = 'creating'")
+        self.queue_again("queue a task again", task, reason, REQUEUE_WHEN)
     }
 
     fn retry(&self, task: &Attempt, reason: &str) -> Result<bool, Error> {
-        self.queue_again(
-            "queue a task again to retry",
-            task,
-            reason,
-            "state IN ('creating', 'running') AND spec IS NOT NULL AND attempt <= retries \
-             AND cancel_requested = 0",
-        )
+        self.queue_again("queue a task again to retry", task, reason, RETRY_WHEN)
     }
 
     /// Ends a task that is still queued as cancelled; false if it is not

@@ -484,16 +484,24 @@ pub enum Listing {
     All,
 }
 
-/// What a rescuer makes of a live task whose owner (`owner`, in words)
-/// stopped renewing its lease: the state it was in, the one it gets (queued
-/// again if `again`: it was submitted to a queue, and either never started
-/// or has retries left; else lost), and why.
 /// What `UPDATE tasks SET` puts a live task back in the queue with: held
 /// by no one, no container, its next claim its next attempt.
 pub(crate) const QUEUED_AGAIN: &str = "state = 'queued', session = '', owner_pid = 0, \
     owner_start = 0, owner_boot = '', lease_until = NULL, node_id = NULL, node = NULL, \
     started_at = NULL, container = ''";
 
+/// The tasks `Store::requeue` puts back in the queue: claimed, never started.
+pub(crate) const REQUEUE_WHEN: &str = "state = 'creating'";
+
+/// The tasks `Store::retry` puts back in the queue: live, submitted to a
+/// queue, with retries left and no cancel asked for.
+pub(crate) const RETRY_WHEN: &str = "state IN ('creating', 'running') AND spec IS NOT NULL \
+    AND attempt <= retries AND NOT cancel_requested";
+
+/// What a rescuer makes of a live task whose owner (`owner`, in words)
+/// stopped renewing its lease: the state it was in, the one it gets (queued
+/// again if `again`: it was submitted to a queue, and either never started
+/// or has retries left; else lost), and why.
 pub(crate) fn rescue_fate(
     from: State,
     again: bool,

@@ -209,6 +209,22 @@ impl TestEnv {
         self.git(&["commit", "--quiet", "-m", "initial"]);
     }
 
+    /// A fresh environment whose project runs `sh -c "{desc}"` in the
+    /// shell image (with git), `extra` added to its `orch.toml`; none when
+    /// that image cannot be had (a loud skip, or a failure under
+    /// `ORCH_REQUIRE_DOCKER=1`).
+    pub(crate) fn shell_project(extra: &str) -> Option<TestEnv> {
+        if !shell_image_ready() {
+            return None;
+        }
+        let env = TestEnv::new();
+        env.git_project(
+            SHELL_IMAGE,
+            &format!("command = [\"sh\", \"-c\", \"{{desc}}\"]\n{extra}"),
+        );
+        Some(env)
+    }
+
     /// Runs git in the project; returns its stdout.
     pub(crate) fn git(&self, args: &[&str]) -> String {
         let out = Command::new("git")

@@ -24,12 +24,13 @@ mod schema;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use postgres::{Row, Transaction};
 use uuid::Uuid;
 
-use crate::record::QUEUED_AGAIN;
+use crate::record::{QUEUED_AGAIN, REQUEUE_WHEN, RETRY_WHEN};
 use crate::store::{OnWake, Wake};
 use crate::{
     ALL_STATES, Attempt, Claimant, Error, Finish, Listing, Node, NodeRecord, Renewal, Rescued,
@@ -471,12 +472,14 @@ impl Store for Postgres {
         };
         if task.workspace.repo.is_none() {
             // A submission: one statement, one round trip.
-            let sql = format!(
-                "WITH inserted AS ({INSERT} RETURNING state) \
-                 SELECT pg_notify('{QUEUE_CHANNEL}', '') FROM inserted WHERE state = 'queued'"
-            );
+            static SUBMIT: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "WITH inserted AS ({INSERT} RETURNING state) \
+                     SELECT pg_notify('{QUEUE_CHANNEL}', '') FROM inserted WHERE state = 'queued'"
+                )
+            });
             return self.with("record a task", |c| {
-                let statement = c.prepared(&sql)?;
+                let statement = c.prepared(&SUBMIT)?;
                 c.query(&statement, &params).map_err(taken)?;
                 Ok(())
             });
@@ -835,16 +838,18 @@ impl Store for Postgres {
         // that this claim can lock, taken if its project has no cap. It
         // says how many it looked at: none means nothing to take; one it
         // did not take is capped, for the whole claim below.
-        let next = format!(
-            "WITH next AS MATERIALIZED (SELECT head_id AS next_id, head_cap AS cap \
-             FROM orch_queue_head($1, 1)), \
-             claimed AS (UPDATE tasks SET {CLAIMED} FROM next WHERE id = next_id AND cap IS NULL \
-             RETURNING {COLUMNS}) \
-             SELECT claimed.*, (SELECT count(*) FROM next) FROM (SELECT 1) one \
-             LEFT JOIN claimed ON true"
-        );
+        static NEXT: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH next AS MATERIALIZED (SELECT head_id AS next_id, head_cap AS cap \
+                 FROM orch_queue_head($1, 1)), \
+                 claimed AS (UPDATE tasks SET {CLAIMED} FROM next \
+                 WHERE id = next_id AND cap IS NULL RETURNING {COLUMNS}) \
+                 SELECT claimed.*, (SELECT count(*) FROM next) FROM (SELECT 1) one \
+                 LEFT JOIN claimed ON true"
+            )
+        });
         let taken = self.with("claim a queued task", |c| {
-            let statement = c.prepared(&next)?;
+            let statement = c.prepared(&NEXT)?;
             let row = c.query_one(&statement, &params)?;
             if row.get::<_, Option<&str>>(0).is_some() {
                 return Ok(Some(Some(record_from_row(&row)?)));
@@ -855,10 +860,12 @@ impl Store for Postgres {
         if let Some(taken) = taken {
             return Ok(taken);
         }
-        let take = format!(
-            "UPDATE tasks SET {CLAIMED} WHERE id = $9 AND constraints <@ $1::text[] \
-             RETURNING {COLUMNS}"
-        );
+        static TAKE: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "UPDATE tasks SET {CLAIMED} WHERE id = $9 AND constraints <@ $1::text[] \
+                 RETURNING {COLUMNS}"
+            )
+        });
         self.transaction("claim a queued task", |tx| {
             // The first candidates in queue order, locked for this claim;
             // those another claim holds are skipped, not waited for.
@@ -890,7 +897,7 @@ impl Store for Postgres {
                 }
                 let mut all = params.to_vec();
                 all.push(&id);
-                let row = tx.query_one(&take, &all)?;
+                let row = tx.query_one(TAKE.as_str(), &all)?;
                 return Ok(Some(record_from_row(&row)?));
             }
             Ok(None)
@@ -898,17 +905,11 @@ impl Store for Postgres {
     }
 
     fn requeue(&self, task: &Attempt, reason: &str) -> Result<bool, Error> {
-        self.queue_again("queue a task again", task, reason, "state = 'creating'")
+        self.queue_again("queue a task again", task, reason, REQUEUE_WHEN)
     }
 
     fn retry(&self, task: &Attempt, reason: &str) -> Result<bool, Error> {
-        self.queue_again(
-            "queue a task again to retry",
-            task,
-            reason,
-            "state IN ('creating', 'running') AND spec IS NOT NULL AND attempt <= retries \
-             AND NOT cancel_requested",
-        )
+        self.queue_again("queue a task again to retry", task, reason, RETRY_WHEN)
     }
 
     fn cancel_queued(&self, id: &Uuid, reason: &str, at: i64) -> Result<bool, Error> {
