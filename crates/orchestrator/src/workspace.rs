@@ -46,12 +46,7 @@ pub fn snapshot_worktree(
     }
     let layout = home.layout();
     let repo = Repo::discover(&project.path, &layout)?;
-    let first_line = desc.lines().next().unwrap_or_default();
-    let message = format!(
-        "orch: the working tree of {} as it was when a task started\n\n{first_line}\n",
-        repo.top.display()
-    );
-    Ok(repo.snapshot_worktree(&layout, &message)?)
+    Ok(repo.snapshot_worktree(&layout, desc)?)
 }
 
 /// A created workspace and the lock its task holds while it exists.
@@ -128,9 +123,11 @@ pub(crate) async fn begin(
     project: &str,
     task_id: &Uuid,
     base: &str,
+    description: &str,
 ) -> Result<HeldWorkspace, Error> {
     let layout = ctx.home.layout();
-    let workspace = Workspace::planned(&layout, repo, project, &task_id.to_string(), base)?;
+    let mut workspace = Workspace::planned(&layout, repo, project, &task_id.to_string(), base)?;
+    workspace.description = Some(description.to_owned());
     blocking(move || {
         let lock = TaskLock::acquire(&layout, &workspace.project, &workspace.task_id)?;
         workspace.begin(&layout, &lock)?;

@@ -146,10 +146,31 @@ pub struct RepoCleanup {
     pub repo: PathBuf,
     /// Worktree entries pruned.
     pub pruned: usize,
-    /// Branches deleted (or to delete).
-    pub branches: Vec<String>,
+    /// Task branches that lose nothing, deleted (or to delete).
+    pub branches: Vec<BranchCleanup>,
+    /// Task branches whose records are gone and that hold commits of their
+    /// own: kept, and named so that a person can tell what each was.
+    #[serde(default)]
+    pub kept: Vec<BranchCleanup>,
     /// What failed.
     pub errors: Vec<String>,
+}
+
+/// A task branch `cleanup --branches` deletes or keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchCleanup {
+    /// The branch, `orch/<id>`.
+    pub name: String,
+    /// Its tip when found.
+    pub tip: String,
+    /// Its commits are in the branch checked out in the repository.
+    pub merged: bool,
+    /// Commits of its own that the checked-out branch lacks.
+    #[serde(default)]
+    pub commits: u64,
+    /// Its task's description, as the registry remembers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// One of the daemon's last cleanups (`GET /v1/cleanups`): its report

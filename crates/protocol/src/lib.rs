@@ -27,9 +27,9 @@ mod events;
 mod requests;
 
 pub use answers::{
-    Alert, CleanupAnswer, CleanupItem, Counts, DuAnswer, DuProject, DuTotal, DuWorkspace,
-    ErrorBody, ItemLog, ItemWorkspace, MirrorCleanup, Progress, RecentCleanup, RepoCleanup,
-    Submitted,
+    Alert, BranchCleanup, CleanupAnswer, CleanupItem, Counts, DuAnswer, DuProject, DuTotal,
+    DuWorkspace, ErrorBody, ItemLog, ItemWorkspace, MirrorCleanup, Progress, RecentCleanup,
+    RepoCleanup, Submitted,
 };
 pub use events::DaemonEvent;
 pub use orch_registry::{State, TaskRecord};

@@ -95,9 +95,9 @@ macro_rules! conformance {
                 }
             }
             #[test]
-            fn branch_bases_leave_out_branches_still_in_use() {
+            fn branches_leave_out_those_still_in_use() {
                 if let Some(fresh) = $fresh {
-                    crate::conformance::branch_bases_leave_out_branches_still_in_use(&fresh);
+                    crate::conformance::branches_leave_out_those_still_in_use(&fresh);
                 }
             }
             #[test]
@@ -450,7 +450,7 @@ pub(crate) fn a_queued_task_is_cancelled_only_while_queued(db: &impl Fresh) {
     );
 }
 
-pub(crate) fn branch_bases_leave_out_branches_still_in_use(db: &impl Fresh) {
+pub(crate) fn branches_leave_out_those_still_in_use(db: &impl Fresh) {
     let registry = db.handle();
     let mut names = BTreeMap::new();
     for (label, state, workspace) in [
@@ -461,6 +461,7 @@ pub(crate) fn branch_bases_leave_out_branches_still_in_use(db: &impl Fresh) {
         ("deleted", State::Succeeded, Some(WorkspaceState::Removed)),
     ] {
         let mut task = record(state);
+        task.description = format!("the {label} one");
         task.workspace.branch = Some(format!("orch/{}", task.id));
         task.workspace.base = Some("base".into());
         task.workspace.state = workspace;
@@ -470,15 +471,24 @@ pub(crate) fn branch_bases_leave_out_branches_still_in_use(db: &impl Fresh) {
         }
         names.insert(label, task.workspace.branch.unwrap());
     }
-    let bases = registry
-        .branch_bases(std::path::Path::new("/repo"))
-        .unwrap();
+    let known = registry.branches(std::path::Path::new("/repo")).unwrap();
     let offered: Vec<&str> = names
         .iter()
-        .filter(|(_, branch)| bases.contains_key(*branch))
+        .filter(|(_, branch)| known.contains_key(*branch))
         .map(|(label, _)| *label)
         .collect();
     assert_eq!(offered, ["deleted", "removed"]);
+    // A branch tells what its task was after the record is gone.
+    let deleted = &known[&names["deleted"]];
+    assert_eq!(
+        (
+            deleted.base.as_str(),
+            deleted.description.as_deref(),
+            deleted.recorded
+        ),
+        ("base", Some("the deleted one"), false)
+    );
+    assert!(known[&names["removed"]].recorded);
 }
 
 pub(crate) fn queued(project: &str, priority: i64, max_parallel: Option<i64>) -> TaskRecord {

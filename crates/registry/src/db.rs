@@ -21,9 +21,9 @@ use uuid::Uuid;
 
 use crate::record::{QUEUED_AGAIN, REQUEUE_WHEN, RETRY_WHEN};
 use crate::{
-    Attempt, Claimant, Error, Finish, Listing, Node, NodeRecord, Renewal, Rescued, State, Store,
-    TaskBrief, TaskOutcome, TaskOwner, TaskProgress, TaskQueue, TaskRecord, TaskWorkspace,
-    WorkspaceState, now_ms,
+    Attempt, Claimant, Error, Finish, KnownBranch, Listing, Node, NodeRecord, Renewal, Rescued,
+    State, Store, TaskBrief, TaskOutcome, TaskOwner, TaskProgress, TaskQueue, TaskRecord,
+    TaskWorkspace, WorkspaceState, now_ms,
 };
 
 /// How long a writer waits for another process's transaction.
@@ -162,17 +162,31 @@ const MIGRATIONS: &[&str] = &[
     r"
     ALTER TABLE tasks ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
 ",
+    // A branch tells what its task was after the task's record is gone.
+    r"
+    ALTER TABLE branches ADD COLUMN description TEXT;
+",
 ];
 
-/// Records a task's repository and its branch's base (for `cleanup
-/// --branches`, which outlives the task's record).
+/// The branches orch knows in a repository, but those of tasks that may
+/// still use theirs (`Store::branches`); the same text for both backends.
+pub(crate) const BRANCHES: &str = "SELECT b.name, b.base, b.description, \
+    EXISTS (SELECT 1 FROM tasks t WHERE t.repo = b.repo AND t.branch = b.name) \
+    FROM branches b WHERE b.repo = $1 AND NOT EXISTS \
+    (SELECT 1 FROM tasks t WHERE t.repo = b.repo AND t.branch = b.name \
+     AND (t.state IN ('queued', 'creating', 'running') \
+          OR t.workspace_state IS NULL OR t.workspace_state = 'kept'))";
+
+/// Records a task's repository and its branch's base and description
+/// (for `cleanup --branches`, which outlives the task's record).
 fn note_repo(tx: &rusqlite::Transaction<'_>, task: &TaskRecord) -> rusqlite::Result<()> {
     if let Some(repo) = &task.workspace.repo {
         tx.execute("INSERT OR IGNORE INTO repos (path) VALUES (?1)", [repo])?;
         if let (Some(branch), Some(base)) = (&task.workspace.branch, &task.workspace.base) {
             tx.execute(
-                "INSERT OR REPLACE INTO branches (repo, name, base) VALUES (?1, ?2, ?3)",
-                [repo, branch, base],
+                "INSERT OR REPLACE INTO branches (repo, name, base, description) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                [repo, branch, base, &task.description],
             )?;
         }
     }
@@ -866,23 +880,21 @@ impl Store for Registry {
             .map_err(&err)
     }
 
-    /// The base commit of every branch orch made in `repo` that it still
-    /// knows of, by branch name; not those of tasks still using theirs (a
-    /// live task, or one whose workspace is kept or not yet settled: its
-    /// work may still come home to it).
-    fn branch_bases(&self, repo: &Path) -> Result<BTreeMap<String, String>, Error> {
-        let err = self.sql("list branch bases");
+    fn branches(&self, repo: &Path) -> Result<BTreeMap<String, KnownBranch>, Error> {
+        let err = self.sql("list branches");
         let conn = self.conn();
-        let mut statement = conn
-            .prepare_cached(
-                "SELECT b.name, b.base FROM branches b WHERE b.repo = ?1 AND NOT EXISTS \
-                 (SELECT 1 FROM tasks t WHERE t.repo = b.repo AND t.branch = b.name \
-                  AND (t.state IN ('queued', 'creating', 'running') \
-                       OR t.workspace_state IS NULL OR t.workspace_state = 'kept'))",
-            )
-            .map_err(&err)?;
+        let mut statement = conn.prepare_cached(BRANCHES).map_err(&err)?;
         let rows = statement
-            .query_map([repo.to_string_lossy()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map([repo.to_string_lossy()], |r| {
+                Ok((
+                    r.get(0)?,
+                    KnownBranch {
+                        base: r.get(1)?,
+                        description: r.get(2)?,
+                        recorded: r.get(3)?,
+                    },
+                ))
+            })
             .map_err(&err)?;
         rows.collect::<Result<BTreeMap<_, _>, _>>().map_err(&err)
     }

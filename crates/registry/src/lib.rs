@@ -22,9 +22,9 @@ pub use error::Error;
 pub use node::{Node, NodeRecord};
 pub use pg::{POOL_SIZE, Postgres};
 pub use record::{
-    Attempt, Claimant, Finish, Listing, Renewal, Rescued, SHORT_ID_LEN, TaskBrief, TaskOutcome,
-    TaskOwner, TaskProgress, TaskQueue, TaskRecord, TaskWorkspace, WorkspaceState, check_name,
-    rfc3339, short_id,
+    Attempt, Claimant, Finish, KnownBranch, Listing, Renewal, Rescued, SHORT_ID_LEN, TaskBrief,
+    TaskOutcome, TaskOwner, TaskProgress, TaskQueue, TaskRecord, TaskWorkspace, WorkspaceState,
+    check_name, rfc3339, short_id,
 };
 pub use state::{ALL_STATES, State, UnknownState};
 pub use store::{KEPT_LOG, OnWake, Store, Wake};

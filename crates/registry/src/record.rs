@@ -374,6 +374,18 @@ fn spec_from_json<'de, D: serde::Deserializer<'de>>(input: D) -> Result<Option<S
     }))
 }
 
+/// A branch orch made in a repository, as the registry remembers it after
+/// its task's record is gone (`cleanup --branches`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownBranch {
+    /// The commit the branch started from.
+    pub base: String,
+    /// Its task's description.
+    pub description: Option<String>,
+    /// Its task's record is still there (`orch show` tells of it).
+    pub recorded: bool,
+}
+
 /// The few columns `orch ps` shows, read without the rest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskBrief {

@@ -17,8 +17,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::{
-    Attempt, Claimant, Error, Finish, Listing, Node, NodeRecord, Renewal, Rescued, State,
-    TaskBrief, TaskRecord, WorkspaceState,
+    Attempt, Claimant, Error, Finish, KnownBranch, Listing, Node, NodeRecord, Renewal, Rescued,
+    State, TaskBrief, TaskRecord, WorkspaceState,
 };
 
 /// What another process told the registry's listeners.
@@ -113,11 +113,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every repository a task ever had a workspace in.
     fn repos(&self) -> Result<Vec<PathBuf>, Error>;
 
-    /// The base commit of every branch orch made in `repo` that it still
-    /// knows of, by branch name; not those of tasks still using theirs (a
-    /// live task, or one whose workspace is kept or not yet settled: its
-    /// work may still come home to it).
-    fn branch_bases(&self, repo: &Path) -> Result<BTreeMap<String, String>, Error>;
+    /// Every branch orch made in `repo` that it still knows of, by branch
+    /// name; not those of tasks still using theirs (a live task, or one
+    /// whose workspace is kept or not yet settled: its work may still come
+    /// home to it).
+    fn branches(&self, repo: &Path) -> Result<BTreeMap<String, KnownBranch>, Error>;
 
     /// Forgets a branch that is gone from `repo`.
     fn forget_branch(&self, repo: &Path, name: &str) -> Result<(), Error>;

@@ -9,29 +9,49 @@ use crate::git::{Git, Repo};
 use crate::lock::RepoLock;
 use crate::{Error, Layout, TaskLock};
 
-/// A branch `orch/*` whose deletion loses nothing, which `cleanup
-/// --branches` may delete.
+/// A branch `orch/*` of a task, as `cleanup --branches` judges it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EmptyBranch {
+pub struct TaskBranch {
     /// Branch name.
     pub name: String,
     /// Its tip when found (a deletion happens only if it is still there).
     pub tip: String,
-    /// It was merged into the checked-out branch (rather than holding
-    /// nothing beyond its base).
-    pub merged: bool,
+    /// What it holds.
+    pub holds: Holds,
 }
 
-/// The `orch/*` branches of `repo` whose deletion loses nothing: those
-/// with no commits beyond the commit they started from (as `bases`, orch's
-/// registry, records it), and those whose tip the branch checked out in
-/// `repo` already contains (merged); none checked out anywhere. A branch
-/// whose base orch does not know is not orch's to judge, and is kept.
-pub fn empty_branches(
+/// What a task branch holds that the user's repository has nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holds {
+    /// No commit beyond the one its work counts from.
+    Nothing,
+    /// Commits, all of them in the branch checked out in the repository
+    /// (merged, not squashed).
+    Merged,
+    /// This many commits the checked-out branch lacks (a snapshot of the
+    /// working tree a task started from counts as one).
+    Commits(u64),
+}
+
+impl TaskBranch {
+    /// Deleting it loses nothing.
+    pub fn deletable(&self) -> bool {
+        matches!(self.holds, Holds::Nothing | Holds::Merged)
+    }
+}
+
+/// The `orch/*` branches of `repo` that orch made and still knows the base
+/// of (as `bases`, orch's registry, records it), none checked out
+/// anywhere, with what each holds: nothing beyond the commit its work
+/// counts from (the base, or the commit a snapshot of the working tree was
+/// made on: [`Repo::work_start`]), commits the branch checked out in `repo`
+/// already contains (merged), or commits of its own. A branch whose base
+/// orch does not know is not orch's to judge, and is left out.
+pub fn task_branches(
     repo: &Repo,
     layout: &Layout,
     bases: &BTreeMap<String, String>,
-) -> Result<Vec<EmptyBranch>, Error> {
+) -> Result<Vec<TaskBranch>, Error> {
     let git = Git::at(layout, &repo.common_dir);
     let refs = git.run(
         "list task branches",
@@ -46,7 +66,7 @@ pub fn empty_branches(
         .lines()
         .filter_map(|l| l.strip_prefix("branch refs/heads/"))
         .collect();
-    let mut empty = Vec::new();
+    let mut found = Vec::new();
     for line in refs.lines() {
         let Some((name, tip)) = line.split_once(' ') else {
             continue;
@@ -57,22 +77,32 @@ pub fn empty_branches(
         let Some(base) = bases.get(name) else {
             continue;
         };
-        let merged = base != tip
-            && Git::at(layout, &repo.git_dir)
-                .run(
-                    "see whether a task branch is merged",
-                    &["merge-base", "--is-ancestor", tip, "HEAD"],
-                )
-                .is_ok();
-        if base == tip || merged {
-            empty.push(EmptyBranch {
-                name: name.to_owned(),
-                tip: tip.to_owned(),
-                merged,
-            });
-        }
+        let start = repo.work_start(layout, base)?;
+        let here = Git::at(layout, &repo.git_dir);
+        let holds = if start == tip {
+            Holds::Nothing
+        } else if here
+            .run(
+                "see whether a task branch is merged",
+                &["merge-base", "--is-ancestor", tip, "HEAD"],
+            )
+            .is_ok()
+        {
+            Holds::Merged
+        } else {
+            let count = here.run(
+                "count a task branch's commits",
+                &["rev-list", "--count", tip, "--not", &start, "HEAD"],
+            )?;
+            Holds::Commits(count.trim().parse().unwrap_or(0))
+        };
+        found.push(TaskBranch {
+            name: name.to_owned(),
+            tip: tip.to_owned(),
+            holds,
+        });
     }
-    Ok(empty)
+    Ok(found)
 }
 
 /// Deletes a task branch, only if it still points at `tip`.

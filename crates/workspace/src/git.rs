@@ -38,6 +38,10 @@ use crate::{Error, Layout};
 pub(crate) const META_TIMEOUT: Duration = Duration::from_secs(30);
 /// Steps that may touch every file: clone, checkout, add, fetch.
 pub(crate) const HEAVY_TIMEOUT: Duration = Duration::from_secs(600);
+/// The subject a snapshot of the working tree starts with (`orch task
+/// --from-worktree`), and its author and committer.
+const SNAPSHOT_SUBJECT: &str = "orch: the working tree of ";
+const SNAPSHOT_AUTHOR: (&str, &str) = ("orch", "orch@localhost");
 /// How long git's lock files are waited for in all.
 const LOCK_RETRY: Duration = Duration::from_secs(10);
 /// The address space one host git may take: far more than any step orch
@@ -783,8 +787,10 @@ impl Repo {
     /// not ignored (by the repository's rules and the user's own excludes
     /// file), built in an index of its own: the user's index, tree and
     /// branches are untouched. Its objects go into the repository; the
-    /// task's branch, which starts from it, references them.
-    pub fn snapshot_worktree(&self, layout: &Layout, message: &str) -> Result<String, Error> {
+    /// task's branch, which starts from it, references them. Its message
+    /// carries the first line of `description`, and marks it as a snapshot
+    /// ([`Repo::snapshot_parent`]).
+    pub fn snapshot_worktree(&self, layout: &Layout, description: &str) -> Result<String, Error> {
         struct Scratch(Vec<PathBuf>);
         impl Drop for Scratch {
             fn drop(&mut self) {
@@ -837,16 +843,51 @@ impl Repo {
             )?;
         }
         let tree = git().run(ACTION, &["write-tree"])?;
+        let first_line = description.lines().next().unwrap_or_default();
+        let message = format!(
+            "{SNAPSHOT_SUBJECT}{} as it was when a task started\n\n{first_line}\n",
+            self.top.display()
+        );
         let commit = Git::at(layout, &self.git_dir)
-            .env("GIT_AUTHOR_NAME", "orch")
-            .env("GIT_AUTHOR_EMAIL", "orch@localhost")
-            .env("GIT_COMMITTER_NAME", "orch")
-            .env("GIT_COMMITTER_EMAIL", "orch@localhost")
+            .env("GIT_AUTHOR_NAME", SNAPSHOT_AUTHOR.0)
+            .env("GIT_AUTHOR_EMAIL", SNAPSHOT_AUTHOR.1)
+            .env("GIT_COMMITTER_NAME", SNAPSHOT_AUTHOR.0)
+            .env("GIT_COMMITTER_EMAIL", SNAPSHOT_AUTHOR.1)
             .run(
                 ACTION,
-                &["commit-tree", tree.trim(), "-p", "HEAD", "-m", message],
+                &["commit-tree", tree.trim(), "-p", "HEAD", "-m", &message],
             )?;
         Ok(commit.trim().to_owned())
+    }
+
+    /// The commit a task's work counts from when its branch starts at
+    /// `base`: `base` itself, or, when `base` is a snapshot of the working
+    /// tree ([`Repo::snapshot_worktree`]), the commit it was made on. The
+    /// snapshot holds the user's uncommitted changes of then, not the
+    /// task's: a merge brings them in, and a branch holding nothing else
+    /// still holds them.
+    pub fn work_start(&self, layout: &Layout, base: &str) -> Result<String, Error> {
+        Ok(self
+            .snapshot_parent(layout, base)?
+            .unwrap_or_else(|| base.to_owned()))
+    }
+
+    /// The commit the snapshot `commit` was made on, if `commit` is a
+    /// snapshot of the working tree made by [`Repo::snapshot_worktree`]
+    /// (its author and subject say so).
+    pub fn snapshot_parent(&self, layout: &Layout, commit: &str) -> Result<Option<String>, Error> {
+        let text = Git::at(layout, &self.common_dir)
+            .run("read a commit", &["cat-file", "commit", commit])?;
+        let (headers, message) = text.split_once("\n\n").unwrap_or((&text, ""));
+        let author = format!("author {} <{}> ", SNAPSHOT_AUTHOR.0, SNAPSHOT_AUTHOR.1);
+        let parents: Vec<&str> = headers
+            .lines()
+            .filter_map(|l| l.strip_prefix("parent "))
+            .collect();
+        let snapshot = message.starts_with(SNAPSHOT_SUBJECT)
+            && headers.lines().any(|l| l.starts_with(&author))
+            && parents.len() == 1;
+        Ok(snapshot.then(|| parents[0].to_owned()))
     }
 
     /// The object directories a task's repository borrows from: the

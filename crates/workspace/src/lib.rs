@@ -36,7 +36,7 @@ mod treecheck;
 mod workspace;
 mod worktree;
 
-pub use branches::{EmptyBranch, delete_branch, empty_branches, prune_worktrees};
+pub use branches::{Holds, TaskBranch, delete_branch, prune_worktrees, task_branches};
 pub use error::Error;
 pub use git::{Repo, git_identity};
 pub use layout::{Layout, TaskDir, open_to_others, validate_project_name, workspace_size};

@@ -508,7 +508,7 @@ impl Save<'_> {
                 )?;
         }
         let repo = RepoLock::acquire(layout, &ws.repo.common_dir)?;
-        let message = format!("orch: work of task {}", ws.task_id);
+        let message = ws.reflog_message("saved");
         ws.user_git(layout)
             .holding(&repo)
             .run(

@@ -354,7 +354,7 @@ fn a_bad_ref_and_a_non_repository_are_clear_errors() {
 }
 
 #[test]
-fn empty_branches_are_found_by_the_recorded_base_and_deleted_only_there() {
+fn task_branches_are_judged_from_the_recorded_base_and_deleted_only_there() {
     let f = fixture();
     let (empty, lock) = f.workspace("0eee");
     empty.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
@@ -366,20 +366,28 @@ fn empty_branches_are_found_by_the_recorded_base_and_deleted_only_there() {
         ("orch/0fff".to_owned(), f.base.clone()),
     ]
     .into();
-    let found = empty_branches(&f.repo, &f.layout, &bases).unwrap();
+    let found = task_branches(&f.repo, &f.layout, &bases).unwrap();
+    let full_tip = git(&f.repo.top, &["rev-parse", "orch/0fff"]);
     assert_eq!(
         found,
-        vec![EmptyBranch {
-            name: "orch/0eee".into(),
-            tip: f.base.clone(),
-            merged: false,
-        }]
+        vec![
+            TaskBranch {
+                name: "orch/0eee".into(),
+                tip: f.base.clone(),
+                holds: Holds::Nothing,
+            },
+            TaskBranch {
+                name: "orch/0fff".into(),
+                tip: full_tip.clone(),
+                holds: Holds::Commits(1),
+            }
+        ]
     );
     assert!(
-        empty_branches(&f.repo, &f.layout, &BTreeMap::new())
+        task_branches(&f.repo, &f.layout, &BTreeMap::new())
             .unwrap()
             .is_empty(),
-        "a branch whose base orch does not know is kept"
+        "a branch whose base orch does not know is not judged"
     );
     delete_branch(&f.repo, &f.layout, "orch/0eee", &f.base).unwrap();
     assert!(
@@ -391,29 +399,53 @@ fn empty_branches_are_found_by_the_recorded_base_and_deleted_only_there() {
         "orch/0fff"
     );
     // Merged into the checked-out branch, it loses nothing either.
-    git(
-        &f.repo.top,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@e",
-            "merge",
-            "-q",
-            "--no-edit",
-            "orch/0fff",
-        ],
-    );
-    let tip = git(&f.repo.top, &["rev-parse", "orch/0fff"]);
+    git(&f.repo.top, &["merge", "-q", "--no-edit", "orch/0fff"]);
     assert_eq!(
-        empty_branches(&f.repo, &f.layout, &bases).unwrap(),
-        vec![EmptyBranch {
+        task_branches(&f.repo, &f.layout, &bases).unwrap(),
+        vec![TaskBranch {
             name: "orch/0fff".into(),
-            tip: tip.clone(),
-            merged: true,
+            tip: full_tip.clone(),
+            holds: Holds::Merged,
         }]
     );
-    delete_branch(&f.repo, &f.layout, "orch/0fff", &tip).unwrap();
+    delete_branch(&f.repo, &f.layout, "orch/0fff", &full_tip).unwrap();
+}
+
+#[test]
+fn a_branch_started_from_the_working_tree_holds_that_tree() {
+    let f = fixture();
+    f.layout.prepare().unwrap();
+    std::fs::write(f.repo.top.join("README"), "edited, not committed\n").unwrap();
+    let snapshot = f.repo.snapshot_worktree(&f.layout, "a task\nmore").unwrap();
+    assert_eq!(
+        f.repo.snapshot_parent(&f.layout, &snapshot).unwrap(),
+        Some(f.base.clone())
+    );
+    assert_eq!(f.repo.work_start(&f.layout, &snapshot).unwrap(), f.base);
+    assert_eq!(f.repo.work_start(&f.layout, &f.base).unwrap(), f.base);
+    // A commit of the user's with the same subject is not taken for one.
+    git(
+        &f.repo.top,
+        &["commit", "-qam", "orch: the working tree of /x"],
+    );
+    let own = git(&f.repo.top, &["rev-parse", "HEAD"]);
+    assert_eq!(f.repo.snapshot_parent(&f.layout, &own).unwrap(), None);
+    git(&f.repo.top, &["reset", "-q", "--hard", &f.base]);
+
+    // A task that changed nothing: its branch still holds the snapshot.
+    let ws = Workspace::planned(&f.layout, &f.repo, "p", "0aaa", &snapshot).unwrap();
+    let lock = TaskLock::acquire(&f.layout, "p", "0aaa").unwrap();
+    ws.create(&f.layout, &lock).unwrap();
+    ws.remove(&f.layout, &lock, Unsaved::Keep, None).unwrap();
+    let bases: BTreeMap<String, String> = [("orch/0aaa".to_owned(), snapshot.clone())].into();
+    assert_eq!(
+        task_branches(&f.repo, &f.layout, &bases).unwrap(),
+        vec![TaskBranch {
+            name: "orch/0aaa".into(),
+            tip: snapshot.clone(),
+            holds: Holds::Commits(1),
+        }]
+    );
 }
 
 #[test]

@@ -75,6 +75,19 @@ impl Workspace {
         format!("refs/heads/{}", self.branch)
     }
 
+    /// The reflog message of a move of the task's branch: `orch: task
+    /// <id> <what>: <the description's first line>`.
+    pub(crate) fn reflog_message(&self, what: &str) -> String {
+        let mut message = format!("orch: task {} {what}", self.task_id);
+        if let Some(line) = self.description.as_deref().and_then(|d| d.lines().next()) {
+            // One line of printable text: git takes the message as it is.
+            let line: String = line.chars().filter(|c| !c.is_control()).collect();
+            message.push_str(": ");
+            message.push_str(&line);
+        }
+        message
+    }
+
     /// git on the user's repository.
     pub(crate) fn user_git(&self, layout: &Layout) -> Git {
         Git::at(layout, &self.repo.common_dir)
@@ -133,9 +146,18 @@ impl Workspace {
                 )?;
                 tracing::warn!(branch = %self.branch, aside = %aside, "an earlier attempt's work was moved aside");
             }
+            // Its reflog says whose branch it is (`git reflog orch/<id>`),
+            // whatever the task commits.
             git.run(
                 "create the task's branch",
-                &["update-ref", &self.branch_ref(), &self.base, ""],
+                &[
+                    "update-ref",
+                    "-m",
+                    &self.reflog_message("started"),
+                    &self.branch_ref(),
+                    &self.base,
+                    "",
+                ],
             )
         });
         if let Err(e) = branched {

@@ -160,13 +160,40 @@ fn print_human(out: &mut impl Write, report: &CleanupAnswer) -> std::io::Result<
                 repo.repo.display()
             )?;
         }
-        let verb = if report.dry_run {
-            "would delete"
+        let (delete, keep) = if report.dry_run {
+            ("would delete", "would keep")
         } else {
-            "deleted"
+            ("deleted", "kept")
+        };
+        // What the task was: its description's first line, as the
+        // registry remembers it.
+        let what = |branch: &orch_protocol::BranchCleanup| {
+            branch
+                .description
+                .as_deref()
+                .and_then(|d| d.lines().next())
+                .map(|line| format!(": {}", safe(line)))
+                .unwrap_or_default()
         };
         for branch in &repo.branches {
-            writeln!(out, "{verb} branch {branch} in {}", repo.repo.display())?;
+            writeln!(
+                out,
+                "{delete} branch {}{} in {}{}",
+                branch.name,
+                if branch.merged { " (merged)" } else { "" },
+                repo.repo.display(),
+                what(branch)
+            )?;
+        }
+        for branch in &repo.kept {
+            writeln!(
+                out,
+                "{keep} branch {} in {} ({} commit(s) not merged; its record is gone){}",
+                branch.name,
+                repo.repo.display(),
+                branch.commits,
+                what(branch)
+            )?;
         }
         for error in &repo.errors {
             say(&format!(

@@ -55,10 +55,22 @@ pub(crate) fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
     let color = std::io::stdout().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
         && std::env::var("TERM").as_deref() != Ok("dumb");
+    // A task started --from-worktree has a snapshot of the user's tree of
+    // then as its first commit: a merge brings it in, so the diff shows it.
+    let start = branch.repo.work_start(&branch.layout, &branch.base)?;
+    if start != branch.base {
+        crate::output::say(&format!(
+            "note: {} starts with a snapshot of your working tree as it was ({}); this diff, as orch merge, includes it (git diff {} {} shows the task's changes alone)",
+            branch.name,
+            short(&branch.base),
+            short(&branch.base),
+            branch.name
+        ));
+    }
     let text = review::diff(
         &branch.repo,
         &branch.layout,
-        &branch.base,
+        &start,
         &branch.name,
         args.stat,
         color,

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use orch_registry::State;
+use orch_protocol::BranchCleanup;
+use orch_registry::{KnownBranch, State};
+use orch_workspace::{Holds, TaskBranch};
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Ctx;
@@ -377,8 +379,9 @@ async fn cancel_live(
     Ok(live)
 }
 
-/// Vanished worktree entries of older versions (always), and empty
-/// branches (on request).
+/// The repositories orch made branches in; with `branches`, in each the
+/// task branches that lose nothing (to delete), and those of records gone
+/// that hold commits of their own (kept, named with what their task was).
 async fn plan_repos(ctx: &Ctx, branches: bool) -> Result<Vec<RepoItem>, Error> {
     let tops = ctx.store.call(|r| r.repos()).await?;
     let mut items = Vec::new();
@@ -390,29 +393,29 @@ async fn plan_repos(ctx: &Ctx, branches: bool) -> Result<Vec<RepoItem>, Error> {
             repo: top.clone(),
             pruned: 0,
             branches: Vec::new(),
+            kept: Vec::new(),
             errors: Vec::new(),
         };
         if branches {
-            let key = top.clone();
-            let bases = ctx.store.call(move |r| r.branch_bases(&key)).await?;
-            let layout = ctx.home.layout();
-            let found = workspace::blocking(move || {
-                let repo = repo_at(&top, &layout)?;
-                orch_workspace::empty_branches(&repo, &layout, &bases)
-            })
-            .await;
-            match found {
-                Ok(empty) => {
-                    item.branches = empty
-                        .into_iter()
-                        .map(|b| {
-                            if b.merged {
-                                format!("{} (merged)", b.name)
-                            } else {
-                                b.name
-                            }
-                        })
-                        .collect();
+            match judge_branches(ctx, &top).await {
+                Ok(judged) => {
+                    for (branch, known) in judged {
+                        let entry = BranchCleanup {
+                            merged: branch.holds == Holds::Merged,
+                            commits: match branch.holds {
+                                Holds::Commits(n) => n,
+                                _ => 0,
+                            },
+                            name: branch.name,
+                            tip: branch.tip,
+                            description: known.description,
+                        };
+                        if entry.merged || matches!(branch.holds, Holds::Nothing) {
+                            item.branches.push(entry);
+                        } else if !known.recorded {
+                            item.kept.push(entry);
+                        }
+                    }
                 }
                 Err(e) => item.errors.push(format!("{e:#}")),
             }
@@ -420,6 +423,31 @@ async fn plan_repos(ctx: &Ctx, branches: bool) -> Result<Vec<RepoItem>, Error> {
         items.push(item);
     }
     Ok(items)
+}
+
+/// The task branches of the repository at `top` that orch knows, each as
+/// found now, with what the registry remembers of it.
+async fn judge_branches(
+    ctx: &Ctx,
+    top: &std::path::Path,
+) -> Result<Vec<(TaskBranch, KnownBranch)>, Error> {
+    let key = top.to_path_buf();
+    let mut known = ctx.store.call(move |r| r.branches(&key)).await?;
+    let bases = known
+        .iter()
+        .map(|(name, b)| (name.clone(), b.base.clone()))
+        .collect();
+    let layout = ctx.home.layout();
+    let top = top.to_path_buf();
+    let found = workspace::blocking(move || {
+        let repo = repo_at(&top, &layout)?;
+        orch_workspace::task_branches(&repo, &layout, &bases)
+    })
+    .await?;
+    Ok(found
+        .into_iter()
+        .filter_map(|b| known.remove(&b.name).map(|k| (b, k)))
+        .collect())
 }
 
 /// The repository a record names: a mirror of this home as orch made it,
@@ -434,50 +462,64 @@ fn repo_at(
     orch_workspace::Repo::discover(top, layout)
 }
 
-/// Prunes vanished worktree entries and deletes the planned branches.
+/// Prunes vanished worktree entries and deletes the planned branches,
+/// each only if it still loses nothing as found now.
 async fn execute_repos(ctx: &Ctx, repos: &mut [RepoItem]) {
     for item in repos {
-        let top = item.repo.clone();
         let layout = ctx.home.layout();
-        let key = top.clone();
-        let bases = match ctx.store.call(move |r| r.branch_bases(&key)).await {
-            Ok(bases) => bases,
+        let top = item.repo.clone();
+        let pruned = workspace::blocking(move || {
+            let repo = repo_at(&top, &layout)?;
+            orch_workspace::prune_worktrees(&repo, &layout)
+        })
+        .await;
+        match pruned {
+            Ok(n) => item.pruned = n,
+            Err(e) => item.errors.push(format!("{e:#}")),
+        }
+        if item.branches.is_empty() {
+            continue;
+        }
+        // Found again now: a branch that moved or got work since the plan
+        // is not deleted.
+        let now = match judge_branches(ctx, &item.repo).await {
+            Ok(now) => now,
             Err(e) => {
                 item.errors.push(format!("{e:#}"));
+                item.branches.clear();
                 continue;
             }
         };
-        let branches = item.branches.clone();
+        let layout = ctx.home.layout();
+        let top = item.repo.clone();
+        let planned = std::mem::take(&mut item.branches);
         let done = workspace::blocking(move || {
             let repo = repo_at(&top, &layout)?;
-            let pruned = orch_workspace::prune_worktrees(&repo, &layout)?;
             let mut deleted = Vec::new();
             let mut errors = Vec::new();
-            // Found again now: a branch that moved or got work since the
-            // plan is not deleted.
-            let now = orch_workspace::empty_branches(&repo, &layout, &bases)?;
-            for planned in branches {
-                let name = planned.trim_end_matches(" (merged)");
-                let Some(found) = now.iter().find(|b| b.name == name) else {
+            for mut branch in planned {
+                let Some((found, _)) = now
+                    .iter()
+                    .find(|(b, _)| b.name == branch.name && b.deletable())
+                else {
                     continue;
                 };
-                match orch_workspace::delete_branch(&repo, &layout, name, &found.tip) {
-                    Ok(()) => deleted.push(planned),
+                match orch_workspace::delete_branch(&repo, &layout, &found.name, &found.tip) {
+                    Ok(()) => {
+                        branch.tip.clone_from(&found.tip);
+                        deleted.push(branch);
+                    }
                     Err(e) => errors.push(e.to_string()),
                 }
             }
-            Ok((pruned, deleted, errors))
+            Ok((deleted, errors))
         })
         .await;
         match done {
-            Ok((pruned, deleted, errors)) => {
-                item.pruned = pruned;
+            Ok((deleted, errors)) => {
                 item.errors.extend(errors);
                 let repo = item.repo.clone();
-                let forget: Vec<String> = deleted
-                    .iter()
-                    .map(|n| n.trim_end_matches(" (merged)").to_owned())
-                    .collect();
+                let forget: Vec<String> = deleted.iter().map(|b| b.name.clone()).collect();
                 let _ = ctx
                     .store
                     .call(move |r| {

@@ -1,6 +1,8 @@
 //! What `orch cleanup` is asked to do, and what it reports.
 
-use orch_protocol::{CleanupAnswer, CleanupItem, ItemLog, ItemWorkspace, RepoCleanup};
+use orch_protocol::{
+    BranchCleanup, CleanupAnswer, CleanupItem, ItemLog, ItemWorkspace, RepoCleanup,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -194,15 +196,17 @@ impl Item {
 }
 
 /// Repository-level work: vanished worktree entries of older orch
-/// versions, and empty branches.
+/// versions, and task branches that lose nothing.
 #[derive(Debug, Clone)]
 pub struct RepoItem {
     /// The repository.
     pub repo: PathBuf,
     /// Worktree entries pruned (known only after execution).
     pub pruned: usize,
-    /// Empty `orch/*` branches deleted (or to delete).
-    pub branches: Vec<String>,
+    /// `orch/*` branches that lose nothing, deleted (or to delete).
+    pub branches: Vec<BranchCleanup>,
+    /// `orch/*` branches of records gone, with commits of their own: kept.
+    pub kept: Vec<BranchCleanup>,
     /// What went wrong.
     pub errors: Vec<String>,
 }
@@ -389,6 +393,7 @@ impl CleanupReport {
                 repo: r.repo.clone(),
                 pruned: r.pruned,
                 branches: r.branches.clone(),
+                kept: r.kept.clone(),
                 errors: r.errors.clone(),
             })
             .collect();

@@ -122,6 +122,7 @@ impl TaskRun<'_> {
                 &self.prepared.request.project.name,
                 &task_id,
                 base,
+                &self.prepared.request.desc,
             )
             .await?;
             self.held = Some(held);

@@ -33,8 +33,8 @@ use uuid::Uuid;
 use crate::record::{QUEUED_AGAIN, REQUEUE_WHEN, RETRY_WHEN};
 use crate::store::{OnWake, Wake};
 use crate::{
-    ALL_STATES, Attempt, Claimant, Error, Finish, Listing, Node, NodeRecord, Renewal, Rescued,
-    State, Store, TaskBrief, TaskOutcome, TaskOwner, TaskProgress, TaskQueue, TaskRecord,
+    ALL_STATES, Attempt, Claimant, Error, Finish, KnownBranch, Listing, Node, NodeRecord, Renewal,
+    Rescued, State, Store, TaskBrief, TaskOutcome, TaskOwner, TaskProgress, TaskQueue, TaskRecord,
     TaskWorkspace, WorkspaceState,
 };
 pub use pool::POOL_SIZE;
@@ -390,8 +390,8 @@ fn record_from_row(row: &Row) -> Result<TaskRecord, Error> {
     })
 }
 
-/// Records a task's repository and its branch's base (for `cleanup
-/// --branches`, which outlives the task's record).
+/// Records a task's repository and its branch's base and description
+/// (for `cleanup --branches`, which outlives the task's record).
 fn note_repo(tx: &mut Transaction<'_>, task: &TaskRecord) -> Result<(), postgres::Error> {
     if let Some(repo) = &task.workspace.repo {
         tx.execute(
@@ -400,9 +400,10 @@ fn note_repo(tx: &mut Transaction<'_>, task: &TaskRecord) -> Result<(), postgres
         )?;
         if let (Some(branch), Some(base)) = (&task.workspace.branch, &task.workspace.base) {
             tx.execute(
-                "INSERT INTO branches (repo, name, base) VALUES ($1, $2, $3) \
-                 ON CONFLICT (repo, name) DO UPDATE SET base = excluded.base",
-                &[repo, branch, base],
+                "INSERT INTO branches (repo, name, base, description) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (repo, name) DO UPDATE \
+                 SET base = excluded.base, description = excluded.description",
+                &[repo, branch, base, &task.description],
             )?;
         }
     }
@@ -707,19 +708,22 @@ impl Store for Postgres {
         })
     }
 
-    fn branch_bases(&self, repo: &Path) -> Result<BTreeMap<String, String>, Error> {
+    fn branches(&self, repo: &Path) -> Result<BTreeMap<String, KnownBranch>, Error> {
         let repo = repo.to_string_lossy().into_owned();
-        self.with("list branch bases", |c| {
-            Ok(c.query(
-                "SELECT b.name, b.base FROM branches b WHERE b.repo = $1 AND NOT EXISTS \
-                 (SELECT 1 FROM tasks t WHERE t.repo = b.repo AND t.branch = b.name \
-                  AND (t.state IN ('queued', 'creating', 'running') \
-                       OR t.workspace_state IS NULL OR t.workspace_state = 'kept'))",
-                &[&repo],
-            )?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect())
+        self.with("list branches", |c| {
+            Ok(c.query(crate::db::BRANCHES, &[&repo])?
+                .iter()
+                .map(|r| {
+                    (
+                        r.get(0),
+                        KnownBranch {
+                            base: r.get(1),
+                            description: r.get(2),
+                            recorded: r.get(3),
+                        },
+                    )
+                })
+                .collect())
         })
     }
 

@@ -111,6 +111,10 @@ const MIGRATIONS: &[&str] = &[
     END
     $$;
 ",
+    // A branch tells what its task was after the task's record is gone.
+    r"
+    ALTER TABLE branches ADD COLUMN description text;
+",
 ];
 
 /// The advisory lock migrations take, so that nodes starting together
