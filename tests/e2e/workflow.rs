@@ -470,6 +470,34 @@ fn a_task_starts_from_the_working_tree_when_asked() {
         .collect();
     assert!(scratch.is_empty(), "{scratch:?}");
 
+    // The task changed nothing, but its branch holds the tree it started
+    // from: a merge would bring that in, so the diff shows it, and the
+    // branch is not offered as empty.
+    let started = helper::task_id(&stderr(&snapshot));
+    let diff = env
+        .orch()
+        .args(["diff", "--stat", &started])
+        .output()
+        .unwrap();
+    assert_eq!(code(&diff), 0, "{}", stderr(&diff));
+    let stat = stdout(&diff);
+    assert!(
+        stat.contains("tracked.txt") && stat.contains("new.txt") && stat.contains("gone.txt"),
+        "{stat}"
+    );
+    assert!(
+        stderr(&diff).contains("snapshot of your working tree"),
+        "{}",
+        stderr(&diff)
+    );
+    let plan = env.ok(&["cleanup", "--branches", "--dry-run"]);
+    assert!(!plan.contains(&started), "{plan}");
+    let plain_id = helper::task_id(&stderr(&plain));
+    assert!(
+        plan.contains(&format!("would delete branch orch/{plain_id} in")),
+        "a branch started from HEAD that holds nothing is offered: {plan}"
+    );
+
     let both = env.task("true", &["--from-worktree", "--ref", "HEAD"]);
     assert_eq!(code(&both), 125, "{}", stderr(&both));
     assert_eq!(stderr(&both).trim().lines().count(), 1, "{}", stderr(&both));
@@ -631,24 +659,64 @@ fn a_tasks_branch_is_reviewed_and_merged() {
         "a driver named by the task's .gitattributes ran"
     );
 
+    // A task that committed its work itself: no commit of orch's carries
+    // its description, but its branch's reflog does.
+    let fourth = run("echo four > d.txt; git add d.txt; git commit -qm 'my own message'");
+    let reflog = env.git(&["reflog", "show", "--format=%gs", &format!("orch/{fourth}")]);
+    assert!(
+        reflog.contains(&format!("orch: task {fourth} started: echo four > d.txt")),
+        "{reflog}"
+    );
+
     // cleanup --branches offers the merged branch, even once its record
     // is gone, and keeps the squashed and the conflicting ones (their
-    // commits are not in this branch).
-    let removed = orch(&["rm", &first]);
-    assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+    // commits are not in this branch). A kept branch whose record is gone
+    // is named with what its task was.
+    for id in [&first, &fourth] {
+        let removed = orch(&["rm", id]);
+        assert_eq!(code(&removed), 0, "{}", stderr(&removed));
+    }
     let plan = stdout(&orch(&["cleanup", "--branches", "--dry-run"]));
     assert!(
-        plan.contains(&format!("would delete branch orch/{first} (merged)")),
+        plan.contains(&format!(
+            "would delete branch orch/{first} (merged) in {}: echo two >> a.txt",
+            env.project.display()
+        )),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&format!(
+            "would keep branch orch/{fourth} in {} (1 commit(s) not merged; its record is gone): echo four > d.txt",
+            env.project.display()
+        )),
         "{plan}"
     );
     assert!(!plan.contains(&second) && !plan.contains(&third), "{plan}");
     let done = orch(&["cleanup", "--branches"]);
     assert_eq!(code(&done), 0, "{}", stderr(&done));
+    assert!(
+        stdout(&done).contains(&format!("kept branch orch/{fourth}")),
+        "{}",
+        stdout(&done)
+    );
     let left = env.git(&["branch", "--list", "orch/*"]);
     assert!(
-        !left.contains(&first) && left.contains(&second) && left.contains(&third),
+        !left.contains(&first)
+            && left.contains(&second)
+            && left.contains(&third)
+            && left.contains(&fourth),
         "{left}"
     );
+    let json: serde_json::Value = serde_json::from_str(&stdout(&orch(&[
+        "cleanup",
+        "--branches",
+        "--dry-run",
+        "--json",
+    ])))
+    .unwrap();
+    let kept = &json["repos"][0]["kept"][0];
+    assert_eq!(kept["name"], format!("orch/{fourth}"), "{json}");
+    assert_eq!(kept["commits"], 1, "{json}");
 
     let none = orch(&["diff", "ffffffff"]);
     assert_ne!(code(&none), 0);
