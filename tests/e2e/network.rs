@@ -156,13 +156,17 @@ fn the_cli_runs_every_verb_against_a_remote_daemon() {
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stdout(&out).contains(&helper::short(&id)));
-    // Commands of the daemon's own host are refused, naming why.
-    let out = remote(&env, &host, &ca)
-        .args(["push", &id])
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 125);
-    assert!(stderr(&out).contains("own host"), "{}", stderr(&out));
+    // Commands of the daemon's own host are refused, naming why, as bad
+    // usage.
+    for args in [
+        vec!["push", id.as_str()],
+        vec!["diff", id.as_str()],
+        vec!["rm", id.as_str()],
+    ] {
+        let out = remote(&env, &host, &ca).args(&args).output().unwrap();
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("own host"), "{}", stderr(&out));
+    }
     assert!(env.containers().is_empty() || wait_for_opt_empty(&env));
 }
 

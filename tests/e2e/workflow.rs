@@ -122,6 +122,20 @@ fn a_typo_gets_a_hint_and_help_shows_examples() {
     assert!(stdout(&out).contains("124 timed out"));
     let out = env.orch().args(["task", "--help"]).output().unwrap();
     assert!(stdout(&out).contains("124 timed out"), "{}", stdout(&out));
+    // Every command's help shows how it is used and what it exits with.
+    for command in [
+        "task", "ps", "show", "logs", "cancel", "wait", "push", "diff", "merge", "rm", "cleanup",
+        "du", "serve", "submit",
+    ] {
+        let out = env.orch().args([command, "--help"]).output().unwrap();
+        assert_eq!(code(&out), 0, "{command}");
+        let help = stdout(&out);
+        assert!(
+            help.contains(&format!("Examples:\n  orch {command}")),
+            "{command}: {help}"
+        );
+        assert!(help.contains("Exit codes:"), "{command}: {help}");
+    }
 }
 
 /// `ps -q`, `--state` and `--project` pick tasks as docker's filters do;
@@ -586,6 +600,27 @@ fn a_tasks_branch_is_reviewed_and_merged() {
         "mine\n"
     );
     env.git(&["checkout", "--", "a.txt"]);
+    // An untracked file of the user's where the branch has one: git would
+    // refuse; orch says which in one line.
+    std::fs::write(env.project.join("b.txt"), "my own\n").unwrap();
+    let blocked = orch(&["merge", &first]);
+    assert_eq!(code(&blocked), 1, "{}", stdout(&blocked));
+    assert_eq!(
+        stderr(&blocked).trim().lines().count(),
+        1,
+        "{}",
+        stderr(&blocked)
+    );
+    assert!(
+        stderr(&blocked).contains("untracked files the merge would overwrite (b.txt)"),
+        "{}",
+        stderr(&blocked)
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.project.join("b.txt")).unwrap(),
+        "my own\n"
+    );
+    std::fs::remove_file(env.project.join("b.txt")).unwrap();
 
     let merged = orch(&["merge", &first]);
     assert_eq!(code(&merged), 0, "{}", stderr(&merged));
@@ -771,6 +806,10 @@ fn short_ids_and_names_are_accepted_everywhere() {
     assert_eq!(status, 125, "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("already named \"fix-login\""), "{err}");
+    assert!(
+        !err.contains("supervisor"),
+        "the refusal itself, not wrapped: {err}"
+    );
     for (bad, says) in [
         ("deadbeef", "reads as a task id"),
         ("a b", "invalid task name"),

@@ -22,10 +22,113 @@ stopped by SIGINT, SIGTERM, SIGHUP; 125 orch itself failed; 126/127 the command
 could not be invoked / was not found. Other commands: 0, 1 failed, 2 bad usage.";
 
 /// Shown after `orch task --help`.
-const TASK_EXIT_CODES: &str = "\
+const TASK_HELP: &str = "\
+Examples:
+  orch task . \"make test\"                       the project here, in the foreground
+  orch task -d --name login ./api \"fix login\"   in the background, named; prints the id
+  orch task --from-worktree . \"finish this\"     from your tree as it is, uncommitted edits too
+  echo prompt | orch task -i . agent            the task reads your input
+  orch task -it . bash                          a terminal of its own, as docker run -it
+  orch task --timeout 30m --memory 4g --cpus 2 . \"cargo build\"
+
 Exit codes: the task's own; 124 timed out; 130, 143, 129 stopped by SIGINT,
 SIGTERM, SIGHUP (a second Ctrl+C forces); 125 orch itself failed before or
 around the task; 126/127 the command could not be invoked / was not found.";
+
+/// The exit codes of the commands but `task` and `wait`.
+macro_rules! exit_codes {
+    () => {
+        "\n\nExit codes: 0 done; 1 failed; 2 bad usage."
+    };
+}
+
+const PS_HELP: &str = concat!(
+    "Examples:
+  orch ps                          live tasks
+  orch ps -a --project api         every task of one project
+  orch ps --state failed -q        ids of the failed ones, to script with
+  orch ps --name login --json",
+    exit_codes!()
+);
+const SHOW_HELP: &str = concat!(
+    "Examples:
+  orch show login                  by name, short id or full id
+  orch show --json 01a24e38",
+    exit_codes!()
+);
+const LOGS_HELP: &str = concat!(
+    "Examples:
+  orch logs -f login               follow it; exits with the task's code when it ends
+  orch logs --tail 50 01a24e38
+  orch logs --since 10m login",
+    exit_codes!()
+);
+const CANCEL_HELP: &str = concat!(
+    "Examples:
+  orch cancel login                stops it gracefully; its work reaches its branch
+  orch cancel $(orch ps -q --project api)",
+    exit_codes!()
+);
+const WAIT_HELP: &str = "\
+Examples:
+  orch wait login                  prints its exit code, exits with it
+  orch task -d . build >id && orch wait $(cat id)
+
+Exit codes: the last task's, as orch task gave it; 1 failed; 2 bad usage.";
+const PUSH_HELP: &str = concat!(
+    "Examples:
+  orch push login                  its branch, to its project's git server",
+    exit_codes!()
+);
+const DIFF_HELP: &str = concat!(
+    "Examples:
+  orch diff login                  what the task changed (what orch merge brings)
+  orch diff --stat 01a24e38",
+    exit_codes!()
+);
+const MERGE_HELP: &str = concat!(
+    "Examples:
+  orch merge login                 a merge commit \"Merge task <id>: <description>\"
+  orch merge --squash login        one commit of its changes, with its description
+  orch cleanup --branches          then delete the merged branch",
+    exit_codes!()
+);
+const RM_HELP: &str = concat!(
+    "Examples:
+  orch rm login                    record, log and kept workspace; the branch stays
+  orch rm $(orch ps -q --state succeeded)
+  orch rm --dry-run login",
+    exit_codes!()
+);
+const CLEANUP_HELP: &str = concat!(
+    "Examples:
+  orch cleanup --dry-run           what retention would remove
+  orch cleanup                     remove it
+  orch cleanup --branches --dry-run   also task branches that lose nothing
+  orch cleanup --all               everything of this instance, live tasks cancelled first",
+    exit_codes!()
+);
+const DU_HELP: &str = concat!(
+    "Examples:
+  orch du
+  orch du --json",
+    exit_codes!()
+);
+const SERVE_HELP: &str = concat!(
+    "Examples:
+  orch serve                       on $ORCH_HOME/orch.sock
+  orch serve --listen 127.0.0.1:7070 --concurrency 4
+  orch serve --listen 0.0.0.0:7070 --tls-cert cert.pem --tls-key key.pem
+  ORCH_REGISTRY=postgres://orch@db/orch orch serve --node-name a   a node of a cluster",
+    exit_codes!()
+);
+const SUBMIT_HELP: &str = "\
+Examples:
+  orch submit ./api \"cargo test\"   queue it; prints the id
+  orch submit --priority 10 --retries 2 --name nightly ./api \"cargo bench\"
+  orch --host https://ci:7070 submit api \"lint\"
+
+Exit codes: 0 queued; 125 refused (bad project, image, name...) or failed; 2 bad usage.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,7 +147,7 @@ pub(crate) struct Cli {
     /// https://host:port, http://host:port or unix:///path/orch.sock (with
     /// ORCH_TOKEN or ORCH_TOKEN_FILE; ORCH_TLS_CA to trust a CA of your
     /// own, ORCH_TLS_CERT and ORCH_TLS_KEY for a client certificate). For
-    /// ps, show, logs, cancel, submit, cleanup, du and task.
+    /// ps, show, logs, wait, cancel, submit, cleanup, du and task.
     #[arg(long, global = true, env = "ORCH_HOST", value_name = "URL")]
     pub(crate) host: Option<String>,
 
@@ -58,34 +161,47 @@ pub(crate) enum Command {
     /// background with -d).
     Task(TaskCommand),
     /// List live tasks (all with -a).
+    #[command(after_help = PS_HELP)]
     Ps(PsArgs),
     /// Show one task in full.
+    #[command(after_help = SHOW_HELP)]
     Show(ShowArgs),
     /// Print a task's captured output (-f follows it until it ends).
+    #[command(after_help = LOGS_HELP)]
     Logs(LogsArgs),
     /// Stop tasks gracefully from any terminal.
+    #[command(after_help = CANCEL_HELP)]
     Cancel(CancelArgs),
     /// Wait until tasks end; print each one's exit code (as `orch task`
     /// gave it) and exit with the last one's.
+    #[command(after_help = WAIT_HELP)]
     Wait(WaitArgs),
     /// Push a finished task's branch to its project's git server again
     /// (after a push that failed; the work waits in this node's mirror).
+    #[command(after_help = PUSH_HELP)]
     Push(PushArgs),
     /// Show what a task changed on its branch against where it started.
+    #[command(after_help = DIFF_HELP)]
     Diff(DiffArgs),
     /// Bring a task's branch into your current branch (a merge commit, or
     /// one squashed commit); refused while tracked files have changes.
+    #[command(after_help = MERGE_HELP)]
     Merge(MergeArgs),
     /// Remove ended tasks: record, log and workspace (their work saved to
     /// their branches first), as retention would.
+    #[command(after_help = RM_HELP)]
     Rm(RmArgs),
     /// Remove what orch left behind, by retention policy.
+    #[command(after_help = CLEANUP_HELP)]
     Cleanup(CleanupArgs),
     /// Disk use of workspaces: each, per project, in total.
+    #[command(after_help = DU_HELP)]
     Du(DuArgs),
     /// Run the daemon: many tasks from a durable queue, behind an HTTP API.
+    #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
     /// Queue a task with the daemon; print its id.
+    #[command(after_help = SUBMIT_HELP)]
     Submit(SubmitArgs),
     /// Print a shell's completion script for orch (bash, zsh, fish,
     /// elvish, powershell), e.g. `orch completions bash >
@@ -448,7 +564,7 @@ pub(crate) struct TaskArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = TASK_EXIT_CODES)]
+#[command(after_help = TASK_HELP)]
 pub(crate) struct TaskCommand {
     /// Run in the background under a supervising orch process; print the
     /// task id and return.

@@ -20,7 +20,7 @@ pub(crate) const CANCELLED: u8 = 130;
 /// A command other than `task` failed.
 pub(crate) const FAILED: u8 = 1;
 /// Bad usage of a command other than `task`.
-const USAGE: u8 = 2;
+pub(crate) const USAGE: u8 = 2;
 
 /// The exit code of `orch task` for a finished run.
 pub(crate) fn for_outcome(outcome: &Outcome, signal: Option<i32>) -> ExitCode {

@@ -177,16 +177,40 @@ pub fn merge(
             .filter(|p| !p.is_empty())
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .collect();
-        if paths.is_empty() {
-            return Err(error);
+        if !paths.is_empty() {
+            return Ok(Merged::Conflicts { paths });
         }
-        return Ok(Merged::Conflicts { paths });
+        if let Some(files) = untracked_in_the_way(&error) {
+            return Err(Error::Refused(format!(
+                "{} has untracked files the merge would overwrite ({}): move or remove them first",
+                repo.top.display(),
+                files.join(", ")
+            )));
+        }
+        return Err(error);
     }
     let commit = git().run("read HEAD", &["rev-parse", "--verify", "HEAD^{commit}"])?;
     if commit == head {
         return Ok(Merged::AlreadyUpToDate);
     }
     Ok(Merged::Done { commit })
+}
+
+/// The untracked files of the user's tree that stopped a merge before it
+/// began (git names them and changes nothing), if that is why it failed.
+fn untracked_in_the_way(error: &Error) -> Option<Vec<String>> {
+    let Error::Git { stderr, .. } = error else {
+        return None;
+    };
+    // git's lines, joined by "; ": the heading, one path per line, then
+    // "Please move or remove them before you merge."
+    let mut lines = stderr.split("; ").map(str::trim);
+    lines.find(|l| l.contains("untracked working tree files would be overwritten by"))?;
+    let files: Vec<String> = lines
+        .take_while(|l| !l.starts_with("Please move") && !l.starts_with("Aborting"))
+        .map(str::to_owned)
+        .collect();
+    (!files.is_empty()).then_some(files)
 }
 
 /// Settings that switch off every filter and merge driver the repository's

@@ -41,7 +41,13 @@ pub(crate) fn token() -> anyhow::Result<Option<String>> {
 pub(crate) async fn run(command: Command, host: &str) -> (anyhow::Result<ExitCode>, u8) {
     let client = match client(host) {
         Ok(client) => client,
-        Err(e) => return (Err(e), exit::ORCH_FAILED),
+        Err(e) => {
+            let code = match command {
+                Command::Task(_) | Command::Submit(_) => exit::ORCH_FAILED,
+                _ => exit::FAILED,
+            };
+            return (Err(e), code);
+        }
     };
     match command {
         Command::Ps(args) => (ps(&client, &args).await, exit::FAILED),
@@ -60,7 +66,7 @@ pub(crate) async fn run(command: Command, host: &str) -> (anyhow::Result<ExitCod
             Err(anyhow::anyhow!(
                 "--host (ORCH_HOST) is for ps, show, logs, wait, cancel, submit, cleanup, du and task; run this command on the daemon's own host"
             )),
-            exit::ORCH_FAILED,
+            exit::USAGE,
         ),
     }
 }

@@ -279,6 +279,11 @@ async fn detach(args: TaskArgs) -> anyhow::Result<ExitCode> {
         if let Some(status) = child.try_wait()? {
             let said = std::fs::read_to_string(&log_path).unwrap_or_default();
             let said = said.lines().last().unwrap_or("no message").trim();
+            // Its own one-line error (a name taken, a bad image) is the
+            // answer, as `orch task` without -d would have given it.
+            if let Some(error) = said.strip_prefix("orch: error: ") {
+                anyhow::bail!("{error}");
+            }
             anyhow::bail!("the supervisor exited ({status}) before starting the task: {said}");
         }
         if started.elapsed() > DETACH_WAIT {
