@@ -275,6 +275,20 @@ fn a_task_has_a_writable_home_and_the_users_git_identity() {
     let id = helper::task_id(&stderr(&out));
     let author = env.git(&["log", "-1", "--format=%an <%ae>", &format!("orch/{id}")]);
     assert_eq!(author.trim(), "Ada Lovelace <ada@example.com>");
+    // One variable of the task's own changes that one alone.
+    let out = env
+        .orch()
+        .args(["task", "-e", "GIT_AUTHOR_NAME=A Robot"])
+        .arg(&env.project)
+        .arg("echo more > g.txt && git add g.txt && git commit -qm again && git log -1 --format=%an/%ae/%cn/%ce")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("A Robot/ada@example.com/Ada Lovelace/ada@example.com"),
+        "{}",
+        stdout(&out)
+    );
     // The project's choice: the image's home, no identity.
     std::fs::write(
         env.project.join("orch.toml"),
@@ -530,6 +544,7 @@ fn a_tasks_branch_is_reviewed_and_merged() {
         return;
     };
     std::fs::write(env.project.join("a.txt"), "one\n").unwrap();
+    std::fs::write(env.project.join(".gitignore"), "local.env\n").unwrap();
     env.git(&["add", "."]);
     env.git(&["commit", "-qm", "a"]);
     // The user's global config defines drivers; a task naming them in its
@@ -621,6 +636,26 @@ fn a_tasks_branch_is_reviewed_and_merged() {
         "my own\n"
     );
     std::fs::remove_file(env.project.join("b.txt")).unwrap();
+    // ... and so is an ignored one (a .env of the user's).
+    std::fs::write(env.project.join("local.env"), "mine\n").unwrap();
+    let sneaky = run("echo theirs > local.env && git add -f local.env && git commit -qm env");
+    for squash in [false, true] {
+        let mut args = vec!["merge", sneaky.as_str()];
+        if squash {
+            args.insert(1, "--squash");
+        }
+        let blocked = orch(&args);
+        assert_eq!(code(&blocked), 1, "{}", stdout(&blocked));
+        assert!(
+            stderr(&blocked).contains("(local.env)"),
+            "{}",
+            stderr(&blocked)
+        );
+        assert_eq!(
+            std::fs::read_to_string(env.project.join("local.env")).unwrap(),
+            "mine\n"
+        );
+    }
 
     let merged = orch(&["merge", &first]);
     assert_eq!(code(&merged), 0, "{}", stderr(&merged));
@@ -695,7 +730,9 @@ fn a_tasks_branch_is_reviewed_and_merged() {
     );
 
     // A task that committed its work itself: no commit of orch's carries
-    // its description, but its branch's reflog does.
+    // its description, but its branch's reflog does (even where the
+    // repository keeps no reflogs).
+    env.git(&["config", "core.logAllRefUpdates", "false"]);
     let fourth = run("echo four > d.txt; git add d.txt; git commit -qm 'my own message'");
     let reflog = env.git(&["reflog", "show", "--format=%gs", &format!("orch/{fourth}")]);
     assert!(

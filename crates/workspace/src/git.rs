@@ -789,7 +789,8 @@ impl Repo {
     /// branches are untouched. Its objects go into the repository; the
     /// task's branch, which starts from it, references them. Its message
     /// carries the first line of `description`, and marks it as a snapshot
-    /// ([`Repo::snapshot_parent`]).
+    /// ([`Repo::snapshot_parent`]). A tree with nothing uncommitted gives
+    /// HEAD itself.
     pub fn snapshot_worktree(&self, layout: &Layout, description: &str) -> Result<String, Error> {
         struct Scratch(Vec<PathBuf>);
         impl Drop for Scratch {
@@ -843,6 +844,12 @@ impl Repo {
             )?;
         }
         let tree = git().run(ACTION, &["write-tree"])?;
+        // A tree with nothing uncommitted is HEAD's: the task starts from
+        // HEAD, with no snapshot commit to carry.
+        let head = git().run(ACTION, &["rev-parse", "--verify", "HEAD^{commit}"])?;
+        if git().run(ACTION, &["rev-parse", "--verify", "HEAD^{tree}"])? == tree {
+            return Ok(head);
+        }
         let first_line = description.lines().next().unwrap_or_default();
         let message = format!(
             "{SNAPSHOT_SUBJECT}{} as it was when a task started\n\n{first_line}\n",
@@ -855,7 +862,7 @@ impl Repo {
             .env("GIT_COMMITTER_EMAIL", SNAPSHOT_AUTHOR.1)
             .run(
                 ACTION,
-                &["commit-tree", tree.trim(), "-p", "HEAD", "-m", &message],
+                &["commit-tree", tree.trim(), "-p", &head, "-m", &message],
             )?;
         Ok(commit.trim().to_owned())
     }

@@ -40,6 +40,21 @@ pub enum Merged {
     },
 }
 
+/// A task's text (its description) as orch puts it in a commit message
+/// or a reflog: lines and tabs kept, every other control character and
+/// the bidirectional overrides left out, so that `git log` in a terminal
+/// shows text and runs no escape sequence the task's author wrote.
+pub fn plain_text(text: &str) -> String {
+    text.chars()
+        .filter(|c| {
+            matches!(c, '\n' | '\t')
+                || !(c.is_control()
+                    || ('\u{202a}'..='\u{202e}').contains(c)
+                    || ('\u{2066}'..='\u{2069}').contains(c))
+        })
+        .collect()
+}
+
 /// The tip of `branch` in `repo`, if the branch exists.
 pub fn branch_tip(repo: &Repo, layout: &Layout, branch: &str) -> Result<Option<String>, Error> {
     let tip = Git::at(layout, &repo.common_dir)
@@ -147,10 +162,21 @@ pub fn merge(
     let attempt = match way {
         MergeWay::Merge => git().run(
             "merge a task's branch",
-            &["merge", "--no-ff", "--no-edit", "-m", message, &tip_ref],
+            &[
+                "merge",
+                "--no-ff",
+                "--no-edit",
+                "--no-overwrite-ignore",
+                "-m",
+                message,
+                &tip_ref,
+            ],
         ),
         MergeWay::Squash => git()
-            .run("squash a task's branch", &["merge", "--squash", &tip_ref])
+            .run(
+                "squash a task's branch",
+                &["merge", "--squash", "--no-overwrite-ignore", &tip_ref],
+            )
             .and_then(|_| {
                 let staged = git().run_bytes(
                     "look at the squashed changes",
@@ -196,7 +222,8 @@ pub fn merge(
     Ok(Merged::Done { commit })
 }
 
-/// The untracked files of the user's tree that stopped a merge before it
+/// The untracked files of the user's tree (ignored ones too: a task must
+/// not replace a `.env` of the user's) that stopped a merge before it
 /// began (git names them and changes nothing), if that is why it failed.
 fn untracked_in_the_way(error: &Error) -> Option<Vec<String>> {
     let Error::Git { stderr, .. } = error else {

@@ -969,7 +969,11 @@ fn real_dir(work_tree: &Path, dir: &[u8], known: &mut HashMap<Vec<u8>, bool>) ->
 /// description's first line as the subject (cut to 72 characters), the
 /// whole description and the task id in the body.
 fn save_message(task_id: &str, description: Option<&str>) -> String {
-    let description = description.map(str::trim).filter(|d| !d.is_empty());
+    let description = description.map(crate::review::plain_text);
+    let description = description
+        .as_deref()
+        .map(str::trim)
+        .filter(|d| !d.is_empty());
     let Some(description) = description else {
         return format!(
             "orch: uncommitted work of task {task_id}\n\nSaved by orch before removing the task's workspace.\n\nOrch-Task: {task_id}\n"

@@ -415,6 +415,11 @@ fn task_branches_are_judged_from_the_recorded_base_and_deleted_only_there() {
 fn a_branch_started_from_the_working_tree_holds_that_tree() {
     let f = fixture();
     f.layout.prepare().unwrap();
+    assert_eq!(
+        f.repo.snapshot_worktree(&f.layout, "clean").unwrap(),
+        f.base,
+        "nothing uncommitted: HEAD itself"
+    );
     std::fs::write(f.repo.top.join("README"), "edited, not committed\n").unwrap();
     let snapshot = f.repo.snapshot_worktree(&f.layout, "a task\nmore").unwrap();
     assert_eq!(
@@ -803,4 +808,12 @@ fn a_renamed_large_file_is_held_to_the_budget_too() {
     for name in ["big.bin", "renamed.bin", "copy.bin"] {
         assert!(!files.contains(&name), "{name}: {files:?}");
     }
+}
+
+#[test]
+fn a_description_reaches_commit_messages_as_plain_text() {
+    assert_eq!(
+        crate::review::plain_text("fix\u{1b}]0;TITLE\u{7}\u{1b}[2J it\n\tnow\r\u{9b}31m\u{202e}x"),
+        "fix]0;TITLE[2J it\n\tnow31mx"
+    );
 }

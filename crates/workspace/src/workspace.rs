@@ -81,9 +81,8 @@ impl Workspace {
         let mut message = format!("orch: task {} {what}", self.task_id);
         if let Some(line) = self.description.as_deref().and_then(|d| d.lines().next()) {
             // One line of printable text: git takes the message as it is.
-            let line: String = line.chars().filter(|c| !c.is_control()).collect();
             message.push_str(": ");
-            message.push_str(&line);
+            message.push_str(&crate::review::plain_text(line).replace('\t', " "));
         }
         message
     }
@@ -147,11 +146,12 @@ impl Workspace {
                 tracing::warn!(branch = %self.branch, aside = %aside, "an earlier attempt's work was moved aside");
             }
             // Its reflog says whose branch it is (`git reflog orch/<id>`),
-            // whatever the task commits.
+            // whatever the task commits, even where reflogs are off.
             git.run(
                 "create the task's branch",
                 &[
                     "update-ref",
+                    "--create-reflog",
                     "-m",
                     &self.reflog_message("started"),
                     &self.branch_ref(),

@@ -96,18 +96,21 @@ pub(crate) fn merge(args: &MergeArgs) -> anyhow::Result<ExitCode> {
     } else {
         MergeWay::Merge
     };
-    let summary = task.description.lines().next().unwrap_or_default();
+    // The description is the task's text: no escape sequence of it gets
+    // into the user's history.
+    let description = review::plain_text(&task.description);
+    let summary = description.lines().next().unwrap_or_default();
     let message = match way {
         MergeWay::Merge => format!(
             "Merge task {}: {summary}\n\nBranch {}, task {} ({}).",
             orch_registry::short_id(&task.id),
             branch.name,
             task.id,
-            task.description
+            description
         ),
         MergeWay::Squash => format!(
             "{summary}\n\nSquashed from branch {} of task {}:\n{}",
-            branch.name, task.id, task.description
+            branch.name, task.id, description
         ),
     };
     let identity =

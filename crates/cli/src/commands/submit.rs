@@ -46,6 +46,10 @@ pub(crate) fn spec(
     retries: u32,
     constraints: &[String],
 ) -> anyhow::Result<SubmitSpec> {
+    anyhow::ensure!(
+        !task.interactive && !task.tty,
+        "-i and -t need the task to run here (orch task without --host): a task the daemon runs has no input or terminal of yours"
+    );
     // A path means the same to the daemon as here: made absolute.
     let is_path = (task.project.contains('/') || task.project == "." || task.project == "..")
         && !orch_orchestrator::is_url(&task.project);

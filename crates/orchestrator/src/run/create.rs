@@ -72,8 +72,17 @@ impl TaskRun<'_> {
             &machine,
         );
         let settings = &self.prepared.request.project.settings;
-        let chosen = |key: &str| spec.env.iter().any(|(k, _)| k.starts_with(key));
-        if settings.git_identity && !chosen("GIT_AUTHOR_") && !chosen("GIT_COMMITTER_") {
+        // The user's identity fills in what the task's environment does not
+        // set itself, variable by variable (`-e GIT_AUTHOR_NAME=x` changes
+        // that name alone).
+        let chosen = |key: &str| spec.env.iter().any(|(k, _)| k == key);
+        let identity_keys = [
+            "GIT_AUTHOR_NAME",
+            "GIT_AUTHOR_EMAIL",
+            "GIT_COMMITTER_NAME",
+            "GIT_COMMITTER_EMAIL",
+        ];
+        if settings.git_identity && !identity_keys.iter().all(|k| chosen(k)) {
             let layout = ctx.home.layout();
             let git_dir = self
                 .prepared
@@ -84,7 +93,9 @@ impl TaskRun<'_> {
                 Ok(orch_workspace::git_identity(&layout, git_dir.as_deref()))
             })
             .await?;
-            spec.env.extend(identity);
+            let missing: Vec<(String, String)> =
+                identity.into_iter().filter(|(k, _)| !chosen(k)).collect();
+            spec.env.extend(missing);
         }
         crate::link::register(ctx.watchdog.as_deref(), &self.facts(), &self.name);
         match egress {
