@@ -177,6 +177,9 @@ fn ctrl_z_freezes_the_task_and_its_timeout_until_orch_continues() {
     let ps = env.ok(&["ps"]);
     assert!(ps.contains("paused"), "ps says so: {ps}");
     assert_eq!(env.tasks()[0]["paused"], true);
+    // ... and its filter takes what STATUS shows.
+    let paused_ids = env.ok(&["ps", "-q", "--state", "paused"]);
+    assert_eq!(paused_ids.lines().count(), 1, "{paused_ids}");
     // Stay stopped past the task's whole timeout: a clock that kept
     // counting would time the task out the moment orch continues.
     helper::wait_for("the timeout to pass on the clock", timeout * 2, || {

@@ -124,8 +124,22 @@ fn a_typo_gets_a_hint_and_help_shows_examples() {
     assert!(stdout(&out).contains("124 timed out"), "{}", stdout(&out));
     // Every command's help shows how it is used and what it exits with.
     for command in [
-        "task", "ps", "show", "logs", "cancel", "wait", "push", "diff", "merge", "rm", "cleanup",
-        "du", "serve", "submit",
+        "task",
+        "ps",
+        "show",
+        "logs",
+        "cancel",
+        "wait",
+        "push",
+        "diff",
+        "merge",
+        "rm",
+        "cleanup",
+        "du",
+        "serve",
+        "submit",
+        "completions",
+        "man",
     ] {
         let out = env.orch().args([command, "--help"]).output().unwrap();
         assert_eq!(code(&out), 0, "{command}");
@@ -189,6 +203,12 @@ fn listing_tailing_and_waiting() {
     );
     assert_eq!(ids(&["-qa", "--project", "proj"]), both);
     assert!(ids(&["-qa", "--project", "another"]).is_empty());
+    // A project by its path, as orch task takes it.
+    assert_eq!(
+        ids(&["-qa", "--project", env.project.to_str().unwrap()]),
+        both
+    );
+    assert!(ids(&["-q", "--state", "paused"]).is_empty());
     let json = env
         .orch()
         .args(["ps", "--json", "--state", "failed"])
@@ -529,6 +549,38 @@ fn a_task_starts_from_the_working_tree_when_asked() {
     let both = env.task("true", &["--from-worktree", "--ref", "HEAD"]);
     assert_eq!(code(&both), 125, "{}", stderr(&both));
     assert_eq!(stderr(&both).trim().lines().count(), 1, "{}", stderr(&both));
+
+    // Submitted to the daemon of this machine, the warning reaches the
+    // submitter too; -i and -t, which a queued task cannot have, are
+    // refused.
+    let daemon = env.serve(&[]);
+    let submit = |extra: &[&str]| {
+        env.orch()
+            .arg("submit")
+            .args(extra)
+            .arg(&env.project)
+            .arg("true")
+            .output()
+            .unwrap()
+    };
+    let out = submit(&[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("3 uncommitted change(s)"),
+        "{}",
+        stderr(&out)
+    );
+    let id = stdout(&out).trim().to_owned();
+    assert_eq!(
+        daemon.wait_ended(&id, Duration::from_secs(60))["state"],
+        "succeeded"
+    );
+    for flag in ["-i", "-t"] {
+        let out = submit(&[flag]);
+        assert_eq!(code(&out), 125, "{flag}: {}", stderr(&out));
+        assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+        assert!(stderr(&out).contains("-i and -t"), "{}", stderr(&out));
+    }
 }
 
 /// Reviewing and taking a result: `orch diff` shows what the task changed
@@ -789,6 +841,27 @@ fn a_tasks_branch_is_reviewed_and_merged() {
     let kept = &json["repos"][0]["kept"][0];
     assert_eq!(kept["name"], format!("orch/{fourth}"), "{json}");
     assert_eq!(kept["commits"], 1, "{json}");
+    // Its record gone, its branch is still reviewed and taken by id, short
+    // id or branch name.
+    for asked in [
+        fourth.clone(),
+        helper::short(&fourth),
+        format!("orch/{fourth}"),
+    ] {
+        let diff = orch(&["diff", "--stat", &asked]);
+        assert_eq!(code(&diff), 0, "{asked}: {}", stderr(&diff));
+        assert!(
+            stdout(&diff).contains("d.txt"),
+            "{asked}: {}",
+            stdout(&diff)
+        );
+    }
+    let squashed = orch(&["merge", "--squash", &fourth]);
+    assert_eq!(code(&squashed), 0, "{}", stderr(&squashed));
+    assert_eq!(
+        env.git(&["log", "-1", "--format=%s"]),
+        "echo four > d.txt; git add d.txt; git commit -qm 'my own message'"
+    );
 
     let none = orch(&["diff", "ffffffff"]);
     assert_ne!(code(&none), 0);
@@ -849,7 +922,7 @@ fn short_ids_and_names_are_accepted_everywhere() {
     );
     for (bad, says) in [
         ("deadbeef", "reads as a task id"),
-        ("a b", "invalid task name"),
+        ("a b", "invalid name: \"a b\": use 1 to 64"),
     ] {
         let (status, _, err) = detach(&["--name", bad], "echo bad");
         assert_eq!(status, 125, "{bad}: {err}");

@@ -122,6 +122,19 @@ const SERVE_HELP: &str = concat!(
   ORCH_REGISTRY=postgres://orch@db/orch orch serve --node-name a   a node of a cluster",
     exit_codes!()
 );
+const COMPLETIONS_HELP: &str = concat!(
+    "Examples:
+  orch completions bash > ~/.local/share/bash-completion/completions/orch
+  orch completions zsh > ~/.zfunc/_orch      (with fpath+=~/.zfunc in .zshrc)
+  orch completions fish > ~/.config/fish/completions/orch.fish",
+    exit_codes!()
+);
+const MAN_HELP: &str = concat!(
+    "Examples:
+  orch man > orch.1 && man ./orch.1
+  orch man | gzip > /usr/local/share/man/man1/orch.1.gz",
+    exit_codes!()
+);
 const SUBMIT_HELP: &str = "\
 Examples:
   orch submit ./api \"cargo test\"   queue it; prints the id
@@ -206,11 +219,13 @@ pub(crate) enum Command {
     /// Print a shell's completion script for orch (bash, zsh, fish,
     /// elvish, powershell), e.g. `orch completions bash >
     /// ~/.local/share/bash-completion/completions/orch`.
+    #[command(after_help = COMPLETIONS_HELP)]
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
     },
     /// Print orch's man page (roff), e.g. `orch man > orch.1; man ./orch.1`.
+    #[command(after_help = MAN_HELP)]
     Man,
     /// Run a detached task (started by `orch task -d`).
     #[command(name = "__supervise", hide = true)]
@@ -235,10 +250,11 @@ pub(crate) struct PsArgs {
     /// Only ids, one per line (as the ID column shows them).
     #[arg(short, long, conflicts_with = "json")]
     pub(crate) quiet: bool,
-    /// Only tasks in this state (queued, creating, running, succeeded,
-    /// failed, cancelled, timed_out, lost); a finished state implies -a.
-    #[arg(long, value_name = "STATE")]
-    pub(crate) state: Option<orch_registry::State>,
+    /// Only tasks in this state (queued, creating, running, paused,
+    /// succeeded, failed, cancelled, timed_out, lost), as STATUS shows it;
+    /// a finished state implies -a.
+    #[arg(long, value_name = "STATE", value_parser = state_filter)]
+    pub(crate) state: Option<StateFilter>,
     /// Only this project's tasks (its name, as the PROJECT column shows it).
     #[arg(long, value_name = "NAME")]
     pub(crate) project: Option<String>,
@@ -253,15 +269,38 @@ pub(crate) struct PsArgs {
 impl PsArgs {
     /// The listing asked for, as the API takes it.
     pub(crate) fn query(&self) -> orch_protocol::TaskQuery {
+        let state = self.state.map(|s| match s {
+            StateFilter::Is(state) => state,
+            StateFilter::Paused => orch_registry::State::Running,
+        });
         orch_protocol::TaskQuery {
             all: self.all
-                || self.state.is_some_and(orch_registry::State::is_terminal)
+                || state.is_some_and(orch_registry::State::is_terminal)
                 || self.name.is_some(),
-            state: self.state,
+            state,
             project: self.project.clone(),
             name: self.name.clone(),
         }
     }
+}
+
+/// What `ps --state` picks: a state, or `paused` (running, frozen by
+/// Ctrl+Z), as the STATUS column shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StateFilter {
+    Is(orch_registry::State),
+    Paused,
+}
+
+fn state_filter(text: &str) -> Result<StateFilter, String> {
+    if text == "paused" {
+        return Ok(StateFilter::Paused);
+    }
+    text.parse().map(StateFilter::Is).map_err(|_| {
+        format!(
+            "unknown task state {text:?} (queued, creating, running, paused, succeeded, failed, cancelled, timed_out, lost)"
+        )
+    })
 }
 
 #[derive(Debug, Args)]

@@ -97,6 +97,9 @@ pub enum Error {
     /// The container runtime failed.
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
+    /// A request refused as it stands (the reason says what to do first).
+    #[error("{0}")]
+    Refused(String),
     /// Shutdown was requested before the task was created: nothing exists.
     #[error("interrupted before the task started ({reason}); nothing was created")]
     Interrupted {
@@ -163,7 +166,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         use crate::runtime::RuntimeError as R;
         match self {
-            Error::Config(_) => ErrorKind::Input,
+            Error::Config(_) | Error::Refused(_) => ErrorKind::Input,
             Error::Runtime(R::Refused { status, .. }) if status.is_none_or(|s| s < 500) => {
                 ErrorKind::Input
             }

@@ -74,7 +74,7 @@ pub use runtime::display_chain;
 pub use session::{Session, container_name};
 pub use shutdown::{Shutdown, Suspension};
 pub use watchdog::{Heard, Reaped, WatchdogLog, fence_session};
-pub use workspace::snapshot_worktree;
+pub use workspace::{snapshot_worktree, uncommitted_warning};
 
 #[cfg(test)]
 mod tests;

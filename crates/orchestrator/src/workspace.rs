@@ -49,6 +49,24 @@ pub fn snapshot_worktree(
     Ok(repo.snapshot_worktree(&layout, desc)?)
 }
 
+/// The warning for a task that starts from `base` (HEAD) while the working
+/// tree of `repo` holds changes it will not see (a task gets a checkout):
+/// what `orch task` and `orch submit` say.
+pub fn uncommitted_warning(
+    layout: &Layout,
+    repo: &Repo,
+    base: &str,
+) -> Result<Option<String>, orch_workspace::Error> {
+    Ok(match repo.uncommitted(layout)? {
+        0 => None,
+        n => Some(format!(
+            "warning: {} has {n} uncommitted change(s) the task will not see: it starts from HEAD ({}); commit them first, or start it from the tree as it is with --from-worktree",
+            repo.top.display(),
+            base.get(..12).unwrap_or(base),
+        )),
+    })
+}
+
 /// A created workspace and the lock its task holds while it exists.
 #[derive(Debug)]
 pub(crate) struct HeldWorkspace {

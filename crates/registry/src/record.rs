@@ -569,17 +569,15 @@ pub fn check_name(name: &str) -> Result<(), String> {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if name.is_empty() || name.len() > 64 || !valid_chars {
         return Err(format!(
-            "invalid task name {name:?}: use 1 to 64 letters, digits, '_', '.' or '-'"
+            "{name:?}: use 1 to 64 letters, digits, '_', '.' or '-'"
         ));
     }
     if !name.as_bytes()[0].is_ascii_alphanumeric() {
-        return Err(format!(
-            "invalid task name {name:?}: it must start with a letter or digit"
-        ));
+        return Err(format!("{name:?}: it must start with a letter or digit"));
     }
     if name.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
         return Err(format!(
-            "invalid task name {name:?}: it reads as a task id; use a letter past f"
+            "{name:?}: it reads as a task id; use a letter past f"
         ));
     }
     Ok(())

@@ -159,6 +159,43 @@ pub fn merge(
     if merged.trim() == "0" {
         return Ok(Merged::AlreadyUpToDate);
     }
+    // Files the branch adds where the user's tree has an untracked or an
+    // ignored file (a `.env`): git's merge would refuse the first but
+    // silently replace the second, whatever `--no-overwrite-ignore` says.
+    let added = git().run_bytes(
+        "list the files the branch adds",
+        &[
+            "diff",
+            "--name-only",
+            "-z",
+            "--no-renames",
+            "--diff-filter=A",
+            &format!("HEAD...{tip_ref}"),
+        ],
+    )?;
+    let present: Vec<&[u8]> = added
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            use std::os::unix::ffi::OsStrExt;
+            repo.top
+                .join(std::ffi::OsStr::from_bytes(p))
+                .symlink_metadata()
+                .is_ok()
+        })
+        .collect();
+    if !present.is_empty() {
+        let tracked = git().run_bytes("list tracked files", &["ls-files", "-z"])?;
+        let tracked: std::collections::HashSet<&[u8]> = tracked.split(|b| *b == 0).collect();
+        let in_the_way: Vec<String> = present
+            .into_iter()
+            .filter(|p| !tracked.contains(p))
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        if !in_the_way.is_empty() {
+            return Err(untracked_refusal(repo, &in_the_way));
+        }
+    }
     let attempt = match way {
         MergeWay::Merge => git().run(
             "merge a task's branch",
@@ -207,11 +244,7 @@ pub fn merge(
             return Ok(Merged::Conflicts { paths });
         }
         if let Some(files) = untracked_in_the_way(&error) {
-            return Err(Error::Refused(format!(
-                "{} has untracked files the merge would overwrite ({}): move or remove them first",
-                repo.top.display(),
-                files.join(", ")
-            )));
+            return Err(untracked_refusal(repo, &files));
         }
         return Err(error);
     }
@@ -220,6 +253,24 @@ pub fn merge(
         return Ok(Merged::AlreadyUpToDate);
     }
     Ok(Merged::Done { commit })
+}
+
+/// The refusal of a merge that would overwrite `files`, untracked or
+/// ignored in the user's tree.
+fn untracked_refusal(repo: &Repo, files: &[String]) -> Error {
+    let mut named = files
+        .iter()
+        .take(10)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if files.len() > 10 {
+        named.push_str(&format!(" and {} more", files.len() - 10));
+    }
+    Error::Refused(format!(
+        "{} has untracked files the merge would overwrite ({named}): move or remove them first",
+        repo.top.display(),
+    ))
 }
 
 /// The untracked files of the user's tree (ignored ones too: a task must

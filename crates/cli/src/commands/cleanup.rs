@@ -165,14 +165,18 @@ fn print_human(out: &mut impl Write, report: &CleanupAnswer) -> std::io::Result<
         } else {
             ("deleted", "kept")
         };
-        // What the task was: its description's first line, as the
-        // registry remembers it.
+        // What the task was: its description's first line (cut at 100
+        // characters), as the registry remembers it.
         let what = |branch: &orch_protocol::BranchCleanup| {
             branch
                 .description
                 .as_deref()
                 .and_then(|d| d.lines().next())
-                .map(|line| format!(": {}", safe(line)))
+                .map(|line| {
+                    let cut: String = line.chars().take(100).collect();
+                    let more = if cut.len() < line.len() { "…" } else { "" };
+                    format!(": {}{more}", safe(&cut))
+                })
                 .unwrap_or_default()
         };
         for branch in &repo.branches {

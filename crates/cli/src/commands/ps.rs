@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use orch_orchestrator::GlobalConfig;
+use orch_orchestrator::{GlobalConfig, Overrides};
 use orch_registry::{Listing, Postgres, Registry, Store, TaskRecord, WorkspaceState, now_ms};
 
 use crate::args::{PsArgs, ShowArgs};
@@ -32,7 +32,16 @@ pub(crate) fn require_registry() -> anyhow::Result<Box<dyn Store>> {
 }
 
 pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
-    let query = args.query();
+    let mut query = args.query();
+    // A project given by its path, as `orch task` takes it: its name.
+    if let Some(path) = query
+        .project
+        .as_deref()
+        .filter(|p| (p.contains('/') || *p == "." || *p == "..") && !orch_orchestrator::is_url(p))
+    {
+        let config = GlobalConfig::load(GlobalConfig::default_path().as_deref())?;
+        query.project = Some(config.resolve_project(path, &Overrides::default())?.name);
+    }
     let listing = if query.all {
         Listing::All
     } else {
@@ -102,6 +111,13 @@ pub(crate) fn print_listing(
     nodes: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
+    let paused: Vec<TaskRecord>;
+    let tasks = if args.state == Some(crate::args::StateFilter::Paused) {
+        paused = tasks.iter().filter(|t| t.paused).cloned().collect();
+        &paused
+    } else {
+        tasks
+    };
     if args.json {
         serde_json::to_writer(&mut *out, &tasks)?;
         writeln!(out)?;

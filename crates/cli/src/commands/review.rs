@@ -5,36 +5,115 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use orch_registry::TaskRecord;
 use orch_workspace::review::{self, MergeWay, Merged};
 use orch_workspace::{Layout, Repo};
 
 use crate::args::{DiffArgs, MergeArgs};
 
-/// A task's branch as its record names it: the repository, the base and
-/// the branch (which must still exist).
+/// A task's branch: the repository, the base and the branch (which must
+/// still exist), and what the task was.
 struct Branch {
     repo: Repo,
     base: String,
     name: String,
     layout: Layout,
-    task: TaskRecord,
+    /// The task's id, as its branch names it.
+    id: String,
+    description: String,
+    /// Its state, while its record is there (`None` once it is gone: the
+    /// task ended).
+    state: Option<orch_registry::State>,
 }
 
+/// The branch of the task `id` names (an id, a prefix, a short id, a name,
+/// or the branch `orch/<id>` itself): from its record, or, once the record
+/// is gone, from what the registry remembers of the branch.
 fn branch_of(id: &str) -> anyhow::Result<Branch> {
     let registry = super::ps::require_registry()?;
-    let id = registry.resolve(id)?;
-    let task = registry
-        .get(&id)?
-        .ok_or_else(|| anyhow::anyhow!("no task {id}"))?;
+    let layout = super::open_home()?.layout();
+    let asked = id.strip_prefix("orch/").unwrap_or(id);
+    let task = match registry.resolve(asked) {
+        Ok(id) => registry
+            .get(&id)?
+            .ok_or_else(|| anyhow::anyhow!("no task {id}"))?,
+        Err(orch_registry::Error::NotFound(_)) => {
+            return removed_branch(registry.as_ref(), asked, layout)?.ok_or_else(|| {
+                anyhow::anyhow!("no task {asked}, and no branch orch/{asked}… of a removed task")
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     let ws = &task.workspace;
     let (Some(top), Some(base), Some(name)) = (&ws.repo, &ws.base, &ws.branch) else {
-        anyhow::bail!("task {id} has no branch: it ran without a workspace");
+        anyhow::bail!("task {} has no branch: it ran without a workspace", task.id);
     };
-    let layout = super::open_home()?.layout();
+    found(
+        Path::new(top),
+        base,
+        name,
+        layout,
+        task.id.to_string(),
+        task.description.clone(),
+        Some(task.state),
+    )
+}
+
+/// The branch of a task whose record is gone that `asked` names (a prefix
+/// of its id or of its short id), if the registry remembers exactly one.
+fn removed_branch(
+    registry: &dyn orch_registry::Store,
+    asked: &str,
+    layout: Layout,
+) -> anyhow::Result<Option<Branch>> {
+    let asked = asked.to_ascii_lowercase();
+    if asked.len() < 4 || !asked.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Ok(None);
+    }
+    let mut matches = Vec::new();
+    for top in registry.repos()? {
+        for (name, known) in registry.branches(&top)? {
+            let Some(id) = name.strip_prefix("orch/") else {
+                continue;
+            };
+            // A prefix of the id, or of its short id (its last 8 hex digits).
+            let hex = id.replace('-', "");
+            let short = &hex[hex.len().saturating_sub(orch_registry::SHORT_ID_LEN)..];
+            if !known.recorded && (id.starts_with(&asked) || short.starts_with(&asked)) {
+                matches.push((top.clone(), name.clone(), id.to_owned(), known));
+            }
+        }
+    }
+    match matches.len() {
+        0 => Ok(None),
+        1 => {
+            let (top, name, id, known) = matches.remove(0);
+            found(
+                &top,
+                &known.base,
+                &name,
+                layout,
+                id,
+                known.description.unwrap_or_default(),
+                None,
+            )
+            .map(Some)
+        }
+        n => anyhow::bail!("{asked} names {n} branches of removed tasks: give more of the id"),
+    }
+}
+
+fn found(
+    top: &Path,
+    base: &str,
+    name: &str,
+    layout: Layout,
+    id: String,
+    description: String,
+    state: Option<orch_registry::State>,
+) -> anyhow::Result<Branch> {
     // The repository the user started the task in, as orch recorded it
     // when it found it (the one discovery orch does).
-    let repo = Repo::discover(Path::new(top), &layout)?;
+    let repo = Repo::discover(top, &layout)?;
     if review::branch_tip(&repo, &layout, name)?.is_none() {
         anyhow::bail!(
             "branch {name} is no longer in {} (deleted by cleanup --branches, or by hand)",
@@ -43,10 +122,12 @@ fn branch_of(id: &str) -> anyhow::Result<Branch> {
     }
     Ok(Branch {
         repo,
-        base: base.clone(),
-        name: name.clone(),
+        base: base.to_owned(),
+        name: name.to_owned(),
         layout,
-        task,
+        id,
+        description,
+        state,
     })
 }
 
@@ -83,12 +164,10 @@ pub(crate) fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
 
 pub(crate) fn merge(args: &MergeArgs) -> anyhow::Result<ExitCode> {
     let branch = branch_of(&args.id)?;
-    let task = &branch.task;
-    if !task.state.is_terminal() {
+    if let Some(state) = branch.state.filter(|s| !s.is_terminal()) {
         anyhow::bail!(
-            "task {} is {}: merge its branch once it has ended",
-            task.id,
-            task.state
+            "task {} is {state}: merge its branch once it has ended",
+            branch.id
         );
     }
     let way = if args.squash {
@@ -98,19 +177,20 @@ pub(crate) fn merge(args: &MergeArgs) -> anyhow::Result<ExitCode> {
     };
     // The description is the task's text: no escape sequence of it gets
     // into the user's history.
-    let description = review::plain_text(&task.description);
+    let description = review::plain_text(&branch.description);
     let summary = description.lines().next().unwrap_or_default();
     let message = match way {
         MergeWay::Merge => format!(
             "Merge task {}: {summary}\n\nBranch {}, task {} ({}).",
-            orch_registry::short_id(&task.id),
+            uuid::Uuid::parse_str(&branch.id)
+                .map_or_else(|_| branch.id.clone(), |id| orch_registry::short_id(&id)),
             branch.name,
-            task.id,
+            branch.id,
             description
         ),
         MergeWay::Squash => format!(
             "{summary}\n\nSquashed from branch {} of task {}:\n{}",
-            branch.name, task.id, description
+            branch.name, branch.id, description
         ),
     };
     let identity =

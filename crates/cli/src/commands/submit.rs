@@ -39,6 +39,30 @@ pub(crate) fn refused(e: ClientError) -> anyhow::Error {
 }
 
 /// What `task` asks of the daemon `client` reaches.
+/// The warning `orch task` gives when the project's tree holds changes
+/// the task will not see, said here: the daemon is on this machine, and
+/// its own notice reaches only its log. Best effort: what cannot be looked
+/// at is the daemon's to refuse.
+fn warn_uncommitted(task: &TaskArgs) {
+    use orch_orchestrator::{GlobalConfig, Overrides, WorkspaceMode};
+    let warning = || -> anyhow::Result<Option<String>> {
+        let config = GlobalConfig::load(GlobalConfig::default_path().as_deref())?;
+        let project = config.resolve_project(&task.project, &Overrides::default())?;
+        if project.remote.is_some() || project.settings.workspace == WorkspaceMode::None {
+            return Ok(None);
+        }
+        let layout = super::open_home()?.layout();
+        let repo = orch_workspace::Repo::discover(&project.path, &layout)?;
+        let base = repo.resolve(&layout, "HEAD")?;
+        Ok(orch_orchestrator::uncommitted_warning(
+            &layout, &repo, &base,
+        )?)
+    };
+    if let Ok(Some(line)) = warning() {
+        crate::output::say(&line);
+    }
+}
+
 pub(crate) fn spec(
     client: &Client,
     task: &TaskArgs,
@@ -64,6 +88,9 @@ pub(crate) fn spec(
     let duration = |d: Option<Duration>| {
         d.map(|d| orch_orchestrator::supervisor::DurationText::Text(format!("{}ms", d.as_millis())))
     };
+    if !task.from_worktree && task.git_ref.is_none() && !task.no_workspace && !client.is_tcp() {
+        warn_uncommitted(task);
+    }
     Ok(SubmitSpec {
         project,
         desc: task.desc.clone(),

@@ -130,12 +130,7 @@ pub(crate) async fn remove(
             .iter()
             .find(|r| r.id == *id)
             .ok_or_else(|| Error::Registry(orch_registry::Error::NotFound(id.to_string())))?;
-        let refuse = |why: String| {
-            Error::Config(crate::ConfigError::Flag {
-                flag: "task".into(),
-                message: why,
-            })
-        };
+        let refuse = Error::Refused;
         if !row.state.is_terminal() || orphans::is_live(row) {
             return Err(refuse(format!(
                 "{id} is {}: cancel it first (orch cancel {id})",

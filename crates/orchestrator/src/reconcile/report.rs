@@ -344,7 +344,8 @@ impl CleanupReport {
             if self.dry_run { "to free" } else { "freed" }
         ));
         if branches > 0 {
-            line.push_str(&format!("; {branches} branches"));
+            let noun = if branches == 1 { "branch" } else { "branches" };
+            line.push_str(&format!("; {branches} {noun}"));
         }
         line
     }

@@ -51,15 +51,12 @@ pub(crate) async fn prepare(
 /// from HEAD will not see (a task never sees them: it gets a checkout).
 async fn warn_uncommitted(ctx: &Ctx, repo: &Repo, base: &str, sink: &EventSink) {
     let layout = ctx.home.layout();
-    let at = repo.clone();
-    let counted = workspace::blocking(move || at.uncommitted(&layout)).await;
-    match counted {
-        Ok(0) => {}
-        Ok(n) => sink.send(Event::Notice(format!(
-            "warning: {} has {n} uncommitted change(s) the task will not see: it starts from HEAD ({}); commit them first, or start it from the tree as it is with --from-worktree",
-            repo.top.display(),
-            base.get(..12).unwrap_or(base),
-        ))),
+    let (repo, base) = (repo.clone(), base.to_owned());
+    let warning =
+        workspace::blocking(move || workspace::uncommitted_warning(&layout, &repo, &base)).await;
+    match warning {
+        Ok(None) => {}
+        Ok(Some(line)) => sink.send(Event::Notice(line)),
         Err(e) => tracing::debug!(error = %e, "cannot look for uncommitted changes"),
     }
 }
