@@ -115,10 +115,15 @@ pub(crate) fn usage_error(error: &clap::Error) -> ExitCode {
     } else {
         format!("; {}", tips.join("; "))
     };
-    crate::output::say(&format!("orch: error: {message}{tip} (see orch --help)"));
-    let is_task = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .is_some_and(|a| a == "task");
+    // The command's own help, where the command is known.
+    let command = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let known = command.as_deref().filter(|c| {
+        <crate::args::Cli as clap::CommandFactory>::command()
+            .find_subcommand(c)
+            .is_some_and(|s| !s.is_hide_set())
+    });
+    let help = known.map_or_else(|| "orch --help".to_owned(), |c| format!("orch {c} --help"));
+    crate::output::say(&format!("orch: error: {message}{tip} (see {help})"));
+    let is_task = command.as_deref() == Some("task");
     ExitCode::from(if is_task { ORCH_FAILED } else { USAGE })
 }
