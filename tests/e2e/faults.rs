@@ -180,6 +180,13 @@ fn ctrl_z_freezes_the_task_and_its_timeout_until_orch_continues() {
     // ... and its filter takes what STATUS shows.
     let paused_ids = env.ok(&["ps", "-q", "--state", "paused"]);
     assert_eq!(paused_ids.lines().count(), 1, "{paused_ids}");
+    let shown = env.ok(&["show", paused_ids.trim()]);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("status") && l.ends_with("paused")),
+        "{shown}"
+    );
     // Stay stopped past the task's whole timeout: a clock that kept
     // counting would time the task out the moment orch continues.
     helper::wait_for("the timeout to pass on the clock", timeout * 2, || {

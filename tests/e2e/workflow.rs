@@ -679,7 +679,7 @@ fn a_tasks_branch_is_reviewed_and_merged() {
         stderr(&blocked)
     );
     assert!(
-        stderr(&blocked).contains("untracked files the merge would overwrite (b.txt)"),
+        stderr(&blocked).contains("that the merge would overwrite (b.txt)"),
         "{}",
         stderr(&blocked)
     );
@@ -691,7 +691,16 @@ fn a_tasks_branch_is_reviewed_and_merged() {
     // ... and so is an ignored one (a .env of the user's).
     std::fs::write(env.project.join("local.env"), "mine\n").unwrap();
     let sneaky = run("echo theirs > local.env && git add -f local.env && git commit -qm env");
-    for squash in [false, true] {
+    // A directory where the user's ignored file is.
+    let sneaky_dir = run(
+        "mkdir local.env && echo x > local.env/cfg && git add -f local.env && git commit -qm dir",
+    );
+    for (sneaky, squash) in [
+        (&sneaky, false),
+        (&sneaky, true),
+        (&sneaky_dir, false),
+        (&sneaky_dir, true),
+    ] {
         let mut args = vec!["merge", sneaky.as_str()];
         if squash {
             args.insert(1, "--squash");
@@ -856,6 +865,10 @@ fn a_tasks_branch_is_reviewed_and_merged() {
             stdout(&diff)
         );
     }
+    // A prefix that names live tasks and removed ones is ambiguous.
+    let both = orch(&["diff", &fourth[..4]]);
+    assert_eq!(code(&both), 1, "{}", stdout(&both));
+    assert!(stderr(&both).contains("ambiguous"), "{}", stderr(&both));
     let squashed = orch(&["merge", "--squash", &fourth]);
     assert_eq!(code(&squashed), 0, "{}", stderr(&squashed));
     assert_eq!(
@@ -1131,6 +1144,12 @@ fn interactive_feeds_stdin_to_the_task() {
     let closed = env.task("wc -c", &[]);
     assert_eq!(code(&closed), 0, "{}", stderr(&closed));
     assert_eq!(stdout(&closed).trim(), "0");
+    // In the background a task has no input of the caller's: refused.
+    for flag in ["-i", "-t"] {
+        let out = env.task("cat", &["-d", flag]);
+        assert_eq!(code(&out), 125, "{flag}: {}", stderr(&out));
+        assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    }
 }
 
 /// `--user UID:GID` of another uid: the workspace is writable for it, git

@@ -66,7 +66,7 @@ const LOGS_HELP: &str = concat!(
 const CANCEL_HELP: &str = concat!(
     "Examples:
   orch cancel login                stops it gracefully; its work reaches its branch
-  orch cancel $(orch ps -q --project api)",
+  orch ps -q --project api | xargs -r orch cancel   every task of a project",
     exit_codes!()
 );
 const WAIT_HELP: &str = "\

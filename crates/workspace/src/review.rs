@@ -49,6 +49,7 @@ pub fn plain_text(text: &str) -> String {
         .filter(|c| {
             matches!(c, '\n' | '\t')
                 || !(c.is_control()
+                    || matches!(c, '\u{2028}' | '\u{2029}')
                     || ('\u{202a}'..='\u{202e}').contains(c)
                     || ('\u{2066}'..='\u{2069}').contains(c))
         })
@@ -124,6 +125,20 @@ pub fn merge(
             repo.top.display()
         )));
     }
+    for (marker, what) in [
+        ("MERGE_HEAD", "merge"),
+        ("CHERRY_PICK_HEAD", "cherry-pick"),
+        ("REVERT_HEAD", "revert"),
+        ("rebase-merge", "rebase"),
+        ("rebase-apply", "rebase"),
+    ] {
+        if repo.git_dir.join(marker).exists() {
+            return Err(Error::Refused(format!(
+                "{} is in the middle of a {what}: conclude it or abort it first",
+                repo.top.display()
+            )));
+        }
+    }
     let lock = RepoLock::acquire(layout, &repo.common_dir)?;
     let off = drivers_off(repo, layout)?;
     let git = || {
@@ -173,17 +188,25 @@ pub fn merge(
             &format!("HEAD...{tip_ref}"),
         ],
     )?;
-    let present: Vec<&[u8]> = added
-        .split(|b| *b == 0)
-        .filter(|p| !p.is_empty())
-        .filter(|p| {
-            use std::os::unix::ffi::OsStrExt;
-            repo.top
-                .join(std::ffi::OsStr::from_bytes(p))
-                .symlink_metadata()
-                .is_ok()
-        })
-        .collect();
+    // Each added path, and each directory it needs: a file, a link or
+    // anything but a directory of the user's at one of those is in the
+    // way (git would replace it with the branch's directory).
+    let mut present = std::collections::BTreeSet::new();
+    for path in added.split(|b| *b == 0).filter(|p| !p.is_empty()) {
+        let parents = path
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'/')
+            .map(|(i, _)| &path[..i]);
+        for dir in parents {
+            if lstat(repo, dir).is_some_and(|m| !m.is_dir()) {
+                present.insert(dir);
+            }
+        }
+        if lstat(repo, path).is_some() {
+            present.insert(path);
+        }
+    }
     if !present.is_empty() {
         let tracked = git().run_bytes("list tracked files", &["ls-files", "-z"])?;
         let tracked: std::collections::HashSet<&[u8]> = tracked.split(|b| *b == 0).collect();
@@ -246,6 +269,22 @@ pub fn merge(
         if let Some(files) = untracked_in_the_way(&error) {
             return Err(untracked_refusal(repo, &files));
         }
+        // What git said it could not do, without the command line (the
+        // whole message is in it).
+        if let Error::Git { stderr, .. } = &error {
+            let said: Vec<&str> = stderr
+                .split("; ")
+                .map(str::trim)
+                .filter(|l| l.starts_with("error:") || l.starts_with("fatal:"))
+                .collect();
+            if !said.is_empty() {
+                return Err(Error::Refused(format!(
+                    "git could not merge {branch} into {}: {}",
+                    repo.top.display(),
+                    said.join("; ")
+                )));
+            }
+        }
         return Err(error);
     }
     let commit = git().run("read HEAD", &["rev-parse", "--verify", "HEAD^{commit}"])?;
@@ -253,6 +292,16 @@ pub fn merge(
         return Ok(Merged::AlreadyUpToDate);
     }
     Ok(Merged::Done { commit })
+}
+
+/// What is at `path` (relative to the top) in the user's tree, not
+/// following a link there.
+fn lstat(repo: &Repo, path: &[u8]) -> Option<std::fs::Metadata> {
+    use std::os::unix::ffi::OsStrExt;
+    repo.top
+        .join(std::ffi::OsStr::from_bytes(path))
+        .symlink_metadata()
+        .ok()
 }
 
 /// The refusal of a merge that would overwrite `files`, untracked or
@@ -268,7 +317,7 @@ fn untracked_refusal(repo: &Repo, files: &[String]) -> Error {
         named.push_str(&format!(" and {} more", files.len() - 10));
     }
     Error::Refused(format!(
-        "{} has untracked files the merge would overwrite ({named}): move or remove them first",
+        "{} has files git does not track there that the merge would overwrite ({named}): move or remove them first",
         repo.top.display(),
     ))
 }

@@ -813,7 +813,9 @@ fn a_renamed_large_file_is_held_to_the_budget_too() {
 #[test]
 fn a_description_reaches_commit_messages_as_plain_text() {
     assert_eq!(
-        crate::review::plain_text("fix\u{1b}]0;TITLE\u{7}\u{1b}[2J it\n\tnow\r\u{9b}31m\u{202e}x"),
-        "fix]0;TITLE[2J it\n\tnow31mx"
+        crate::review::plain_text(
+            "fix\u{1b}]0;TITLE\u{7}\u{1b}[2J it\n\tnow\r\u{9b}31m\u{202e}x\u{2028}y"
+        ),
+        "fix]0;TITLE[2J it\n\tnow31mxy"
     );
 }

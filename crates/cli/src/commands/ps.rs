@@ -40,7 +40,14 @@ pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
         .filter(|p| (p.contains('/') || *p == "." || *p == "..") && !orch_orchestrator::is_url(p))
     {
         let config = GlobalConfig::load(GlobalConfig::default_path().as_deref())?;
-        query.project = Some(config.resolve_project(path, &Overrides::default())?.name);
+        // Its name is all the filter needs: a project with no image yet
+        // has one too.
+        let name = match config.resolve_project(path, &Overrides::default()) {
+            Ok(project) => project.name,
+            Err(orch_orchestrator::ConfigError::NoImage { project, .. }) => project,
+            Err(e) => return Err(e.into()),
+        };
+        query.project = Some(name);
     }
     let listing = if query.all {
         Listing::All
@@ -214,13 +221,7 @@ fn row(out: &mut impl Write, task: &Row<'_>, now: i64) -> std::io::Result<()> {
         "{short:<8}  {:<16}  {:<16}  {:<10}  {:>8}  {:>5}  {node}{workspace}",
         column(task.name),
         column(Some(task.project)),
-        if task.workspace_state == Some(WorkspaceState::Saving) {
-            "saving"
-        } else if task.paused && task.state == orch_registry::State::Running {
-            "paused"
-        } else {
-            task.state.as_str()
-        },
+        status(task.state, task.paused, task.workspace_state),
         task.progress
             .map_or_else(|| "-".into(), |p| format!("{p}%")),
         age(now - task.created_at),
@@ -258,7 +259,10 @@ pub(crate) fn print_show(task: &TaskRecord, json: bool, log: &str) -> anyhow::Re
         ("name", opt(&task.name)),
         ("project", task.project.clone()),
         ("description", task.description.clone()),
-        ("status", task.state.to_string()),
+        (
+            "status",
+            status(task.state, task.paused, task.workspace.state).to_owned(),
+        ),
         ("reason", opt(&task.outcome.reason)),
         (
             "exit code",
@@ -332,6 +336,22 @@ pub(crate) fn age(ms: i64) -> String {
         60..3600 => format!("{}m", s / 60),
         3600..86400 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86400),
+    }
+}
+
+/// What STATUS says of a task: its state, or `saving` while its work is
+/// brought home, or `paused` while Ctrl+Z freezes it.
+fn status(
+    state: orch_registry::State,
+    paused: bool,
+    workspace: Option<WorkspaceState>,
+) -> &'static str {
+    if workspace == Some(WorkspaceState::Saving) {
+        "saving"
+    } else if paused && state == orch_registry::State::Running {
+        "paused"
+    } else {
+        state.as_str()
     }
 }
 

@@ -32,14 +32,38 @@ fn branch_of(id: &str) -> anyhow::Result<Branch> {
     let registry = super::ps::require_registry()?;
     let layout = super::open_home()?.layout();
     let asked = id.strip_prefix("orch/").unwrap_or(id);
+    let mut removed = removed_branches(registry.as_ref(), asked)?;
     let task = match registry.resolve(asked) {
-        Ok(id) => registry
+        Ok(id) if removed.is_empty() => registry
             .get(&id)?
             .ok_or_else(|| anyhow::anyhow!("no task {id}"))?,
+        Ok(id) => anyhow::bail!(
+            "{asked} is ambiguous: task {id}, and {} branch(es) of removed tasks ({}): give more of the id",
+            removed.len(),
+            names(&removed)
+        ),
         Err(orch_registry::Error::NotFound(_)) => {
-            return removed_branch(registry.as_ref(), asked, layout)?.ok_or_else(|| {
-                anyhow::anyhow!("no task {asked}, and no branch orch/{asked}… of a removed task")
-            });
+            return match removed.len() {
+                0 => anyhow::bail!(
+                    "no task {asked} in this orch home, and no branch orch/{asked}… of one of its removed tasks"
+                ),
+                1 => {
+                    let (top, name, id, known) = removed.remove(0);
+                    found(
+                        &top,
+                        &known.base,
+                        &name,
+                        layout,
+                        id,
+                        known.description.unwrap_or_default(),
+                        None,
+                    )
+                }
+                n => anyhow::bail!(
+                    "{asked} is ambiguous: {n} branches of removed tasks ({}): give more of the id",
+                    names(&removed)
+                ),
+            };
         }
         Err(e) => return Err(e.into()),
     };
@@ -58,16 +82,24 @@ fn branch_of(id: &str) -> anyhow::Result<Branch> {
     )
 }
 
-/// The branch of a task whose record is gone that `asked` names (a prefix
-/// of its id or of its short id), if the registry remembers exactly one.
-fn removed_branch(
+/// A branch of a removed task: its repository, name, task id and what the
+/// registry remembers of it.
+type Removed = (
+    std::path::PathBuf,
+    String,
+    String,
+    orch_registry::KnownBranch,
+);
+
+/// The branches of tasks whose records are gone that `asked` names (a
+/// prefix of the id, or of the short id).
+fn removed_branches(
     registry: &dyn orch_registry::Store,
     asked: &str,
-    layout: Layout,
-) -> anyhow::Result<Option<Branch>> {
+) -> anyhow::Result<Vec<Removed>> {
     let asked = asked.to_ascii_lowercase();
     if asked.len() < 4 || !asked.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let mut matches = Vec::new();
     for top in registry.repos()? {
@@ -83,23 +115,16 @@ fn removed_branch(
             }
         }
     }
-    match matches.len() {
-        0 => Ok(None),
-        1 => {
-            let (top, name, id, known) = matches.remove(0);
-            found(
-                &top,
-                &known.base,
-                &name,
-                layout,
-                id,
-                known.description.unwrap_or_default(),
-                None,
-            )
-            .map(Some)
-        }
-        n => anyhow::bail!("{asked} names {n} branches of removed tasks: give more of the id"),
+    Ok(matches)
+}
+
+/// The branch names of `removed`, a few of them.
+fn names(removed: &[Removed]) -> String {
+    let mut names: Vec<&str> = removed.iter().take(5).map(|r| r.1.as_str()).collect();
+    if removed.len() > 5 {
+        names.push("…");
     }
+    names.join(", ")
 }
 
 fn found(

@@ -89,6 +89,10 @@ pub(crate) async fn run(
 ) -> anyhow::Result<ExitCode> {
     let args = command.task;
     if command.detach {
+        anyhow::ensure!(
+            !args.interactive && !args.tty,
+            "-i and -t need the task in the foreground: a task run with -d has no input or terminal of yours"
+        );
         return detach(args).await;
     }
     // Signals are ours from the first moment: nothing can be created before
