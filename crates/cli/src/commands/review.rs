@@ -48,14 +48,14 @@ fn branch_of(id: &str) -> anyhow::Result<Branch> {
                     "no task {asked} in this orch home, and no branch orch/{asked}… of one of its removed tasks"
                 ),
                 1 => {
-                    let (top, name, id, known) = removed.remove(0);
+                    let branch = removed.remove(0);
                     found(
-                        &top,
-                        &known.base,
-                        &name,
+                        &branch.top,
+                        &branch.known.base,
+                        &branch.name,
                         layout,
-                        id,
-                        known.description.unwrap_or_default(),
+                        branch.id,
+                        branch.known.description.unwrap_or_default(),
                         None,
                     )
                 }
@@ -82,14 +82,17 @@ fn branch_of(id: &str) -> anyhow::Result<Branch> {
     )
 }
 
-/// A branch of a removed task: its repository, name, task id and what the
-/// registry remembers of it.
-type Removed = (
-    std::path::PathBuf,
-    String,
-    String,
-    orch_registry::KnownBranch,
-);
+/// A branch of a task whose record is gone.
+struct Removed {
+    /// The repository it is in.
+    top: std::path::PathBuf,
+    /// `orch/<id>`.
+    name: String,
+    /// The task's id.
+    id: String,
+    /// What the registry remembers of it.
+    known: orch_registry::KnownBranch,
+}
 
 /// The branches of tasks whose records are gone that `asked` names (a
 /// prefix of the id, or of the short id).
@@ -111,7 +114,12 @@ fn removed_branches(
             let hex = id.replace('-', "");
             let short = &hex[hex.len().saturating_sub(orch_registry::SHORT_ID_LEN)..];
             if !known.recorded && (id.starts_with(&asked) || short.starts_with(&asked)) {
-                matches.push((top.clone(), name.clone(), id.to_owned(), known));
+                matches.push(Removed {
+                    top: top.clone(),
+                    id: id.to_owned(),
+                    name: name.clone(),
+                    known,
+                });
             }
         }
     }
@@ -120,13 +128,15 @@ fn removed_branches(
 
 /// The branch names of `removed`, a few of them.
 fn names(removed: &[Removed]) -> String {
-    let mut names: Vec<&str> = removed.iter().take(5).map(|r| r.1.as_str()).collect();
+    let mut names: Vec<&str> = removed.iter().take(5).map(|r| r.name.as_str()).collect();
     if removed.len() > 5 {
         names.push("…");
     }
     names.join(", ")
 }
 
+/// The task's branch `name` in the repository at `top`, which must still
+/// hold it.
 fn found(
     top: &Path,
     base: &str,

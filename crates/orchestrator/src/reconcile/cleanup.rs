@@ -395,6 +395,7 @@ async fn plan_repos(ctx: &Ctx, branches: bool) -> Result<Vec<RepoItem>, Error> {
             match judge_branches(ctx, &top).await {
                 Ok(judged) => {
                     for (branch, known) in judged {
+                        let deletable = branch.deletable();
                         let entry = BranchCleanup {
                             merged: branch.holds == Holds::Merged,
                             commits: match branch.holds {
@@ -405,7 +406,7 @@ async fn plan_repos(ctx: &Ctx, branches: bool) -> Result<Vec<RepoItem>, Error> {
                             tip: branch.tip,
                             description: known.description,
                         };
-                        if entry.merged || matches!(branch.holds, Holds::Nothing) {
+                        if deletable {
                             item.branches.push(entry);
                         } else if !known.recorded {
                             item.kept.push(entry);
