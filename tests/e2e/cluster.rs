@@ -426,6 +426,27 @@ fn max_parallel_holds_across_the_cluster() {
     }
     assert!(most <= 2, "{most} ran at once across the cluster");
     assert!(most == 2, "the cap was reached: {most}");
+    // A task no live node can take is queued, and its submitter told so.
+    let out = cluster.nodes[1]
+        .orch()
+        .args(["submit", "--constraint", "gpu=true"])
+        .arg(&project)
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no live node has gpu=true"),
+        "{}",
+        stderr(&out)
+    );
+    let id = helper::stdout(&out).trim().to_owned();
+    let cancelled = cluster.nodes[1]
+        .orch()
+        .args(["cancel", &id])
+        .output()
+        .unwrap();
+    assert_eq!(code(&cancelled), 0, "{}", stderr(&cancelled));
 }
 
 /// A host dies: node beta's daemon is killed and its engine with it while

@@ -14,6 +14,10 @@ pub struct Submitted {
     pub id: Uuid,
     /// `queued`.
     pub state: State,
+    /// What the submitter should know: it is queued, but (for now) cannot
+    /// run, e.g. no live node has the labels its constraints ask for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A task's last progress (`GET /v1/tasks/{id}/progress`).

@@ -115,6 +115,7 @@ async fn submit(
     let answer = Submitted {
         id: record.id,
         state: record.state,
+        warnings: s.supervisor.placement(&record).await.into_iter().collect(),
     };
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }

@@ -26,6 +26,9 @@ pub(crate) async fn run(args: SubmitArgs, remote: Option<Client>) -> anyhow::Res
         &args.constraints,
     )?;
     let answer = client.submit(&spec).await.map_err(refused)?;
+    for warning in &answer.warnings {
+        crate::output::say(&crate::output::safe(warning));
+    }
     crate::outln!("{}", answer.id)?;
     Ok(ExitCode::SUCCESS)
 }

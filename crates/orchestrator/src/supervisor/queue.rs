@@ -222,6 +222,27 @@ impl Supervisor {
         self.piggyback_cleanup();
         Ok(record)
     }
+
+    /// In a cluster, a warning for a queued task whose constraints no live
+    /// node's labels satisfy: it waits until such a node joins. Best
+    /// effort: a registry that cannot say gives no warning.
+    pub async fn placement(&self, record: &TaskRecord) -> Option<String> {
+        let constraints = record.queue.constraints.clone();
+        if constraints.is_empty() || !self.ctx().store.shared() {
+            return None;
+        }
+        let nodes = self.ctx().store.call(|r| r.nodes()).await.ok()?;
+        let placeable = nodes
+            .iter()
+            .any(|n| n.alive && !n.left && constraints.iter().all(|c| n.node.labels.contains(c)));
+        (!placeable).then(|| {
+            format!(
+                "warning: no live node has {}: task {} waits in the queue until one joins",
+                constraints.join(", "),
+                orch_registry::short_id(&record.id)
+            )
+        })
+    }
 }
 
 /// How long an answer of the world serves the submissions that follow it.
