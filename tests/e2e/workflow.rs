@@ -717,6 +717,27 @@ fn a_tasks_branch_is_reviewed_and_merged() {
             "mine\n"
         );
     }
+    // ... and a link of the user's there: neither it nor what it points
+    // at changes.
+    let outside = user_home.join("outside.env");
+    std::fs::write(&outside, "elsewhere\n").unwrap();
+    std::fs::remove_file(env.project.join("local.env")).unwrap();
+    std::os::unix::fs::symlink(&outside, env.project.join("local.env")).unwrap();
+    for sneaky in [&sneaky, &sneaky_dir] {
+        let blocked = orch(&["merge", sneaky]);
+        assert_eq!(code(&blocked), 1, "{}", stdout(&blocked));
+        assert!(
+            stderr(&blocked).contains("(local.env)"),
+            "{}",
+            stderr(&blocked)
+        );
+        assert!(
+            std::fs::symlink_metadata(env.project.join("local.env"))
+                .unwrap()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "elsewhere\n");
+    }
 
     let merged = orch(&["merge", &first]);
     assert_eq!(code(&merged), 0, "{}", stderr(&merged));

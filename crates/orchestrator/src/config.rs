@@ -989,8 +989,8 @@ impl GlobalConfig {
         })
     }
 
-    /// Resolves `<project>` of `orch task`: a path if it contains `/` or is
-    /// `.`, else the name of a configured project.
+    /// Resolves `<project>` of `orch task`: a URL, a path
+    /// ([`is_project_path`]), else the name of a configured project.
     pub fn resolve_project(
         &self,
         arg: &str,
@@ -1006,8 +1006,7 @@ impl GlobalConfig {
         if let Some((url, layer)) = self.remote_projects.get(arg) {
             return Ok(self.remote_project(url, Some(arg), Some(layer.clone()), overrides));
         }
-        let is_path = arg.contains('/') || arg == "." || arg == "..";
-        let (dir, global_layer, configured_name) = if is_path {
+        let (dir, global_layer, configured_name) = if is_project_path(arg) {
             let dir = PathBuf::from(arg);
             // A path that is also a configured project's path gets its entry.
             let canonical = dir.canonicalize().ok();
@@ -1202,6 +1201,12 @@ impl Overrides {
         }
         Ok(())
     }
+}
+
+/// Whether `<project>` of `orch task` names a directory: it is no URL and
+/// contains `/`, or is `.` or `..` (else it names a configured project).
+pub fn is_project_path(arg: &str) -> bool {
+    (arg.contains('/') || arg == "." || arg == "..") && !orch_workspace::mirror::is_url(arg)
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ mod workspace;
 pub use cancel::Cancelled;
 pub use config::{
     CleanupThresholds, GlobalConfig, Overrides, Project, Settings, User, WEBHOOK_EVENTS, Webhook,
-    WorkspaceMode, parse_duration, parse_env_pair, parse_memory, valid_env_key,
+    WorkspaceMode, is_project_path, parse_duration, parse_env_pair, parse_memory, valid_env_key,
 };
 pub use disk::DuReport;
 pub use error::{ConfigError, Error, ErrorKind};

@@ -19,7 +19,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
 
-use crate::record::{QUEUED_AGAIN, REQUEUE_WHEN, RETRY_WHEN};
+use crate::record::{BRANCHES, QUEUED_AGAIN, REQUEUE_WHEN, RETRY_WHEN, queue_again_sql};
 use crate::{
     Attempt, Claimant, Error, Finish, KnownBranch, Listing, Node, NodeRecord, Renewal, Rescued,
     State, Store, TaskBrief, TaskOutcome, TaskOwner, TaskProgress, TaskQueue, TaskRecord,
@@ -168,15 +168,6 @@ const MIGRATIONS: &[&str] = &[
 ",
 ];
 
-/// The branches orch knows in a repository, but those of tasks that may
-/// still use theirs (`Store::branches`); the same text for both backends.
-pub(crate) const BRANCHES: &str = "SELECT b.name, b.base, b.description, \
-    EXISTS (SELECT 1 FROM tasks t WHERE t.repo = b.repo AND t.branch = b.name) \
-    FROM branches b WHERE b.repo = $1 AND NOT EXISTS \
-    (SELECT 1 FROM tasks t WHERE t.repo = b.repo AND t.branch = b.name \
-     AND (t.state IN ('queued', 'creating', 'running') \
-          OR t.workspace_state IS NULL OR t.workspace_state = 'kept'))";
-
 /// Records a task's repository and its branch's base and description
 /// (for `cleanup --branches`, which outlives the task's record).
 fn note_repo(tx: &rusqlite::Transaction<'_>, task: &TaskRecord) -> rusqlite::Result<()> {
@@ -300,10 +291,7 @@ impl Registry {
         reason: &str,
         condition: &str,
     ) -> Result<bool, Error> {
-        let sql = format!(
-            "UPDATE tasks SET {QUEUED_AGAIN}, reason = ?1 \
-             WHERE id = ?2 AND attempt = ?3 AND {condition}"
-        );
+        let sql = queue_again_sql(condition);
         self.write(action, |tx| {
             tx.execute(&sql, params![reason, task.id.to_string(), task.number])
                 .map_err(self.sql(action))

@@ -502,6 +502,26 @@ pub(crate) const QUEUED_AGAIN: &str = "state = 'queued', session = '', owner_pid
     owner_start = 0, owner_boot = '', lease_until = NULL, node_id = NULL, node = NULL, \
     started_at = NULL, container = ''";
 
+/// Puts a task back in the queue (`reason` `$1`) if it is still on the
+/// attempt (`$3`) of the task (`$2`) and `condition` holds: the same text
+/// for both backends (SQLite numbers `$n` in order of appearance).
+pub(crate) fn queue_again_sql(condition: &str) -> String {
+    format!(
+        "UPDATE tasks SET {QUEUED_AGAIN}, reason = $1 \
+         WHERE id = $2 AND attempt = $3 AND {condition}"
+    )
+}
+
+/// The branches orch knows in a repository (`$1`), but those of tasks that
+/// may still use theirs (`Store::branches`): name, base, description, and
+/// whether the task's record is still there.
+pub(crate) const BRANCHES: &str = "SELECT b.name, b.base, b.description, \
+    EXISTS (SELECT 1 FROM tasks t WHERE t.repo = b.repo AND t.branch = b.name) \
+    FROM branches b WHERE b.repo = $1 AND NOT EXISTS \
+    (SELECT 1 FROM tasks t WHERE t.repo = b.repo AND t.branch = b.name \
+     AND (t.state IN ('queued', 'creating', 'running') \
+          OR t.workspace_state IS NULL OR t.workspace_state = 'kept'))";
+
 /// The tasks `Store::requeue` puts back in the queue: claimed, never started.
 pub(crate) const REQUEUE_WHEN: &str = "state = 'creating'";
 

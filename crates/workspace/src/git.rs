@@ -846,8 +846,10 @@ impl Repo {
         let tree = git().run(ACTION, &["write-tree"])?;
         // A tree with nothing uncommitted is HEAD's: the task starts from
         // HEAD, with no snapshot commit to carry.
-        let head = git().run(ACTION, &["rev-parse", "--verify", "HEAD^{commit}"])?;
-        if git().run(ACTION, &["rev-parse", "--verify", "HEAD^{tree}"])? == tree {
+        let said = git().run(ACTION, &["rev-parse", "HEAD^{commit}", "HEAD^{tree}"])?;
+        let (head, head_tree) = said.split_once('\n').unwrap_or((&said, ""));
+        let head = head.trim().to_owned();
+        if head_tree.trim() == tree {
             return Ok(head);
         }
         let first_line = description.lines().next().unwrap_or_default();

@@ -37,7 +37,7 @@ pub(crate) fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = query
         .project
         .as_deref()
-        .filter(|p| (p.contains('/') || *p == "." || *p == "..") && !orch_orchestrator::is_url(p))
+        .filter(|p| orch_orchestrator::is_project_path(p))
     {
         let config = GlobalConfig::load(GlobalConfig::default_path().as_deref())?;
         // Its name is all the filter needs: a project with no image yet

@@ -41,16 +41,15 @@ pub(crate) fn refused(e: ClientError) -> anyhow::Error {
     }
 }
 
-/// What `task` asks of the daemon `client` reaches.
 /// The warning `orch task` gives when the project's tree holds changes
 /// the task will not see, said here: the daemon is on this machine, and
 /// its own notice reaches only its log. Best effort: what cannot be looked
 /// at is the daemon's to refuse.
 fn warn_uncommitted(task: &TaskArgs) {
-    use orch_orchestrator::{GlobalConfig, Overrides, WorkspaceMode};
+    use orch_orchestrator::WorkspaceMode;
     let warning = || -> anyhow::Result<Option<String>> {
-        let config = GlobalConfig::load(GlobalConfig::default_path().as_deref())?;
-        let project = config.resolve_project(&task.project, &Overrides::default())?;
+        // The project as `orch task` would settle it, its flags included.
+        let project = super::task::request(task, Vec::new(), None)?.project;
         if project.remote.is_some() || project.settings.workspace == WorkspaceMode::None {
             return Ok(None);
         }
@@ -66,6 +65,7 @@ fn warn_uncommitted(task: &TaskArgs) {
     }
 }
 
+/// What `task` asks of the daemon `client` reaches.
 pub(crate) fn spec(
     client: &Client,
     task: &TaskArgs,
@@ -78,9 +78,7 @@ pub(crate) fn spec(
         "-i and -t need the task to run here (orch task without --host): a task the daemon runs has no input or terminal of yours"
     );
     // A path means the same to the daemon as here: made absolute.
-    let is_path = (task.project.contains('/') || task.project == "." || task.project == "..")
-        && !orch_orchestrator::is_url(&task.project);
-    let project = if is_path {
+    let project = if orch_orchestrator::is_project_path(&task.project) {
         std::path::absolute(&task.project)
             .with_context(|| format!("failed to resolve {}", task.project))?
             .display()
@@ -91,7 +89,7 @@ pub(crate) fn spec(
     let duration = |d: Option<Duration>| {
         d.map(|d| orch_orchestrator::supervisor::DurationText::Text(format!("{}ms", d.as_millis())))
     };
-    if !task.from_worktree && task.git_ref.is_none() && !task.no_workspace && !client.is_tcp() {
+    if !task.from_worktree && task.git_ref.is_none() && !client.is_tcp() {
         warn_uncommitted(task);
     }
     Ok(SubmitSpec {

@@ -30,7 +30,7 @@ use std::time::Duration;
 use postgres::{Row, Transaction};
 use uuid::Uuid;
 
-use crate::record::{QUEUED_AGAIN, REQUEUE_WHEN, RETRY_WHEN};
+use crate::record::{BRANCHES, QUEUED_AGAIN, REQUEUE_WHEN, RETRY_WHEN, queue_again_sql};
 use crate::store::{OnWake, Wake};
 use crate::{
     ALL_STATES, Attempt, Claimant, Error, Finish, KnownBranch, Listing, Node, NodeRecord, Renewal,
@@ -263,9 +263,7 @@ impl Postgres {
             }
         })
     }
-}
 
-impl Postgres {
     /// Puts a task back in the queue if it is still on `task`'s attempt
     /// and `condition` holds, waking the queue; whether it did.
     fn queue_again(
@@ -276,10 +274,7 @@ impl Postgres {
         condition: &str,
     ) -> Result<bool, Error> {
         let id = task.id.to_string();
-        let sql = format!(
-            "UPDATE tasks SET {QUEUED_AGAIN}, reason = $1 \
-             WHERE id = $2 AND attempt = $3 AND {condition}"
-        );
+        let sql = queue_again_sql(condition);
         self.transaction(action, |tx| {
             let changed = tx.execute(&sql, &[&reason, &id, &task.number])?;
             if changed > 0 {
@@ -711,7 +706,7 @@ impl Store for Postgres {
     fn branches(&self, repo: &Path) -> Result<BTreeMap<String, KnownBranch>, Error> {
         let repo = repo.to_string_lossy().into_owned();
         self.with("list branches", |c| {
-            Ok(c.query(crate::db::BRANCHES, &[&repo])?
+            Ok(c.query(BRANCHES, &[&repo])?
                 .iter()
                 .map(|r| {
                     (
